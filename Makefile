@@ -1,0 +1,57 @@
+# ecrec — two commands: `make demo` and `make test`. Both set up first when needed.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export SPARK_LOCAL_IP ?= 127.0.0.1
+export GX_ANALYTICS_ENABLED ?= False
+export MLFLOW_DISABLE_TELEMETRY ?= true
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: setup demo test test-fast lint airflow mlflow browser clean bench-pipeline bench-scoring bench-quality
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt scripts/check_prereqs.sh
+	@bash scripts/check_prereqs.sh $(PY)
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -r requirements.txt
+	@touch $(STAMP)
+
+browser:
+	@bash scripts/ensure_chromium.sh
+
+demo: setup
+	@bash scripts/demo.sh
+
+test: setup browser
+	$(BIN)/ruff check .
+	$(BIN)/pytest -m "not real_data" --timeout=1800
+
+test-fast: setup
+	$(BIN)/pytest -m "not slow and not e2e and not browser and not real_data"
+
+lint: setup
+	$(BIN)/ruff check .
+
+airflow: setup
+	@bash scripts/airflow_standalone.sh
+
+mlflow: setup
+	$(BIN)/python -m jobs.mlflow_ui
+
+bench-pipeline: setup
+	$(BIN)/python -m jobs.bench_pipeline --events 1000000
+
+bench-scoring: setup
+	$(BIN)/python -m jobs.bench_scoring --users 100000 --items 100000 --dim 64 --k 100
+
+bench-quality: setup
+	$(BIN)/python -m jobs.benchmark_quality --data ../shared/data/amazon_beauty --seeds 3 --out benchmark_results.json
+
+clean:
+	rm -rf lake mlruns warehouse .airflow demo_out test-artifacts

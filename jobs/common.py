@@ -1,0 +1,50 @@
+"""Pieces every job shares: logging setup and the SparkSession factory.
+
+Only jobs create a SparkSession (library code receives one).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import TYPE_CHECKING
+
+from ecrec_lib.config import EcrecConfig
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Plain timestamped logs on stderr; quiet the chattiest libraries."""
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    for noisy in ("great_expectations", "py4j", "urllib3", "alembic", "mlflow.store", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def spark_session(cfg: EcrecConfig, app_name: str, master: str | None = None) -> SparkSession:
+    """A SparkSession for one job, configured from ``cfg`` (``master`` overrides it)."""
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    builder = (
+        SparkSession.builder.appName(app_name)
+        .master(master or cfg.spark_master)
+        .config("spark.driver.memory", cfg.spark_driver_memory)
+        .config("spark.sql.shuffle.partitions", str(cfg.spark_shuffle_partitions))
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
+        .config("spark.sql.adaptive.enabled", "true")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+    )
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark

@@ -1,0 +1,102 @@
+"""Shared fixtures: one local[2] Spark session, a temp lake, PostgreSQL, environment."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+AMAZON_DIR = REPO_ROOT.parent / "shared" / "data" / "amazon_beauty"
+DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+TEST_PSEUDO_KEY = "test-pseudonymization-key-0123456789"
+
+# Environment the whole suite runs under (set before any heavy import).
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("ECREC_PSEUDO_KEY", TEST_PSEUDO_KEY)
+
+
+def under_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory: pytest.TempPathFactory):
+    """One local[2] SparkSession for the whole run (JVM start costs ~8 s)."""
+    from pyspark.sql import SparkSession
+
+    local_dir = tmp_path_factory.mktemp("spark-local")
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("ecrec-tests")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.default.parallelism", "2")
+        .config("spark.local.dir", str(local_dir))
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.driver.memory", "2g")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture()
+def lake_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "lake"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """A reachable PostgreSQL URL; skips (or fails under CI=true) when there is none."""
+    url = os.environ.get("ECREC_TEST_POSTGRES_URL", DEFAULT_PG_URL)
+    try:
+        import psycopg
+
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            conn.execute("select 1")
+    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+        msg = f"PostgreSQL not reachable at {url} ({exc}); set ECREC_TEST_POSTGRES_URL"
+        if under_ci():
+            pytest.fail(msg + " -- PostgreSQL tests must run under CI")
+        pytest.skip(msg)
+    return url
+
+
+@pytest.fixture(scope="session")
+def amazon_dir() -> Path:
+    if not (AMAZON_DIR / "interactions.csv").is_file():
+        pytest.skip(f"real data not present at {AMAZON_DIR}")
+    return AMAZON_DIR
+
+
+def has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if has_cuda():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
