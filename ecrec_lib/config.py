@@ -63,6 +63,8 @@ class EcrecConfig:
     late_tolerance_hours: float = 6.0  # events this far outside the ds day are still accepted
     bot_max_events_per_minute: int = 60  # a user above this in any minute is a bot for the day
     volume_drop_fraction: float = 0.5  # row count below (1 - this) x previous partition fails
+    min_clean_fraction: float = 0.5  # clean rows below this share of raw input rows fail the job
+    max_cooccurrence_per_item: int = 50  # item_cooccurrence keeps the top N partners per item
 
     # --- features --------------------------------------------------------------
     lookback_days: int = 30

@@ -1,0 +1,21 @@
+"""Offline evaluation: leave-one-out split, full-ranking metrics, baselines."""
+
+from ecrec_lib.evaluation.baselines import ItemKNN, popularity_scores
+from ecrec_lib.evaluation.metrics import (
+    DEFAULT_KS,
+    evaluate_scores,
+    evaluate_topk_lists,
+    reference_evaluate,
+)
+from ecrec_lib.evaluation.split import EvalSet, leave_one_out
+
+__all__ = [
+    "DEFAULT_KS",
+    "EvalSet",
+    "ItemKNN",
+    "evaluate_scores",
+    "evaluate_topk_lists",
+    "leave_one_out",
+    "popularity_scores",
+    "reference_evaluate",
+]

@@ -1,0 +1,1 @@
+"""Models: the two-tower recommender (text, item, user and query encoders) and baselines."""

@@ -1,0 +1,1 @@
+"""Training of the two-tower model: data assembly, losses, the training loop."""
