@@ -43,7 +43,7 @@ RAW_CATALOG_FIELDS: dict[str, str] = {
     "in_stock": "boolean",
     "created_at": "string",  # ISO-8601 with offset: when the item was first listed
 }
-RAW_CATALOG_REQUIRED = ("item_id", "title", "price")
+RAW_CATALOG_REQUIRED = ("item_id", "title")  # price may be null (Amazon data has none)
 CATEGORY_SEP = " > "
 
 # --- clean (Parquet) ------------------------------------------------------------------

@@ -65,7 +65,7 @@ class ItemKNN:
         sim.setdiag(0.0)
         sim.eliminate_zeros()
         cnt = np.maximum(pop, 1.0)
-        left = sp.diags(cnt ** -self.alpha)
+        left = sp.diags(cnt**-self.alpha)
         right = sp.diags(cnt ** -(1.0 - self.alpha))
         self.sim = (left @ sim @ right).tocsr().astype(np.float32)
         self._prior = (1e-6 * pop / max(pop.max(), 1.0)).astype(np.float32)
@@ -75,6 +75,8 @@ class ItemKNN:
         """(len(histories), n_items) float32 scores."""
         if not hasattr(self, "sim"):
             raise RuntimeError("ItemKNN.score called before fit")
+        if not len(histories):
+            return np.zeros((0, self.n_items), dtype=np.float32)
         rows, cols, vals = [], [], []
         for u, h in enumerate(histories):
             h = np.asarray(h, dtype=np.int64)[-self.max_history :]

@@ -233,7 +233,10 @@ def reference_evaluate(
     n_items = score_matrix.shape[1]
     rows = [[float(x) for x in r] for r in score_matrix]
     out: dict[str, float] = {}
-    ranks = [reference_rank(rows[r], eval_set.histories[r], eval_set.targets[r]) for r in range(len(rows))]
+    ranks = [
+        reference_rank(rows[r], eval_set.histories[r], eval_set.targets[r])
+        for r in range(len(rows))
+    ]
     for k in ks:
         out[f"recall@{k}"] = sum(1 for r in ranks if r < k) / len(ranks)
         out[f"ndcg@{k}"] = sum(1 / math.log2(r + 2) for r in ranks if r < k) / len(ranks)
@@ -260,8 +263,8 @@ def reference_evaluate(
             tied_others = sum(1 for q in pop if q == p) - 1
             pct.append((below + 0.5 * tied_others) / (n_items - 1))
         out[f"novelty@{BEYOND_K}"] = sum(sum(nov[i] for i in t) / len(t) for t in tops) / len(tops)
-        out[f"popularity_bias@{BEYOND_K}"] = sum(sum(pct[i] for i in t) / len(t) for t in tops) / len(
-            tops
-        )
+        out[f"popularity_bias@{BEYOND_K}"] = sum(
+            sum(pct[i] for i in t) / len(t) for t in tops
+        ) / len(tops)
     out["n_eval"] = float(len(rows))
     return out

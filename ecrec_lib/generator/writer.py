@@ -1,0 +1,54 @@
+"""Deterministic gzipped JSON-lines partitions, replaced atomically (idempotent re-runs)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+from ecrec_lib.lake import is_local
+
+PART_MAX_LINES = 250_000  # several part files per partition, compressed in parallel
+GZIP_LEVEL = 3  # ~2x faster than 6 for ~15% bigger files: generation speed matters more
+
+
+def part_name(i: int) -> str:
+    return f"part-{i:05d}.json.gz"
+
+
+def _compress(lines: list[str]) -> bytes:
+    # mtime=0 and no file name in the header: identical input gives identical bytes.
+    return gzip.compress(("\n".join(lines) + "\n").encode("utf-8"), GZIP_LEVEL, mtime=0)
+
+
+def write_jsonl_partition(path: str, lines: list[str], max_lines: int = PART_MAX_LINES) -> list[str]:
+    """Replace the partition directory ``path`` with gzipped JSON-lines parts of ``lines``.
+
+    The parts are written to a hidden sibling directory first and swapped in, so readers
+    never see half a partition and a re-run replaces (never appends to) the old one.
+    """
+    if not is_local(path):
+        raise ValueError(f"the generator writes local lakes only, got {path}; generate locally and copy")
+    path = path.removeprefix("file://")
+    chunks = [lines[i : i + max_lines] for i in range(0, len(lines), max_lines)] or [[]]
+    parent, leaf = os.path.split(path.rstrip("/"))
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{leaf}.inprogress")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    # zlib releases the GIL, so threads compress the parts on all cores.
+    with ThreadPoolExecutor(max_workers=min(len(chunks), os.cpu_count() or 1)) as pool:
+        blobs = list(pool.map(_compress, chunks))
+    names = []
+    for i, blob in enumerate(blobs):
+        with open(os.path.join(tmp, part_name(i)), "wb") as fh:
+            fh.write(blob)
+        names.append(os.path.join(path, part_name(i)))
+    old = os.path.join(parent, f".{leaf}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if os.path.exists(path):
+        os.rename(path, old)
+    os.rename(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+    return names

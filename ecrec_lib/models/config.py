@@ -1,0 +1,108 @@
+"""ModelConfig: every knob of the two-tower model and its training loop, one reason per field."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+ENCODER_MODES = ("frozen", "finetune_top", "lora")
+LOSSES = ("auto", "full_softmax", "sampled_softmax")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # --- item tower ------------------------------------------------------------------------
+    use_text: bool = True  # pretrained text encoder over title/brand/category (False: ID-only SASRec)
+    use_id: bool = True  # learned per-item ID embedding for items that have interactions
+    use_side: bool = True  # category + brand embeddings (cheap, help cold and sparse items)
+    text_model_path: str = ""  # local HF model dir; empty: the packaged all-MiniLM-L6-v2
+    encoder_mode: str = "frozen"  # frozen (cached embeddings) | finetune_top | lora
+    text_max_length: int = 64  # tokens per item text: titles are short, longer costs CPU
+    text_batch_size: int = 128  # texts per encoder forward when embedding a catalog
+    finetune_layers: int = 2  # finetune_top: this many top transformer layers are trained
+    lora_r: int = 8  # lora: rank of the adapters on attention query/value
+    lora_alpha: int = 16
+    text_lr: float = 5e-5  # the pretrained encoder needs a much smaller step than the towers
+    max_text_items_per_step: int = 512  # finetune modes: items re-encoded with gradient per step
+    id_dropout: float = 0.2  # share of items whose ID part is zeroed per step (cold-start path)
+    init_id_from_text: bool = True  # ID table starts from PCA of the frozen text embeddings
+    # --- user tower ------------------------------------------------------------------------
+    dim: int = 64  # width of every tower and of the shared vector space
+    n_layers: int = 2
+    n_heads: int = 2
+    max_seq_len: int = 50  # last N item events per user fed to the user tower
+    dropout: float = 0.3  # Beauty-size data overfits fast: 0.3-0.5 works
+    use_event_types: bool = True  # embed view/click/cart/purchase of every history event
+    use_recency: bool = True  # embed log-bucketed age of every history event
+    n_recency_buckets: int = 16
+    # --- training --------------------------------------------------------------------------
+    epochs: int = 30
+    batch_size: int = 256  # sequences per step (all their positions are trained at once)
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    lr_schedule: str = "constant"  # constant | cosine (after the linear warmup)
+    grad_clip: float = 5.0
+    patience: int = 5  # epochs without a better valid NDCG@10 before stopping
+    loss: str = "auto"  # auto: full softmax up to full_softmax_max_items, else sampled
+    full_softmax_max_items: int = 200_000
+    n_negatives: int = 2048  # sampled softmax: uniform negatives per step (plus in-batch)
+    temperature: float = 0.07  # cosine logits are divided by this
+    learn_temperature: bool = False
+    query_loss_weight: float = 0.5  # weight of the query->item contrastive loss
+    query_batch_size: int = 256
+    eval_batch_size: int = 1024
+    seed: int = 7
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    num_threads: int = 0  # torch CPU threads; 0 leaves torch's default
+
+    def __post_init__(self) -> None:
+        if self.encoder_mode not in ENCODER_MODES:
+            raise ValueError(f"encoder_mode must be one of {ENCODER_MODES}, got {self.encoder_mode!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if not (self.use_text or self.use_id):
+            raise ValueError("at least one of use_text / use_id must be true")
+        if self.dim % self.n_heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        for name in ("dim", "n_layers", "n_heads", "max_seq_len", "epochs", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.id_dropout < 1.0 or not 0.0 <= self.dropout < 1.0:
+            raise ValueError("dropout and id_dropout must be in [0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def model_config_from(cfg: Any, **overrides: Any) -> ModelConfig:
+    """ModelConfig from an :class:`~ecrec_lib.config.EcrecConfig` plus explicit overrides."""
+    values: dict[str, Any] = {
+        "text_model_path": cfg.text_model_path,
+        "encoder_mode": cfg.encoder_mode,
+        "dim": cfg.embedding_dim,
+        "max_seq_len": cfg.max_seq_len,
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.learning_rate,
+        "seed": cfg.seed,
+        "device": cfg.device,
+    }
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return ModelConfig(**values)

@@ -1,0 +1,486 @@
+"""Clean one day of raw data: catalog snapshot first, then events.
+
+Catalog rules (first match wins; ``reason`` column of quarantine/catalog):
+  1. ``malformed_json``            line is not a JSON object of the contract's types
+  2. ``missing_required_field``    no item_id
+  3. ``missing_title``             title null or blank
+  4. ``bad_price``                 negative or NaN price (a *null* price is allowed: real
+                                   Amazon data has none)
+  5. ``conflicting_item_id``       same item_id with different content: the newest row
+                                   (created_at, then a content hash: deterministic) is kept,
+                                   the others are quarantined
+Exact duplicates (identical normalized content) are dropped and counted.
+
+Event rules (first match wins; ``reason`` column of quarantine/events):
+  1. ``malformed_json``            unparsable line, or a field of the wrong JSON type
+  2. ``missing_user_id``
+  3. ``missing_required_field``    event_id, event_time, session_id or event_type null; item_id
+                                   null on an item event; query null on a search
+  4. ``unparsable_event_time``
+  5. ``bot_traffic``               the user has more than ``cfg.bot_max_events_per_minute``
+                                   events in some UTC minute of the day (counted after
+                                   dedupe over rows that pass rules 1-4): *all* their events
+  6. ``invalid_event_type``        not in schema.EVENT_TYPES
+  7. ``negative_price``
+  8. ``non_positive_quantity``     quantity <= 0 on add_to_cart / purchase (null is allowed)
+  9. ``outside_ds_window``         event_time outside [ds - tol, ds + 1 day + tol),
+                                   tol = ``cfg.late_tolerance_hours``
+ 10. ``unknown_item_id``           item_id not in the day's clean catalog
+Exact duplicates by event_id (among parsable rows) are removed before the rules, keeping one
+row chosen by a hash of the raw line (deterministic), and counted.
+
+Reconciliation (``ops/reconciliation/ds=D/{events,catalog}.json``): input rows = clean +
+quarantined + duplicates, checked against the *staged Parquet files* before anything is
+published. Unknown (drifted) raw fields are dropped and listed there with their row counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ecrec_lib import schema as S
+from ecrec_lib.config import EcrecConfig, resolve_pseudonymization_key
+from ecrec_lib.lake import Lake, parse_ds
+from ecrec_lib.pipeline import io
+from ecrec_lib.pipeline.normalize import clean_text, normalize_queries, parse_utc_timestamp
+from ecrec_lib.pipeline.pseudonymize import add_user_key
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql.types import StructType
+
+log = logging.getLogger(__name__)
+
+CORRUPT = "_corrupt_record"
+EVENT_RULES = (
+    S.REASON_MALFORMED, S.REASON_MISSING_USER, S.REASON_MISSING_REQUIRED, S.REASON_BAD_TIME,
+    S.REASON_BOT, S.REASON_BAD_EVENT_TYPE, S.REASON_NEGATIVE_PRICE, S.REASON_BAD_QUANTITY,
+    S.REASON_OUT_OF_WINDOW, S.REASON_UNKNOWN_ITEM,
+)
+CATALOG_RULES = (
+    S.REASON_MALFORMED, S.REASON_MISSING_REQUIRED, S.REASON_MISSING_TITLE, S.REASON_BAD_PRICE,
+    S.REASON_DUPLICATE_ITEM,
+)
+QUARANTINE_EVENT_COLUMNS = (
+    "event_id", "event_time", "user_key", "session_id", "event_type", "item_id", "query",
+    "position", "price", "quantity", "device", "country", *S.QUARANTINE_EXTRA_COLUMNS,
+)
+QUARANTINE_CATALOG_COLUMNS = (
+    "item_id", "title", "description", "category_path", "brand", "price", "in_stock",
+    "created_at", *S.QUARANTINE_EXTRA_COLUMNS,
+)
+
+
+class ReconciliationError(RuntimeError):
+    """Input rows != clean + quarantined + duplicates: rows would be lost; nothing published."""
+
+
+def spark_schema(fields: dict[str, str]) -> StructType:
+    """Explicit Spark schema from a JSON-type contract (schema.RAW_*_FIELDS)."""
+    from pyspark.sql import types as T
+
+    types = {"string": T.StringType(), "integer": T.LongType(), "number": T.DoubleType(),
+             "boolean": T.BooleanType()}
+    return T.StructType([T.StructField(n, types[t]) for n, t in fields.items()])
+
+
+@dataclass
+class Classified:
+    """A classified day: ``rows`` (cached) has ``reason`` (null = clean) and ``_dup``."""
+
+    rows: DataFrame
+    input_rows: int
+    unknown_fields: dict[str, int]
+    present_fields: tuple[str, ...]
+
+
+@dataclass
+class Reconciliation:
+    dataset: str
+    ds: str
+    input_rows: int
+    clean_rows: int
+    quarantined_rows: int
+    duplicate_rows: int
+    quarantine_by_reason: dict[str, int]
+    unknown_fields: dict[str, int] = field(default_factory=dict)
+    status: str = "ok"
+
+    @property
+    def balanced(self) -> bool:
+        return self.input_rows == self.clean_rows + self.quarantined_rows + self.duplicate_rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset, "ds": self.ds, "status": self.status,
+            "input_rows": self.input_rows, "clean_rows": self.clean_rows,
+            "quarantined_rows": self.quarantined_rows, "duplicate_rows": self.duplicate_rows,
+            "quarantine_by_reason": dict(sorted(self.quarantine_by_reason.items())),
+            "unknown_fields_dropped": dict(sorted(self.unknown_fields.items())),
+            "balanced": self.balanced,
+            "equation": "input_rows = clean_rows + quarantined_rows + duplicate_rows",
+        }
+
+
+@dataclass
+class CleanResult:
+    ds: str
+    events: Reconciliation | None
+    catalog: Reconciliation
+    no_data: bool = False
+
+
+def _parse(spark: SparkSession, path: str, fields: dict[str, str], what: str) -> DataFrame:
+    """Raw lines -> typed columns + ``_malformed``, ``_hash``, ``_unknown``; raw_line kept only
+    for malformed rows (the parsed fields already carry everything else)."""
+    from pyspark.sql import functions as F
+
+    parsed = io.parse_json_lines(io.read_raw_lines(spark, path, what), spark_schema(fields), CORRUPT)
+    known = F.array(*[F.lit(n) for n in fields])
+    malformed = F.col(CORRUPT).isNotNull() | F.col("_keys").isNull()
+    return parsed.select(
+        *[F.col(n) for n in fields],
+        malformed.alias("_malformed"),
+        F.when(malformed, F.col("raw_line")).alias("raw_line"),
+        F.xxhash64("raw_line").alias("_hash"),
+        F.array_except(F.coalesce(F.col("_keys"), F.array().cast("array<string>")), known)
+        .alias("_unknown"),
+    )
+
+
+def _field_stats(parsed: DataFrame, fields: dict[str, str]) -> tuple[int, dict[str, int], tuple[str, ...]]:
+    """One pass: input rows, unknown-field row counts, contract fields seen at least once."""
+    from pyspark.sql import functions as F
+
+    aggs = [F.count(F.lit(1)).alias("__n")] + [F.count(F.col(n)).alias(n) for n in fields]
+    row = parsed.agg(*aggs).first()
+    n = int(row["__n"]) if row else 0
+    present = tuple(f for f in fields if row and row[f] > 0)
+    unknown = {
+        r["k"]: int(r["n"])
+        for r in parsed.where(F.size("_unknown") > 0)
+        .select(F.explode("_unknown").alias("k")).groupBy("k").agg(F.count(F.lit(1)).alias("n"))
+        .collect()
+    }
+    return n, unknown, present
+
+
+def _first_reason(rules: list[tuple[str, Column]]) -> Column:
+    from pyspark.sql import functions as F
+
+    out = None
+    for reason, cond in reversed(rules):
+        out = F.when(cond, F.lit(reason)).otherwise(out if out is not None else F.lit(None).cast("string"))
+    return out  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------- catalog
+
+def classify_catalog(parsed: DataFrame) -> DataFrame:
+    """Normalize text, mark exact duplicates (``_dup``) and the quarantine ``reason``."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    levels = F.filter(
+        F.transform(F.split(F.coalesce(F.col("category_path"), F.lit("")), ">"), lambda x: F.trim(x)),
+        lambda x: F.length(x) > 0,
+    )
+    df = parsed.select(
+        clean_text("item_id").alias("item_id"),
+        clean_text("title").alias("title"),
+        clean_text("description").alias("description"),
+        F.when(F.size(levels) > 0, F.array_join(levels, S.CATEGORY_SEP)).alias("category_path"),
+        clean_text("brand").alias("brand"),
+        F.col("price"),
+        F.col("in_stock"),
+        F.col("created_at").alias("created_at_raw"),
+        parse_utc_timestamp("created_at").alias("created_at"),
+        "_malformed", "raw_line", "_hash",
+    )
+    content = ["item_id", "title", "description", "category_path", "brand", "price", "in_stock",
+               "created_at"]
+    df = df.withColumn("_content_hash", F.xxhash64(*content))
+    exact = Window.partitionBy(*content).orderBy("_hash")
+    df = df.withColumn(
+        "_dup", F.when(~F.col("_malformed"), F.row_number().over(exact) > 1).otherwise(F.lit(False))
+    )
+    valid = (~F.col("_malformed") & ~F.col("_dup") & F.col("item_id").isNotNull()
+             & F.col("title").isNotNull() & ~(F.coalesce(F.col("price") < 0, F.lit(False)) | F.isnan("price")))
+    newest = Window.partitionBy("item_id").orderBy(
+        F.col("created_at").desc_nulls_last(), F.col("_content_hash").desc()
+    )
+    df = df.withColumn("_rank", F.when(valid, F.row_number().over(newest)))
+    reason = _first_reason([
+        (S.REASON_MALFORMED, F.col("_malformed")),
+        (S.REASON_MISSING_REQUIRED, F.col("item_id").isNull()),
+        (S.REASON_MISSING_TITLE, F.col("title").isNull()),
+        (S.REASON_BAD_PRICE, F.coalesce(F.col("price") < 0, F.lit(False)) | F.isnan("price")),
+        (S.REASON_DUPLICATE_ITEM, F.col("_rank") > 1),
+    ])
+    return df.withColumn("reason", F.when(~F.col("_dup"), reason))
+
+
+def catalog_outputs(classified: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """(clean catalog, quarantined catalog) from :func:`classify_catalog`'s output."""
+    from pyspark.sql import functions as F
+
+    keep = classified.where(~F.col("_dup"))
+    clean = keep.where(F.col("reason").isNull()).select(
+        *[
+            F.element_at(F.split("category_path", S.CATEGORY_SEP), 1).alias("category")
+            if c == "category" else F.col(c)
+            for c in S.CLEAN_CATALOG_COLUMNS
+        ]
+    )
+    quarantine = keep.where(F.col("reason").isNotNull()).select(
+        *[F.col("created_at_raw").alias("created_at") if c == "created_at" else F.col(c)
+          for c in QUARANTINE_CATALOG_COLUMNS]
+    )
+    return clean, quarantine
+
+
+# ----------------------------------------------------------------------------- events
+
+def classify_events(
+    parsed: DataFrame, catalog_items: DataFrame, ds: str, cfg: EcrecConfig
+) -> DataFrame:
+    """Trim ids, parse time, mark duplicates (``_dup``) and the quarantine ``reason``.
+
+    ``catalog_items`` has one column ``item_id`` (the day's clean catalog).
+    """
+    import datetime as dt
+
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    day = dt.datetime.combine(parse_ds(ds), dt.time())
+    tol = dt.timedelta(hours=cfg.late_tolerance_hours)
+    start, end = day - tol, day + dt.timedelta(days=1) + tol
+
+    df = parsed.select(
+        clean_text("event_id").alias("event_id"),
+        F.col("event_time").alias("event_time_raw"),
+        parse_utc_timestamp(F.trim("event_time")).alias("event_time"),
+        clean_text("user_id").alias("user_id"),
+        clean_text("session_id").alias("session_id"),
+        F.lower(clean_text("event_type")).alias("event_type"),
+        clean_text("item_id").alias("item_id"),
+        F.col("query"),
+        F.col("position"),
+        F.col("price"),
+        F.col("quantity"),
+        F.lower(clean_text("device")).alias("device"),
+        F.upper(clean_text("country")).alias("country"),
+        "_malformed", "raw_line", "_hash",
+    )
+    dedupable = ~F.col("_malformed") & F.col("event_id").isNotNull()
+    by_id = Window.partitionBy("event_id").orderBy("_hash")
+    df = df.withColumn("_dup", dedupable & (F.row_number().over(by_id) > 1))
+
+    missing_required = (
+        F.col("event_id").isNull() | F.col("event_time_raw").isNull() | F.col("session_id").isNull()
+        | F.col("event_type").isNull()
+        | (F.col("event_type").isin(*S.ITEM_EVENT_TYPES) & F.col("item_id").isNull())
+        | ((F.col("event_type") == "search") & clean_text("query").isNull())
+    )
+    pre_bot = [
+        (S.REASON_MALFORMED, F.col("_malformed")),
+        (S.REASON_MISSING_USER, F.col("user_id").isNull()),
+        (S.REASON_MISSING_REQUIRED, missing_required),
+        (S.REASON_BAD_TIME, F.col("event_time").isNull()),
+    ]
+    df = df.withColumn("_pre", _first_reason(pre_bot))
+
+    bots = (
+        df.where(~F.col("_dup") & F.col("_pre").isNull())
+        .groupBy("user_id", F.date_trunc("minute", "event_time").alias("minute"))
+        .agg(F.count(F.lit(1)).alias("n"))
+        .where(F.col("n") > cfg.bot_max_events_per_minute)
+        .select("user_id").distinct()
+        .withColumn("_bot", F.lit(True))
+    )
+    items = catalog_items.select(F.col("item_id").alias("_known_item")).distinct()
+    df = (
+        df.join(F.broadcast(bots), "user_id", "left")
+        .join(F.broadcast(items), F.col("item_id") == F.col("_known_item"), "left")
+    )
+    not_null_true = lambda c: F.coalesce(c, F.lit(False))  # noqa: E731 - null-safe predicate
+    reason = _first_reason([
+        *pre_bot,
+        (S.REASON_BOT, F.col("_bot").isNotNull()),
+        (S.REASON_BAD_EVENT_TYPE, ~F.col("event_type").isin(*S.EVENT_TYPES)),
+        (S.REASON_NEGATIVE_PRICE, not_null_true(F.col("price") < 0) | F.isnan("price")),
+        (S.REASON_BAD_QUANTITY, F.col("event_type").isin("add_to_cart", "purchase")
+         & not_null_true(F.col("quantity") <= 0)),
+        (S.REASON_OUT_OF_WINDOW, (F.col("event_time") < F.lit(start)) | (F.col("event_time") >= F.lit(end))),
+        (S.REASON_UNKNOWN_ITEM, F.col("item_id").isNotNull() & F.col("_known_item").isNull()),
+    ])
+    return df.withColumn("reason", F.when(~F.col("_dup"), reason)).drop("_pre", "_bot", "_known_item")
+
+
+def event_outputs(classified: DataFrame, key: bytes) -> tuple[DataFrame, DataFrame]:
+    """(clean events, quarantined events): pseudonymized, PII and unknown fields dropped."""
+    from pyspark.sql import functions as F
+
+    keep = add_user_key(classified.where(~F.col("_dup")), key).drop("user_id")
+    clean_rows = normalize_queries(keep.where(F.col("reason").isNull()), "query")
+    clean = clean_rows.select(*S.CLEAN_EVENT_COLUMNS)
+    quarantine = keep.where(F.col("reason").isNotNull()).select(
+        *[F.col("event_time_raw").alias("event_time") if c == "event_time" else F.col(c)
+          for c in QUARANTINE_EVENT_COLUMNS]
+    )
+    return clean, quarantine
+
+
+# ----------------------------------------------------------------------------- job logic
+
+def _reason_counts(classified: DataFrame) -> tuple[int, dict[str, int]]:
+    """(duplicates, quarantined rows per reason) in one pass over the cached rows."""
+    from pyspark.sql import functions as F
+
+    rows = classified.groupBy("_dup", "reason").agg(F.count(F.lit(1)).alias("n")).collect()
+    dups = sum(int(r["n"]) for r in rows if r["_dup"])
+    by_reason = {r["reason"]: int(r["n"]) for r in rows if not r["_dup"] and r["reason"] is not None}
+    return dups, by_reason
+
+
+def _reconcile(spark: SparkSession, lake: Lake, dataset: str, ds: str, input_rows: int,
+               dups: int, by_reason: dict[str, int], unknown: dict[str, int]) -> Reconciliation:
+    """Count what was actually staged and check the reconciliation equation."""
+    clean_n = spark.read.parquet(io.staging_path(lake.clean(dataset, ds))).count()
+    quarantine_n = spark.read.parquet(io.staging_path(lake.quarantine(dataset, ds))).count()
+    rec = Reconciliation(dataset, ds, input_rows, clean_n, quarantine_n, dups, by_reason, unknown)
+    if quarantine_n != sum(by_reason.values()):
+        rec.status = "unbalanced"
+    if not rec.balanced or rec.status == "unbalanced":
+        rec.status = "unbalanced"
+        io.write_json(spark, f"{lake.ops('reconciliation', ds)}/{dataset}.json", rec.to_dict())
+        raise ReconciliationError(
+            f"{dataset} ds={ds}: input {input_rows} != clean {clean_n} + quarantined {quarantine_n} "
+            f"+ duplicates {dups} (per reason {by_reason}); nothing published -- this is a bug "
+            "in the cleaning rules, see ops/reconciliation"
+        )
+    return rec
+
+
+def _prev_rows(spark: SparkSession, lake: Lake, stage: str, name: str, ds: str) -> int | None:
+    import datetime as dt
+
+    prev = (parse_ds(ds) - dt.timedelta(days=1)).isoformat()
+    return io.count_parquet_rows(spark, lake.partition(stage, name, prev))
+
+
+def _validate_staged(spark: SparkSession, lake: Lake, suite_name: str, final_path: str, ds: str,
+                     ctx_kwargs: dict[str, Any]) -> None:
+    from ecrec_lib.validation import validate
+    from expectations import SUITES, SuiteContext
+
+    staged = spark.read.parquet(io.staging_path(final_path))
+    suite = SUITES[suite_name](SuiteContext(ds=ds, **ctx_kwargs))
+    validate(spark, staged, suite, suite_name, ds, f"{lake.ops('validation', ds)}/{suite_name}")
+
+
+def run_clean(spark: SparkSession, cfg: EcrecConfig, ds: str, key: bytes | None = None) -> CleanResult:
+    """Clean the catalog snapshot and the events of ``ds``; publish only what passes its suite.
+
+    Raises :class:`~ecrec_lib.pipeline.io.InputMissingError` (raw partition absent),
+    :class:`~ecrec_lib.validation.DataContractError` (critical expectation failed; quarantine and
+    reconciliation are still published because they are what an operator inspects) and
+    :class:`ReconciliationError`. An empty events partition returns ``no_data=True`` after writing
+    ``ops/reconciliation/ds=D/events.json`` with ``"status": "no_data"``.
+    """
+    from pyspark import StorageLevel
+
+    from ecrec_lib.validation import DataContractError
+
+    parse_ds(ds)
+    lake = Lake(cfg.lake_root)
+    key = key if key is not None else resolve_pseudonymization_key()
+    common = {"volume_drop_fraction": cfg.volume_drop_fraction,
+              "late_tolerance_hours": cfg.late_tolerance_hours}
+
+    # --- catalog -------------------------------------------------------------------------
+    cat_path = lake.raw("catalog", ds)
+    if not io.path_exists(spark, cat_path):
+        raise io.InputMissingError(
+            f"catalog snapshot {cat_path} does not exist: events of ds={ds} cannot be checked "
+            f"against known items. Land the day's catalog there (gzipped JSON lines with fields "
+            f"{list(S.RAW_CATALOG_FIELDS)}) or copy the previous day's snapshot, then re-run"
+        )
+    cat_parsed = _parse(spark, cat_path, S.RAW_CATALOG_FIELDS, "catalog")
+    cat_rows = classify_catalog(cat_parsed).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        cat_n, cat_unknown, _ = _field_stats(cat_parsed, S.RAW_CATALOG_FIELDS)
+        if cat_n == 0:
+            raise io.InputMissingError(
+                f"catalog snapshot {cat_path} is empty; land a non-empty snapshot and re-run"
+            )
+        cat_clean, cat_quarantine = catalog_outputs(cat_rows)
+        io.write_staged(cat_clean, lake.clean("catalog", ds), n_files=1)
+        io.write_staged(cat_quarantine, lake.quarantine("catalog", ds), n_files=1)
+        dups, by_reason = _reason_counts(cat_rows)
+        cat_rec = _reconcile(spark, lake, "catalog", ds, cat_n, dups, by_reason, cat_unknown)
+        io.write_json(spark, f"{lake.ops('reconciliation', ds)}/catalog.json", cat_rec.to_dict())
+        io.publish(spark, lake.quarantine("catalog", ds))
+        try:
+            _validate_staged(spark, lake, "catalog", lake.clean("catalog", ds), ds, {
+                **common, "prev_rows": _prev_rows(spark, lake, "clean", "catalog", ds),
+                "min_rows": 1,
+            })
+        except DataContractError:
+            io.discard_staged(spark, lake.clean("catalog", ds))
+            raise
+        io.publish(spark, lake.clean("catalog", ds))
+    finally:
+        cat_rows.unpersist()
+    log.info("catalog ds=%s: %s", ds, cat_rec.to_dict())
+
+    # --- events --------------------------------------------------------------------------
+    ev_parsed = _parse(spark, lake.raw("events", ds), S.RAW_EVENT_FIELDS, "events").persist(
+        StorageLevel.MEMORY_AND_DISK
+    )
+    try:
+        n, unknown, present = _field_stats(ev_parsed, S.RAW_EVENT_FIELDS)
+        if n == 0:
+            rec = Reconciliation("events", ds, 0, 0, 0, 0, {}, unknown, status="no_data")
+            io.write_json(spark, f"{lake.ops('reconciliation', ds)}/events.json", rec.to_dict())
+            log.warning("raw events partition %s holds no line: status=no_data", lake.raw("events", ds))
+            return CleanResult(ds, rec, cat_rec, no_data=True)
+        if unknown:
+            log.warning("events ds=%s: unknown raw fields dropped: %s", ds, unknown)
+        from ecrec_lib.validation import validate
+        from expectations import SUITES, SuiteContext
+
+        validate(
+            spark, ev_parsed.select(*present),
+            SUITES["raw_events"](SuiteContext(ds=ds, present_columns=present, **common)),
+            "raw_events", ds, f"{lake.ops('validation', ds)}/raw_events",
+        )
+        catalog_items = spark.read.parquet(lake.clean("catalog", ds)).select("item_id")
+        ev_rows = classify_events(ev_parsed, catalog_items, ds, cfg).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            clean, quarantine = event_outputs(ev_rows, key)
+            io.write_staged(clean, lake.clean("events", ds))
+            io.write_staged(quarantine, lake.quarantine("events", ds), n_files=1)
+            dups, by_reason = _reason_counts(ev_rows)
+        finally:
+            ev_rows.unpersist()
+        rec = _reconcile(spark, lake, "events", ds, n, dups, by_reason, unknown)
+        io.write_json(spark, f"{lake.ops('reconciliation', ds)}/events.json", rec.to_dict())
+        io.publish(spark, lake.quarantine("events", ds))
+        try:
+            _validate_staged(spark, lake, "clean_events", lake.clean("events", ds), ds, {
+                **common, "prev_rows": _prev_rows(spark, lake, "clean", "events", ds),
+                "min_rows": max(1, math.ceil(n * cfg.min_clean_fraction)),
+            })
+        except DataContractError:
+            io.discard_staged(spark, lake.clean("events", ds))
+            raise
+        io.publish(spark, lake.clean("events", ds))
+    finally:
+        ev_parsed.unpersist()
+    log.info("events ds=%s: %s", ds, rec.to_dict())
+    return CleanResult(ds, rec, cat_rec)

@@ -1,0 +1,65 @@
+"""Text and time normalization: Spark built-ins on hot paths, one pandas UDF for NFKC.
+
+:func:`normalize_query_py` is the plain-Python reference; :func:`normalize_queries` applies the
+same rule in Spark to the *distinct* queries only (a few thousand per day) and joins back, so the
+Python worker sees each query once instead of once per event.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import TYPE_CHECKING
+
+import pandas as pd  # module level: pandas_udf resolves the string type hints here
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame
+
+_WS = re.compile(r"\s+")
+
+
+def normalize_query_py(text: str | None) -> str | None:
+    """Reference rule: NFKC, lower case, whitespace runs -> one space, trimmed; blank -> None."""
+    if text is None:
+        return None
+    out = _WS.sub(" ", unicodedata.normalize("NFKC", text).lower()).strip()
+    return out or None
+
+
+def clean_text(col: Column | str) -> Column:
+    """Trim and collapse internal whitespace; blank strings become null."""
+    from pyspark.sql import functions as F
+
+    c = F.trim(F.regexp_replace(F.col(col) if isinstance(col, str) else col, r"\s+", " "))
+    return F.when(F.length(c) > 0, c)
+
+
+def parse_utc_timestamp(col: Column | str) -> Column:
+    """ISO-8601 text with offset -> UTC timestamp (session time zone is UTC); bad text -> null."""
+    from pyspark.sql import functions as F
+
+    return F.try_to_timestamp(F.col(col) if isinstance(col, str) else col)
+
+
+def _nfkc_udf():  # noqa: ANN202 - returns a pandas_udf
+    from pyspark.sql.functions import pandas_udf
+
+    @pandas_udf("string")
+    def nfkc_normalize(s: pd.Series) -> pd.Series:
+        return s.map(normalize_query_py)
+
+    return nfkc_normalize
+
+
+def normalize_queries(df: DataFrame, col: str = "query") -> DataFrame:
+    """Replace ``col`` by its normalized form, computing the UDF once per distinct value."""
+    from pyspark.sql import functions as F
+
+    tmp = "__query_norm"
+    distinct = (
+        df.select(F.col(col).alias("__q")).where(F.col("__q").isNotNull()).distinct()
+        .withColumn(tmp, _nfkc_udf()(F.col("__q")))
+    )
+    joined = df.join(F.broadcast(distinct), df[col] == distinct["__q"], "left")
+    return joined.withColumn(col, F.col(tmp)).drop("__q", tmp)

@@ -1,0 +1,271 @@
+"""The promotion gate's evidence: the newest holdout, full-ranking evaluation, the decision rule.
+
+The holdout is built from the lake at the gate's ds, not from any model's own validation
+split, so challenger, champion and the popularity baseline are compared on the same rows:
+each user's last item event is the target, the events before it are the history.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ecrec_lib import schema
+from ecrec_lib.config import EcrecConfig
+from ecrec_lib.evaluation import EvalSet, evaluate_scores, popularity_scores
+from ecrec_lib.evaluation.metrics import top_k
+from ecrec_lib.models.api import Recommender, UserHistory
+
+EVAL_KS = (10, 50)
+LATENCY_SAMPLE_USERS = 1000
+LATENCY_TOP_K = 100  # what batch scoring keeps per user
+NDCG = "ndcg@10"
+COVERAGE = "coverage@10"
+RECALL_50 = "recall@50"
+LATENCY = "ms_per_1k_users"
+
+
+class HoldoutError(ValueError):
+    """The lake at ds cannot give a holdout; the message names the dataset and the fix."""
+
+
+class ModelEvaluationError(RuntimeError):
+    """A model loaded but returned unusable output (wrong shape, NaN) on the holdout."""
+
+
+@dataclass
+class Holdout:
+    """Evaluation rows over the ds catalog: ``eval_set`` indexes ``catalog`` rows."""
+
+    catalog: pd.DataFrame
+    histories: list[UserHistory]
+    eval_set: EvalSet
+    now_ts: int
+    item_popularity: np.ndarray  # history interaction counts per catalog row (no target leak)
+    n_users: int
+    n_skipped_short: int
+    n_skipped_unknown_target: int
+
+    @property
+    def n_items(self) -> int:
+        return len(self.catalog)
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "holdout_users": float(len(self.eval_set)),
+            "holdout_items": float(self.n_items),
+            "holdout_skipped_short": float(self.n_skipped_short),
+            "holdout_skipped_unknown_target": float(self.n_skipped_unknown_target),
+        }
+
+
+def end_of_ds_ts(ds: str) -> int:
+    """Epoch seconds at the end of the ds day (UTC): the 'now' batch scoring uses."""
+    day = dt.date.fromisoformat(ds)
+    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp()) + 86400
+
+
+def build_holdout(sequences: pd.DataFrame, catalog: pd.DataFrame, ds: str) -> Holdout:
+    """Last item of each user's sequence = target, the rest = history (fewer than 2: skipped).
+
+    Targets missing from the ds catalog cannot be ranked and are skipped (counted); history
+    items missing from it still reach the model but are not masked (they are not candidates).
+    """
+    missing = [c for c in ("item_ids", "event_types", "event_times") if c not in sequences]
+    if missing:
+        raise HoldoutError(
+            f"user_sequences lacks columns {missing} (expected {schema.USER_SEQUENCE_COLUMNS}); "
+            "re-run the featurize job for this ds"
+        )
+    if "item_id" not in catalog:
+        raise HoldoutError("clean catalog lacks the item_id column; re-run the clean job for this ds")
+    catalog = catalog.drop_duplicates("item_id").reset_index(drop=True)
+    index = {str(item): i for i, item in enumerate(catalog["item_id"])}
+    histories: list[UserHistory] = []
+    hist_idx: list[np.ndarray] = []
+    targets: list[int] = []
+    n_short = n_unknown = 0
+    for items, types, times in zip(
+        sequences["item_ids"], sequences["event_types"], sequences["event_times"], strict=True
+    ):
+        items = [str(i) for i in (items if items is not None else [])]
+        if len(items) < 2:
+            n_short += 1
+            continue
+        target = index.get(items[-1])
+        if target is None:
+            n_unknown += 1
+            continue
+        histories.append(
+            UserHistory(items[:-1], [str(t) for t in types][:-1], [int(t) for t in times][:-1])
+        )
+        hist_idx.append(np.asarray([index[i] for i in items[:-1] if i in index], dtype=np.int64))
+        targets.append(target)
+    if not targets:
+        raise HoldoutError(
+            f"no user in user_sequences ds={ds} has 2+ item events with a last item in the ds "
+            f"catalog ({len(sequences)} users, {n_short} too short, {n_unknown} with unknown "
+            "targets); the gate needs newer data: re-run the featurize job or check the catalog"
+        )
+    eval_set = EvalSet(np.arange(len(targets), dtype=np.int64), hist_idx, np.asarray(targets))
+    return Holdout(
+        catalog=catalog,
+        histories=histories,
+        eval_set=eval_set,
+        now_ts=end_of_ds_ts(ds),
+        item_popularity=popularity_scores(hist_idx, len(catalog)),
+        n_users=len(sequences),
+        n_skipped_short=n_short,
+        n_skipped_unknown_target=n_unknown,
+    )
+
+
+def _check_matrix(name: str, arr: Any, rows: int) -> np.ndarray:
+    mat = np.asarray(arr, dtype=np.float32)
+    if mat.ndim != 2 or mat.shape[0] != rows:
+        raise ModelEvaluationError(f"{name} returned shape {mat.shape}, expected ({rows}, dim)")
+    if not np.isfinite(mat).all():
+        raise ModelEvaluationError(f"{name} returned NaN or infinite values")
+    return mat
+
+
+def measure_latency_ms_per_1k(
+    model: Recommender, holdout: Holdout, items: np.ndarray, sample: int = LATENCY_SAMPLE_USERS
+) -> float:
+    """Wall time of encode_users + scoring + top-K for a user sample, per 1,000 users.
+
+    The catalog embeddings are computed once per scoring run, so they are not part of the
+    per-user cost (their time is reported separately as ``item_encode_s``).
+    """
+    n = min(sample, len(holdout.histories))
+    batch = holdout.histories[:n]
+    start = time.perf_counter()
+    users = np.asarray(model.encode_users(batch, holdout.now_ts), dtype=np.float32)
+    top_k(users @ items.T, min(LATENCY_TOP_K, items.shape[0]))
+    return (time.perf_counter() - start) * 1000.0 * 1000.0 / max(n, 1)
+
+
+def evaluate_recommender(model: Recommender, holdout: Holdout) -> dict[str, float]:
+    """Full-ranking metrics over the ds catalog (history excluded) plus scoring latency."""
+    start = time.perf_counter()
+    items = _check_matrix("encode_items", model.encode_items(holdout.catalog), holdout.n_items)
+    item_s = time.perf_counter() - start
+    users = _check_matrix(
+        "encode_users", model.encode_users(holdout.histories, holdout.now_ts), len(holdout.histories)
+    )
+    if users.shape[1] != items.shape[1]:
+        raise ModelEvaluationError(
+            f"user vectors have dim {users.shape[1]} but item vectors dim {items.shape[1]}"
+        )
+    out = evaluate_scores(
+        lambda pos: users[pos] @ items.T,
+        holdout.eval_set,
+        holdout.n_items,
+        ks=EVAL_KS,
+        item_popularity=holdout.item_popularity,
+    )
+    out.update(cold_start_metrics(model, holdout, users, items))
+    out[LATENCY] = measure_latency_ms_per_1k(model, holdout, items)
+    out["item_encode_s"] = item_s
+    return out
+
+
+def cold_start_metrics(
+    model: Recommender, holdout: Holdout, users: np.ndarray, items: np.ndarray
+) -> dict[str, float]:
+    """NDCG/recall@10 on holdout rows whose target the model never saw in training.
+
+    Those items are ranked from text/side features only; empty when there is no such row.
+    """
+    known = set(model.item_ids)
+    catalog_ids = holdout.catalog["item_id"].astype(str).to_numpy()
+    rows = np.flatnonzero([catalog_ids[t] not in known for t in holdout.eval_set.targets])
+    if len(rows) == 0:
+        return {}
+    sub = holdout.eval_set.subset(rows)
+    sub_users = users[rows]
+    got = evaluate_scores(lambda pos: sub_users[pos] @ items.T, sub, holdout.n_items, ks=(10,))
+    return {f"cold_{k}": got[k] for k in ("ndcg@10", "recall@10", "n_eval")}
+
+
+def evaluate_popularity(holdout: Holdout) -> dict[str, float]:
+    """The same metrics for "recommend the most interacted-with items" (history counts)."""
+    pop = holdout.item_popularity
+    return evaluate_scores(
+        lambda pos: np.broadcast_to(pop, (len(pos), len(pop))),
+        holdout.eval_set,
+        holdout.n_items,
+        ks=EVAL_KS,
+        item_popularity=pop,
+    )
+
+
+@dataclass
+class GateResult:
+    """The rule's verdict and every reason behind it (recorded with the decision)."""
+
+    promote: bool
+    reasons: list[str] = field(default_factory=list)
+    guardrails: dict[str, bool] = field(default_factory=dict)
+
+
+def check_guardrails(cfg: EcrecConfig, metrics: Mapping[str, float]) -> tuple[dict[str, bool], list[str]]:
+    """Each guardrail -> passed, and a sentence for each failure."""
+    checks = {
+        "coverage": (metrics[COVERAGE] >= cfg.guardrail_min_coverage,
+                     f"coverage@10 {metrics[COVERAGE]:.4f} < minimum {cfg.guardrail_min_coverage}"),
+        "recall_at_50": (metrics[RECALL_50] >= cfg.guardrail_min_recall_at_50,
+                         f"recall@50 {metrics[RECALL_50]:.4f} < minimum "
+                         f"{cfg.guardrail_min_recall_at_50}"),
+        "latency": (metrics[LATENCY] <= cfg.guardrail_max_ms_per_1k_users,
+                    f"scoring latency {metrics[LATENCY]:.1f} ms per 1k users > maximum "
+                    f"{cfg.guardrail_max_ms_per_1k_users}"),
+    }
+    return {k: ok for k, (ok, _) in checks.items()}, [msg for ok, msg in checks.values() if not ok]
+
+
+def decide(
+    cfg: EcrecConfig,
+    challenger: Mapping[str, float],
+    champion: Mapping[str, float] | None,
+    popularity: Mapping[str, float],
+) -> GateResult:
+    """Promote iff the challenger beats the reference on NDCG@10 and breaks no guardrail.
+
+    The reference is the champion plus ``cfg.promotion_margin``; with no champion yet, the
+    popularity baseline on the same holdout (a first model must at least beat it).
+    """
+    guardrails, failures = check_guardrails(cfg, challenger)
+    reasons = list(failures)
+    if champion is not None:
+        bar = champion[NDCG] + cfg.promotion_margin
+        better = challenger[NDCG] > bar
+        reasons.append(
+            f"challenger NDCG@10 {challenger[NDCG]:.4f} {'>' if better else '<='} champion "
+            f"{champion[NDCG]:.4f} + margin {cfg.promotion_margin}"
+        )
+    else:
+        better = challenger[NDCG] > popularity[NDCG]
+        reasons.append(
+            f"no champion yet: challenger NDCG@10 {challenger[NDCG]:.4f} "
+            f"{'>' if better else '<='} popularity baseline {popularity[NDCG]:.4f}"
+        )
+    return GateResult(promote=better and not failures, reasons=reasons, guardrails=guardrails)
+
+
+def read_holdout(cfg: EcrecConfig, ds: str) -> Holdout:
+    """Build the holdout from features/user_sequences/ds=D and clean/catalog/ds=D."""
+    from ecrec_lib.lake import Lake
+    from ecrec_lib.registry.records import read_parquet_dir
+
+    lake = Lake(cfg.lake_root)
+    seq_cols: Sequence[str] = ("item_ids", "event_types", "event_times")
+    sequences = read_parquet_dir(lake.features("user_sequences", ds), seq_cols, "featurize")
+    catalog = read_parquet_dir(lake.clean("catalog", ds), None, "clean")
+    return build_holdout(sequences, catalog, ds)

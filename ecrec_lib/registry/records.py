@@ -1,0 +1,184 @@
+"""Where promotion decisions are recorded: the lake's promotion log and MLflow.
+
+- ``ops/promotion/ds=D/decision.json``: the gate's decision for ds D (one JSON line,
+  replaced when the ds is re-run).
+- ``ops/promotion/promotion_log.jsonl``: every decision and manual action, one JSON line
+  each; gate lines are keyed by ds, so re-running a ds replaces its line instead of adding one.
+- an MLflow run per decision in the ``<experiment>-promotion`` experiment, and tags on the
+  versions involved.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from ecrec_lib.config import EcrecConfig
+from ecrec_lib.lake import Lake, is_local
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+LOG_FILE = "promotion_log.jsonl"
+DECISION_FILE = "decision.json"
+
+
+# ------------------------------------------------------------------ file helpers
+
+
+def _filesystem(path: str) -> tuple[Any, str]:
+    import pyarrow.fs as pafs
+
+    if is_local(path):
+        return pafs.LocalFileSystem(), path.removeprefix("file://")
+    uri = "s3://" + path.removeprefix("s3a://") if path.startswith("s3a://") else path
+    return pafs.FileSystem.from_uri(uri)
+
+
+def read_text(path: str) -> str | None:
+    """The file's text, or None when it does not exist."""
+    import pyarrow.fs as pafs
+
+    fs, p = _filesystem(path)
+    if fs.get_file_info(p).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(p) as f:
+        return f.read().decode("utf-8")
+
+
+def write_text(path: str, text: str) -> None:
+    """Write a whole file (atomically when local: write a temp file, then rename)."""
+    fs, p = _filesystem(path)
+    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
+    if is_local(path):
+        tmp = Path(p + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, p)
+        return
+    with fs.open_output_stream(p) as f:
+        f.write(text.encode("utf-8"))
+
+
+def read_parquet_dir(path: str, columns: Sequence[str] | None, producer: str) -> pd.DataFrame:
+    """A Parquet partition as pandas; a clear error naming the job to run when it is missing."""
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    fs, p = _filesystem(path)
+    if fs.get_file_info(p).type == pafs.FileType.NotFound:
+        raise FileNotFoundError(
+            f"{path} does not exist; run the {producer} job for this ds first "
+            f"(`python -m jobs.{producer} --ds D`)"
+        )
+    table = pq.read_table(p, filesystem=fs, columns=list(columns) if columns else None)
+    return table.to_pandas()
+
+
+# ------------------------------------------------------------------ promotion log
+
+
+def decision_path(cfg: EcrecConfig, ds: str) -> str:
+    return Lake(cfg.lake_root).ops("promotion", ds) + "/" + DECISION_FILE
+
+
+def log_path(cfg: EcrecConfig) -> str:
+    return Lake(cfg.lake_root).dataset("ops", "promotion") + "/" + LOG_FILE
+
+
+def _line_key(record: Mapping[str, Any]) -> tuple[str, str]:
+    """Gate decisions are unique per ds; manual actions are unique per event."""
+    if record.get("kind") == "gate":
+        return ("gate", str(record.get("ds")))
+    return ("manual", str(record.get("event_id")))
+
+
+def read_promotion_log(cfg: EcrecConfig) -> list[dict[str, Any]]:
+    text = read_text(log_path(cfg)) or ""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def append_promotion_log(cfg: EcrecConfig, record: Mapping[str, Any]) -> None:
+    """Add ``record`` to the cumulative log, replacing an earlier line with the same key."""
+    key = _line_key(record)
+    lines = [r for r in read_promotion_log(cfg) if _line_key(r) != key]
+    lines.append(dict(record))
+    write_text(log_path(cfg), "".join(json.dumps(r, sort_keys=True) + "\n" for r in lines))
+
+
+def write_gate_decision(cfg: EcrecConfig, record: Mapping[str, Any]) -> str:
+    """Write ``ops/promotion/ds=D/decision.json`` and the log line for it; returns the path."""
+    path = decision_path(cfg, str(record["ds"]))
+    write_text(path, json.dumps(dict(record), sort_keys=True) + "\n")
+    append_promotion_log(cfg, record)
+    return path
+
+
+# ------------------------------------------------------------------ MLflow records
+
+
+def ensure_experiment(client: MlflowClient, cfg: EcrecConfig, name: str) -> str:
+    """The id of experiment ``name``, created with its artifacts under mlflow_artifact_root."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    root = cfg.mlflow_artifact_root
+    location = Path(root).resolve().as_uri() if is_local(root) else root.rstrip("/")
+    return client.create_experiment(name, artifact_location=f"{location}/{name}")
+
+
+def promotion_experiment(cfg: EcrecConfig) -> str:
+    return f"{cfg.mlflow_experiment}-promotion"
+
+
+def _flat_params(record: Mapping[str, Any]) -> dict[str, str]:
+    out = {}
+    for key, value in record.items():
+        if isinstance(value, str | int | float | bool) or value is None:
+            out[key] = str(value)[:6000]
+    return out
+
+
+def log_decision_run(
+    client: MlflowClient,
+    cfg: EcrecConfig,
+    record: Mapping[str, Any],
+    metrics: Mapping[str, Mapping[str, float]] | None = None,
+) -> str:
+    """One finished MLflow run holding a decision: params, both models' metrics, tags."""
+    exp_id = ensure_experiment(client, cfg, promotion_experiment(cfg))
+    name = f"{record.get('kind', 'decision')}-{record.get('ds') or record.get('event_id')}"
+    tags = {
+        "decision": str(record["decision"]),
+        "kind": str(record.get("kind", "")),
+        "ds": str(record.get("ds", "")),
+        "by": str(record.get("by", "")),
+        "mlflow.runName": name,
+    }
+    run = client.create_run(exp_id, tags=tags, run_name=name)
+    run_id = run.info.run_id
+    try:
+        for key, value in _flat_params(record).items():
+            client.log_param(run_id, key, value)
+        for model, values in (metrics or {}).items():
+            for key, value in values.items():
+                safe = key.replace("@", "_at_")
+                client.log_metric(run_id, f"{model}.{safe}", float(value))
+        client.log_text(run_id, json.dumps(record, indent=2, sort_keys=True), "decision.json")
+    finally:
+        client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def log_model_card(client: MlflowClient, name: str, version: str, run_id: str, card: str) -> None:
+    """Attach the card to the version's training run and show it as the version description."""
+    if run_id:
+        client.log_text(run_id, card, "model_card.md")
+    client.update_model_version(name, version, description=card)

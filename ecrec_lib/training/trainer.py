@@ -1,0 +1,524 @@
+"""Training loop of the two-tower model.
+
+Programmatic API (used by ``jobs.train_encoders`` and ``jobs.benchmark_quality``)::
+
+    from ecrec_lib.evaluation import leave_one_out, evaluate_scores
+    from ecrec_lib.training.trainer import ModelConfig, train_two_tower, TrainResult
+
+    train_seqs, valid, test = leave_one_out(data.sequences)
+    mcfg = ModelConfig(use_text=True, epochs=50, dim=64)      # or model_config_from(cfg, epochs=5)
+    result = train_two_tower(data, mcfg, train_seqs, valid, progress=True, checkpoint_dir=None)
+    result.model                 # TwoTowerRecommender (ecrec_lib.models.api.Recommender + helpers)
+    result.history               # one dict per epoch: loss, valid_ndcg@10, valid_recall@10, seconds...
+    result.best_epoch            # weights of this epoch are the ones kept
+    score_fn = result.score_fn(test)   # (positions) -> (b, n_items) scores, for evaluate_scores
+    metrics = evaluate_scores(score_fn, test, data.n_items)
+    # or directly: result.model.score_histories(list_of_item_index_arrays) -> torch (b, n_items)
+
+``ModelConfig(use_text=False)`` is the ID-only SASRec-style baseline (full softmax CE).
+Every prefix of every training sequence predicts its next item in one pass (causal
+transformer), and the softmax runs over the whole catalog with one matmul over the valid
+positions only. Reproducible: same seed and data -> same loss history on CPU; an
+interrupted run resumes from ``checkpoint_dir/last.pt`` to the same result.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ecrec_lib.evaluation import EvalSet, evaluate_scores
+from ecrec_lib.models.config import ModelConfig, model_config_from
+from ecrec_lib.models.recommender import TwoTowerRecommender
+from ecrec_lib.models.text_encoder import (
+    TextEncoder,
+    cached_text_embeddings,
+    resolve_text_model_path,
+)
+from ecrec_lib.models.two_tower import TwoTowerModel
+from ecrec_lib.training.data import TrainingData, data_fingerprint
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ModelConfig",
+    "NaNLossError",
+    "TrainResult",
+    "build_recommender",
+    "model_config_from",
+    "train_two_tower",
+]
+
+CHECKPOINT_NAME = "last.pt"
+
+
+class NaNLossError(FloatingPointError):
+    """The loss became NaN/inf: training stopped and nothing may be registered."""
+
+
+@dataclass
+class TrainResult:
+    model: TwoTowerRecommender
+    history: list[dict[str, float]]
+    best_epoch: int  # 1-based; 0 when no validation happened
+    best_valid: dict[str, float] = field(default_factory=dict)
+    fingerprint: str = ""
+    resumed_from_epoch: int = 0
+    data: TrainingData | None = None
+
+    def score_fn(self, eval_set: EvalSet) -> Callable[[np.ndarray], torch.Tensor]:
+        """A ``score_fn`` for :func:`ecrec_lib.evaluation.evaluate_scores` over ``eval_set``."""
+        return make_score_fn(self.model, eval_set, self.data)
+
+
+def resolve_device(mcfg: ModelConfig) -> torch.device:
+    if mcfg.device == "cuda" or (mcfg.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("device=cuda requested but no CUDA GPU is available; use device=auto")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _vocab(values: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """Sorted vocabulary of non-empty values and 1-based codes (0 = unknown)."""
+    vocab = sorted({v for v in values if v})
+    lookup = {v: i + 1 for i, v in enumerate(vocab)}
+    return vocab, np.asarray([lookup.get(v, 0) for v in values], dtype=np.int64)
+
+
+def build_recommender(
+    data: TrainingData,
+    mcfg: ModelConfig,
+    train_seqs: Sequence[np.ndarray],
+    cache_dir: str | None = None,
+) -> tuple[TwoTowerRecommender, TextEncoder | None, np.ndarray | None]:
+    """An untrained recommender for ``data`` (text embeddings computed or read from cache)."""
+    device = resolve_device(mcfg)
+    need_text = mcfg.use_text or (mcfg.init_id_from_text and mcfg.use_id)
+    encoder: TextEncoder | None = None
+    text_emb: np.ndarray | None = None
+    text_dim = 1
+    if need_text:
+        path = resolve_text_model_path(mcfg.text_model_path)
+        mode = mcfg.encoder_mode if mcfg.use_text else "frozen"
+        encoder = TextEncoder(path, mode, mcfg.text_max_length, mcfg.finetune_layers,
+                              mcfg.lora_r, mcfg.lora_alpha)
+        t0 = time.time()
+        text_emb = cached_text_embeddings(encoder, data.item_text, cache_dir, mcfg.text_batch_size)
+        log.info("item text embeddings %s in %.1fs", text_emb.shape, time.time() - t0)
+        text_dim = encoder.hidden_size
+        encoder.to(device)
+    categories, cat_codes = _vocab(data.item_category)
+    brands, brand_codes = _vocab(data.item_brand)
+    has_id = np.zeros(data.n_items, dtype=bool)
+    for s in train_seqs:
+        has_id[np.asarray(s, dtype=np.int64)] = True
+    model = TwoTowerModel(mcfg, data.n_items, text_dim, cat_codes, brand_codes,
+                          len(categories), len(brands), has_id)
+    if text_emb is not None and mcfg.use_text:
+        model.set_text_embeddings(text_emb)
+    if text_emb is not None and mcfg.init_id_from_text and mcfg.use_id:
+        model.init_id_from_text(text_emb, mcfg.seed)
+    model.to(device)
+    if text_emb is not None and mcfg.use_text:
+        model.set_text_embeddings(text_emb)
+    rec = TwoTowerRecommender(
+        model, mcfg, data.item_ids, data.item_text, categories, brands,
+        text_encoder=encoder if mcfg.use_text else None,
+    )
+    return rec, (encoder if mcfg.use_text else None), text_emb
+
+
+# ---------------------------------------------------------------------- batches
+@dataclass
+class _SeqArrays:
+    """Right-padded training windows: position j of ``inp`` predicts ``tgt[:, j]``."""
+
+    inp: np.ndarray  # (N, L) item idx
+    tgt: np.ndarray  # (N, L) next item idx, -1 where no target
+    lengths: np.ndarray  # (N,)
+    types: np.ndarray  # (N, L)
+    ages: np.ndarray  # (N, L) seconds before the window's final event
+
+
+def _aligned_side(data: TrainingData, train_seqs: Sequence[np.ndarray]) -> tuple[list, list]:
+    """Event types / times aligned with ``train_seqs`` when they are prefixes of
+    ``data.sequences`` (what leave_one_out returns); None entries otherwise."""
+    types: list[np.ndarray | None] = []
+    times: list[np.ndarray | None] = []
+    aligned = len(train_seqs) == len(data.sequences)
+    for u, s in enumerate(train_seqs):
+        n = len(s)
+        ok = aligned and n <= len(data.sequences[u]) and np.array_equal(data.sequences[u][:n], s)
+        types.append(data.event_types[u][:n] if ok and data.event_types is not None else None)
+        times.append(data.event_times[u][:n] if ok and data.event_times is not None else None)
+    return types, times
+
+
+def _training_arrays(data: TrainingData, train_seqs: Sequence[np.ndarray], L: int) -> _SeqArrays:
+    types, times = _aligned_side(data, train_seqs)
+    rows = [u for u, s in enumerate(train_seqs) if len(s) >= 2]
+    n = len(rows)
+    inp = np.zeros((n, L), dtype=np.int64)
+    tgt = np.full((n, L), -1, dtype=np.int64)
+    lengths = np.zeros(n, dtype=np.int64)
+    typ = np.zeros((n, L), dtype=np.int64)
+    age = np.zeros((n, L), dtype=np.int64)
+    for r, u in enumerate(rows):
+        w = np.asarray(train_seqs[u], dtype=np.int64)[-(L + 1):]
+        k = len(w) - 1
+        inp[r, :k] = w[:-1]
+        tgt[r, :k] = w[1:]
+        lengths[r] = k
+        if types[u] is not None:
+            typ[r, :k] = types[u][-(L + 1):][:-1]
+        if times[u] is not None:
+            tw = times[u][-(L + 1):]
+            # "now" of the window = time of its final event (the last target): at serving
+            # time the anchor is the scoring time, just before the next event.
+            age[r, :k] = tw[-1] - tw[:-1]
+    return _SeqArrays(inp, tgt, lengths, typ, age)
+
+
+def _eval_side(data: TrainingData | None, eval_set: EvalSet) -> tuple[list | None, list | None]:
+    """Event types and ages for eval rows (anchor = the target's time, i.e. "now")."""
+    if data is None or data.event_types is None or data.event_times is None:
+        return None, None
+    types, ages = [], []
+    for u, h in zip(eval_set.users, eval_set.histories, strict=True):
+        n = len(h)
+        seq = data.sequences[int(u)]
+        if len(seq) <= n or not np.array_equal(seq[:n], h):
+            return None, None
+        types.append(data.event_types[int(u)][:n])
+        t = data.event_times[int(u)]
+        ages.append(t[n] - t[:n])
+    return types, ages
+
+
+def make_score_fn(rec: TwoTowerRecommender, eval_set: EvalSet,
+                  data: TrainingData | None = None) -> Callable[[np.ndarray], torch.Tensor]:
+    types, ages = _eval_side(data, eval_set)
+
+    def score_fn(pos: np.ndarray) -> torch.Tensor:
+        hist = [eval_set.histories[i] for i in pos]
+        t = [types[i] for i in pos] if types is not None else None
+        a = [ages[i] for i in pos] if ages is not None else None
+        return rec.score_histories(hist, t, a).cpu()
+
+    return score_fn
+
+
+# ---------------------------------------------------------------------- training
+def _lr_lambda(mcfg: ModelConfig, total_steps: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if mcfg.warmup_steps and step < mcfg.warmup_steps:
+            return (step + 1) / mcfg.warmup_steps
+        if mcfg.lr_schedule == "cosine":
+            rest = max(1, total_steps - mcfg.warmup_steps)
+            p = min(1.0, (step - mcfg.warmup_steps) / rest)
+            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * p))
+        return 1.0
+
+    return f
+
+
+def _checkpoint_key(mcfg: ModelConfig, fingerprint: str) -> dict[str, Any]:
+    d = mcfg.to_dict()
+    for volatile in ("epochs", "patience", "device", "num_threads"):
+        d.pop(volatile, None)  # may change between the interrupted and the resumed run
+    return {"config": d, "fingerprint": fingerprint}
+
+
+def _state_copy(module: torch.nn.Module | None) -> dict[str, torch.Tensor] | None:
+    if module is None:
+        return None
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def train_two_tower(
+    data: TrainingData,
+    mcfg: ModelConfig,
+    train_seqs: Sequence[np.ndarray],
+    valid: EvalSet | None,
+    progress: bool = True,
+    checkpoint_dir: str | None = None,
+    cache_dir: str | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    stop_after_epochs: int | None = None,
+) -> TrainResult:
+    """Train on ``train_seqs`` (item-index sequences, e.g. leave_one_out's train part);
+    early-stop on ``valid`` NDCG@10 and return the best weights.
+
+    ``checkpoint_dir``: the state is saved there after every epoch and a run with the
+    same config and data resumes from it. ``cache_dir``: where frozen text embeddings are
+    cached. ``on_epoch`` gets each epoch's history row (MLflow logging). ``stop_after_epochs``
+    ends this call early without finishing (simulates an interruption; for tests).
+    Raises :class:`NaNLossError` when the loss is not finite.
+    """
+    data.validate()
+    if mcfg.num_threads:
+        torch.set_num_threads(mcfg.num_threads)
+    torch.manual_seed(mcfg.seed)
+    fingerprint = data_fingerprint(data)
+    arrays = _training_arrays(data, train_seqs, mcfg.max_seq_len)
+    if len(arrays.lengths) == 0:
+        raise ValueError("no training sequence has 2 or more items: nothing to learn from")
+    device = resolve_device(mcfg)
+    rec, encoder, _ = build_recommender(data, mcfg, train_seqs, cache_dir)
+    model = rec.model
+    n_items = data.n_items
+    use_full = mcfg.loss == "full_softmax" or (
+        mcfg.loss == "auto" and n_items <= mcfg.full_softmax_max_items)
+    trainable_text = encoder is not None and encoder.trainable
+
+    # Query pairs (search box): frozen query text embeddings computed once.
+    pairs = data.query_pairs if mcfg.use_text else []
+    q_texts = sorted({q for q, _, _ in pairs})
+    q_index = {q: i for i, q in enumerate(q_texts)}
+    q_rows = np.asarray([q_index[q] for q, _, _ in pairs], dtype=np.int64)
+    q_items = np.asarray([i for _, i, _ in pairs], dtype=np.int64)
+    q_weights = np.asarray([w for _, _, w in pairs], dtype=np.float32)
+    q_emb = None
+    if len(pairs) and not trainable_text:
+        q_emb = torch.as_tensor(encoder.embed(q_texts, mcfg.text_batch_size), device=device)
+
+    # Popularity of targets: proposal of in-batch negatives for the logQ correction.
+    counts = np.bincount(arrays.tgt[arrays.tgt >= 0], minlength=n_items).astype(np.float64)
+    log_unigram = torch.as_tensor(np.log((counts + 1e-3) / (counts + 1e-3).sum()), device=device)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups: list[dict[str, Any]] = [{"params": params, "lr": mcfg.lr}]
+    if trainable_text:
+        groups.append({"params": [p for p in encoder.parameters() if p.requires_grad],
+                       "lr": mcfg.text_lr})
+    opt = torch.optim.AdamW(groups, lr=mcfg.lr, weight_decay=mcfg.weight_decay)
+    n_rows = len(arrays.lengths)
+    steps_per_epoch = math.ceil(n_rows / mcfg.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(mcfg, steps_per_epoch * mcfg.epochs))
+
+    history: list[dict[str, float]] = []
+    best: dict[str, Any] = {"epoch": 0, "ndcg": -1.0, "model": None, "text": None, "valid": {}}
+    bad_epochs = 0
+    start_epoch = 0
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
+    key = _checkpoint_key(mcfg, fingerprint)
+    if ckpt_path is not None and ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if state.get("key") == key:
+            model.load_state_dict(state["model"])
+            if trainable_text and state.get("text") is not None:
+                encoder.load_state_dict(state["text"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            history, best, bad_epochs = state["history"], state["best"], state["bad_epochs"]
+            start_epoch = state["epoch"]
+            log.info("resumed from %s after epoch %d", ckpt_path, start_epoch)
+        else:
+            log.warning("ignoring checkpoint %s: it belongs to another config or data set", ckpt_path)
+    resumed_from = start_epoch
+
+    amp = mcfg.amp and device.type == "cuda"
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if amp else _NullCtx())
+    all_idx = torch.arange(n_items, device=device)
+    t_inp = torch.as_tensor(arrays.inp)
+    t_tgt = torch.as_tensor(arrays.tgt)
+    t_len = torch.as_tensor(arrays.lengths)
+    t_typ = torch.as_tensor(arrays.types)
+    t_age = torch.as_tensor(arrays.ages)
+    texts = data.item_text
+    use_id_dropout = mcfg.use_id and mcfg.id_dropout > 0 and (mcfg.use_text or mcfg.use_side)
+
+    epoch = start_epoch
+    for epoch in range(start_epoch + 1, mcfg.epochs + 1):
+        if stop_after_epochs is not None and epoch > start_epoch + stop_after_epochs:
+            break
+        # Per-epoch seeds: data order, dropout and ID-dropout do not depend on whether the
+        # run was resumed, so an interrupted run ends where an uninterrupted one does.
+        torch.manual_seed(mcfg.seed * 100_003 + epoch)
+        rng = np.random.default_rng([mcfg.seed, epoch])
+        if trainable_text and epoch == start_epoch + 1:
+            model.set_text_embeddings(encoder.embed(texts, mcfg.text_batch_size))
+        model.train()
+        if encoder is not None:
+            encoder.train(trainable_text)
+        batches = _length_bucketed_batches(arrays.lengths, mcfg.batch_size, rng)
+        t0 = time.time()
+        tot = tot_next = tot_q = 0.0
+        bar = _progress(range(len(batches)), progress, f"epoch {epoch}/{mcfg.epochs}")
+        for step in bar:
+            rows = torch.as_tensor(batches[step])
+            seq, tgt, lengths = t_inp[rows].to(device), t_tgt[rows].to(device), t_len[rows].to(device)
+            typ, age = t_typ[rows].to(device), t_age[rows].to(device)
+            L_used = int(lengths.max())
+            seq, tgt, typ, age = seq[:, :L_used], tgt[:, :L_used], typ[:, :L_used], age[:, :L_used]
+            valid_pos = tgt >= 0
+            targets = tgt[valid_pos]
+            id_keep = (torch.rand(n_items, device=device) >= mcfg.id_dropout) if use_id_dropout else None
+            batch_items = torch.unique(torch.cat([seq[valid_pos], targets]))
+            with autocast:
+                if use_full:
+                    cand = all_idx
+                    seq_c, tgt_c = seq, targets
+                else:
+                    neg = torch.randint(0, n_items, (mcfg.n_negatives,), device=device)
+                    cand, inverse = torch.unique(torch.cat([seq.reshape(-1), targets, neg]),
+                                                 return_inverse=True)
+                    seq_c = inverse[: seq.numel()].view_as(seq)
+                    tgt_c = inverse[seq.numel(): seq.numel() + len(targets)]
+                text_rows = None
+                if trainable_text:
+                    text_rows = model.item_text_emb[cand].clone()
+                    sub = batch_items[: mcfg.max_text_items_per_step]
+                    pos_in_cand = torch.searchsorted(cand, sub)
+                    fresh = encoder([texts[i] for i in sub.tolist()]).to(text_rows.dtype)
+                    text_rows = text_rows.index_put((pos_in_cand,), fresh)
+                items = model.item_vectors(cand, text_emb=text_rows,
+                                           id_keep=id_keep[cand] if id_keep is not None else None)
+                states = model.user_states(items, seq_c, lengths, typ, age)
+                h = states[valid_pos]
+                logits = (h @ items.T).float() * model.inv_temperature
+                if not use_full:
+                    # logQ correction: candidates were proposed by popularity (in-batch) and
+                    # uniformly; subtracting log q keeps the softmax unbiased.
+                    q = (len(targets) * log_unigram[cand].exp() + mcfg.n_negatives / n_items)
+                    logits = logits - torch.log(q.clamp_min(1e-12)).unsqueeze(0)
+                loss_next = F.cross_entropy(logits, tgt_c)
+                loss = loss_next
+                loss_q = torch.zeros((), device=device)
+                if len(pairs):
+                    sel = rng.choice(len(pairs), size=min(mcfg.query_batch_size, len(pairs)), replace=False)
+                    if trainable_text:
+                        qv = model.query_vectors(encoder([q_texts[r] for r in q_rows[sel]]))
+                    else:
+                        qv = model.query_vectors(q_emb[torch.as_tensor(q_rows[sel], device=device)])
+                    q_tgt = torch.as_tensor(q_items[sel], device=device)
+                    if use_full:
+                        q_logits = (qv @ items.T).float() * model.inv_temperature
+                        q_lab = q_tgt
+                    else:
+                        q_cand = torch.unique(torch.cat([q_tgt, neg]))
+                        q_items_v = model.item_vectors(q_cand)
+                        q_logits = (qv @ q_items_v.T).float() * model.inv_temperature
+                        q_lab = torch.searchsorted(q_cand, q_tgt)
+                    w = torch.as_tensor(q_weights[sel], device=device)
+                    loss_q = (F.cross_entropy(q_logits, q_lab, reduction="none") * w).sum() / w.sum()
+                    loss = loss + mcfg.query_loss_weight * loss_q
+            if not torch.isfinite(loss):
+                raise NaNLossError(
+                    f"loss became {loss.item()} at epoch {epoch}, step {step + 1}: training stopped "
+                    "and nothing is registered; lower the learning rate (learning_rate) or check "
+                    "the input data for extreme values"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if mcfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], mcfg.grad_clip)
+            opt.step()
+            sched.step()
+            tot += loss.item()
+            tot_next += loss_next.item()
+            tot_q += loss_q.item()
+            if progress and hasattr(bar, "set_postfix"):
+                done = min((step + 1) * mcfg.batch_size, n_rows)
+                bar.set_postfix(loss=f"{tot / (step + 1):.4f}", seq_s=f"{done / (time.time() - t0):.0f}")
+        secs = time.time() - t0
+        if not all(torch.isfinite(p).all() for p in params):
+            raise NaNLossError(
+                f"model weights became NaN/inf in epoch {epoch}: training stopped and nothing is "
+                "registered; lower the learning rate (learning_rate)"
+            )
+        if trainable_text:  # the cached item text rows must follow the encoder's updates
+            model.set_text_embeddings(encoder.embed(texts, mcfg.text_batch_size))
+        row: dict[str, float] = {
+            "epoch": float(epoch),
+            "loss": tot / len(batches),
+            "next_item_loss": tot_next / len(batches),
+            "query_loss": tot_q / len(batches),
+            "lr": float(sched.get_last_lr()[0]),
+            "train_seconds": secs,
+            "seq_per_s": n_rows / max(secs, 1e-9),
+        }
+        rec.invalidate()
+        if valid is not None and len(valid):
+            t1 = time.time()
+            m = evaluate_scores(make_score_fn(rec, valid, data), valid, n_items, ks=(10,),
+                                batch_size=mcfg.eval_batch_size)
+            row["valid_ndcg@10"] = m["ndcg@10"]
+            row["valid_recall@10"] = m["recall@10"]
+            row["eval_seconds"] = time.time() - t1
+            if m["ndcg@10"] > best["ndcg"]:
+                best = {"epoch": epoch, "ndcg": m["ndcg@10"], "model": _state_copy(model),
+                        "text": _state_copy(encoder) if trainable_text else None,
+                        "valid": {"ndcg@10": m["ndcg@10"], "recall@10": m["recall@10"]}}
+                bad_epochs = 0
+            else:
+                bad_epochs += 1
+        history.append(row)
+        log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
+        if on_epoch is not None:
+            on_epoch(row)
+        if ckpt_path is not None:
+            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = ckpt_path.with_suffix(".tmp")
+            torch.save({
+                "key": key, "epoch": epoch, "model": _state_copy(model),
+                "text": _state_copy(encoder) if trainable_text else None,
+                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "history": history, "best": best, "bad_epochs": bad_epochs,
+            }, tmp)
+            tmp.replace(ckpt_path)  # atomic: an interruption never leaves half a checkpoint
+        if valid is not None and len(valid) and bad_epochs >= mcfg.patience:
+            log.info("early stop after epoch %d (best epoch %d)", epoch, best["epoch"])
+            break
+
+    if best["model"] is not None:
+        model.load_state_dict(best["model"])
+        if trainable_text and best["text"] is not None:
+            encoder.load_state_dict(best["text"])
+    if trainable_text:
+        model.set_text_embeddings(encoder.embed(texts, mcfg.text_batch_size))
+    model.eval()
+    rec.invalidate()
+    rec.metadata.update({"best_epoch": best["epoch"], "fingerprint": fingerprint,
+                          "model_config": mcfg.to_dict()})
+    return TrainResult(rec, history, best["epoch"], best["valid"], fingerprint, resumed_from, data)
+
+
+def _length_bucketed_batches(lengths: np.ndarray, batch_size: int,
+                             rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffled batches of similar-length rows: a batch is cut to its longest row, so mixing
+    a 50-item user into 255 short ones would multiply the transformer cost."""
+    order = rng.permutation(len(lengths))
+    chunk = batch_size * 32
+    batches = []
+    for start in range(0, len(order), chunk):
+        part = order[start:start + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches.extend(part[i:i + batch_size] for i in range(0, len(part), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+class _NullCtx:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _progress(it: range, enabled: bool, desc: str):  # noqa: ANN202 - tqdm or a plain range
+    if not enabled:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, desc=desc, leave=False, mininterval=1.0)

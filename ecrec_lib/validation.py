@@ -1,0 +1,230 @@
+"""Run Great Expectations (1.x) suites on Spark DataFrames and enforce their severities.
+
+* :func:`run_suite` validates a pyspark DataFrame with an ephemeral GX context and the Spark
+  datasource (no GX project on disk), ``result_format=SUMMARY`` with a few unexpected values.
+* Each expectation's ``meta["severity"]`` is ``critical`` (default when absent) or ``warning``.
+* :func:`store_outcome` writes ``results.json`` (the full GX result) and ``index.html`` (a
+  small self-contained report rendered here: GX 1.x's Data Docs need a file-backed context and
+  a checkpoint action, too heavy for every nightly suite) under ``ops/validation/ds=D/<dataset>/``.
+* :func:`enforce` logs warnings and raises :class:`DataContractError` with a readable summary
+  (expectation, column, observed value, offending examples) when a critical one failed.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+MAX_EXAMPLES = 5
+
+
+class DataContractError(RuntimeError):
+    """A critical expectation failed; ``outcome`` holds every result."""
+
+    def __init__(self, outcome: SuiteOutcome) -> None:
+        super().__init__(outcome.summary())
+        self.outcome = outcome
+
+
+@dataclass
+class ExpectationOutcome:
+    expectation: str
+    column: str | None
+    severity: str
+    success: bool
+    observed: Any = None
+    unexpected_count: int | None = None
+    unexpected_percent: float | None = None
+    examples: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    why: str = ""
+    error: str | None = None
+    details: dict[str, Any] | None = None
+
+    def describe(self) -> str:
+        where = f" on column '{self.column}'" if self.column else ""
+        bounds = {k: v for k, v in self.kwargs.items()
+                  if k not in {"column", "batch_id", "meta"} and v is not None}
+        parts = [f"{self.expectation}{where} {bounds}"]
+        if self.why:
+            parts.append(f"({self.why})")
+        if self.error:
+            parts.append(f"raised: {self.error}")
+        if self.observed is not None:
+            parts.append(f"observed={self.observed!r}")
+        if self.unexpected_count:
+            pct = f" ({self.unexpected_percent:.2f}%)" if self.unexpected_percent is not None else ""
+            parts.append(f"unexpected={self.unexpected_count}{pct}")
+        if self.examples:
+            parts.append(f"e.g. {self.examples[:MAX_EXAMPLES]!r}")
+        if self.details and self.details.get("mismatched"):
+            parts.append(f"mismatched={self.details['mismatched']}")
+        return " ".join(parts)
+
+
+@dataclass
+class SuiteOutcome:
+    dataset: str
+    ds: str | None
+    results: list[ExpectationOutcome]
+    gx_result: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def critical_failures(self) -> list[ExpectationOutcome]:
+        return [r for r in self.results if not r.success and r.severity != "warning"]
+
+    @property
+    def warnings(self) -> list[ExpectationOutcome]:
+        return [r for r in self.results if not r.success and r.severity == "warning"]
+
+    @property
+    def success(self) -> bool:
+        return not self.critical_failures
+
+    def summary(self) -> str:
+        head = (
+            f"data contract '{self.dataset}' (ds={self.ds}): "
+            f"{len(self.critical_failures)} critical and {len(self.warnings)} warning failure(s) "
+            f"out of {len(self.results)} expectations"
+        )
+        lines = [head]
+        lines += [f"  CRITICAL {r.describe()}" for r in self.critical_failures]
+        lines += [f"  warning  {r.describe()}" for r in self.warnings]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "ds": self.ds,
+            "success": self.success,
+            "n_expectations": len(self.results),
+            "critical_failures": len(self.critical_failures),
+            "warnings": len(self.warnings),
+            "results": [asdict(r) for r in self.results],
+            "gx_result": self.gx_result,
+        }
+
+
+def _ephemeral_context() -> Any:
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    return context
+
+
+def _outcome(res: Any) -> ExpectationOutcome:
+    cfg = res.expectation_config
+    meta = cfg.meta or {}
+    result = res.result or {}
+    kwargs = {k: v for k, v in dict(cfg.kwargs).items() if k != "batch_id"}
+    error = None
+    if res.exception_info and res.exception_info.get("raised_exception"):
+        error = str(res.exception_info.get("exception_message"))
+    examples = result.get("partial_unexpected_list") or []
+    return ExpectationOutcome(
+        expectation=cfg.type,
+        column=kwargs.get("column"),
+        severity=str(meta.get("severity", "critical")),
+        success=bool(res.success),
+        observed=result.get("observed_value"),
+        unexpected_count=result.get("unexpected_count"),
+        unexpected_percent=result.get("unexpected_percent"),
+        examples=list(examples)[:MAX_EXAMPLES],
+        kwargs=kwargs,
+        why=str(meta.get("why", "")),
+        error=error,
+        details=result.get("details"),
+    )
+
+
+def run_suite(df: DataFrame, suite: Any, dataset: str, ds: str | None = None) -> SuiteOutcome:
+    """Validate ``df`` against ``suite`` (a ``gx.ExpectationSuite``); never raises on failures."""
+    context = _ephemeral_context()
+    source = context.data_sources.add_or_update_spark(name="ecrec_spark")
+    asset = source.add_dataframe_asset(name=dataset)
+    batch_def = asset.add_batch_definition_whole_dataframe(f"{dataset}_whole")
+    suite = context.suites.add_or_update(suite)
+    batch = batch_def.get_batch(batch_parameters={"dataframe": df})
+    result = batch.validate(
+        suite,
+        result_format={"result_format": "SUMMARY", "partial_unexpected_count": MAX_EXAMPLES},
+    )
+    outcome = SuiteOutcome(
+        dataset=dataset,
+        ds=ds,
+        results=[_outcome(r) for r in result.results],
+        gx_result=json.loads(json.dumps(result.to_json_dict(), default=str)),
+    )
+    return outcome
+
+
+def render_html(outcome: SuiteOutcome) -> str:
+    """A self-contained HTML report of one suite run (Data Docs-like, no JS)."""
+    esc = html.escape
+    status = "PASSED" if outcome.success else "FAILED"
+    rows = []
+    for r in sorted(outcome.results, key=lambda r: (r.success, r.severity != "critical")):
+        cls = "ok" if r.success else ("crit" if r.severity != "warning" else "warn")
+        observed = r.error or (r.observed if r.observed is not None else "")
+        unexpected = "" if r.unexpected_count is None else f"{r.unexpected_count} ({r.unexpected_percent or 0:.2f}%)"
+        kwargs = {k: v for k, v in r.kwargs.items() if k not in {"column"}}
+        rows.append(
+            f"<tr class='{cls}'><td>{'✔' if r.success else '✘'}</td><td>{esc(r.severity)}</td>"
+            f"<td>{esc(r.expectation)}</td><td>{esc(str(r.column or ''))}</td>"
+            f"<td><code>{esc(json.dumps(kwargs, default=str))}</code></td>"
+            f"<td>{esc(str(observed))}</td><td>{esc(unexpected)}</td>"
+            f"<td><code>{esc(json.dumps(r.examples, default=str))}</code></td><td>{esc(r.why)}</td></tr>"
+        )
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{esc(outcome.dataset)} ds={esc(str(outcome.ds))}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px;vertical-align:top}}
+tr.crit{{background:#fdd}}tr.warn{{background:#ffe9b3}}tr.ok{{background:#efe}}</style></head>
+<body><h1>Validation: {esc(outcome.dataset)} &mdash; ds={esc(str(outcome.ds))} &mdash; {status}</h1>
+<p>{len(outcome.results)} expectations, {len(outcome.critical_failures)} critical failure(s),
+{len(outcome.warnings)} warning(s). Full result: <a href="results.json">results.json</a>.</p>
+<table><tr><th></th><th>severity</th><th>expectation</th><th>column</th><th>arguments</th>
+<th>observed</th><th>unexpected</th><th>examples</th><th>why</th></tr>
+{''.join(rows)}
+</table></body></html>
+"""
+
+
+def store_outcome(spark: SparkSession, outcome: SuiteOutcome, out_dir: str) -> None:
+    """Write ``results.json`` and ``index.html`` for one suite run under ``out_dir``."""
+    from ecrec_lib.pipeline.io import write_json, write_text
+
+    write_json(spark, f"{out_dir}/results.json", outcome.to_dict())
+    write_text(spark, f"{out_dir}/index.html", render_html(outcome))
+
+
+def enforce(outcome: SuiteOutcome) -> None:
+    """Log warnings; raise :class:`DataContractError` if any critical expectation failed."""
+    for w in outcome.warnings:
+        log.warning("data contract '%s' warning: %s", outcome.dataset, w.describe())
+    if not outcome.success:
+        raise DataContractError(outcome)
+    log.info("data contract '%s' (ds=%s): %d expectations passed", outcome.dataset, outcome.ds,
+             len(outcome.results) - len(outcome.warnings))
+
+
+def validate(
+    spark: SparkSession, df: DataFrame, suite: Any, dataset: str, ds: str, out_dir: str | None
+) -> SuiteOutcome:
+    """run_suite + store_outcome (when ``out_dir``) + enforce."""
+    outcome = run_suite(df, suite, dataset, ds)
+    if out_dir:
+        store_outcome(spark, outcome, out_dir)
+    enforce(outcome)
+    return outcome

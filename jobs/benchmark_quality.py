@@ -1,0 +1,376 @@
+"""Quality benchmark on any interactions.csv dataset (leave-one-out, full ranking).
+
+    python -m jobs.benchmark_quality --data ../shared/data/amazon_beauty --seeds 3 \
+        --out bench_quality.json
+
+Runs the platform's own code — the two-tower trainer and the evaluation functions the
+nightly jobs use — under the sequential-recommendation protocol: each user's sequence is
+ordered by ``seq_pos`` (else ``timestamp``), the last item is the test target, the one
+before it the validation target (model selection / early stopping only); every item of the
+catalog is ranked and the user's history items are excluded. Reports Recall@{5,10,20} and
+NDCG@{5,10,20} (mean ± std over seeds) and training time for: popularity, item-kNN, an
+ID-only SASRec-style model and the ecrec two-tower model (text + ID). Without items.csv the
+text model is reported as "n/a (no items.csv)".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ecrec_lib.config import add_config_args, config_from_args
+from ecrec_lib.datasets import DatasetError, load_csv_dataset
+from ecrec_lib.evaluation import (
+    EvalSet,
+    ItemKNN,
+    evaluate_scores,
+    leave_one_out,
+    popularity_scores,
+)
+from ecrec_lib.training.data import TrainingData
+from jobs.common import setup_logging
+
+log = logging.getLogger("benchmark_quality")
+
+ALL_MODELS = ("pop", "itemknn", "sasrec_id", "two_tower")
+REPORT_KS = (5, 10, 20)
+REPORT_METRICS = tuple(f"{m}@{k}" for m in ("recall", "ndcg") for k in REPORT_KS)
+MODEL_LABELS = {
+    "pop": "popularity",
+    "itemknn": "item-kNN",
+    "sasrec_id": "SASRec-style, ID only (full CE)",
+    "two_tower": "ecrec two-tower (text + ID)",
+}
+# Item-kNN settings tried on the validation targets; the best by NDCG@10 is used on test.
+KNN_GRID = tuple(
+    {"window": w, "alpha": a, "decay": 0.6, "backward_weight": 0.5}
+    for w in (3, 5)
+    for a in (0.5, 0.7, 0.9)
+)
+
+
+@dataclass
+class Split:
+    train: list[np.ndarray]
+    valid: EvalSet
+    test: EvalSet
+
+
+ScoreFn = Callable[[np.ndarray], Any]
+
+
+def _eval(score_fn: ScoreFn, ev: EvalSet, data: TrainingData, pop: np.ndarray) -> dict[str, float]:
+    return evaluate_scores(
+        score_fn,
+        ev,
+        data.n_items,
+        ks=REPORT_KS,
+        item_popularity=pop,
+        item_categories=data.item_category,
+    )
+
+
+def _history_scorer(score_histories: Callable[[list[np.ndarray]], Any], ev: EvalSet) -> ScoreFn:
+    return lambda pos: score_histories([ev.histories[i] for i in pos])
+
+
+def run_popularity(data: TrainingData, split: Split, pop: np.ndarray) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    scores = popularity_scores(split.train, data.n_items)
+    seconds = time.perf_counter() - t0
+    fn: ScoreFn = lambda pos: np.broadcast_to(scores, (len(pos), data.n_items))  # noqa: E731
+    return {"test": _eval(fn, split.test, data, pop), "train_seconds": seconds, "config": {}}
+
+
+def run_itemknn(data: TrainingData, split: Split, pop: np.ndarray) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    best: tuple[float, dict[str, Any], ItemKNN] | None = None
+    for params in KNN_GRID:
+        knn = ItemKNN(**params).fit(split.train, data.n_items)
+        v = _eval(_history_scorer(knn.score, split.valid), split.valid, data, pop)
+        if best is None or v["ndcg@10"] > best[0]:
+            best = (v["ndcg@10"], params, knn)
+    assert best is not None
+    seconds = time.perf_counter() - t0
+    _, params, knn = best
+    return {
+        "test": _eval(_history_scorer(knn.score, split.test), split.test, data, pop),
+        "train_seconds": seconds,
+        "config": dict(params),
+        "valid_ndcg@10": best[0],
+    }
+
+
+def run_neural(
+    name: str,
+    data: TrainingData,
+    split: Split,
+    pop: np.ndarray,
+    seed: int,
+    device: str,
+    epochs: int | None,
+    overrides: dict[str, Any],
+    cache_dir: str | None,
+) -> dict[str, Any]:
+    """Train the platform's two-tower model (``use_text`` False for the ID-only model)."""
+    from ecrec_lib.models.config import ModelConfig
+    from ecrec_lib.training.trainer import train_two_tower
+
+    values: dict[str, Any] = {"seed": seed, "device": device, "use_text": name == "two_tower"}
+    if name == "sasrec_id":
+        values.update(use_side=False, init_id_from_text=False)
+    if epochs is not None:
+        values["epochs"] = epochs
+    values.update(overrides)
+    mcfg = ModelConfig.from_dict({**ModelConfig().to_dict(), **values})
+    t0 = time.perf_counter()
+    result = train_two_tower(
+        data, mcfg, split.train, split.valid, progress=False, cache_dir=cache_dir
+    )
+    seconds = time.perf_counter() - t0
+    test = _eval(result.score_fn(split.test), split.test, data, pop)
+    return {
+        "test": test,
+        "train_seconds": seconds,
+        "config": mcfg.to_dict(),
+        "epochs_run": len(result.history),
+        "best_epoch": result.best_epoch,
+        "valid_ndcg@10": result.best_valid.get("ndcg@10"),
+    }
+
+
+def _summary(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"metrics": {}, "runs": [r["test"] for r in runs]}
+    for key in REPORT_METRICS + ("coverage@10", "diversity@10", "novelty@10", "popularity_bias@10"):
+        vals = [r["test"][key] for r in runs if key in r["test"]]
+        if vals:
+            out["metrics"][key] = {"mean": float(np.mean(vals)), "std": float(np.std(vals))}
+    secs = [r["train_seconds"] for r in runs]
+    out["train_seconds"] = {"mean": float(np.mean(secs)), "std": float(np.std(secs))}
+    out["config"] = runs[0]["config"]
+    for extra in ("epochs_run", "best_epoch", "valid_ndcg@10"):
+        if runs[0].get(extra) is not None:
+            out[extra] = [r.get(extra) for r in runs]
+    out["status"] = "ok"
+    return out
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def resolve_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda requested but torch.cuda.is_available() is False")
+    return requested
+
+
+def run_benchmark(
+    data: TrainingData,
+    has_items: bool,
+    models: Sequence[str],
+    seeds: Sequence[int],
+    device: str,
+    epochs: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    cache_dir: str | None = None,
+) -> dict[str, Any]:
+    """All requested models over all seeds; a JSON-serializable result."""
+    train, valid, test = leave_one_out(data.sequences)
+    if len(test) == 0:
+        raise DatasetError("no user has 3 or more interactions: nothing to evaluate")
+    split = Split(train, valid, test)
+    # Popularity over training data only, so beyond-accuracy figures do not peek at targets.
+    pop = popularity_scores(train, data.n_items)
+    results: dict[str, Any] = {}
+    for name in models:
+        if name == "two_tower" and not has_items:
+            results[name] = {"status": "n/a (no items.csv)"}
+            continue
+        runs = []
+        for seed in seeds:
+            log.info("model %s seed %d", name, seed)
+            if name == "pop":
+                runs.append(run_popularity(data, split, pop))
+            elif name == "itemknn":
+                runs.append(run_itemknn(data, split, pop))
+            else:
+                runs.append(
+                    run_neural(
+                        name, data, split, pop, seed, device, epochs, overrides or {}, cache_dir
+                    )
+                )
+            log.info("model %s seed %d: %s", name, seed, _fmt_run(runs[-1]))
+            if name in ("pop", "itemknn"):
+                break  # deterministic: one run is every seed's run
+        results[name] = _summary(runs)
+        results[name]["seeds"] = (
+            list(seeds) if name not in ("pop", "itemknn") else ["deterministic"]
+        )
+    n_inter = int(sum(len(s) for s in data.sequences))
+    return {
+        "protocol": "leave-one-out per user (ordered by seq_pos, else timestamp); last item = "
+        "test, second-to-last = validation (model selection only); full ranking over all items; "
+        "history items excluded; pessimistic ties",
+        "dataset": {
+            "n_users": len(data.sequences),
+            "n_items": data.n_items,
+            "n_interactions": n_inter,
+            "n_eval_users": len(test),
+            "has_items_csv": has_items,
+        },
+        "models": results,
+    }
+
+
+def _fmt_run(run: dict[str, Any]) -> str:
+    m = run["test"]
+    return f"R@10={m['recall@10']:.4f} N@10={m['ndcg@10']:.4f} ({run['train_seconds']:.1f}s)"
+
+
+def format_table(result: dict[str, Any]) -> str:
+    head = ["model"] + [k.replace("recall", "R").replace("ndcg", "N") for k in REPORT_METRICS]
+    head.append("train s")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in result["models"].items():
+        label = MODEL_LABELS.get(name, name)
+        if r["status"] != "ok":
+            lines.append("| " + " | ".join([label] + [r["status"]] * (len(head) - 1)) + " |")
+            continue
+        cells = [label]
+        for key in REPORT_METRICS:
+            s = r["metrics"][key]
+            cells.append(f"{s['mean']:.4f} ± {s['std']:.4f}")
+        t = r["train_seconds"]
+        cells.append(f"{t['mean']:.0f} ± {t['std']:.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _parse_models(text: str) -> list[str]:
+    models = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in models if m not in ALL_MODELS]
+    if bad or not models:
+        raise argparse.ArgumentTypeError(
+            f"unknown model(s) {bad or text!r}; choose from {','.join(ALL_MODELS)}"
+        )
+    return models
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    add_config_args(p)
+    p.add_argument("--data", required=True, help="dataset dir with interactions.csv [items.csv]")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds (neural models)")
+    p.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. +seeds-1")
+    p.add_argument("--out", default=None, help="write the JSON result here")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch device")
+    p.add_argument(
+        "--models",
+        type=_parse_models,
+        default=list(ALL_MODELS),
+        help=f"comma-separated subset of {','.join(ALL_MODELS)}",
+    )
+    p.add_argument("--epochs", type=int, default=None, help="max epochs (default: ModelConfig's)")
+    p.add_argument(
+        "--set",
+        type=_parse_override,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="ModelConfig override for the neural models, e.g. --set dim=128 (repeatable)",
+    )
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="text-embedding cache dir (default: <lake>/ops/text_cache under the config's lake)",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    if args.seeds < 1:
+        raise SystemExit("--seeds must be >= 1")
+    if args.epochs is not None and args.epochs < 1:
+        raise SystemExit("--epochs must be >= 1")
+    cfg = config_from_args(args)
+    try:
+        data, has_items = load_csv_dataset(args.data)
+    except DatasetError as exc:
+        log.error("%s", exc)
+        return 2
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    cache_dir = args.cache_dir or str(Path(cfg.lake_root) / "ops" / "text_cache")
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    t0 = time.perf_counter()
+    result = run_benchmark(
+        data,
+        has_items,
+        args.models,
+        seeds,
+        device,
+        epochs=args.epochs,
+        overrides=dict(args.set),
+        cache_dir=cache_dir,
+    )
+    result["dataset"]["path"] = str(Path(args.data).resolve())
+    result["machine"] = machine_info(device)
+    result["total_seconds"] = time.perf_counter() - t0
+    result["command"] = "python -m jobs.benchmark_quality " + " ".join(
+        argv if argv is not None else __import__("sys").argv[1:]
+    )
+    table = format_table(result)
+    print(table)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2))
+        log.info("wrote %s", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

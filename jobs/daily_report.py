@@ -1,0 +1,287 @@
+"""The nightly run's report: rows per table, model versions and decisions, key metrics.
+
+    python -m jobs.daily_report --ds 2024-01-02 [--lake ./lake] [--config F]
+    python -m jobs.daily_report --summary            # one line per reported ds + registry
+
+Gathers what the night's jobs recorded under ``ops/`` (reconciliation, training decision,
+training summary, promotion decision, scoring summary, feedback), counts the rows of the
+lake score partitions and of the warehouse tables for ``ds``, writes
+``ops/report/ds=D/report.md`` and ``report.json`` and prints the Markdown (it lands in
+the Airflow task log). Missing pieces are reported as missing, never invented.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from ecrec_lib.config import EcrecConfig, add_config_args, config_from_args
+from ecrec_lib.lake import SCORES, Lake, parse_ds
+from jobs.common import setup_logging
+
+log = logging.getLogger("jobs.daily_report")
+
+OPS_SOURCES = {
+    "reconciliation": ("events.json", "catalog.json"),
+    "training_decision": ("decision.json",),
+    "training": ("summary.json",),
+    "promotion": ("decision.json",),
+    "scoring": ("summary.json",),
+    "feedback": ("metrics.json",),
+}
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as exc:
+        return {"error": f"unreadable JSON in {path}: {exc}"}
+
+
+def _json_file(path: Path) -> Any:
+    """A JSON file, or the JSON written by Spark as a directory of part files."""
+    if path.is_dir():
+        parts = sorted(p for p in path.iterdir() if p.name.startswith("part-"))
+        return _read_json(parts[0]) if parts else None
+    return _read_json(path)
+
+
+def _lake_rows(lake: Lake, ds: str) -> dict[str, int | None]:
+    import pyarrow.dataset as pads
+
+    out: dict[str, int | None] = {}
+    for stage, names in (("scores", SCORES), ("clean", ("events", "catalog"))):
+        for name in names:
+            path = lake.partition(stage, name, ds)
+            key = f"{stage}/{name}"
+            out[key] = (
+                pads.dataset(path, format="parquet").count_rows() if Path(path).is_dir() else None
+            )
+    return out
+
+
+def _warehouse_rows(cfg: EcrecConfig, ds: str) -> dict[str, Any]:
+    """Rows for ``ds`` in every table of the warehouse schema (total rows if no ds column)."""
+    from ecrec_lib.warehouse import WarehouseError, connect
+
+    try:
+        with connect(cfg.warehouse_url, cfg.warehouse_schema, read_only=True) as wh:
+            tables = wh.query(
+                "SELECT table_name, max(CASE WHEN column_name = 'ds' THEN 1 ELSE 0 END) AS has_ds "
+                "FROM information_schema.columns WHERE table_schema = %s "
+                "AND table_name IN (SELECT table_name FROM information_schema.tables "
+                "WHERE table_schema = %s AND table_type = 'BASE TABLE') "
+                "GROUP BY table_name ORDER BY table_name",
+                [wh.schema, wh.schema],
+            )
+            out: dict[str, Any] = {}
+            for table, has_ds in tables.itertuples(index=False, name=None):
+                where = " WHERE ds = %s" if has_ds else ""
+                n = wh.scalar(f"SELECT count(*) FROM {wh.fq(table)}{where}",
+                              [parse_ds(ds)] if has_ds else [])
+                out[str(table)] = int(n)
+            return out
+    except WarehouseError as exc:
+        return {"error": str(exc)}
+
+
+def collect(cfg: EcrecConfig, ds: str) -> dict[str, Any]:
+    """Everything the report shows, as one JSON-ready dict."""
+    lake = Lake(cfg.lake_root)
+    ops: dict[str, Any] = {}
+    for name, files in OPS_SOURCES.items():
+        base = Path(lake.ops(name, ds))
+        found = {f.removesuffix(".json"): _json_file(base / f) for f in files}
+        ops[name] = found[files[0].removesuffix(".json")] if len(files) == 1 else found
+    return {
+        "ds": ds,
+        "lake_rows": _lake_rows(lake, ds),
+        "warehouse_rows": _warehouse_rows(cfg, ds),
+        "ops": ops,
+    }
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "missing"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _pick(doc: Any, *keys: str) -> Any:
+    """First present key of a dict (jobs name the same fact slightly differently)."""
+    if not isinstance(doc, dict):
+        return None
+    for key in keys:
+        cur: Any = doc
+        for part in key.split("."):
+            cur = cur.get(part) if isinstance(cur, dict) else None
+        if cur is not None:
+            return cur
+    return None
+
+
+def render(report: dict[str, Any]) -> str:
+    """The report as Markdown."""
+    ds, ops = report["ds"], report["ops"]
+    lines = [f"# ecrec daily report — {ds}", "", "## Rows", "", "| table | rows |", "|---|---|"]
+    lines += [f"| lake {k} | {_fmt(v)} |" for k, v in report["lake_rows"].items()]
+    wh = report["warehouse_rows"]
+    if "error" in wh:
+        lines.append(f"| warehouse | {wh['error']} |")
+    else:
+        lines += [f"| warehouse {k} | {_fmt(v)} |" for k, v in wh.items()]
+
+    lines += ["", "## Data quality", ""]
+    for name, rec in (ops["reconciliation"] or {}).items():
+        if isinstance(rec, dict):
+            scalars = {k: v for k, v in rec.items() if isinstance(v, int | float | str | bool)}
+            lines.append(f"- {name}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in scalars.items()))
+        else:
+            lines.append(f"- {name}: missing")
+
+    lines += ["", "## Model", ""]
+    dec = ops["training_decision"]
+    lines.append(
+        f"- training decision: {'train' if _pick(dec, 'train') else 'keep champion'} "
+        f"({_fmt(_pick(dec, 'reason'))})" if dec else "- training decision: missing"
+    )
+    tr = ops["training"]
+    if tr:
+        metrics = _pick(tr, "metrics") or {}
+        shown = {k: v for k, v in metrics.items() if "ndcg" in k or "recall" in k}
+        lines.append(
+            f"- trained: run {_fmt(_pick(tr, 'run_id'))}, status {_fmt(_pick(tr, 'status'))}, "
+            + ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(shown.items())[:6])
+        )
+    else:
+        lines.append("- trained: no training for this ds")
+    pr = ops["promotion"]
+    if pr:
+        lines.append(
+            f"- promotion: promoted={_fmt(_pick(pr, 'promoted'))}, challenger "
+            f"{_fmt(_pick(pr, 'challenger_version', 'challenger.version', 'challenger'))}, "
+            f"champion {_fmt(_pick(pr, 'champion_version', 'champion_after', 'champion.version'))}"
+            f" — {_fmt(_pick(pr, 'reason', 'reasons'))}"
+        )
+    else:
+        lines.append("- promotion: no gate ran for this ds")
+    sc = ops["scoring"]
+    lines.append(
+        f"- scored with model version {_fmt(_pick(sc, 'model_version'))}, k={_fmt(_pick(sc, 'k'))}, "
+        f"users={_fmt(_pick(sc, 'users'))}, by strategy {_fmt(_pick(sc, 'users_by_strategy'))}"
+        if sc else "- scoring: missing"
+    )
+
+    fb = ops["feedback"]
+    lines += ["", "## Feedback", ""]
+    overall = next((r for r in (_pick(fb, "metrics") or []) if r.get("strategy") == "all"), None)
+    if overall:
+        keys = ("hit_rate", "ctr_proxy", "coverage", "diversity", "novelty", "cold_start_share")
+        lines.append("- " + ", ".join(f"{k}={_fmt(overall.get(k))}" for k in keys))
+    else:
+        lines.append(f"- {_fmt(_pick(fb, 'status')) if fb else 'not computed for this ds'}")
+    return "\n".join(lines) + "\n"
+
+
+def _registry_lines(cfg: EcrecConfig) -> list[str]:
+    uri = cfg.registry_uri
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return [f"registry {uri}: no database yet"]
+    from ecrec_lib.registry.client import RegistryError, aliases_by_version, connect, list_versions
+
+    try:
+        client = connect(cfg)
+    except RegistryError as exc:
+        return [f"registry not reachable: {exc}"]
+    name = cfg.registered_model_name
+    aliases = aliases_by_version(client, name)
+    out = [f"registered model {name} ({uri}):"]
+    for mv in list_versions(client, name):
+        tags = mv.tags or {}
+        ndcg = tags.get("test_ndcg_10", "?")
+        out.append(
+            f"  version {mv.version} [{', '.join(aliases.get(str(mv.version), [])) or '-'}] "
+            f"run {mv.run_id} test_ndcg_10={ndcg}"
+        )
+    return out if len(out) > 1 else [f"registered model {name}: no versions yet"]
+
+
+def summary(cfg: EcrecConfig) -> str:
+    """One line per reported ds, then the registry's versions and aliases."""
+    lake = Lake(cfg.lake_root)
+    root = Path(lake.dataset("ops", "report"))
+    lines = ["ds         | decision      | model | promoted | user_topk | warehouse user_topk | hit rate"]
+    for part in sorted(root.glob("ds=*")) if root.is_dir() else []:
+        rep = _read_json(part / "report.json")
+        if not isinstance(rep, dict):
+            continue
+        ops = rep.get("ops", {})
+        dec = ops.get("training_decision") or {}
+        fb_rows = _pick(ops.get("feedback"), "metrics") or []
+        hit = next((r.get("hit_rate") for r in fb_rows if r.get("strategy") == "all"), None)
+        wh = rep.get("warehouse_rows", {})
+        lines.append(
+            f"{rep['ds']} | {'train' if dec.get('train') else 'keep champion':13} | "
+            f"{_fmt(_pick(ops.get('scoring'), 'model_version')):5} | "
+            f"{_fmt(_pick(ops.get('promotion'), 'promoted')):8} | "
+            f"{_fmt(rep.get('lake_rows', {}).get('scores/user_topk')):9} | "
+            f"{_fmt(wh.get('user_topk')):19} | {_fmt(hit)}"
+        )
+    # Feedback runs after the nightly report: read the newest feedback partition directly.
+    fb_root = Path(lake.dataset("ops", "feedback"))
+    latest = sorted(fb_root.glob("ds=*")) if fb_root.is_dir() else []
+    if latest:
+        doc = _read_json(latest[-1] / "metrics.json") or {}
+        overall = next((r for r in doc.get("metrics", []) if r.get("strategy") == "all"), None)
+        if overall:
+            lines.append(
+                f"feedback {doc.get('ds')} (recommendations of {doc.get('recommendations_ds')}): "
+                + ", ".join(
+                    f"{k}={_fmt(overall.get(k))}"
+                    for k in ("hit_rate", "ctr_proxy", "coverage", "diversity", "novelty",
+                              "cold_start_share")
+                )
+            )
+        else:
+            lines.append(f"feedback {doc.get('ds')}: {doc.get('status')}")
+    lines += _registry_lines(cfg)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ds", help="logical date YYYY-MM-DD to report on")
+    parser.add_argument("--summary", action="store_true",
+                        help="print one line per reported ds plus the registry, write nothing")
+    add_config_args(parser)
+    args = parser.parse_args(argv)
+    setup_logging()
+    cfg = config_from_args(args)
+    if args.summary:
+        print(summary(cfg))
+        return 0
+    if not args.ds:
+        parser.error("--ds is required unless --summary is given")
+    parse_ds(args.ds)
+    report = collect(cfg, args.ds)
+    text = render(report)
+    out_dir = Path(Lake(cfg.lake_root).ops("report", args.ds))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, body in (("report.json", json.dumps(report, indent=2, default=str)),
+                       ("report.md", text)):
+        tmp = out_dir / f".{name}.tmp"
+        tmp.write_text(body)
+        tmp.replace(out_dir / name)
+    print(text, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

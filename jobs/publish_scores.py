@@ -1,0 +1,91 @@
+"""Validate the lake score tables of a ds and publish them atomically to the warehouse.
+
+    python -m jobs.publish_scores --ds 2024-01-01 [--warehouse-url URL] [--schema NAME]
+
+Runs the output contracts (Great Expectations, expectations/score_tables.py) on
+scores/<table>/ds=D/; on any failure exits 1 with the reasons and publishes nothing. Otherwise
+loads staging tables and swaps the ds partition of every table in one transaction, refreshes
+the ``<table>_latest`` views and drops partitions older than cfg.warehouse_retention_days.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import pandas as pd
+
+from ecrec_lib.config import EcrecConfig, add_config_args, config_from_args
+from ecrec_lib.lake import Lake, parse_ds
+from ecrec_lib.scoring.contracts import ContractContext, validate_tables
+from ecrec_lib.scoring.pipeline import ScoringInputError, _read, purchased_items
+from ecrec_lib.scoring.tables import TABLE_COLUMNS, read_table
+from ecrec_lib.validation import DataContractError
+from ecrec_lib.warehouse import PublishError, WarehouseError, connect, publish
+from jobs.common import setup_logging
+
+log = logging.getLogger("jobs.publish_scores")
+EXIT_INVALID = 1
+EXIT_MISSING = 3
+
+
+def contract_context(cfg: EcrecConfig, lake: Lake, ds: str, k: int) -> ContractContext:
+    """Catalog snapshot and purchases of ds, as the scorer saw them."""
+    hint = "run the daily pipeline and `python -m jobs.score_topk --ds D` first"
+    catalog = _read(lake.clean("catalog", ds), True, "clean/catalog", hint)
+    seqs = _read(lake.features("user_sequences", ds), True, "features/user_sequences", hint)
+    assert catalog is not None and seqs is not None
+    in_stock = dict(zip(catalog["item_id"].astype(str),
+                        catalog["in_stock"].fillna(False).astype(bool), strict=True))
+    bought = {u: frozenset(p) for u, p in zip(seqs["user_key"], purchased_items(seqs), strict=True)}
+    return ContractContext(ds=ds, k=k, n_related=cfg.n_related, catalog_in_stock=in_stock,
+                           purchased=bought, exclude_purchased=cfg.exclude_purchased)
+
+
+def list_length(tables: dict[str, pd.DataFrame], default: int) -> int:
+    """K of this night: the longest user list (the scorer may have run with --k)."""
+    ut = tables["user_topk"]
+    return int(ut["rank"].max()) if len(ut) else default
+
+
+def run(cfg: EcrecConfig, ds: str, k: int | None = None) -> dict[str, int]:
+    lake = Lake(cfg.lake_root)
+    tables = {name: read_table(name, lake, ds) for name in TABLE_COLUMNS}
+    ctx = contract_context(cfg, lake, ds, k or max(cfg.top_k, list_length(tables, cfg.top_k)))
+    validate_tables(tables, ctx)
+    with connect(cfg.warehouse_url, cfg.warehouse_schema) as wh:
+        return publish(wh, tables, ds, cfg.warehouse_retention_days)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_config_args(parser)
+    parser.add_argument("--ds", required=True, help="logical date YYYY-MM-DD to publish")
+    parser.add_argument("--warehouse-url", default=None,
+                        help="duckdb:///path.duckdb or postgresql://... (default: cfg)")
+    parser.add_argument("--schema", default=None, help="warehouse schema (default: cfg)")
+    parser.add_argument("--k", type=int, default=None,
+                        help="list length the contracts expect (default: cfg.top_k)")
+    args = parser.parse_args(argv)
+    setup_logging()
+    parse_ds(args.ds)
+    cfg = config_from_args(args, warehouse_url=args.warehouse_url,
+                           warehouse_schema=args.schema)
+    try:
+        rows = run(cfg, args.ds, args.k)
+    except DataContractError as exc:
+        log.error("output contract failed, nothing published (previous data untouched):\n%s",
+                  exc)
+        return EXIT_INVALID
+    except (PublishError, WarehouseError) as exc:
+        log.error("publication refused, previous data untouched: %s", exc)
+        return EXIT_INVALID
+    except (ScoringInputError, FileNotFoundError) as exc:
+        log.error("cannot publish ds=%s: %s", args.ds, exc)
+        return EXIT_MISSING
+    log.info("published ds=%s: %s", args.ds, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,251 @@
+"""The CSV dataset loader and the quality benchmark job, end to end on tiny literal data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ecrec_lib.datasets import DatasetError, load_csv_dataset
+from jobs import benchmark_quality
+
+N_PATTERN_ITEMS = 30
+_COLORS = ("red", "blue", "green", "black", "white", "pink")
+_PRODUCTS = ("lipstick", "shampoo", "nail polish", "face cream", "perfume")
+
+
+def _write(path: Path, text: str) -> None:
+    path.write_text(text.strip() + "\n")
+
+
+def _planted_dataset(root: Path, with_items: bool, n_users: int = 120) -> Path:
+    """Users walk a fixed cycle i -> i+1 (mod 30) from a random start: the next item is fully
+    predictable from the last one, while popularity is flat."""
+    rng = np.random.default_rng(3)
+    rows = ["user_id,item_id,timestamp,seq_pos"]
+    for u in range(n_users):
+        start, length = int(rng.integers(0, N_PATTERN_ITEMS)), int(rng.integers(4, 8))
+        for pos in range(length):
+            item = (start + pos) % N_PATTERN_ITEMS
+            rows.append(f"u{u},item{item},{1_700_000_000 + 86400 * pos},{pos}")
+    root.mkdir(parents=True, exist_ok=True)
+    _write(root / "interactions.csv", "\n".join(rows))
+    if with_items:
+        lines = ["item_id,title,brand,categories"]
+        for i in range(N_PATTERN_ITEMS):
+            title = f"{_COLORS[i % 6].title()} {_PRODUCTS[i // 6]} no. {i}"
+            lines.append(f"item{i},{title},Brand{i % 3},Cat{i % 2}|Sub{i % 4}")
+        _write(root / "items.csv", "\n".join(lines))
+    return root
+
+
+# ---------------------------------------------------------------- loader
+
+
+def test_loader_orders_by_seq_pos_and_builds_text(tmp_path: Path):
+    _write(
+        tmp_path / "interactions.csv",
+        """
+user_id,item_id,timestamp,seq_pos
+b,x,100,1
+a,y,50,0
+b,y,100,0
+b,z,90,2
+a,x,60,1
+""",
+    )
+    _write(
+        tmp_path / "items.csv",
+        """
+item_id,title,brand,categories
+x,Red lipstick,Acme,Makeup|Lips
+y,Shampoo,,Hair Care
+unused,Never bought,,
+""",
+    )
+    data, has_items = load_csv_dataset(tmp_path)
+    assert has_items
+    seqs = {
+        u: [data.item_ids[i] for i in s]
+        for u, s in zip(data.user_keys, data.sequences, strict=True)
+    }
+    # seq_pos wins over timestamp (b's z is earlier in time but last in sequence)
+    assert seqs == {"a": ["y", "x"], "b": ["y", "x", "z"]}
+    assert sorted(data.item_ids) == ["x", "y", "z"]  # only interacted items are ranked
+    x = data.item_ids.index("x")
+    assert data.item_text[x] == "Red lipstick | Acme | Makeup > Lips"
+    assert data.item_category[x] == "Makeup"
+    assert data.item_text[data.item_ids.index("z")] == ""  # not in items.csv
+
+
+def test_loader_orders_by_timestamp_without_seq_pos(tmp_path: Path):
+    _write(tmp_path / "interactions.csv", "user_id,item_id,timestamp\nu,b,20\nu,a,10\nu,c,20")
+    data, has_items = load_csv_dataset(tmp_path)
+    assert not has_items
+    assert [data.item_ids[i] for i in data.sequences[0]] == ["a", "b", "c"]  # ties: file order
+    assert data.item_text == ["", "", ""]
+
+
+@pytest.mark.parametrize(
+    ("files", "match"),
+    [
+        ({}, "interactions.csv not found"),
+        ({"interactions.csv": ""}, "empty"),
+        ({"interactions.csv": "user_id,item_id\nu,a"}, r"lacks the column\(s\) \['timestamp'\]"),
+        ({"interactions.csv": "user_id,item_id,timestamp"}, "no interactions"),
+        ({"interactions.csv": "user_id,item_id,timestamp\nu,a,yesterday"}, "must hold integers"),
+        ({"interactions.csv": "user_id,item_id,timestamp\n,a,1"}, "empty user_id"),
+        (
+            {"interactions.csv": "user_id,item_id,timestamp,seq_pos\nu,a,1,0\nu,b,1,0"},
+            "seq_pos must be unique",
+        ),
+        (
+            {"interactions.csv": "user_id,item_id,timestamp\nu,a,1", "items.csv": "item_id\na"},
+            r"lacks the column\(s\) \['title'\]",
+        ),
+        (
+            {
+                "interactions.csv": "user_id,item_id,timestamp\nu,a,1",
+                "items.csv": "item_id,title\na,A\na,B",
+            },
+            "more than once",
+        ),
+    ],
+)
+def test_loader_errors(tmp_path: Path, files: dict[str, str], match: str):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(DatasetError, match=match):
+        load_csv_dataset(tmp_path)
+
+
+def test_loader_missing_dir(tmp_path: Path):
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_csv_dataset(tmp_path / "nope")
+
+
+# ---------------------------------------------------------------- job
+
+
+def test_job_missing_dir_exits_2(tmp_path: Path, capsys):
+    assert benchmark_quality.main(["--data", str(tmp_path / "nope"), "--models", "pop"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_job_rejects_unknown_model(tmp_path: Path):
+    with pytest.raises(SystemExit):
+        benchmark_quality.main(["--data", str(tmp_path), "--models", "pop,bert4rec"])
+
+
+def test_job_baselines_end_to_end(tmp_path: Path, capsys):
+    data_dir = _planted_dataset(tmp_path / "d", with_items=False)
+    out = tmp_path / "r.json"
+    rc = benchmark_quality.main(
+        [
+            "--data",
+            str(data_dir),
+            "--models",
+            "pop,itemknn,two_tower",
+            "--seeds",
+            "1",
+            "--out",
+            str(out),
+            "--lake",
+            str(tmp_path / "lake"),
+        ]
+    )
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["dataset"]["n_eval_users"] == 120 and res["dataset"]["n_items"] == N_PATTERN_ITEMS
+    assert res["models"]["two_tower"] == {"status": "n/a (no items.csv)"}
+    for name in ("pop", "itemknn"):
+        metrics = res["models"][name]["metrics"]
+        assert set(benchmark_quality.REPORT_METRICS) <= set(metrics)
+        assert all(
+            0.0 <= s["mean"] <= 1.0 for k, s in metrics.items() if "@" in k and "novelty" not in k
+        )
+    # the planted next-item pattern: kNN finds it, popularity cannot
+    assert res["models"]["itemknn"]["metrics"]["recall@5"]["mean"] > 0.9
+    assert res["models"]["pop"]["metrics"]["recall@5"]["mean"] < 0.4
+    assert res["machine"]["cpu_cores"] >= 1
+    table = capsys.readouterr().out
+    assert "item-kNN" in table and "n/a (no items.csv)" in table
+
+
+NEURAL_FLAGS = [
+    "--set",
+    "dim=32",
+    "--set",
+    "batch_size=32",
+    "--set",
+    "warmup_steps=0",
+    "--set",
+    "lr=0.005",
+    "--set",
+    "max_seq_len=8",
+    "--set",
+    "num_threads=1",
+    "--device",
+    "cpu",
+]
+
+
+@pytest.mark.slow
+def test_job_neural_models_learn_the_pattern(tmp_path: Path):
+    data_dir = _planted_dataset(tmp_path / "d", with_items=True)
+    out = tmp_path / "r.json"
+    rc = benchmark_quality.main(
+        [
+            "--data",
+            str(data_dir),
+            "--models",
+            "pop,sasrec_id,two_tower",
+            "--seeds",
+            "1",
+            "--epochs",
+            "12",
+            "--out",
+            str(out),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            *NEURAL_FLAGS,
+        ]
+    )
+    assert rc == 0
+    res = json.loads(out.read_text())
+    pop = res["models"]["pop"]["metrics"]["ndcg@5"]["mean"]
+    for name in ("sasrec_id", "two_tower"):
+        r = res["models"][name]
+        assert r["status"] == "ok"
+        assert r["config"]["use_text"] is (name == "two_tower")
+        assert r["train_seconds"]["mean"] > 0 and len(r["runs"]) == 1
+        assert all(0.0 <= r["metrics"][k]["mean"] <= 1.0 for k in benchmark_quality.REPORT_METRICS)
+        assert r["metrics"]["ndcg@5"]["mean"] > pop + 0.2, name
+
+
+@pytest.mark.slow
+def test_job_without_items_runs_id_model_and_marks_text_na(tmp_path: Path):
+    data_dir = _planted_dataset(tmp_path / "d", with_items=False, n_users=40)
+    out = tmp_path / "r.json"
+    rc = benchmark_quality.main(
+        [
+            "--data",
+            str(data_dir),
+            "--models",
+            "sasrec_id,two_tower",
+            "--seeds",
+            "2",
+            "--epochs",
+            "1",
+            "--out",
+            str(out),
+            *NEURAL_FLAGS,
+        ]
+    )
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["models"]["two_tower"]["status"] == "n/a (no items.csv)"
+    assert res["models"]["sasrec_id"]["seeds"] == [0, 1]
+    assert len(res["models"]["sasrec_id"]["runs"]) == 2

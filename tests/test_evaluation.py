@@ -1,0 +1,231 @@
+"""Evaluation: split, full-ranking metrics (literal examples + parity with the reference), baselines."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from ecrec_lib.evaluation import (
+    EvalSet,
+    ItemKNN,
+    evaluate_scores,
+    evaluate_topk_lists,
+    leave_one_out,
+    popularity_scores,
+    reference_evaluate,
+)
+from ecrec_lib.evaluation.metrics import top_k
+
+
+def _fixed(matrix: np.ndarray):
+    return lambda pos: matrix[pos]
+
+
+def _one(history: list[int], target: int) -> EvalSet:
+    return EvalSet(np.array([0]), [np.array(history, dtype=np.int64)], np.array([target]))
+
+
+# ---------------------------------------------------------------- split
+
+
+def test_leave_one_out_splits_last_two_items():
+    seqs = [np.array([1, 2, 3, 4]), np.array([5, 6]), np.array([7, 8, 9])]
+    train, valid, test = leave_one_out(seqs)
+    assert [t.tolist() for t in train] == [[1, 2], [5, 6], [7]]
+    assert valid.users.tolist() == [0, 2] and test.users.tolist() == [0, 2]
+    assert [h.tolist() for h in valid.histories] == [[1, 2], [7]]
+    assert valid.targets.tolist() == [3, 8]
+    assert [h.tolist() for h in test.histories] == [[1, 2, 3], [7, 8]]
+    assert test.targets.tolist() == [4, 9]
+
+
+def test_leave_one_out_does_not_alias_input():
+    seqs = [np.array([1, 2, 3])]
+    train, _, test = leave_one_out(seqs)
+    train[0][0] = 99
+    test.histories[0][0] = 98
+    assert seqs[0].tolist() == [1, 2, 3]
+
+
+def test_leave_one_out_rejects_2d_sequences():
+    with pytest.raises(ValueError, match="1-D"):
+        leave_one_out([np.zeros((2, 2), dtype=np.int64)])
+
+
+def test_evalset_length_mismatch():
+    with pytest.raises(ValueError, match="same length"):
+        EvalSet(np.array([0, 1]), [np.array([1])], np.array([2]))
+
+
+# ---------------------------------------------------------------- literal metric examples
+
+
+def test_target_at_rank_three():
+    # target 4 has two better items (0 and 1): 0-based rank 2, i.e. third place
+    scores = np.array([[0.9, 0.8, 0.1, 0.2, 0.7, 0.0]])
+    m = evaluate_scores(_fixed(scores), _one([], 4), 6, ks=(1, 2, 5))
+    assert m["recall@5"] == 1.0 and m["recall@2"] == 0.0 and m["recall@1"] == 0.0
+    assert m["ndcg@5"] == pytest.approx(1 / math.log2(4))
+    assert m["mrr@5"] == pytest.approx(1 / 3)
+    assert m["ndcg@2"] == 0.0 and m["mrr@2"] == 0.0
+
+
+def test_history_items_are_masked_but_target_is_not():
+    scores = np.array([[0.9, 0.8, 0.1, 0.2, 0.7, 0.0]])
+    # history contains the two better items -> target becomes first
+    m = evaluate_scores(_fixed(scores), _one([0, 1], 4), 6, ks=(1,))
+    assert m["recall@1"] == 1.0 and m["ndcg@1"] == 1.0
+    # a repeat purchase: the target is in the history but is still ranked
+    m = evaluate_scores(_fixed(scores), _one([0, 4], 4), 6, ks=(1, 2))
+    assert m["recall@1"] == 0.0 and m["recall@2"] == 1.0
+
+
+def test_masking_does_not_mutate_caller_scores():
+    scores = np.array([[0.9, 0.8, 0.1, 0.2, 0.7, 0.0]])
+    evaluate_scores(_fixed(scores), _one([0, 1], 4), 6, ks=(1,))
+    assert scores[0, 0] == 0.9
+
+
+def test_ties_are_pessimistic_constant_scorer_gets_nothing():
+    n = 30
+    ev = EvalSet(np.arange(3), [np.array([1]), np.array([]), np.array([2, 3])], np.array([0, 5, 9]))
+    m = evaluate_scores(lambda pos: np.zeros((len(pos), n)), ev, n, ks=(5, 10, 20))
+    assert m["recall@20"] == 0.0 and m["ndcg@20"] == 0.0
+    # one tie with the target: the target goes after it
+    scores = np.array([[0.5, 0.5, 0.1]])
+    m = evaluate_scores(_fixed(scores), _one([], 1), 3, ks=(1, 2))
+    assert m["recall@1"] == 0.0 and m["recall@2"] == 1.0
+    m = evaluate_scores(_fixed(scores), _one([], 0), 3, ks=(1, 2))
+    assert m["recall@1"] == 0.0
+
+
+def test_accepts_torch_scores_and_batches():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(7, 12))
+    ev = EvalSet(np.arange(7), [np.array([i]) for i in range(7)], rng.integers(0, 12, 7))
+    a = evaluate_scores(_fixed(scores), ev, 12, batch_size=3)
+    b = evaluate_scores(lambda pos: torch.from_numpy(scores[pos]), ev, 12, batch_size=1024)
+    assert a == pytest.approx(b)
+
+
+def test_beyond_accuracy_literal():
+    # 12 items, top-10 after masking item 11 from history: items 0..9
+    scores = np.arange(12, 0, -1, dtype=float)[None, :]  # item 0 best
+    ev = _one([10], 0)
+    cats = ["a"] * 5 + ["b"] * 7
+    pop = np.arange(12, dtype=float)
+    m = evaluate_scores(_fixed(scores), ev, 12, ks=(10,), item_popularity=pop, item_categories=cats)
+    assert m["coverage@10"] == pytest.approx(10 / 12)
+    # 5 'a' + 5 'b' in the list: same-category ordered pairs = 2 * 5 * 4 = 40 of 90
+    assert m["diversity@10"] == pytest.approx(1 - 40 / 90)
+    # items 0..9 have popularity 0..9 of 12 distinct values: percentile i / 11
+    assert m["popularity_bias@10"] == pytest.approx(np.mean(np.arange(10) / 11))
+    total = pop.sum() + 12
+    assert m["novelty@10"] == pytest.approx(
+        np.mean([-math.log2((p + 1) / total) for p in range(10)])
+    )
+
+
+def test_bad_inputs():
+    ev = _one([], 1)
+    with pytest.raises(ValueError, match="shape"):
+        evaluate_scores(lambda pos: np.zeros((1, 4)), ev, 5)
+    with pytest.raises(ValueError, match="NaN"):
+        evaluate_scores(lambda pos: np.full((1, 5), np.nan), ev, 5)
+    with pytest.raises(ValueError, match="targets"):
+        evaluate_scores(lambda pos: np.zeros((1, 5)), _one([], 7), 5)
+    with pytest.raises(ValueError, match="empty"):
+        evaluate_scores(lambda pos: np.zeros((0, 5)), EvalSet(np.zeros(0), [], np.zeros(0, int)), 5)
+    with pytest.raises(ValueError, match="item_categories"):
+        evaluate_scores(lambda pos: np.zeros((1, 5)), ev, 5, item_categories=["a"])
+
+
+# ---------------------------------------------------------------- parity with the reference
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fast_matches_reference_on_random_inputs(seed: int):
+    rng = np.random.default_rng(seed)
+    n_items, n_rows = int(rng.integers(12, 40)), int(rng.integers(1, 25))
+    # coarse integer scores -> many ties, including at the top-10 boundary
+    scores = rng.integers(0, 4 if seed % 2 else 50, size=(n_rows, n_items)).astype(float)
+    histories = [
+        rng.choice(n_items, size=int(rng.integers(0, 8)), replace=False) for _ in range(n_rows)
+    ]
+    targets = rng.integers(0, n_items, size=n_rows)
+    for r in range(0, n_rows, 3):  # some repeat purchases: target inside the history
+        histories[r] = np.append(histories[r], targets[r])
+    ev = EvalSet(np.arange(n_rows), histories, targets)
+    pop = rng.integers(0, 5, size=n_items).astype(float)
+    cats = rng.choice(["x", "y", "z"], size=n_items).tolist()
+    fast = evaluate_scores(
+        _fixed(scores),
+        ev,
+        n_items,
+        ks=(1, 5, 10),
+        batch_size=4,
+        item_popularity=pop,
+        item_categories=cats,
+    )
+    ref = reference_evaluate(scores, ev, ks=(1, 5, 10), item_popularity=pop, item_categories=cats)
+    assert fast.keys() == ref.keys()
+    for key in ref:
+        assert fast[key] == pytest.approx(ref[key], abs=1e-12), key
+
+
+def test_top_k_breaks_ties_by_index():
+    s = np.array([[1.0, 3.0, 3.0, 0.0, 3.0, 2.0]])
+    assert top_k(s, 2).tolist() == [[1, 2]]
+    assert top_k(s, 4).tolist() == [[1, 2, 4, 5]]
+
+
+# ---------------------------------------------------------------- top-K lists
+
+
+def test_evaluate_topk_lists():
+    recs = {"u1": ["a", "b", "c"], "u2": ["c", "a"], "u3": ["x"]}
+    targets = {"u1": "c", "u2": "z", "u3": "x", "u4": "a"}  # u4 has no list -> miss
+    m = evaluate_topk_lists(recs, targets, ks=(1, 3))
+    assert m["recall@1"] == pytest.approx(1 / 4)
+    assert m["recall@3"] == pytest.approx(2 / 4)
+    assert m["ndcg@3"] == pytest.approx((1 / math.log2(4) + 1) / 4)
+    assert m["mrr@3"] == pytest.approx((1 / 3 + 1) / 4)
+    with pytest.raises(ValueError, match="empty"):
+        evaluate_topk_lists(recs, {})
+
+
+# ---------------------------------------------------------------- baselines
+
+
+def test_popularity_scores():
+    pop = popularity_scores([np.array([0, 1, 1]), np.array([1, 3])], 5)
+    assert pop.tolist() == [1, 3, 0, 1, 0]
+    with pytest.raises(ValueError, match="outside"):
+        popularity_scores([np.array([7])], 5)
+
+
+def test_item_knn_learns_a_sequential_pattern():
+    # item i is always followed by item i + 10; popularity alone cannot tell
+    rng = np.random.default_rng(1)
+    seqs = []
+    for _ in range(200):
+        a = int(rng.integers(0, 10))
+        b = int(rng.integers(0, 10))
+        seqs.append(np.array([a, a + 10, b, b + 10]))
+    train, valid, test = leave_one_out(seqs)
+    knn = ItemKNN(window=2).fit(train, 20)
+    m = evaluate_scores(lambda p: knn.score([test.histories[i] for i in p]), test, 20, ks=(1,))
+    pop = popularity_scores(train, 20)
+    mp = evaluate_scores(lambda p: np.tile(pop, (len(p), 1)), test, 20, ks=(1,))
+    assert m["recall@1"] > 0.9
+    assert mp["recall@1"] < 0.3
+
+
+def test_item_knn_errors():
+    with pytest.raises(RuntimeError, match="before fit"):
+        ItemKNN().score([np.array([1])])
+    with pytest.raises(ValueError, match="window"):
+        ItemKNN(window=0).fit([np.array([1, 2])], 3)

@@ -1,0 +1,218 @@
+"""clean_events on tiny literal raw fixtures: every quarantine rule, reconciliation,
+pseudonymization, idempotence, and each bad input the contract lists."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ecrec_lib import schema as S
+from ecrec_lib.config import load_config
+from ecrec_lib.pipeline.pseudonymize import user_key_py
+
+pytestmark = pytest.mark.spark
+
+DS = "2024-01-01"
+KEY = b"unit-test-key-0123456789abcdef"
+
+
+def write_raw(lake: Path, dataset: str, ds: str, lines: list[Any], name: str = "part-0") -> Path:
+    """Write gzipped JSON lines (dicts are dumped, strings written verbatim)."""
+    d = lake / "raw" / dataset / f"ds={ds}"
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{name}.json.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as fh:
+        for line in lines:
+            fh.write((line if isinstance(line, str) else json.dumps(line)) + "\n")
+    return path
+
+
+def item(item_id: str, title: str | None = "Red Nail Polish", price: float | None = 9.5,
+         path: str = "Beauty > Makeup > Nails", created: str = "2023-06-01T00:00:00+00:00",
+         **extra: Any) -> dict[str, Any]:
+    return {"item_id": item_id, "title": title, "description": "  a  thing ", "category_path": path,
+            "brand": "Acme", "price": price, "in_stock": True, "created_at": created, **extra}
+
+
+_MINUTE = iter(range(10**6))
+
+
+def event(eid: str, etype: str = "view", user: str | None = "u1", item_id: str | None = "i1",
+          t: str | None = None, **extra: Any) -> dict[str, Any]:
+    """One raw event; without ``t`` each call gets its own minute of the DS day (no bot)."""
+    if t is None:
+        m = next(_MINUTE) % 600
+        t = f"{DS}T{8 + m // 60:02d}:{m % 60:02d}:00+00:00"
+    return {"event_id": eid, "event_time": t, "user_id": user, "session_id": "s1",
+            "event_type": etype, "item_id": item_id, "query": None, "position": 1, "price": 9.5,
+            "quantity": None, "device": "Mobile ", "country": "de", "ip": "10.0.0.1",
+            "email": "a@b.c", **extra}
+
+
+def default_catalog() -> list[Any]:
+    return [item("i1"), item("i2", path="Beauty>Skin"), item("i3", price=None),
+            item("i4", title="  "), item("i5", price=-1.0)]
+
+
+def cfg_for(lake: Path, **kw: Any):
+    return load_config(env={}, lake_root=str(lake), spark_shuffle_partitions=2, **kw)
+
+
+def read(spark, path: Path) -> list[dict[str, Any]]:
+    return [r.asDict() for r in spark.read.parquet(str(path)).collect()]
+
+
+def test_clean_rules_reconciliation_and_idempotence(spark, lake_dir: Path) -> None:
+    from ecrec_lib.pipeline.clean import run_clean
+
+    write_raw(lake_dir, "catalog", DS, default_catalog())
+    bot = [event(f"b{i}", user="bot", t=f"{DS}T03:00:{i % 60:02d}+00:00") for i in range(5)]
+    good = [
+        event("e1", "view"),
+        event("e2", "click", t=f"{DS}T11:30:00+01:00"),  # 10:30 UTC
+        event("e3", "purchase", quantity=2, new_field="x"),  # schema drift: unknown field
+        event("e4", "search", item_id=None, query="  ＮＡＩＬ   Polish "),  # NFKC + case + spaces
+        event("e5", "add_to_cart", user="u2", item_id="i3"),
+        event("e6", "view", t=f"{DS}T23:59:00-03:00"),  # 02:59 next day: within 6 h tolerance
+    ]
+    bad = [
+        "{not json",
+        event("q1", user=None),
+        event("q2", etype="view", item_id=None),
+        event("q3", t="yesterday-ish"),
+        event("q4", etype="hover"),
+        event("q5", price=-3.0),
+        event("q6", "purchase", quantity=0),
+        event("q7", t="2023-12-30T12:00:00+00:00"),
+        event("q8", item_id="i4"),  # quarantined in the catalog -> unknown here
+    ]
+    dup = good[0]
+    write_raw(lake_dir, "events", DS, [*good, dup, dict(dup), *bad, *bot])
+    cfg = cfg_for(lake_dir, bot_max_events_per_minute=3, min_clean_fraction=0.2)
+
+    result = run_clean(spark, cfg, DS, key=KEY)
+
+    # reconciliation: balanced, per-reason counts, drift reported
+    rec = json.loads((lake_dir / "ops/reconciliation" / f"ds={DS}" / "events.json").read_text())
+    assert rec["input_rows"] == 22 and rec["duplicate_rows"] == 2 and rec["clean_rows"] == 6
+    assert rec["quarantined_rows"] == 14 and rec["balanced"] is True
+    assert rec["quarantine_by_reason"] == {
+        S.REASON_MALFORMED: 1, S.REASON_MISSING_USER: 1, S.REASON_MISSING_REQUIRED: 1,
+        S.REASON_BAD_TIME: 1, S.REASON_BAD_EVENT_TYPE: 1, S.REASON_NEGATIVE_PRICE: 1,
+        S.REASON_BAD_QUANTITY: 1, S.REASON_OUT_OF_WINDOW: 1, S.REASON_UNKNOWN_ITEM: 1,
+        S.REASON_BOT: 5,
+    }
+    assert rec["unknown_fields_dropped"] == {"new_field": 1}
+    assert result.events is not None and result.events.balanced
+
+    clean = {r["event_id"]: r for r in read(spark, lake_dir / "clean/events" / f"ds={DS}")}
+    assert sorted(clean) == ["e1", "e2", "e3", "e4", "e5", "e6"]
+    assert tuple(spark.read.parquet(str(lake_dir / "clean/events" / f"ds={DS}")).columns) == S.CLEAN_EVENT_COLUMNS
+    assert clean["e1"]["user_key"] == user_key_py(KEY, "u1") and clean["e5"]["user_key"] == user_key_py(KEY, "u2")
+    assert clean["e2"]["event_time"].hour == 10  # normalized to UTC
+    assert clean["e6"]["event_time"].day == 2
+    assert clean["e4"]["query"] == "nail polish"
+    assert clean["e1"]["device"] == "mobile" and clean["e1"]["country"] == "DE"
+    blob = json.dumps([list(r.values()) for r in clean.values()], default=str)
+    assert "10.0.0.1" not in blob and "a@b.c" not in blob and '"u1"' not in blob
+
+    quarantine = read(spark, lake_dir / "quarantine/events" / f"ds={DS}")
+    assert {r["event_id"]: r["reason"] for r in quarantine}["q8"] == S.REASON_UNKNOWN_ITEM
+    malformed = [r for r in quarantine if r["reason"] == S.REASON_MALFORMED]
+    assert malformed[0]["raw_line"] == "{not json"
+    assert all(r["raw_line"] is None for r in quarantine if r["reason"] != S.REASON_MALFORMED)
+
+    # catalog: null price kept, blank title and negative price quarantined, category = level 1
+    cat = {r["item_id"]: r for r in read(spark, lake_dir / "clean/catalog" / f"ds={DS}")}
+    assert sorted(cat) == ["i1", "i2", "i3"]
+    assert cat["i2"]["category_path"] == "Beauty > Skin" and cat["i2"]["category"] == "Beauty"
+    assert cat["i3"]["price"] is None and cat["i1"]["description"] == "a thing"
+    qcat = {r["item_id"]: r["reason"] for r in read(spark, lake_dir / "quarantine/catalog" / f"ds={DS}")}
+    assert qcat == {"i4": S.REASON_MISSING_TITLE, "i5": S.REASON_BAD_PRICE}
+
+    # validation results and the HTML report are stored per suite
+    for suite in ("raw_events", "clean_events", "catalog"):
+        res = json.loads((lake_dir / "ops/validation" / f"ds={DS}" / suite / "results.json").read_text())
+        assert res["success"] is True and res["n_expectations"] > 3
+        assert "<table>" in (lake_dir / "ops/validation" / f"ds={DS}" / suite / "index.html").read_text()
+
+    # idempotent: a second run replaces the partitions with identical content, no staging left
+    run_clean(spark, cfg, DS, key=KEY)
+    again = {r["event_id"]: r for r in read(spark, lake_dir / "clean/events" / f"ds={DS}")}
+    assert again == clean
+    leftovers = [p.name for p in (lake_dir / "clean/events").iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_missing_and_empty_inputs(spark, lake_dir: Path) -> None:
+    from ecrec_lib.pipeline.clean import run_clean
+    from ecrec_lib.pipeline.io import InputMissingError
+
+    cfg = cfg_for(lake_dir)
+    with pytest.raises(InputMissingError, match=r"catalog snapshot .*raw/catalog/ds=2024-01-01 does not exist"):
+        run_clean(spark, cfg, DS, key=KEY)
+
+    write_raw(lake_dir, "catalog", DS, default_catalog())
+    with pytest.raises(InputMissingError, match=r"raw events partition .*raw/events/ds=2024-01-01"):
+        run_clean(spark, cfg, DS, key=KEY)
+
+    write_raw(lake_dir, "events", DS, [])  # an empty gz file: no line at all
+    result = run_clean(spark, cfg, DS, key=KEY)
+    assert result.no_data
+    marker = json.loads((lake_dir / "ops/reconciliation" / f"ds={DS}" / "events.json").read_text())
+    assert marker["status"] == "no_data" and marker["input_rows"] == 0
+    assert not (lake_dir / "clean/events" / f"ds={DS}").exists()
+
+
+@pytest.mark.parametrize("case", ["garbage", "bots", "no_event_type"])
+def test_bad_days_fail_the_contract(spark, lake_dir: Path, case: str) -> None:
+    from ecrec_lib.pipeline.clean import run_clean
+    from ecrec_lib.validation import DataContractError
+
+    write_raw(lake_dir, "catalog", DS, default_catalog())
+    if case == "garbage":
+        lines: list[Any] = ["\x00\x01garbage", "<html>", "{{{", "[1, 2]", "42"]
+    elif case == "bots":
+        lines = [event(f"b{i}", user=f"bot{i % 2}", t=f"{DS}T03:00:{i:02d}+00:00") for i in range(12)]
+    else:
+        lines = [{k: v for k, v in event(f"e{i}").items() if k != "event_type"} for i in range(4)]
+    write_raw(lake_dir, "events", DS, lines)
+
+    with pytest.raises(DataContractError) as err:
+        run_clean(spark, cfg_for(lake_dir, bot_max_events_per_minute=5), DS, key=KEY)
+    msg = str(err.value)
+    assert not (lake_dir / "clean/events" / f"ds={DS}").exists()  # nothing published
+    if case == "no_event_type":
+        assert "raw_events" in msg and "event_type" in msg and "CRITICAL" in msg
+        return
+    assert "clean_events" in msg and "expect_table_row_count_to_be_between" in msg and "observed=0" in msg
+    reasons = {r["reason"] for r in read(spark, lake_dir / "quarantine/events" / f"ds={DS}")}
+    assert reasons == {S.REASON_MALFORMED if case == "garbage" else S.REASON_BOT}
+    rec = json.loads((lake_dir / "ops/reconciliation" / f"ds={DS}" / "events.json").read_text())
+    assert rec["clean_rows"] == 0 and rec["quarantined_rows"] == len(lines)
+
+
+def test_catalog_item_id_collisions(spark, lake_dir: Path) -> None:
+    from ecrec_lib.pipeline.clean import run_clean
+
+    write_raw(lake_dir, "catalog", DS, [
+        item("i1"), item("i1"),  # exact duplicate: dropped and counted
+        item("i1 ", title="Red  Nail Polish"),  # identical after normalization: duplicate too
+        item("i2", title="Old", created="2023-01-01T00:00:00+00:00"),
+        item("i2", title="New", created="2023-09-01T00:00:00+02:00"),  # newest wins
+        item("i2", title="Older", created="2022-01-01T00:00:00+00:00"),
+    ])
+    write_raw(lake_dir, "events", DS, [event("e1", item_id="i2"), event("e2", item_id="i1")])
+    run_clean(spark, cfg_for(lake_dir), DS, key=KEY)
+
+    cat = {r["item_id"]: r for r in read(spark, lake_dir / "clean/catalog" / f"ds={DS}")}
+    assert sorted(cat) == ["i1", "i2"] and cat["i2"]["title"] == "New"
+    q = sorted((r["item_id"], r["title"], r["reason"])
+               for r in read(spark, lake_dir / "quarantine/catalog" / f"ds={DS}"))
+    assert q == [("i2", "Old", S.REASON_DUPLICATE_ITEM), ("i2", "Older", S.REASON_DUPLICATE_ITEM)]
+    rec = json.loads((lake_dir / "ops/reconciliation" / f"ds={DS}" / "catalog.json").read_text())
+    assert (rec["input_rows"], rec["clean_rows"], rec["quarantined_rows"], rec["duplicate_rows"]) == (6, 2, 2, 2)

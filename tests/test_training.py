@@ -1,0 +1,202 @@
+"""Trainer: learning, reproducibility, resume, sampled softmax, NaN guard, data assembly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ecrec_lib.evaluation import evaluate_scores, leave_one_out, popularity_scores
+from ecrec_lib.training.data import build_training_data, data_fingerprint
+from ecrec_lib.training.trainer import ModelConfig, NaNLossError, train_two_tower
+from tests.helpers_two_tower import make_tiny_bert, synthetic_data
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return make_tiny_bert(tmp_path_factory.mktemp("tinybert"))
+
+
+def small_cfg(tiny_bert: str, **kw) -> ModelConfig:
+    base = dict(text_model_path=tiny_bert, dim=16, n_heads=2, n_layers=1, max_seq_len=8,
+                batch_size=16, epochs=2, warmup_steps=2, device="cpu", dropout=0.1,
+                text_batch_size=64)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def test_id_model_learns_sequential_pattern(tiny_bert: str) -> None:
+    data = synthetic_data(n_items=30, n_users=120, with_queries=False)
+    train, valid, test = leave_one_out(data.sequences)
+    mcfg = small_cfg(tiny_bert, use_text=False, init_id_from_text=False, epochs=12, lr=5e-3,
+                     dim=32, patience=20)
+    res = train_two_tower(data, mcfg, train, valid, progress=False)
+    m = evaluate_scores(res.score_fn(test), test, data.n_items, ks=(10,))
+    pop = popularity_scores(train, data.n_items)
+    mp = evaluate_scores(lambda p: np.broadcast_to(pop, (len(p), data.n_items)), test,
+                         data.n_items, ks=(10,))
+    assert res.history[-1]["loss"] < res.history[0]["loss"]
+    assert m["recall@10"] > 0.8 > mp["recall@10"] + 0.2
+    assert 1 <= res.best_epoch <= 12
+    assert "valid_ndcg@10" in res.history[0]
+
+
+def test_same_seed_same_loss_history(tiny_bert: str) -> None:
+    data = synthetic_data(n_items=20, n_users=40)
+    train, valid, _ = leave_one_out(data.sequences)
+    mcfg = small_cfg(tiny_bert, epochs=2)
+    a = train_two_tower(data, mcfg, train, valid, progress=False)
+    b = train_two_tower(data, mcfg, train, valid, progress=False)
+    assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
+    assert np.array_equal(a.model.item_matrix(), b.model.item_matrix())
+    c = train_two_tower(data, mcfg.replace(seed=8), train, valid, progress=False)
+    assert [h["loss"] for h in c.history] != [h["loss"] for h in a.history]
+
+
+def test_interrupted_run_resumes_to_same_result(tiny_bert: str, tmp_path: Path) -> None:
+    data = synthetic_data(n_items=20, n_users=40)
+    train, valid, _ = leave_one_out(data.sequences)
+    mcfg = small_cfg(tiny_bert, epochs=3, patience=10)
+    full = train_two_tower(data, mcfg, train, valid, progress=False)
+    ckpt = tmp_path / "ckpt"
+    part = train_two_tower(data, mcfg, train, valid, progress=False, checkpoint_dir=str(ckpt),
+                           stop_after_epochs=1)
+    assert len(part.history) == 1 and (ckpt / "last.pt").is_file()
+    resumed = train_two_tower(data, mcfg, train, valid, progress=False, checkpoint_dir=str(ckpt))
+    assert resumed.resumed_from_epoch == 1
+    assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in full.history],
+                                                                 rel=1e-6)
+    assert np.allclose(resumed.model.item_matrix(), full.model.item_matrix(), atol=1e-6)
+
+
+def test_checkpoint_of_other_data_is_ignored(tiny_bert: str, tmp_path: Path) -> None:
+    ckpt = tmp_path / "ckpt"
+    data = synthetic_data(n_items=20, n_users=40)
+    train, valid, _ = leave_one_out(data.sequences)
+    mcfg = small_cfg(tiny_bert, epochs=1)
+    train_two_tower(data, mcfg, train, valid, progress=False, checkpoint_dir=str(ckpt))
+    other = synthetic_data(n_items=20, n_users=40, seed=5)
+    t2, v2, _ = leave_one_out(other.sequences)
+    res = train_two_tower(other, mcfg, t2, v2, progress=False, checkpoint_dir=str(ckpt))
+    assert res.resumed_from_epoch == 0 and len(res.history) == 1
+
+
+def test_sampled_softmax_with_logq_learns(tiny_bert: str) -> None:
+    data = synthetic_data(n_items=40, n_users=120)
+    train, valid, test = leave_one_out(data.sequences)
+    mcfg = small_cfg(tiny_bert, loss="sampled_softmax", n_negatives=10, epochs=8, lr=5e-3, dim=32)
+    res = train_two_tower(data, mcfg, train, valid, progress=False)
+    m = evaluate_scores(res.score_fn(test), test, data.n_items, ks=(10,))
+    assert res.history[-1]["next_item_loss"] < res.history[0]["next_item_loss"]
+    assert m["recall@10"] > 0.5
+
+
+@pytest.mark.parametrize("mode", ["finetune_top", "lora"])
+def test_trainable_encoder_modes_update_encoder(tiny_bert: str, mode: str) -> None:
+    data = synthetic_data(n_items=15, n_users=30)
+    train, valid, _ = leave_one_out(data.sequences)
+    mcfg = small_cfg(tiny_bert, encoder_mode=mode, epochs=1, text_lr=1e-2, finetune_layers=1)
+    res = train_two_tower(data, mcfg, train, valid, progress=False)
+    enc = res.model.text_encoder
+    assert enc.trainable
+    from ecrec_lib.models.text_encoder import TextEncoder
+
+    fresh = TextEncoder(tiny_bert, "frozen", mcfg.text_max_length)
+    texts = data.item_text[:3]
+    assert not np.allclose(enc.embed(texts), fresh.embed(texts), atol=1e-5)
+    # The cached item text rows follow the trained encoder.
+    assert np.allclose(res.model.model.item_text_emb[:3].numpy(), enc.embed(texts), atol=1e-5)
+    assert np.isfinite(res.history[0]["loss"])
+
+
+def test_diverging_training_raises_nan_error(tiny_bert: str) -> None:
+    data = synthetic_data(n_items=20, n_users=40)
+    train, valid, _ = leave_one_out(data.sequences)
+    mcfg = small_cfg(tiny_bert, lr=1e38, warmup_steps=0, grad_clip=0.0, epochs=3)
+    with pytest.raises(NaNLossError, match="learning rate"):
+        train_two_tower(data, mcfg, train, valid, progress=False)
+
+
+def test_no_trainable_sequence_is_an_error(tiny_bert: str) -> None:
+    data = synthetic_data(n_items=10, n_users=5)
+    data.sequences = [s[:1] for s in data.sequences]
+    data.event_types = [t[:1] for t in data.event_types]
+    data.event_times = [t[:1] for t in data.event_times]
+    with pytest.raises(ValueError, match="2 or more items"):
+        train_two_tower(data, small_cfg(tiny_bert), data.sequences, None, progress=False)
+
+
+def test_model_config_validation() -> None:
+    with pytest.raises(ValueError, match="encoder_mode"):
+        ModelConfig(encoder_mode="huge")
+    with pytest.raises(ValueError, match="use_text / use_id"):
+        ModelConfig(use_text=False, use_id=False)
+    with pytest.raises(ValueError, match="divisible"):
+        ModelConfig(dim=10, n_heads=3)
+
+
+def test_model_config_from_ecrec_config() -> None:
+    from ecrec_lib.config import load_config
+    from ecrec_lib.training.trainer import model_config_from
+
+    cfg = load_config(env={}, embedding_dim=32, epochs=4, encoder_mode="lora")
+    m = model_config_from(cfg, dropout=0.5)
+    assert (m.dim, m.epochs, m.encoder_mode, m.dropout) == (32, 4, "lora", 0.5)
+
+
+# ---------------------------------------------------------------- data assembly
+def _frames() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    catalog = pd.DataFrame({
+        "item_id": ["a", "b", "c", "d"],
+        "title": ["Red Lipstick", "Blue Mascara", "Green Nail Polish", "Face Cream"],
+        "description": ["matte", None, "", "rich"],
+        "category_path": ["Beauty > Makeup > Lips", "Beauty > Makeup > Eyes", None, "Beauty > Skin"],
+        "category": ["Beauty", "Beauty", None, "Beauty"],
+        "brand": ["L'Oreal", None, "OPI", "Nivea"],
+    })
+    seqs = pd.DataFrame({
+        "user_key": ["u1", "u2", "u3", "u4"],
+        "item_ids": [["a", "b", "zzz", "c"], ["d"], ["ghost"], ["a", "c", "d", "b"]],
+        "event_types": [["view", "click", "view", "purchase"], ["view"], ["view"],
+                        ["view", "view", "add_to_cart", "purchase"]],
+        "event_times": [[10, 20, 30, 40], [5], [7], [1, 2, 3, 4]],
+    })
+    pairs = pd.DataFrame({"query": ["lipstick", "cream", "nothing"], "item_id": ["a", "d", "nope"],
+                          "clicks": [3, 1, 1], "purchases": [1, 0, 0], "n": [5, 2, 1]})
+    return catalog, seqs, pairs
+
+
+def test_build_training_data_drops_and_counts_missing_items() -> None:
+    catalog, seqs, pairs = _frames()
+    data, stats = build_training_data(catalog, seqs, pairs)
+    assert stats.n_events_missing_item == 2  # "zzz" and "ghost"
+    assert stats.missing_item_examples == ["ghost", "zzz"]
+    assert stats.n_users_emptied == 1  # u3 had only a missing item
+    assert data.user_keys == ["u1", "u2", "u4"]
+    assert [data.item_ids[i] for i in data.sequences[0]] == ["a", "b", "c"]
+    assert list(data.event_types[0]) == [1, 2, 4]  # view, click, purchase (zzz's view dropped)
+    assert list(data.event_times[0]) == [10, 20, 40]
+    assert stats.n_single_event_users == 1 and len(data.sequences[1]) == 1  # kept for training
+    assert stats.n_users_evaluable == 2
+    assert stats.n_query_pairs_missing_item == 1 and len(data.query_pairs) == 2
+    assert data.item_text[0] == "Red Lipstick | L'Oreal | Beauty > Makeup > Lips | matte"
+    assert data.item_category == ["Beauty", "Beauty", "", "Beauty"]
+
+
+def test_build_training_data_requires_columns() -> None:
+    catalog, seqs, _ = _frames()
+    with pytest.raises(ValueError, match="item_ids"):
+        build_training_data(catalog, seqs.drop(columns=["item_ids"]))
+
+
+def test_fingerprint_tracks_items_and_sequences() -> None:
+    a = synthetic_data(n_items=10, n_users=5)
+    b = synthetic_data(n_items=10, n_users=5)
+    assert data_fingerprint(a) == data_fingerprint(b)
+    b.sequences[0] = b.sequences[0][:-1]
+    assert data_fingerprint(a) != data_fingerprint(b)
