@@ -44,8 +44,9 @@ BASELINE_ALIASES = {"popularity": "pop", "item_knn": "itemknn", "knn": "itemknn"
 def normalize_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     """Flat ``test_ndcg_10`` / ``pop_test_ndcg_10`` keys from any of the shapes training uses.
 
-    Accepted: flat keys as above; MLflow keys ``test.<model>.<metric>`` (``ndcg_at_10``); and
-    nested ``{"<model>": {"ndcg@10": ...}}``. Non-numeric values are dropped.
+    Accepted: flat keys as above; the model's own evaluate_scores keys (``ndcg@10``); MLflow
+    keys ``test.<model>.<metric>`` (``ndcg_at_10``); and nested ``{"<model>": {"ndcg@10":
+    ...}}`` (e.g. the training summary's ``baselines``). Non-numeric values are dropped.
     """
     out: dict[str, float] = {}
 
@@ -63,6 +64,8 @@ def normalize_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
         elif key.startswith("test.") and key.count(".") >= 2:
             _, model, metric = key.split(".", 2)
             emit(model, metric, value)
+        elif "@" in key:
+            emit("model", key, value)
         elif isinstance(value, int | float) and not isinstance(value, bool):
             out[key] = float(value)
     return out

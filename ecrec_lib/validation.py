@@ -15,6 +15,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -150,6 +151,7 @@ def _outcome(res: Any) -> ExpectationOutcome:
 
 def run_suite(df: DataFrame, suite: Any, dataset: str, ds: str | None = None) -> SuiteOutcome:
     """Validate ``df`` against ``suite`` (a ``gx.ExpectationSuite``); never raises on failures."""
+    started = time.perf_counter()
     context = _ephemeral_context()
     source = context.data_sources.add_or_update_spark(name="ecrec_spark")
     asset = source.add_dataframe_asset(name=dataset)
@@ -166,6 +168,8 @@ def run_suite(df: DataFrame, suite: Any, dataset: str, ds: str | None = None) ->
         results=[_outcome(r) for r in result.results],
         gx_result=json.loads(json.dumps(result.to_json_dict(), default=str)),
     )
+    log.info("suite '%s' (ds=%s): %d expectations in %.1f s", dataset, ds, len(outcome.results),
+             time.perf_counter() - started)
     return outcome
 
 

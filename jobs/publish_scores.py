@@ -11,9 +11,9 @@ the ``<table>_latest`` views and drops partitions older than cfg.warehouse_reten
 from __future__ import annotations
 
 import argparse
+import json
 import logging
-
-import pandas as pd
+from pathlib import Path
 
 from ecrec_lib.config import EcrecConfig, add_config_args, config_from_args
 from ecrec_lib.lake import Lake, parse_ds
@@ -29,7 +29,15 @@ EXIT_INVALID = 1
 EXIT_MISSING = 3
 
 
-def contract_context(cfg: EcrecConfig, lake: Lake, ds: str, k: int) -> ContractContext:
+def scoring_summary(lake: Lake, ds: str) -> dict:
+    """ops/scoring/ds=D/summary.json of the scoring run (its K, n_related, exclusions)."""
+    path = Path(lake.ops("scoring", ds)) / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def contract_context(
+    cfg: EcrecConfig, lake: Lake, ds: str, k: int, n_related: int, exclude_purchased: bool
+) -> ContractContext:
     """Catalog snapshot and purchases of ds, as the scorer saw them."""
     hint = "run the daily pipeline and `python -m jobs.score_topk --ds D` first"
     catalog = _read(lake.clean("catalog", ds), True, "clean/catalog", hint)
@@ -38,20 +46,22 @@ def contract_context(cfg: EcrecConfig, lake: Lake, ds: str, k: int) -> ContractC
     in_stock = dict(zip(catalog["item_id"].astype(str),
                         catalog["in_stock"].fillna(False).astype(bool), strict=True))
     bought = {u: frozenset(p) for u, p in zip(seqs["user_key"], purchased_items(seqs), strict=True)}
-    return ContractContext(ds=ds, k=k, n_related=cfg.n_related, catalog_in_stock=in_stock,
-                           purchased=bought, exclude_purchased=cfg.exclude_purchased)
-
-
-def list_length(tables: dict[str, pd.DataFrame], default: int) -> int:
-    """K of this night: the longest user list (the scorer may have run with --k)."""
-    ut = tables["user_topk"]
-    return int(ut["rank"].max()) if len(ut) else default
+    return ContractContext(ds=ds, k=k, n_related=n_related, catalog_in_stock=in_stock,
+                           purchased=bought, exclude_purchased=exclude_purchased)
 
 
 def run(cfg: EcrecConfig, ds: str, k: int | None = None) -> dict[str, int]:
+    """Validate, then publish. The contracts use the K / n_related / exclusion setting the
+    scoring run recorded in its summary (``--k`` or the config when there is none)."""
     lake = Lake(cfg.lake_root)
     tables = {name: read_table(name, lake, ds) for name in TABLE_COLUMNS}
-    ctx = contract_context(cfg, lake, ds, k or max(cfg.top_k, list_length(tables, cfg.top_k)))
+    summary = scoring_summary(lake, ds)
+    ctx = contract_context(
+        cfg, lake, ds,
+        k=k or int(summary.get("k", cfg.top_k)),
+        n_related=int(summary.get("n_related", cfg.n_related)),
+        exclude_purchased=bool(summary.get("exclude_purchased", cfg.exclude_purchased)),
+    )
     validate_tables(tables, ctx)
     with connect(cfg.warehouse_url, cfg.warehouse_schema) as wh:
         return publish(wh, tables, ds, cfg.warehouse_retention_days)
@@ -65,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="duckdb:///path.duckdb or postgresql://... (default: cfg)")
     parser.add_argument("--schema", default=None, help="warehouse schema (default: cfg)")
     parser.add_argument("--k", type=int, default=None,
-                        help="list length the contracts expect (default: cfg.top_k)")
+                        help="list length the contracts expect (default: the K recorded in "
+                        "ops/scoring/ds=D/summary.json, else cfg.top_k)")
     args = parser.parse_args(argv)
     setup_logging()
     parse_ds(args.ds)

@@ -132,8 +132,10 @@ def render(header: str, df: pd.DataFrame, names: dict[str, str], out: TextIO) ->
         print(line, file=out)
 
 
-def run(cfg: EcrecConfig, args: argparse.Namespace, out: TextIO = sys.stdout,
+def run(cfg: EcrecConfig, args: argparse.Namespace, out: TextIO | None = None,
         model: Recommender | None = None) -> None:
+    """Look up what ``args`` asks for and print it to ``out`` (stdout by default)."""
+    out = out or sys.stdout
     with connect(cfg.warehouse_url, cfg.warehouse_schema, read_only=True) as wh:
         if args.user is not None:
             df = lookup_user(wh, args.user, args.k, args.ds)

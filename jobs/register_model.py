@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
             run_id=str(summary["run_id"]),
             model_uri=str(summary["model_uri"]),
             ds=args.ds,
-            metrics=normalize_metrics(summary.get("metrics") or {}),
+            metrics=normalize_metrics(
+                {**(summary.get("metrics") or {}), **(summary.get("baselines") or {})}
+            ),
             fingerprint=str(summary.get("fingerprint") or summary.get("data_fingerprint") or ""),
             data_window=_data_window(summary),
             cold_start_metrics=summary.get("cold_start_metrics"),
@@ -93,11 +95,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+DATA_FACTS = ("window_start", "window_end", "n_users", "n_items", "n_users_evaluable",
+              "n_events", "n_query_pairs")
+
+
 def _data_window(summary: dict) -> dict:
-    window = summary.get("data_window") or {}
+    """The card's data-window table: ``data_window`` or the summary's ``data`` facts."""
+    window = summary.get("data_window")
     if isinstance(window, list | tuple) and len(window) == 2:
         return {"first_ds": window[0], "last_ds": window[1]}
-    return dict(window) if isinstance(window, dict) else {"window": str(window)}
+    if isinstance(window, dict):
+        return dict(window)
+    facts = summary.get("data") or {}
+    return {k: facts[k] for k in DATA_FACTS if k in facts}
 
 
 if __name__ == "__main__":

@@ -91,6 +91,8 @@ def run(
         "model_version": model_version,
         "engine": engine,
         "k": params.k,
+        "n_related": params.n_related,
+        "exclude_purchased": params.exclude_purchased,
         "rows": {name: int(len(df)) for name, df in tables.items()},
         "users": int(ut["user_key"].nunique()),
         "users_by_strategy": {

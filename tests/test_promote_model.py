@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ecrec_lib import tracking
 from ecrec_lib.registry import client as reg
 from ecrec_lib.registry import promotion, records
 from jobs import models as models_job
@@ -221,7 +222,7 @@ def test_corrupted_artifact_is_refused_and_never_promoted(env, logged, root, cap
     assert f"model version {v_bad}" in err and "refused" in err
     assert reg.resolve_champion(cfg, client)[0] == v_med
     d = decision_file(cfg)
-    assert d["decision"] == "invalid_artifact" and d["new_champion_version"] == ""
+    assert d["decision"] == "invalid_artifact" and d["new_champion_version"] == v_med
     assert "artifact_invalid" in client.get_model_version(name, v_bad).tags
 
     # An incomplete artifact (MLmodel deleted) cannot be promoted by hand either.
@@ -311,8 +312,9 @@ def train_real_model(cfg, epochs: int) -> tuple[str, str]:
     mcfg = ModelConfig(use_text=False, init_id_from_text=False, dim=16, n_layers=1, n_heads=1,
                        epochs=epochs, warmup_steps=0, batch_size=64, dropout=0.1, device="cpu")
     result = train_two_tower(data, mcfg, train, valid, progress=False)
-    reg.configure_mlflow(cfg)
-    mlflow.set_experiment(cfg.mlflow_experiment)
+    # Experiment artifacts under cfg.mlflow_artifact_root (MLflow's default is ./mlruns).
+    tracking.configure_mlflow(cfg.mlflow_tracking_uri, cfg.mlflow_experiment,
+                              cfg.mlflow_artifact_root)
     with mlflow.start_run() as run:
         mlflow.log_params({"epochs": epochs, "dim": 16})
         uri = log_recommender(result.model)
@@ -329,9 +331,20 @@ def test_real_two_tower_artifact_promoted_and_corruption_refused(env, monkeypatc
     run_id, uri = train_real_model(cfg, epochs=5)
     summary = Path(register_model.summary_path(cfg.lake_root, DS))
     summary.parent.mkdir(parents=True)
-    summary.write_text(json.dumps({"status": "trained", "run_id": run_id, "model_uri": uri,
-                                   "fingerprint": "fp", "metrics": {"test_ndcg_10": 0.5}}))
+    summary.write_text(json.dumps({  # the shape jobs.train_encoders writes
+        "ds": DS, "run_id": run_id, "model_uri": uri, "registered_version": None,
+        "fingerprint": "fp", "metrics": {"ndcg@10": 0.5, "recall@10": 0.8, "n_eval": 60.0},
+        "baselines": {"popularity": {"ndcg@10": 0.04, "recall@10": 0.1},
+                      "item_knn": {"ndcg@10": 0.3, "recall@10": 0.6}},
+        "data": {"window_start": "2024-02-05", "window_end": DS, "n_users": 60},
+    }))
     assert register_model.main(["--ds", DS]) == 0
+    mv = reg.get_alias_version(client, name, "challenger")
+    assert mv.tags["metric.test_ndcg_10"] == "0.500000"
+    assert mv.tags["metric.pop_test_ndcg_10"] == "0.040000"
+    assert "| window_start | 2024-02-05 |" in mv.description
+    assert "| NDCG@10 | 0.5000 | 0.3000 | 0.0400 |" in mv.description  # model, itemknn, pop
+    assert "| dim | 16 |" in mv.description
     assert promote_model.main(["--ds", DS]) == 0
     d = decision_file(cfg)
     assert d["decision"] == "promoted", d["reasons"]  # it learned the categories

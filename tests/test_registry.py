@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ecrec_lib import tracking
 from ecrec_lib.config import EcrecConfig, load_config
 from ecrec_lib.model_card import normalize_metrics, render_model_card, split_baselines
 from ecrec_lib.models.api import Recommender
@@ -104,8 +105,9 @@ def log_tiny_model(
     """Log a TinyRecommender as a pyfunc in a finished run; returns (run_id, model_uri)."""
     import mlflow
 
-    reg.configure_mlflow(cfg)
-    mlflow.set_experiment(cfg.mlflow_experiment)
+    # Experiment artifacts under cfg.mlflow_artifact_root (MLflow's default is ./mlruns).
+    tracking.configure_mlflow(cfg.mlflow_tracking_uri, cfg.mlflow_experiment,
+                              cfg.mlflow_artifact_root)
     path = tmp / f"vectors-{uuid.uuid4().hex}.npz"
     np.savez(path, item_ids=np.asarray(item_ids), vectors=vectors, meta=json.dumps({"ds": DS}))
     with mlflow.start_run() as run:

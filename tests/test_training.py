@@ -117,7 +117,7 @@ def test_trainable_encoder_modes_update_encoder(tiny_bert: str, mode: str) -> No
 def test_diverging_training_raises_nan_error(tiny_bert: str) -> None:
     data = synthetic_data(n_items=20, n_users=40)
     train, valid, _ = leave_one_out(data.sequences)
-    mcfg = small_cfg(tiny_bert, lr=1e38, warmup_steps=0, grad_clip=0.0, epochs=3)
+    mcfg = small_cfg(tiny_bert, lr=1e30, warmup_steps=0, grad_clip=0.0, epochs=3)
     with pytest.raises(NaNLossError, match="learning rate"):
         train_two_tower(data, mcfg, train, valid, progress=False)
 

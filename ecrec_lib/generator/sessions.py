@@ -113,7 +113,7 @@ def simulate_day(
     newcomers = np.flatnonzero(users.first_day == day)
     if n_sessions is None:
         n_sessions = int(round(len(eligible) * K.SESSIONS_PER_USER_PER_DAY))
-    n_sessions = max(n_sessions, len(newcomers))
+    n_sessions = max(n_sessions, len(newcomers), 1)
     p = users.activity[eligible] / users.activity[eligible].sum()
     s_user = np.concatenate(
         [newcomers, rng.choice(eligible, size=n_sessions - len(newcomers), p=p)]

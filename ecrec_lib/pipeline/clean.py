@@ -383,6 +383,28 @@ def _validate_staged(spark: SparkSession, lake: Lake, suite_name: str, final_pat
     validate(spark, staged, suite, suite_name, ds, f"{lake.ops('validation', ds)}/{suite_name}")
 
 
+def _validate_raw(spark: SparkSession, lake: Lake, parsed: DataFrame, present: tuple[str, ...],
+                  ds: str, common: dict[str, Any]) -> None:
+    """Raw suite on the parsable rows, restricted to the contract fields seen in the raw lines.
+
+    Skipped when no line parses at all (pure garbage): the clean suite's minimum-rows
+    expectation then fails with observed=0, and every line sits in quarantine as malformed.
+    """
+    from pyspark.sql import functions as F
+
+    from ecrec_lib.validation import validate
+    from expectations import SUITES, SuiteContext
+
+    if not present:
+        log.error("events ds=%s: no raw line parses as a JSON object; raw suite skipped", ds)
+        return
+    validate(
+        spark, parsed.where(~F.col("_malformed")).select(*present),
+        SUITES["raw_events"](SuiteContext(ds=ds, present_columns=present, **common)),
+        "raw_events", ds, f"{lake.ops('validation', ds)}/raw_events",
+    )
+
+
 def run_clean(spark: SparkSession, cfg: EcrecConfig, ds: str, key: bytes | None = None) -> CleanResult:
     """Clean the catalog snapshot and the events of ``ds``; publish only what passes its suite.
 
@@ -451,14 +473,6 @@ def run_clean(spark: SparkSession, cfg: EcrecConfig, ds: str, key: bytes | None 
             return CleanResult(ds, rec, cat_rec, no_data=True)
         if unknown:
             log.warning("events ds=%s: unknown raw fields dropped: %s", ds, unknown)
-        from ecrec_lib.validation import validate
-        from expectations import SUITES, SuiteContext
-
-        validate(
-            spark, ev_parsed.select(*present),
-            SUITES["raw_events"](SuiteContext(ds=ds, present_columns=present, **common)),
-            "raw_events", ds, f"{lake.ops('validation', ds)}/raw_events",
-        )
         catalog_items = spark.read.parquet(lake.clean("catalog", ds)).select("item_id")
         ev_rows = classify_events(ev_parsed, catalog_items, ds, cfg).persist(StorageLevel.MEMORY_AND_DISK)
         try:
@@ -472,6 +486,7 @@ def run_clean(spark: SparkSession, cfg: EcrecConfig, ds: str, key: bytes | None 
         io.write_json(spark, f"{lake.ops('reconciliation', ds)}/events.json", rec.to_dict())
         io.publish(spark, lake.quarantine("events", ds))
         try:
+            _validate_raw(spark, lake, ev_parsed, present, ds, common)
             _validate_staged(spark, lake, "clean_events", lake.clean("events", ds), ds, {
                 **common, "prev_rows": _prev_rows(spark, lake, "clean", "events", ds),
                 "min_rows": max(1, math.ceil(n * cfg.min_clean_fraction)),

@@ -258,6 +258,9 @@ def version_tags(
     ds: str, fingerprint: str, commit: str, metrics: Mapping[str, float]
 ) -> dict[str, str]:
     """The tags every registered version carries (shown in the MLflow UI and by `models list`)."""
+    from ecrec_lib.model_card import normalize_metrics
+
+    metrics = normalize_metrics(metrics)
     tags = {"ds": ds, "data_fingerprint": fingerprint, "git_commit": commit}
     for key in KEY_METRICS:
         if key in metrics and metrics[key] is not None:

@@ -87,6 +87,19 @@ def _version_metrics(mv: ModelVersion) -> dict[str, float]:
 
 # ------------------------------------------------------------------ registration
 
+CARD_CFG_KEYS = ("lookback_days", "max_seq_len", "encoder_mode", "seed")
+
+
+def training_config(params: Mapping[str, str]) -> dict[str, str]:
+    """The card's training table: the run's ``model.*`` params plus a few platform keys
+    (all params when the run did not use the ``model.`` prefix)."""
+    model = {k.removeprefix("model."): v for k, v in params.items() if k.startswith("model.")}
+    if not model:
+        return dict(params)
+    model.update({k: params[f"cfg.{k}"] for k in CARD_CFG_KEYS if f"cfg.{k}" in params})
+    return model
+
+
 
 def register_with_card(
     client: MlflowClient,
@@ -117,7 +130,7 @@ def register_with_card(
         ds=ds,
         run_id=run_id,
         data_window=dict(data_window or {}),
-        training_config=dict(run.data.params),
+        training_config=training_config(run.data.params),
         metrics=metrics,
         fingerprint=fingerprint,
         git_commit=(mv.tags or {}).get("git_commit", ""),
@@ -152,7 +165,7 @@ def update_card_after_gate(
         ds=(mv.tags or {}).get("ds", ""),
         run_id=mv.run_id or "",
         data_window=inputs.get("data_window", {}),
-        training_config=dict(run_params),
+        training_config=training_config(run_params),
         metrics=inputs.get("metrics") or _version_metrics(mv),
         fingerprint=(mv.tags or {}).get("data_fingerprint", ""),
         git_commit=(mv.tags or {}).get("git_commit", ""),

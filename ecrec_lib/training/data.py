@@ -129,7 +129,7 @@ def build_training_data(
         times.append(tt[keep])
     stats.n_single_event_users = sum(1 for s in seqs if len(s) == 1)
     stats.n_users_evaluable = sum(1 for s in seqs if len(s) >= 3)
-    stats.missing_item_examples = sorted(missing, key=lambda k: -missing[k])[:10]
+    stats.missing_item_examples = sorted(missing, key=lambda k: (-missing[k], k))[:10]
 
     pairs: list[tuple[str, int, float]] = []
     if search_pairs is not None and len(search_pairs):

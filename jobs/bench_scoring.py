@@ -1,0 +1,252 @@
+"""Scoring benchmark: the top-K kernel vs numpy, FAISS and Spark ALS on the same embeddings.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \\
+      python -m jobs.bench_scoring --users 100000 --items 100000 --dim 64 --k 100
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \\
+      python -m jobs.bench_scoring --users 100000 --items 1000000 --dim 64 --k 100 \\
+      --sample-users 10000
+
+(OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, set on some machines, slow numpy's BLAS; unset them for
+a fair reference: the report names the BLAS kernel numpy actually ran, from threadpoolctl.)
+Random L2-normalized embeddings. The kernel scores every user (or --sample-users); numpy and
+FAISS score --baseline-users of them (throughput is linear in users); Spark ALS
+recommendForAllUsers (rank = dim) runs on --als-users x --als-items. Top-K sets are compared on
+--verify-users users. Prints a Markdown table and writes --out JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+
+from jobs.common import setup_logging
+
+log = logging.getLogger("jobs.bench_scoring")
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def random_unit(n: int, d: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, d), np.float32)
+    for i in range(0, n, 1 << 18):  # chunked: bounded temporaries for 1M+ rows
+        x = rng.standard_normal((min(1 << 18, n - i), d), dtype=np.float32)
+        out[i : i + len(x)] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+def blas_info() -> list[dict]:
+    from threadpoolctl import threadpool_info
+
+    keep = ("internal_api", "architecture", "num_threads", "version", "filepath")
+    return [{k: i.get(k) for k in keep} for i in threadpool_info() if i.get("user_api") == "blas"]
+
+
+def set_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean([set(x) == set(y) for x, y in zip(a, b, strict=True)]))
+
+
+def explain_mismatches(users, items, a, b, k) -> dict:
+    """For rows whose sets differ: the fp64 score gap at the boundary (a float tie if tiny)."""
+    rows = [i for i in range(len(a)) if set(a[i]) != set(b[i])]
+    gaps = []
+    for r in rows:
+        s = items.astype(np.float64) @ users[r].astype(np.float64)
+        srt = np.sort(s)[::-1]
+        gaps.append(float(srt[k - 1] - srt[k]))
+    return {"rows": len(rows), "max_boundary_gap_fp64": max(gaps) if gaps else 0.0}
+
+
+def bench_als(dim: int, k: int, n_users: int, n_items: int, threads: int) -> dict:
+    """Spark ALS recommendForAllUsers with rank=dim on a synthetic ratings set."""
+    from pyspark.ml.recommendation import ALS
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    spark = (SparkSession.builder.master(f"local[{threads}]").appName("bench-als")
+             .config("spark.ui.enabled", "false").config("spark.driver.memory", "6g")
+             .config("spark.sql.shuffle.partitions", str(threads * 2)).getOrCreate())
+    spark.sparkContext.setLogLevel("ERROR")
+    try:
+        rng = np.random.default_rng(0)
+        u = np.concatenate([np.arange(n_users), rng.integers(0, n_users, n_items)])
+        i = np.concatenate([rng.integers(0, n_items, n_users), np.arange(n_items)])
+        import pandas as pd
+
+        ratings = spark.createDataFrame(pd.DataFrame(
+            {"user": u.astype("int32"), "item": i.astype("int32"),
+             "rating": rng.random(len(u)).astype("float32")}))
+        model = ALS(rank=dim, maxIter=1, userCol="user", itemCol="item", ratingCol="rating",
+                    seed=0).fit(ratings)
+        model.userFactors.count()
+        t = time.perf_counter()
+        n = model.recommendForAllUsers(k).count()
+        dt = time.perf_counter() - t
+        return {"users": n, "items": n_items, "seconds": dt, "users_per_s": n / dt}
+    finally:
+        spark.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=100_000, help="users in the problem")
+    parser.add_argument("--items", type=int, default=100_000, help="catalog size")
+    parser.add_argument("--dim", type=int, default=64, help="embedding dimension")
+    parser.add_argument("--k", type=int, default=100, help="list length")
+    parser.add_argument("--sample-users", type=int, default=None,
+                        help="score only this many of the users with the kernel (big catalogs)")
+    parser.add_argument("--baseline-users", type=int, default=10_000,
+                        help="users scored by the numpy and FAISS baselines")
+    parser.add_argument("--verify-users", type=int, default=1000,
+                        help="users whose top-K sets are compared across methods")
+    parser.add_argument("--als-users", type=int, default=10_000, help="users for Spark ALS")
+    parser.add_argument("--als-items", type=int, default=20_000, help="items for Spark ALS")
+    parser.add_argument("--skip", default="", help="comma list of baselines to skip: "
+                        "numpy,faiss,als")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="kernel device")
+    parser.add_argument("--precision", default="fp32,bf16",
+                        help="comma list of kernel candidate precisions to time (fp32, bf16)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: cores)")
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    setup_logging()
+    import torch
+
+    from ecrec_lib.scoring.topk import resolve_device, topk_inner_product, topk_numpy_argpartition
+
+    threads = args.threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    skip = set(filter(None, args.skip.split(",")))
+    device = resolve_device(args.device)
+    n_score = min(args.users, args.sample_users or args.users)
+    res: dict = {
+        "shape": {"users": args.users, "items": args.items, "dim": args.dim, "k": args.k},
+        "kernel_users": n_score, "threads": threads, "device": device,
+        "env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")},
+        "numpy_blas": blas_info(), "torch": torch.__version__, "methods": {},
+    }
+    t = time.perf_counter()
+    users = random_unit(n_score, args.dim, seed=1)
+    items = random_unit(args.items, args.dim, seed=2)
+    log.info("data ready in %.1fs, peak RSS %.0f MB", time.perf_counter() - t, peak_rss_mb())
+    res["data_rss_mb"] = peak_rss_mb()
+    nv = min(args.verify_users, n_score)
+    tops = {}
+    for prec in filter(None, args.precision.split(",")):
+        t = time.perf_counter()
+        r = topk_inner_product(users, items, args.k, device=device, precision=prec,
+                               threads=threads)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t
+        tops[prec] = r.indices[:nv]
+        res["methods"][f"kernel_{r.stats['precision']}"] = {
+            "users": n_score, "seconds": dt, "users_per_s": n_score / dt,
+            "peak_rss_mb": peak_rss_mb(), "stats": r.stats}
+        log.info("kernel %s: %.0f users/s (%.1fs)", prec, n_score / dt, dt)
+    if device == "cuda":
+        res["gpu"] = gpu_gemm_share(users, items, res)
+    nb = min(args.baseline_users, n_score)
+    if "numpy" not in skip:
+        t = time.perf_counter()
+        np_idx, _ = topk_numpy_argpartition(users[:nb], items, args.k)
+        dt = time.perf_counter() - t
+        res["methods"]["numpy_matmul_argpartition"] = {
+            "users": nb, "seconds": dt, "users_per_s": nb / dt}
+        tops["numpy"] = np_idx[:nv]
+        log.info("numpy: %.0f users/s", nb / dt)
+    if "faiss" not in skip:
+        import faiss
+
+        faiss.omp_set_num_threads(threads)
+        index = faiss.IndexFlatIP(args.dim)
+        index.add(items)
+        t = time.perf_counter()
+        _, f_idx = index.search(users[:nb], args.k)
+        dt = time.perf_counter() - t
+        res["methods"]["faiss_IndexFlatIP"] = {"users": nb, "seconds": dt, "users_per_s": nb / dt}
+        tops["faiss"] = f_idx[:nv]
+        log.info("faiss: %.0f users/s", nb / dt)
+        del index
+    if "als" not in skip:
+        res["methods"]["spark_als_recommendForAllUsers"] = bench_als(
+            args.dim, args.k, min(args.als_users, args.users), min(args.als_items, args.items),
+            threads)
+        res["methods"]["spark_als_recommendForAllUsers"]["note"] = "sampled users x items"
+    agree = {}
+    names = list(tops)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            agree[f"{a}~{b}"] = {
+                "set_agreement": set_agreement(tops[a], tops[b]),
+                **explain_mismatches(users[:nv], items, tops[a], tops[b], args.k)}
+    res["agreement_on_users"] = nv
+    res["agreement"] = agree
+    res["peak_rss_mb"] = peak_rss_mb()
+    print(markdown(res))
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(res, fh, indent=2, default=str)
+    return 0
+
+
+def gpu_gemm_share(users: np.ndarray, items: np.ndarray, res: dict) -> dict:
+    """Measured fp32/bf16 GEMM throughput on this GPU and the kernel's GEMM share."""
+    import torch
+
+    u = torch.from_numpy(users[:8192]).cuda()
+    it = torch.from_numpy(items[:65536]).cuda()
+    out = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = u.to(dtype), it.to(dtype)
+        torch.mm(a, b.T)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(10):
+            torch.mm(a, b.T)
+        torch.cuda.synchronize()
+        tflops = 10 * 2 * a.shape[0] * b.shape[0] * a.shape[1] / (time.perf_counter() - t) / 1e12
+        flops = 2.0 * res["kernel_users"] * items.shape[0] * items.shape[1]
+        m = res["methods"].get(f"kernel_{name}")
+        out[name] = {"gemm_tflops": tflops,
+                     "kernel_gemm_share": (flops / (tflops * 1e12)) / m["seconds"] if m else None}
+    return out
+
+
+def markdown(res: dict) -> str:
+    s = res["shape"]
+    lines = [
+        f"Shape: {s['users']:,} users x {s['items']:,} items, dim {s['dim']}, K={s['k']}; "
+        f"device {res['device']}, {res['threads']} threads; kernel scored "
+        f"{res['kernel_users']:,} users; peak RSS {res['peak_rss_mb']:.0f} MB "
+        f"(data alone {res['data_rss_mb']:.0f} MB). numpy BLAS: "
+        + ", ".join(f"{b['internal_api']} {b['architecture']} x{b['num_threads']}"
+                    for b in res["numpy_blas"]),
+        "",
+        "| method | users timed | seconds | users/s |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, m in res["methods"].items():
+        extra = f" ({m['items']:,} items)" if "items" in m else ""
+        lines.append(f"| {name}{extra} | {m['users']:,} | {m['seconds']:.2f} | "
+                     f"{m['users_per_s']:,.0f} |")
+    lines += ["", f"Top-K set agreement on {res['agreement_on_users']} users:"]
+    for pair, a in res["agreement"].items():
+        lines.append(f"- {pair}: {a['set_agreement']:.4f} ({a['rows']} differing rows, largest "
+                     f"fp64 boundary gap {a['max_boundary_gap_fp64']:.2e})")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,87 @@
+"""Shared by the end-to-end DAG tests: an isolated environment, data, Airflow CLI calls."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+TEST_PSEUDO_KEY = "test-pseudonymization-key-0123456789"
+
+
+def pipeline_env(root: Path, **extra: str) -> dict[str, str]:
+    """Environment of a whole platform under ``root``: lake, warehouse, MLflow, AIRFLOW_HOME."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AIRFLOW", "ECREC_", "PYTEST"))}
+    (root / "mlruns").mkdir(parents=True, exist_ok=True)
+    env.update(
+        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+        PYTHONPATH=str(REPO),
+        AIRFLOW_HOME=str(root / "airflow"),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags"),
+        AIRFLOW__CORE__PARALLELISM="4",
+        AIRFLOW__API_AUTH__JWT_SECRET="e2e-" + "0123456789abcdef" * 4,
+        ECREC_LAKE_ROOT=str(root / "lake"),
+        ECREC_WAREHOUSE_URL=f"duckdb://{root / 'warehouse' / 'ecrec.duckdb'}",
+        ECREC_MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlruns' / 'mlflow.db'}",
+        ECREC_MLFLOW_ARTIFACT_ROOT=str(root / "mlruns" / "artifacts"),
+        ECREC_PSEUDO_KEY=TEST_PSEUDO_KEY,
+        ECREC_TASK_RETRIES="0",
+        ECREC_EPOCHS="1",
+        ECREC_BATCH_SIZE="64",
+        ECREC_SPARK_SHUFFLE_PARTITIONS="2",
+        ECREC_SPARK_MASTER="local[2]",
+        ECREC_SPARK_DRIVER_MEMORY="1g",
+        ECREC_TOP_K="20",
+        ECREC_N_QUERIES="20",
+        SPARK_LOCAL_IP="127.0.0.1",
+        GX_ANALYTICS_ENABLED="False",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS="2",
+        MKL_NUM_THREADS="2",
+    )
+    env.update(extra)
+    return env
+
+
+def run(cmd: list[str], env: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def generate(env: dict[str, str], start: str, days: int, users: int, items: int) -> None:
+    proc = run([sys.executable, "-m", "jobs.generate_events", "--lake", env["ECREC_LAKE_ROOT"],
+                "--start", start, "--days", str(days), "--users", str(users),
+                "--items", str(items), "--seed", "11"], env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+
+def airflow_migrate(env: dict[str, str]) -> None:
+    proc = run([str(VENV_BIN / "airflow"), "db", "migrate"], env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+
+def dags_test(env: dict[str, str], dag_id: str, ds: str, timeout: float = 1500,
+              conf: str | None = None) -> tuple[bool, str]:
+    """``airflow dags test``; returns (run succeeded, whole output)."""
+    cmd = [str(VENV_BIN / "airflow"), "dags", "test", dag_id, ds]
+    if conf:
+        cmd += ["--conf", conf]
+    proc = run(cmd, env, timeout=timeout)
+    out = proc.stdout + proc.stderr
+    finished = [ln for ln in out.splitlines() if "DagRun Finished" in ln]
+    ok = proc.returncode == 0 and bool(finished) and "state=success" in finished[-1]
+    return ok, out
+
+
+def tail(text: str, n: int = 80) -> str:
+    """The lines worth showing when a run failed: errors first, then the end."""
+    lines = text.splitlines()
+    errors = [ln for ln in lines if "ERROR" in ln or "error" in ln.lower()[:60] or "JobFailed" in ln]
+    return "\n".join(errors[-40:] + ["-----"] + lines[-n:])

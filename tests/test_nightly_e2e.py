@@ -1,0 +1,135 @@
+"""End to end: `airflow dags test` of ecrec_nightly and ecrec_feedback on tiny generated data.
+
+Day 1 trains (no champion yet), registers, promotes and publishes; day 2 keeps the champion
+(min_new_events_to_train set out of reach) and publishes; re-running day 2 replaces its
+partitions; the feedback DAG judges day 1's lists on day 2's events; a corrupted catalog on
+day 3 fails the run on a critical data-contract expectation and leaves the published tables
+as they were, with the reason in the log.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.e2e_support import airflow_migrate, dags_test, generate, pipeline_env, tail
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+D1, D2, D3 = "2024-03-01", "2024-03-02", "2024-03-03"
+SCORE_TABLES = ("user_topk", "item_related", "query_topk", "trending")
+
+
+def _warehouse_counts(env: dict[str, str]) -> dict[tuple[str, str], int]:
+    from ecrec_lib.warehouse import connect
+
+    with connect(env["ECREC_WAREHOUSE_URL"], "ecrec", read_only=True) as wh:
+        out = {}
+        for table in SCORE_TABLES:
+            df = wh.query(f"SELECT CAST(ds AS VARCHAR) AS ds, count(*) AS n FROM ecrec.{table} "
+                          "GROUP BY ds")
+            out.update({(table, str(ds)): int(n) for ds, n in zip(df["ds"], df["n"], strict=True)})
+        return out
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("e2e")
+    env = pipeline_env(root)
+    generate(env, D1, days=3, users=200, items=100)
+    airflow_migrate(env)
+    runs: dict[str, tuple[bool, str]] = {}
+    runs["d1"] = dags_test(env, "ecrec_nightly", D1)
+    assert runs["d1"][0], "nightly day 1 failed:\n" + tail(runs["d1"][1])
+    env2 = dict(env, ECREC_MIN_NEW_EVENTS_TO_TRAIN="100000000")
+    runs["d2"] = dags_test(env2, "ecrec_nightly", D2)
+    assert runs["d2"][0], "nightly day 2 failed:\n" + tail(runs["d2"][1])
+    counts_after_d2 = _warehouse_counts(env)
+    runs["d2_again"] = dags_test(env2, "ecrec_nightly", D2)
+    runs["feedback"] = dags_test(env, "ecrec_feedback", D2)
+    return {"root": root, "env": env, "lake": Path(env["ECREC_LAKE_ROOT"]), "runs": runs,
+            "counts_after_d2": counts_after_d2}
+
+
+def test_day1_trains_registers_promotes_and_publishes(platform: dict) -> None:
+    lake = platform["lake"]
+    for part in ("clean/events", "clean/catalog", "features/user_sequences",
+                 "features/item_stats", "scores/user_topk", "scores/trending"):
+        assert any((lake / part / f"ds={D1}").glob("*.parquet")), f"{part}/ds={D1} not written"
+    decision = json.loads((lake / f"ops/training_decision/ds={D1}/decision.json").read_text())
+    assert decision["train"] is True and "no champion" in decision["reason"]
+    summary = json.loads((lake / f"ops/training/ds={D1}/summary.json").read_text())
+    assert summary["run_id"]
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=platform["env"]["ECREC_MLFLOW_TRACKING_URI"])
+    champion = client.get_model_version_by_alias("ecrec-two-tower", "champion")
+    assert champion.run_id == summary["run_id"]
+
+    counts = platform["counts_after_d2"]
+    for table in SCORE_TABLES:
+        assert counts.get((table, D1), 0) > 0, f"warehouse {table} has no rows for {D1}"
+    report = (lake / f"ops/report/ds={D1}/report.md").read_text()
+    assert f"# ecrec daily report — {D1}" in report
+    assert "| warehouse user_topk |" in report
+    # The report is printed into the task log too.
+    assert f"ecrec daily report — {D1}" in platform["runs"]["d1"][1]
+
+
+def test_day2_keeps_champion_and_publishes(platform: dict) -> None:
+    lake = platform["lake"]
+    decision = json.loads((lake / f"ops/training_decision/ds={D2}/decision.json").read_text())
+    assert decision["train"] is False and decision["has_champion"] is True
+    assert "keep champion" in decision["reason"]
+    assert not (lake / f"ops/training/ds={D2}").exists(), "training ran although it was skipped"
+    assert "keeping the champion" in platform["runs"]["d2"][1]
+    assert platform["counts_after_d2"].get(("user_topk", D2), 0) > 0
+
+
+def test_rerun_replaces_exactly_its_partitions(platform: dict) -> None:
+    ok, out = platform["runs"]["d2_again"]
+    assert ok, tail(out)
+    assert _warehouse_counts(platform["env"]) == platform["counts_after_d2"]
+    lake = platform["lake"]
+    assert sorted(p.name for p in (lake / "scores/user_topk").iterdir()
+                  if p.name.startswith("ds=")) == [f"ds={D1}", f"ds={D2}"]
+
+
+def test_feedback_dag_writes_metrics(platform: dict) -> None:
+    ok, out = platform["runs"]["feedback"]
+    assert ok, tail(out)
+    from ecrec_lib.warehouse import connect
+
+    with connect(platform["env"]["ECREC_WAREHOUSE_URL"], "ecrec", read_only=True) as wh:
+        metrics = wh.query("SELECT * FROM ecrec.metrics_daily")
+        drift = wh.query("SELECT * FROM ecrec.drift_daily")
+    overall = metrics[metrics["strategy"] == "all"]
+    assert len(overall) == 1
+    assert 0.0 <= overall["hit_rate"].iloc[0] <= 1.0
+    assert overall["n_users_with_recs"].iloc[0] > 0
+    assert set(drift["feature"]) == {"item_popularity", "user_sequence_length", "score"}
+    assert "hit rate" in out  # the alert check states its comparison in the task log
+
+
+def test_critical_expectation_failure_keeps_published_tables(platform: dict) -> None:
+    env, lake = platform["env"], platform["lake"]
+    before = _warehouse_counts(env)
+    # Corrupt day 3's catalog: every price negative -> every item quarantined -> the clean
+    # catalog is empty and its critical row-count expectation fails.
+    part = next((lake / f"raw/catalog/ds={D3}").glob("*.json.gz"))
+    rows = [json.loads(line) for line in gzip.decompress(part.read_bytes()).splitlines()]
+    part.write_bytes(gzip.compress(
+        "\n".join(json.dumps({**r, "price": -1.0}) for r in rows).encode() + b"\n"
+    ))
+    ok, out = dags_test(env, "ecrec_nightly", D3)
+    assert not ok, "the run should have failed on the corrupted catalog"
+    assert "state=failed" in [ln for ln in out.splitlines() if "DagRun Finished" in ln][-1]
+    assert "job 'clean_events' failed for ds=2024-03-03 with exit code 4" in out
+    assert "data contract 'catalog'" in out and "CRITICAL" in out
+    assert _warehouse_counts(env) == before, "a failed run changed the published tables"
+    assert not (lake / f"scores/user_topk/ds={D3}").exists()
+    assert not (lake / f"ops/report/ds={D3}").exists()
