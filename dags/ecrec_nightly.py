@@ -22,7 +22,8 @@ wait_for_raw_events → validate_raw → clean → validate_clean → build_feat
   (`max_active_runs=1`).
 
 Params: `k` (top-K per user, default: config `top_k`), `force_training`, `skip_training`.
-Retries: `ECREC_TASK_RETRIES` (default 2, exponential backoff). Spark jobs run through
+Schedule: daily at 00:00 UTC for the day just ended (`ECREC_DAG_SCHEDULE` overrides the
+cron; `none` = manual runs only). Retries: `ECREC_TASK_RETRIES` (default 2, exponential backoff). Spark jobs run through
 `SparkSubmitOperator` (connection `ecrec_spark`) when `ECREC_SPARK_SUBMIT=1`.
 """
 

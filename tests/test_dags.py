@@ -49,6 +49,7 @@ _PROBE = textwrap.dedent(
             "doc_md": dag.doc_md or "",
             "max_active_runs": dag.max_active_runs,
             "catchup": dag.catchup,
+            "schedule": getattr(dag.timetable, "summary", "None"),
             "params": sorted(dag.params.keys()),
             "tasks": {
                 t.task_id: {
@@ -141,6 +142,7 @@ def test_docs_and_run_policy(parsed: dict, dag_id: str) -> None:
     assert dag["doc_md"].lstrip().startswith(f"# {dag_id}")
     assert dag["max_active_runs"] == 1
     assert dag["catchup"] is False
+    assert dag["schedule"] == "0 0 * * *"
     for task_id, task in dag["tasks"].items():
         assert len(task["doc_md"].strip()) > 20, f"{dag_id}.{task_id} has no doc_md"
         assert task["retries"] == 2
@@ -156,8 +158,10 @@ def test_nightly_branch_join_sensor_and_params(parsed: dict) -> None:
 
 
 def test_retries_and_spark_submit_from_env(tmp_path: Path) -> None:
-    parsed = _probe(tmp_path, ECREC_TASK_RETRIES="0", ECREC_SPARK_SUBMIT="1")
+    parsed = _probe(tmp_path, ECREC_TASK_RETRIES="0", ECREC_SPARK_SUBMIT="1",
+                    ECREC_DAG_SCHEDULE="none")
     assert parsed["import_errors"] == {}
+    assert {d["schedule"] for d in parsed["dags"].values()} == {"None"}
     tasks = parsed["dags"]["ecrec_nightly"]["tasks"]
     assert {t["retries"] for t in tasks.values()} == {0}
     assert tasks["clean"]["type"] == "SparkSubmitOperator"
