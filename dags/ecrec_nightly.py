@@ -152,7 +152,11 @@ def ecrec_nightly() -> None:
     @task
     def validate_features() -> None:
         """Run the feature suites on the feature partitions of `ds`."""
-        _run("validate", dataset="features")
+        # One run per feature table (jobs.validate takes one dataset at a time).
+        for table in (
+            "user_sequences", "item_stats", "user_profiles", "search_pairs", "item_cooccurrence"
+        ):
+            _run("validate", dataset=table)
 
     @task.branch
     def decide_training(params: dict | None = None, ds: str | None = None) -> str:
@@ -176,7 +180,7 @@ def ecrec_nightly() -> None:
     @task
     def train() -> None:
         """Train the two-tower model; logs the run to MLflow (ops/training summary)."""
-        _run("train_encoders")
+        _run("train_encoders", no_register=True, no_progress=True)
 
     @task
     def register() -> None:
@@ -205,14 +209,14 @@ def ecrec_nightly() -> None:
         _run("score_topk", k=(params or {}).get("k"))
 
     @task
-    def validate_scores() -> None:
+    def validate_scores(params: dict | None = None) -> None:
         """Run the output contracts on the score tables before publishing."""
-        _run("validate", dataset="scores")
+        _run("validate_scores", k=(params or {}).get("k"))
 
     @task
-    def publish() -> None:
+    def publish(params: dict | None = None) -> None:
         """Publish the score tables to the warehouse atomically (old tables kept on failure)."""
-        _run("publish_scores")
+        _run("publish_scores", k=(params or {}).get("k"))
 
     @task
     def report() -> None:

@@ -141,7 +141,11 @@ def render(report: dict[str, Any]) -> str:
     lines += ["", "## Data quality", ""]
     for name, rec in (ops["reconciliation"] or {}).items():
         if isinstance(rec, dict):
-            scalars = {k: v for k, v in rec.items() if isinstance(v, int | float | str | bool)}
+            scalars = {k: v for k, v in rec.items()
+                       if isinstance(v, int | float | str | bool)
+                       and k not in {"dataset", "ds", "equation"}}
+            if rec.get("quarantine_by_reason"):
+                scalars["quarantined_by_reason"] = json.dumps(rec["quarantine_by_reason"])
             lines.append(f"- {name}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in scalars.items()))
         else:
             lines.append(f"- {name}: missing")

@@ -18,7 +18,7 @@ from pathlib import Path
 from ecrec_lib.config import EcrecConfig, add_config_args, config_from_args
 from ecrec_lib.lake import Lake, parse_ds
 from ecrec_lib.scoring.contracts import ContractContext, validate_tables
-from ecrec_lib.scoring.pipeline import ScoringInputError, _read, purchased_items
+from ecrec_lib.scoring.pipeline import ScoringInputError, purchased_items, read_partition
 from ecrec_lib.scoring.tables import TABLE_COLUMNS, read_table
 from ecrec_lib.validation import DataContractError
 from ecrec_lib.warehouse import PublishError, WarehouseError, connect, publish
@@ -40,8 +40,8 @@ def contract_context(
 ) -> ContractContext:
     """Catalog snapshot and purchases of ds, as the scorer saw them."""
     hint = "run the daily pipeline and `python -m jobs.score_topk --ds D` first"
-    catalog = _read(lake.clean("catalog", ds), True, "clean/catalog", hint)
-    seqs = _read(lake.features("user_sequences", ds), True, "features/user_sequences", hint)
+    catalog = read_partition(lake.clean("catalog", ds), True, "clean/catalog", hint)
+    seqs = read_partition(lake.features("user_sequences", ds), True, "features/user_sequences", hint)
     assert catalog is not None and seqs is not None
     in_stock = dict(zip(catalog["item_id"].astype(str),
                         catalog["in_stock"].fillna(False).astype(bool), strict=True))

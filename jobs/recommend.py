@@ -28,7 +28,7 @@ from jobs.common import setup_logging
 log = logging.getLogger("jobs.recommend")
 
 
-class LookupError_(LookupError):
+class NotFoundError(LookupError):
     """Unknown user/item/query, or nothing published; the message says what to do."""
 
 
@@ -55,16 +55,16 @@ def published_ds(wh: Warehouse, table: str, ds: str | None) -> str:
     value = wh.scalar(f"SELECT max(ds) FROM {src}", params)
     if value is None or pd.isna(value):
         where = f"for ds={ds}" if ds else "yet"
-        raise LookupError_(f"nothing published in {table} {where}: run "
+        raise NotFoundError(f"nothing published in {table} {where}: run "
                            "`python -m jobs.publish_scores --ds D`")
     return str(pd.Timestamp(value).date())
 
 
 def titles(cfg: EcrecConfig, ds: str) -> dict[str, str]:
     """item_id -> title from the catalog snapshot of ds (empty when the lake lacks it)."""
-    from ecrec_lib.scoring.pipeline import _read
+    from ecrec_lib.scoring.pipeline import read_partition
 
-    cat = _read(Lake(cfg.lake_root).clean("catalog", ds), False, "catalog", "")
+    cat = read_partition(Lake(cfg.lake_root).clean("catalog", ds), False, "catalog", "")
     if cat is None:
         return {}
     return dict(zip(cat["item_id"].astype(str), cat["title"].astype(str), strict=True))
@@ -83,7 +83,7 @@ def lookup_user(wh: Warehouse, user: str, k: int, ds: str | None) -> pd.DataFram
         "AND user_key = %s AND rank <= %s ORDER BY rank", [*params, user, k])
     if df.empty:
         day = published_ds(wh, "user_topk", ds)
-        raise LookupError_(f"unknown user {user!r}: no recommendations for ds={day} (users are "
+        raise NotFoundError(f"unknown user {user!r}: no recommendations for ds={day} (users are "
                            "pseudonymized user_key values, see clean/events)")
     return df
 
@@ -94,7 +94,7 @@ def lookup_item(wh: Warehouse, item: str, k: int, ds: str | None) -> pd.DataFram
                   "AND item_id = %s AND rank <= %s ORDER BY rank", [*params, item, k])
     if df.empty:
         day = published_ds(wh, "item_related", ds)
-        raise LookupError_(f"unknown item {item!r}: not in item_related for ds={day}")
+        raise NotFoundError(f"unknown item {item!r}: not in item_related for ds={day}")
     return df
 
 
@@ -108,10 +108,10 @@ def search_free_text(
     cfg: EcrecConfig, model: Recommender, query: str, k: int, ds: str
 ) -> pd.DataFrame:
     """Encode the query with the model and search the in-stock catalog snapshot of ds."""
-    from ecrec_lib.scoring.pipeline import _read, build_item_space
+    from ecrec_lib.scoring.pipeline import build_item_space, read_partition
     from ecrec_lib.scoring.topk import topk_inner_product
 
-    catalog = _read(Lake(cfg.lake_root).clean("catalog", ds), True, "clean/catalog",
+    catalog = read_partition(Lake(cfg.lake_root).clean("catalog", ds), True, "clean/catalog",
                     "the catalog snapshot of the published ds is needed for free-text search")
     items = build_item_space(model, catalog, None)
     qv = model.encode_queries([query])
@@ -149,7 +149,7 @@ def run(cfg: EcrecConfig, args: argparse.Namespace, out: TextIO | None = None,
         else:
             query = normalize_query(args.query)
             if not query:
-                raise LookupError_("--query is empty after normalization; give some words")
+                raise NotFoundError("--query is empty after normalization; give some words")
             df = lookup_query(wh, query, args.k, args.ds)
             if df.empty:
                 day = published_ds(wh, "query_topk" if args.ds else "user_topk", args.ds)
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(args)
     try:
         run(cfg, args)
-    except (LookupError_, WarehouseError) as exc:
+    except (NotFoundError, WarehouseError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except RuntimeError as exc:  # e.g. no champion for a live query

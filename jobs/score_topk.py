@@ -51,9 +51,14 @@ def load_model(cfg: EcrecConfig, model_uri: str | None) -> tuple[str, Recommende
             raise ChampionUnavailable(str(exc)) from None
     else:
         version = model_uri.rstrip("/").rsplit("/", 1)[-1]
-    from ecrec_lib.models.artifact import load_recommender
+    if model_uri.startswith(("models:/", "runs:/")):
+        from ecrec_lib.registry.client import configure_mlflow
 
-    return version, load_recommender(model_uri)
+        configure_mlflow(cfg)  # the URI is resolved against the configured registry
+    from ecrec_lib.models.artifact import load_recommender
+    from ecrec_lib.scoring.topk import resolve_device
+
+    return version, load_recommender(model_uri, device=resolve_device(cfg.device))
 
 
 def run(

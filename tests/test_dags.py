@@ -278,3 +278,49 @@ def test_decide_training_rejects_negative_count() -> None:
     with pytest.raises(ValueError, match="new_events"):
         decide_training("2024-01-02", new_events=-1, min_new_events=1, last_training_ds=None,
                         has_champion=True)
+
+
+# --- jobs.should_train on a tiny lake -------------------------------------------------
+
+
+def _clean_events(lake: Path, ds: str, n: int) -> None:
+    import pandas as pd
+
+    part = lake / "clean" / "events" / f"ds={ds}"
+    part.mkdir(parents=True)
+    pd.DataFrame({"event_id": [f"e{i}" for i in range(n)]}).to_parquet(part / "part-0.parquet")
+
+
+def test_should_train_counts_events_since_last_training(tmp_path: Path, monkeypatch) -> None:
+    from jobs import should_train
+
+    lake = tmp_path / "lake"
+    for ds, n in (("2024-01-01", 5), ("2024-01-02", 7), ("2024-01-03", 11)):
+        _clean_events(lake, ds, n)
+    trained = lake / "ops" / "training" / "ds=2024-01-01"
+    trained.mkdir(parents=True)
+    (trained / "summary.json").write_text("{}")
+    # A training of the same ds (a re-run) must not reset the count.
+    (lake / "ops" / "training" / "ds=2024-01-03").mkdir(parents=True)
+    (lake / "ops" / "training" / "ds=2024-01-03" / "summary.json").write_text("{}")
+    monkeypatch.setenv("ECREC_MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'none' / 'm.db'}")
+    monkeypatch.setenv("ECREC_MIN_NEW_EVENTS_TO_TRAIN", "10")
+    argv = ["--ds", "2024-01-03", "--lake", str(lake)]
+    assert should_train.main(argv) == 0
+    out = lake / "ops" / "training_decision" / "ds=2024-01-03" / "decision.json"
+    decision = json.loads(out.read_text())
+    assert decision["last_training_ds"] == "2024-01-01"
+    assert decision["new_events"] == 7 + 11
+    assert decision["has_champion"] is False and decision["train"] is True
+    assert should_train.main([*argv, "--skip"]) == 0
+    assert json.loads(out.read_text())["train"] is False
+
+
+def test_should_train_refuses_to_guess_without_registry(tmp_path: Path, monkeypatch) -> None:
+    from jobs import should_train
+
+    lake = tmp_path / "lake"
+    _clean_events(lake, "2024-01-01", 3)
+    monkeypatch.setenv("ECREC_MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens
+    assert should_train.main(["--ds", "2024-01-01", "--lake", str(lake)]) == 1
+    assert not (lake / "ops" / "training_decision").exists()

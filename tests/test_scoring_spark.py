@@ -15,9 +15,8 @@ from tests.scoring_support import CATALOG, DS, FakeRecommender, write_tiny_lake
 
 @pytest.mark.spark
 def test_spark_engine_equals_local(spark, tmp_path):
-    from pyspark import cloudpickle
-
     import torch
+    from pyspark import cloudpickle
 
     torch.set_num_threads(1)
     # The test-local model class travels to the Python workers by value.

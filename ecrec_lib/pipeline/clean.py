@@ -119,7 +119,11 @@ class Reconciliation:
             "input_rows": self.input_rows, "clean_rows": self.clean_rows,
             "quarantined_rows": self.quarantined_rows, "duplicate_rows": self.duplicate_rows,
             "quarantine_by_reason": dict(sorted(self.quarantine_by_reason.items())),
-            "unknown_fields_dropped": dict(sorted(self.unknown_fields.items())),
+            # fields outside the contract: dropped (PII-like names listed apart for the audit)
+            "pii_fields_dropped": {k: v for k, v in sorted(self.unknown_fields.items())
+                                   if k in S.PII_FIELDS},
+            "unknown_fields_dropped": {k: v for k, v in sorted(self.unknown_fields.items())
+                                       if k not in S.PII_FIELDS},
             "balanced": self.balanced,
             "equation": "input_rows = clean_rows + quarantined_rows + duplicate_rows",
         }

@@ -94,7 +94,8 @@ def end_of_ds_ts(ds: str) -> int:
     return int(dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC).timestamp())
 
 
-def _read(path: str, required: bool, what: str, hint: str) -> pd.DataFrame | None:
+def read_partition(path: str, required: bool, what: str, hint: str) -> pd.DataFrame | None:
+    """A lake partition as pandas; None (or a ScoringInputError naming it) when absent."""
     local = path.removeprefix("file://") if is_local(path) else path
     if is_local(path) and not Path(local).is_dir():
         if required:
@@ -107,16 +108,16 @@ def read_inputs(lake: Lake, ds: str) -> ScoringInputs:
     """The day's inputs from the lake (pyarrow, no Spark): catalog and user_sequences are
     required; item_stats, events, co-occurrence are optional (their features degrade)."""
     hint = "run the daily pipeline for this ds first (`python -m jobs.featurize --ds D`)"
-    catalog = _read(lake.clean("catalog", ds), True, "clean/catalog", hint)
-    seqs = _read(lake.features("user_sequences", ds), True, "features/user_sequences", hint)
+    catalog = read_partition(lake.clean("catalog", ds), True, "clean/catalog", hint)
+    seqs = read_partition(lake.features("user_sequences", ds), True, "features/user_sequences", hint)
     assert catalog is not None and seqs is not None
     return ScoringInputs(
         ds=ds,
         catalog=catalog,
         sequences=seqs,
-        item_stats=_read(lake.features("item_stats", ds), False, "item_stats", hint),
-        events=_read(lake.clean("events", ds), False, "clean/events", hint),
-        cooccurrence=_read(lake.features("item_cooccurrence", ds), False, "cooccurrence", hint),
+        item_stats=read_partition(lake.features("item_stats", ds), False, "item_stats", hint),
+        events=read_partition(lake.clean("events", ds), False, "clean/events", hint),
+        cooccurrence=read_partition(lake.features("item_cooccurrence", ds), False, "cooccurrence", hint),
     )
 
 

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from ecrec_lib.models.api import Recommender
-from ecrec_lib.scoring.pipeline import ItemSpace, ScoringParams, UserScorer, score_users
 from ecrec_lib.schema import USER_TOPK_COLUMNS
+from ecrec_lib.scoring.pipeline import ItemSpace, ScoringParams, UserScorer, score_users
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

@@ -1,23 +1,27 @@
 """Exact top-K maximum inner product search, chunked, on torch (CPU or CUDA).
 
 The kernel never materializes the full (users x items) score matrix. For a block of users it
-walks the items in chunks: one GEMM into a preallocated buffer, then a *group max* over groups
-of ``group`` items (a strided, vectorized reduction that is ~6x cheaper than a top-k pass).
-After the last chunk only the best groups are kept and their members re-scored exactly in
-fp32; the final top-K is taken among them.
+walks the items in chunks: one GEMM into a preallocated, cache-sized buffer, then a *group max*
+over strided groups of ``group`` items (a vectorized reduction, much cheaper than a top-k pass
+over every score). Only the chunk's k+1 best groups are looked at further: their members'
+scores are gathered from the buffer and merged into a running top-(k+1).
 
-Why this is exact: the top-(k+1) items lie in at most k+1 groups, and every one of them has a
-group max at least as high as its own score. With approximate scores s~ (|s~ - s| <= eps1) and
-exact re-scores s^ (|s^ - s| <= eps2), let T be the (k+1)-th largest approximate group max and
-eps = eps1 + eps2. Each of the k+1 best groups holds an item with s^ >= T - eps, so the
-(k+1)-th best re-score v >= T - eps; any item with s^ >= v then has s~ >= T - 2 eps. Keeping
-every group whose approximate max is >= T - 2 eps therefore keeps every top-(k+1) item.
-``eps`` is a rounding-error bound (Higham's gamma_n for fp32; input + output rounding of
-bfloat16 for the bf16 candidate pass), scaled by ||u|| * max ||v||.
+Why this is exact: the top-(k+1) scores of a chunk lie in at most k+1 groups, and each of those
+groups has a max at least as high as the member it holds; any other group's max is below the
+(k+1)-th selected group max, so none of its members can be among the chunk's top k+1. Merging
+per-chunk top-(k+1) lists gives the global top-(k+1). Scores are the GEMM's own fp32 values.
+
+``precision="bf16"`` runs the GEMM in bfloat16 instead and keeps every group whose approximate
+max is within ``2 eps`` of the (k+1)-th one, then re-scores those members exactly in fp32:
+with |s~ - s| <= eps1 (bf16 inputs/output, fp32 accumulation -- checked at run time by a probe)
+and |s^ - s| <= eps2 (fp32 re-score), every item of the final top-(k+1) has s~ >= T - 2 eps
+(eps = eps1 + eps2, scaled by ||u|| max ||v||). Worth it only where bf16 GEMM is much faster
+than fp32 (GPUs); on this CPU it is slower.
 
 Ordering is deterministic: score descending, then item index ascending. When the k-th and
 (k+1)-th scores of a user tie (the set itself is then ambiguous) the row is recomputed over
 the whole catalog and stably sorted, so ties always resolve to the lower item index.
+On CPU, user blocks run on a thread pool with one intra-op thread each.
 """
 
 from __future__ import annotations
@@ -122,9 +126,9 @@ def topk_inner_product(
     item_mask: np.ndarray | None = None,
     device: str = "auto",
     precision: str = "fp32",
-    user_block: int = 512,
-    item_chunk: int = 8192,
-    group: int = 8,
+    user_block: int = 128,
+    item_chunk: int = 32768,
+    group: int = 16,
     threads: int | None = None,
 ) -> TopKResult:
     """Exact top-``k`` items by inner product for every user row.
@@ -147,8 +151,8 @@ def topk_inner_product(
     dev = resolve_device(device)
     if threads is None:
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2
-    if dev == "cpu":
-        torch.set_num_threads(max(1, threads))
+    if dev == "cpu" and threads == 1:
+        torch.set_num_threads(1)
 
     n_users, dim = users.shape
     pos_of_item = None
@@ -208,19 +212,23 @@ def topk_inner_product(
         members_list.append(ids)
     members = torch.from_numpy(np.concatenate(members_list)).to(dev)  # (n_groups, group)
     padded = any(b[2] > b[1] for b in bounds)
+    streaming = precision == "fp32"
+    offs = torch.arange(group, device=dev)[None, None, :]
     n_groups = members.shape[0]
 
     max_clen = max(b[2] for b in bounds)
     # Bound the group-max buffer (user_block x n_groups) to ~256 MB.
     user_block = max(1, min(user_block, (64 << 20) // max(n_groups, 1)))
-    buf = torch.empty(user_block, max_clen, dtype=gemm_dtype, device=dev)
-    gmax = torch.empty(user_block, n_groups, dtype=gemm_dtype, device=dev)
     ex_rows_t = torch.from_numpy(ex_rows).to(dev)
     ex_cols_t = torch.from_numpy(ex_cols).to(dev)
     neg_inf = float("-inf")
-    total_cands = 0
 
-    for u0 in range(0, n_users, user_block):
+    def run_block(u0: int) -> tuple[int, int]:
+        """Top-K of users [u0, u0 + user_block); returns (candidates, tie rows)."""
+        cands = ties = 0
+        buf = torch.empty(user_block, max_clen, dtype=gemm_dtype, device=dev)
+        gmax = torch.empty(0 if streaming else user_block, n_groups, dtype=gemm_dtype,
+                           device=dev)
         u1 = min(n_users, u0 + user_block)
         b = u1 - u0
         ub = torch.from_numpy(users[u0:u1]).to(dev)
@@ -228,6 +236,8 @@ def topk_inner_product(
         sel = (ex_rows_t >= u0) & (ex_rows_t < u1)
         brow, bcol = ex_rows_t[sel] - u0, ex_cols_t[sel]
         g0 = 0
+        run_v = torch.empty(b, 0, device=dev)
+        run_i = torch.empty(b, 0, dtype=torch.int64, device=dev)
         for c0, clen_real, clen in bounds:
             s = buf[:b, :clen]
             torch.mm(ug, items_g[c0 : c0 + clen_real].T, out=s[:, :clen_real])
@@ -238,38 +248,31 @@ def topk_inner_product(
                 if bool(m.any()):
                     s[brow[m], bcol[m] - c0] = neg_inf
             ng = clen // group
-            torch.amax(s.view(b, group, ng), dim=1, out=gmax[:b, g0 : g0 + ng])
+            if streaming:
+                # fp32: take the chunk's best groups now and gather their members' scores from
+                # the (cache-resident) chunk: no re-scoring, no error margin needed.
+                gmc = torch.amax(s.view(b, group, ng), dim=1)
+                gi = torch.topk(gmc, min(kk, ng), dim=1, sorted=False).indices
+                pos = (gi[:, :, None] + offs * ng).reshape(b, -1)
+                run_v = torch.cat([run_v, torch.gather(s, 1, pos)], 1)
+                run_i = torch.cat([run_i, pos + c0], 1)
+                if run_v.shape[1] > 4 * kk * group:
+                    run_v, p = torch.topk(run_v, kk, dim=1, sorted=False)
+                    run_i = torch.gather(run_i, 1, p)
+            else:
+                torch.amax(s.view(b, group, ng), dim=1, out=gmax[:b, g0 : g0 + ng])
             g0 += ng
 
-        gm = gmax[:b].float()
-        kg = min(kk, n_groups)
-        extra = kg if precision == "bf16" else 16
-        tv, cand_groups = torch.topk(gm, min(n_groups, kg + extra), dim=1)
-        thr = tv[:, kg - 1]
-        eps = eps_coeff * ub.norm(dim=1) * max_item_norm
-        lower = torch.where(torch.isfinite(thr), thr - 2 * eps, torch.full_like(thr, neg_inf))
-        n_keep = int((tv >= lower[:, None]).sum(1).max())
-        if n_keep == tv.shape[1] and n_keep < n_groups:  # margin wider than the first guess
-            n_keep = int((gm >= lower[:, None]).sum(1).max())
-            cand_groups = torch.topk(gm, n_keep, dim=1).indices
+        if streaming:
+            cands += run_v.shape[1] * b
+            cand, rs = run_i, run_v
+            if padded:
+                rs = rs.masked_fill(cand >= n_items, neg_inf)
         else:
-            n_keep = max(kg, n_keep)
-            cand_groups = cand_groups[:, :n_keep]
-        cand = members[cand_groups].reshape(b, -1)  # (b, n_keep * group) item ids
-        total_cands += cand.shape[1] * b
-        # Re-score exactly in fp32 on sub-blocks (the gathered vectors are b x M x D floats).
-        rs = torch.empty(cand.shape, dtype=torch.float32, device=dev)
-        sub = max(1, (8 << 20) // max(cand.shape[1] * dim, 1))
-        for r0 in range(0, b, sub):
-            r1 = min(b, r0 + sub)
-            vecs = items_pad[cand[r0:r1]]  # (r, M, D)
-            rs[r0:r1] = torch.bmm(vecs, ub[r0:r1, :, None]).squeeze(-1)
-        if padded:
-            rs[cand == n_items] = neg_inf
-        if len(bcol):
-            keys = brow * (n_items + 1) + bcol
-            ckeys = torch.arange(b, device=dev)[:, None] * (n_items + 1) + cand
-            rs[torch.isin(ckeys, keys)] = neg_inf
+            cand, rs = _candidates_rescored(
+                gmax[:b], kk, n_groups, precision, eps_coeff, ub, max_item_norm, members,
+                items_pad, dim, padded, n_items, brow, bcol, dev)
+            cands += cand.shape[1] * b
         # The kk best, then a deterministic order among them: score desc, item index asc.
         vals, pos = torch.topk(rs, kk, dim=1)
         ids = torch.gather(cand, 1, pos)
@@ -287,13 +290,71 @@ def topk_inner_product(
             tie = (vals_np[:, k - 1] == vals_np[:, k]) & np.isfinite(vals_np[:, k])
             for r in np.flatnonzero(tie):
                 _exact_row(ub[r], items_t, r, brow, bcol, k, out_idx[u0 + r], out_scores[u0 + r])
-            stats["tie_fallback_rows"] += int(tie.sum())
+            ties += int(tie.sum())
+        return cands, ties
+
+    starts = range(0, n_users, user_block)
+    if dev == "cpu" and threads > 1 and len(starts) > 1:
+        # One block per Python thread, one intra-op thread each: torch ops release the GIL, and
+        # this avoids OpenMP barriers between the many small per-chunk ops (which spin badly
+        # when the cores are shared with other processes).
+        from concurrent.futures import ThreadPoolExecutor
+
+        saved = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(threads) as pool:
+                parts = list(pool.map(run_block, starts))
+        finally:
+            torch.set_num_threads(saved)
+    else:
+        parts = [run_block(u0) for u0 in starts]
+    total_cands = sum(p[0] for p in parts)
+    stats["tie_fallback_rows"] = sum(p[1] for p in parts)
 
     if elig is not None:
         valid = out_idx >= 0
         out_idx[valid] = elig[out_idx[valid]]
     stats["candidates_per_user"] = total_cands / max(n_users, 1)
     return TopKResult(out_idx, out_scores, stats)
+
+
+def _candidates_rescored(gmax, kk, n_groups, precision, eps_coeff, ub, max_item_norm, members,
+                         items_pad, dim, padded, n_items, brow, bcol, dev):
+    """bf16 path: groups within the error margin of the (k+1)-th group max, re-scored in fp32."""
+    import torch
+
+    neg_inf = float("-inf")
+    b = ub.shape[0]
+    gm = gmax.float()
+    kg = min(kk, n_groups)
+    extra = kg if precision == "bf16" else 16
+    tv, cand_groups = torch.topk(gm, min(n_groups, kg + extra), dim=1)
+    thr = tv[:, kg - 1]
+    eps = eps_coeff * ub.norm(dim=1) * max_item_norm
+    lower = torch.where(torch.isfinite(thr), thr - 2 * eps, torch.full_like(thr, neg_inf))
+    n_keep = int((tv >= lower[:, None]).sum(1).max())
+    if n_keep == tv.shape[1] and n_keep < n_groups:  # margin wider than the first guess
+        n_keep = int((gm >= lower[:, None]).sum(1).max())
+        cand_groups = torch.topk(gm, n_keep, dim=1).indices
+    else:
+        n_keep = max(kg, n_keep)
+        cand_groups = cand_groups[:, :n_keep]
+    cand = members[cand_groups].reshape(b, -1)  # (b, n_keep * group) item ids
+    # Re-score exactly in fp32 on sub-blocks (the gathered vectors are b x M x D floats).
+    rs = torch.empty(cand.shape, dtype=torch.float32, device=dev)
+    sub = max(1, (8 << 20) // max(cand.shape[1] * dim, 1))
+    for r0 in range(0, b, sub):
+        r1 = min(b, r0 + sub)
+        vecs = items_pad[cand[r0:r1]]  # (r, M, D)
+        rs[r0:r1] = torch.bmm(vecs, ub[r0:r1, :, None]).squeeze(-1)
+    if padded:
+        rs[cand == n_items] = neg_inf
+    if len(bcol):
+        keys = brow * (n_items + 1) + bcol
+        ckeys = torch.arange(b, device=dev)[:, None] * (n_items + 1) + cand
+        rs[torch.isin(ckeys, keys)] = neg_inf
+    return cand, rs
 
 
 def _exact_row(u, items_t, r: int, brow, bcol, k: int, out_i: np.ndarray, out_s: np.ndarray):

@@ -1,0 +1,309 @@
+"""Feature tables from the clean partitions of a lookback window ending at ``ds``.
+
+All tables only reference items of the ds clean catalog (events on other items are ignored).
+Works on purchase-only data without sessions, queries or prices (e.g. real Amazon reviews):
+rates fall back to their smoothed priors, ``search_pairs`` is empty with the right schema and
+``price_band`` is null.
+
+* ``user_sequences``   last ``cfg.max_seq_len`` item events per user, oldest first (ties broken
+                       by event_id), with n_events, last_event_time and the latest country/device.
+* ``item_stats``       one row per catalog item: counts per event type; ``ctr`` =
+                       (clicks + a*p_ctr)/(views + a) and ``cvr`` = (min(purchases, clicks)
+                       + a*p_cvr)/(clicks + a) (purchases without a click, as in purchase-only
+                       data, do not push it above 1: such items get the prior), a = ``cfg.smoothing_prior_weight``, global priors p (0 when
+                       the denominator is 0 everywhere), clipped to [0, 1]; ``popularity`` =
+                       sum over item events of 0.5 ** (age_days / ``cfg.popularity_half_life_days``)
+                       at the end of ds; ``trending_score`` = (events on ds + 1) / (mean daily
+                       events over the days present in the window + 1).
+* ``user_profiles``    recency (days from the last event to the end of ds), frequency (distinct
+                       sessions), monetary (sum of purchase price * quantity, quantity 1 when
+                       null), category/brand affinity (share of item events), top category
+                       (ties: alphabetical), price band of the user's mean catalog price vs. the
+                       catalog price terciles.
+* ``search_pairs``     each click/purchase is attributed to the latest search earlier in the same
+                       (user, session); counts per (normalized query, item).
+* ``item_cooccurrence`` items at most ``COOC_WINDOW`` steps apart in a user's sequence (the
+                       user_sequences arrays: sessions are unreliable on real data), symmetric
+                       counts, top ``cfg.max_cooccurrence_per_item`` partners per item.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ecrec_lib import schema as S
+from ecrec_lib.config import EcrecConfig
+from ecrec_lib.lake import FEATURES, Lake, ds_range, parse_ds
+from ecrec_lib.pipeline import io
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+COOC_WINDOW = 3  # pair items at most this many steps apart in a user's sequence
+TRENDING_PSEUDO_COUNT = 1.0  # events/day added to both sides of the trending ratio
+
+
+@dataclass
+class FeatureResult:
+    ds: str
+    days_present: list[str]
+    days_missing: list[str]
+    row_counts: dict[str, int] = field(default_factory=dict)
+
+
+def _end_of_day(ds: str) -> dt.datetime:
+    return dt.datetime.combine(parse_ds(ds) + dt.timedelta(days=1), dt.time())
+
+
+def item_events(events: DataFrame, catalog: DataFrame) -> DataFrame:
+    """Item events on catalog items, with the item's category, brand and catalog price."""
+    from pyspark.sql import functions as F
+
+    cat = catalog.select("item_id", "category", "brand", F.col("price").alias("catalog_price"))
+    return (
+        events.where(F.col("event_type").isin(*S.ITEM_EVENT_TYPES) & F.col("item_id").isNotNull())
+        .join(F.broadcast(cat), "item_id", "inner")
+    )
+
+
+def user_sequences(items: DataFrame, max_seq_len: int) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    per_user = items.groupBy("user_key").agg(
+        F.count(F.lit(1)).alias("n_events"),
+        F.max("event_time").alias("last_event_time"),
+        F.max_by("country", F.struct("event_time", "event_id")).alias("country"),
+        F.max_by("device", F.struct("event_time", "event_id")).alias("device"),
+        F.sort_array(F.collect_list(F.struct(
+            F.unix_timestamp("event_time").alias("t"), F.col("event_id").alias("e"),
+            F.col("item_id").alias("i"), F.col("event_type").alias("y"),
+        ))).alias("seq"),
+    )
+    last = F.expr(f"slice(seq, greatest(size(seq) - {max_seq_len} + 1, 1), {max_seq_len})")
+    return per_user.withColumn("seq", last).select(
+        "user_key",
+        F.col("seq.i").alias("item_ids"),
+        F.col("seq.y").alias("event_types"),
+        F.col("seq.t").alias("event_times"),
+        F.col("n_events").cast("long").alias("n_events"),
+        "last_event_time", "country", "device",
+    )
+
+
+def item_stats(items: DataFrame, catalog: DataFrame, ds: str, days_present: int,
+               cfg: EcrecConfig) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    end = _end_of_day(ds)
+    day_start = end - dt.timedelta(days=1)
+    age_days = (F.lit(end).cast("long") - F.col("event_time").cast("long")) / 86400.0
+    counts = items.groupBy("item_id").agg(
+        *[F.count(F.when(F.col("event_type") == t, 1)).alias(name) for t, name in
+          (("view", "views"), ("click", "clicks"), ("add_to_cart", "add_to_carts"),
+           ("purchase", "purchases"))],
+        F.sum(F.pow(F.lit(0.5), age_days / cfg.popularity_half_life_days)).alias("popularity"),
+        F.count(F.when(F.col("event_time") >= F.lit(day_start), 1)).alias("_last_day"),
+        F.count(F.lit(1)).alias("_total"),
+    )
+    tot = counts.agg(*[F.sum(c).alias(c) for c in ("views", "clicks", "purchases")]).first()
+    views, clicks, purchases = (int((tot[c] if tot else 0) or 0) for c in ("views", "clicks", "purchases"))
+    p_ctr = min(1.0, clicks / views) if views else 0.0
+    p_cvr = min(1.0, purchases / clicks) if clicks else 0.0
+    a = float(cfg.smoothing_prior_weight)
+    k = TRENDING_PSEUDO_COUNT
+    df = catalog.select("item_id").join(counts, "item_id", "left").fillna(
+        0, subset=["views", "clicks", "add_to_carts", "purchases", "_last_day", "_total"]
+    ).fillna(0.0, subset=["popularity"])
+    clip = lambda c: F.least(F.lit(1.0), F.greatest(F.lit(0.0), c))  # noqa: E731
+    return df.select(
+        "item_id",
+        *[F.col(c).cast("long").alias(c) for c in ("views", "clicks", "add_to_carts", "purchases")],
+        clip((F.col("clicks") + a * p_ctr) / (F.col("views") + a)).alias("ctr"),
+        clip((F.least("purchases", "clicks") + a * p_cvr) / (F.col("clicks") + a)).alias("cvr"),
+        F.col("popularity").cast("double").alias("popularity"),
+        ((F.col("_last_day") + k) / (F.col("_total") / float(max(days_present, 1)) + k)).alias("trending_score"),
+    )
+
+
+def user_profiles(events: DataFrame, items: DataFrame, catalog: DataFrame, ds: str) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    end = _end_of_day(ds)
+    base = events.groupBy("user_key").agg(
+        ((F.lit(end).cast("long") - F.max("event_time").cast("long")) / 86400.0).alias("recency_days"),
+        F.countDistinct("session_id").cast("long").alias("frequency"),
+        F.sum(F.when(F.col("event_type") == "purchase",
+                     F.coalesce(F.col("price"), F.lit(0.0)) * F.coalesce(F.col("quantity"), F.lit(1))))
+        .alias("monetary"),
+        F.max_by("country", F.struct("event_time", "event_id")).alias("country"),
+        F.max_by("device", F.struct("event_time", "event_id")).alias("device"),
+    ).fillna(0.0, subset=["monetary"])
+
+    def affinity(col: str, out: str) -> DataFrame:
+        per = items.where(F.col(col).isNotNull()).groupBy("user_key", col).agg(F.count(F.lit(1)).alias("n"))
+        return per.groupBy("user_key").agg(
+            F.map_from_entries(F.collect_list(F.struct(col, F.col("n").cast("double")))).alias("_m"),
+            F.sum("n").alias("_tot"),
+            F.array_min(F.collect_list(F.struct((-F.col("n")).alias("neg"), F.col(col).alias("v"))))
+            .alias("_top"),
+        ).select(
+            "user_key",
+            F.transform_values("_m", lambda _k, v: v / F.col("_tot")).alias(out),
+            F.col("_top.v").alias(f"_top_{col}"),
+        )
+
+    q = catalog.where(F.col("price").isNotNull()).agg(
+        F.percentile_approx("price", [1 / 3, 2 / 3], 1000).alias("q")
+    ).first()
+    terciles = q["q"] if q and q["q"] else None
+    mean_price = items.groupBy("user_key").agg(F.avg("catalog_price").alias("_p"))
+    if terciles:
+        band = (F.when(F.col("_p").isNull(), F.lit(None).cast("string"))
+                .when(F.col("_p") <= terciles[0], "low").when(F.col("_p") <= terciles[1], "mid")
+                .otherwise("high"))
+    else:
+        band = F.lit(None).cast("string")
+    empty_map = F.create_map().cast("map<string,double>")
+    return (
+        base.join(affinity("category", "category_affinity"), "user_key", "left")
+        .join(affinity("brand", "brand_affinity"), "user_key", "left")
+        .join(mean_price, "user_key", "left")
+        .select(
+            "user_key", F.col("recency_days").cast("double").alias("recency_days"), "frequency",
+            F.col("monetary").cast("double").alias("monetary"),
+            F.coalesce("category_affinity", empty_map).alias("category_affinity"),
+            F.coalesce("brand_affinity", empty_map).alias("brand_affinity"),
+            F.col("_top_category").alias("top_category"), band.alias("price_band"), "country", "device",
+        )
+    )
+
+
+def search_pairs(events: DataFrame, catalog: DataFrame) -> DataFrame:
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    rel = events.where(F.col("event_type").isin("search", "click", "purchase")).select(
+        "user_key", "session_id", "event_time", "event_id", "event_type", "item_id",
+        F.when(F.col("event_type") == "search", F.col("query")).alias("q"),
+    )
+    w = (Window.partitionBy("user_key", "session_id").orderBy("event_time", "event_id")
+         .rowsBetween(Window.unboundedPreceding, Window.currentRow))
+    attributed = rel.withColumn("query", F.last("q", ignorenulls=True).over(w)).where(
+        F.col("event_type").isin("click", "purchase") & F.col("query").isNotNull()
+    )
+    items = catalog.select("item_id")
+    return (
+        attributed.join(F.broadcast(items), "item_id", "inner")
+        .groupBy("query", "item_id")
+        .agg(
+            F.count(F.when(F.col("event_type") == "click", 1)).cast("long").alias("clicks"),
+            F.count(F.when(F.col("event_type") == "purchase", 1)).cast("long").alias("purchases"),
+        )
+        .withColumn("n", F.col("clicks") + F.col("purchases"))
+        .select(*S.SEARCH_PAIR_COLUMNS)
+    )
+
+
+def item_cooccurrence(sequences: DataFrame, max_per_item: int, window: int = COOC_WINDOW) -> DataFrame:
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    pairs = F.flatten(F.array(*[
+        F.expr(f"zip_with(item_ids, slice(item_ids, {d + 1}, size(item_ids)), (a, b) -> struct(a, b))")
+        for d in range(1, window + 1)
+    ]))
+    one_way = (
+        sequences.select(F.explode(pairs).alias("p"))
+        .where(F.col("p.a").isNotNull() & F.col("p.b").isNotNull() & (F.col("p.a") != F.col("p.b")))
+        .select(F.col("p.a").alias("x"), F.col("p.b").alias("y"))
+    )
+    both = one_way.select(F.col("x").alias("item_id"), F.col("y").alias("other_item_id")).unionByName(
+        one_way.select(F.col("y").alias("item_id"), F.col("x").alias("other_item_id"))
+    )
+    counts = both.groupBy("item_id", "other_item_id").agg(F.count(F.lit(1)).cast("long").alias("count"))
+    top = Window.partitionBy("item_id").orderBy(F.col("count").desc(), F.col("other_item_id"))
+    return (
+        counts.withColumn("_r", F.row_number().over(top)).where(F.col("_r") <= max_per_item)
+        .select(*S.COOCCURRENCE_COLUMNS)
+    )
+
+
+def build_feature_tables(events: DataFrame, catalog: DataFrame, ds: str, days_present: int,
+                         cfg: EcrecConfig) -> dict[str, DataFrame]:
+    """Pure transform: clean events of the window + the ds catalog -> the five feature tables."""
+    items = item_events(events, catalog)
+    seq = user_sequences(items, cfg.max_seq_len)
+    return {
+        "user_sequences": seq,
+        "item_stats": item_stats(items, catalog, ds, days_present, cfg),
+        "user_profiles": user_profiles(events, items, catalog, ds),
+        "search_pairs": search_pairs(events, catalog),
+        "item_cooccurrence": item_cooccurrence(seq, cfg.max_cooccurrence_per_item),
+    }
+
+
+def run_features(spark: SparkSession, cfg: EcrecConfig, ds: str,
+                 lookback_days: int | None = None) -> FeatureResult:
+    """Build, validate and publish ``features/<name>/ds=D`` for every table in lake.FEATURES.
+
+    Every table is staged and validated first; nothing is published unless all critical
+    suites pass (raises :class:`~ecrec_lib.validation.DataContractError`).
+    """
+    from pyspark import StorageLevel
+
+    from ecrec_lib.validation import DataContractError, validate
+    from expectations import SUITES, SuiteContext
+
+    lake = Lake(cfg.lake_root)
+    days = ds_range(ds, lookback_days or cfg.lookback_days)
+    cat_path = lake.clean("catalog", ds)
+    if not io.path_exists(spark, cat_path):
+        raise io.InputMissingError(
+            f"clean catalog {cat_path} does not exist; run `python -m jobs.clean_events --ds {ds}` first"
+        )
+    present = [d for d in days if io.path_exists(spark, lake.clean("events", d))]
+    missing = [d for d in days if d not in present]
+    if missing:
+        log.warning("features ds=%s: %d of %d lookback days have no clean events: %s",
+                    ds, len(missing), len(days), missing if len(missing) <= 10 else missing[:10] + ["..."])
+    if not present:
+        raise io.InputMissingError(
+            f"no clean events in the lookback window {days[0]}..{ds} (e.g. {lake.clean('events', ds)}); "
+            f"run `python -m jobs.clean_events --ds {ds}` first"
+        )
+    events = spark.read.parquet(*[lake.clean("events", d) for d in present]).select(*S.CLEAN_EVENT_COLUMNS)
+    events = events.persist(StorageLevel.MEMORY_AND_DISK)
+    catalog = spark.read.parquet(cat_path).persist(StorageLevel.MEMORY_AND_DISK)
+    result = FeatureResult(ds, present, missing)
+    try:
+        tables = build_feature_tables(events, catalog, ds, len(present), cfg)
+        small = {"search_pairs", "item_cooccurrence", "item_stats", "user_profiles"}
+        for name in FEATURES:
+            io.write_staged(tables[name], lake.features(name, ds), n_files=2 if name in small else None)
+        prev = (parse_ds(ds) - dt.timedelta(days=1)).isoformat()
+        try:
+            for name in FEATURES:
+                staged = spark.read.parquet(io.staging_path(lake.features(name, ds)))
+                ctx = SuiteContext(
+                    ds=ds, prev_rows=io.count_parquet_rows(spark, lake.features(name, prev)),
+                    volume_drop_fraction=cfg.volume_drop_fraction,
+                )
+                validate(spark, staged, SUITES[name](ctx), name, ds,
+                         f"{lake.ops('validation', ds)}/{name}")
+                result.row_counts[name] = staged.count()
+        except DataContractError:
+            for name in FEATURES:
+                io.discard_staged(spark, lake.features(name, ds))
+            raise
+        for name in FEATURES:
+            io.publish(spark, lake.features(name, ds))
+    finally:
+        events.unpersist()
+        catalog.unpersist()
+    log.info("features ds=%s: %s (days present %d/%d)", ds, result.row_counts, len(present), len(days))
+    return result

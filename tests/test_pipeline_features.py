@@ -1,0 +1,160 @@
+"""Feature tables on tiny literal clean partitions, checked against hand-computed values."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ecrec_lib import schema as S
+from ecrec_lib.config import load_config
+
+pytestmark = pytest.mark.spark
+
+DS = "2024-01-03"
+
+
+def ts(day: int, hour: int, minute: int = 0) -> dt.datetime:
+    return dt.datetime(2024, 1, day, hour, minute)
+
+
+def ev(eid: str, user: str, etype: str, item: str | None, t: dt.datetime, session: str = "s1",
+       query: str | None = None, price: float | None = None, quantity: int | None = None) -> tuple:
+    return (eid, t, user, session, etype, item, query, 1, price, quantity, "mobile", "DE")
+
+
+CLEAN_EVENT_DDL = ("event_id string, event_time timestamp, user_key string, session_id string, "
+                   "event_type string, item_id string, query string, position long, price double, "
+                   "quantity long, device string, country string")
+CATALOG_DDL = ("item_id string, title string, description string, category_path string, "
+               "category string, brand string, price double, in_stock boolean, created_at timestamp")
+
+
+def catalog_rows(with_price: bool = True) -> list[tuple]:
+    def it(i: str, cat: str, brand: str, price: float) -> tuple:
+        return (i, f"title {i}", None, cat, cat, brand, price if with_price else None, True, ts(1, 0))
+    return [it("a", "Beauty", "X", 1.0), it("b", "Beauty", "Y", 5.0), it("c", "Home", "X", 9.0),
+            it("d", "Home", "Z", 20.0)]
+
+
+def events_by_day() -> dict[str, list[tuple]]:
+    return {
+        "2024-01-01": [
+            ev("1", "u1", "view", "a", ts(1, 9)), ev("2", "u1", "click", "a", ts(1, 9, 1)),
+            ev("3", "u2", "view", "b", ts(1, 10), session="s9"),
+        ],
+        # 2024-01-02 is missing on purpose
+        "2024-01-03": [
+            ev("4", "u1", "search", None, ts(3, 8), session="s2", query="red polish"),
+            ev("5", "u1", "click", "b", ts(3, 8, 1), session="s2"),
+            ev("6", "u1", "purchase", "b", ts(3, 8, 2), session="s2", price=5.0, quantity=2),
+            ev("7", "u1", "view", "zz", ts(3, 8, 3), session="s2"),  # not in catalog: ignored
+            ev("8", "u2", "view", "c", ts(3, 9), session="s9"),
+            ev("9", "u2", "view", "a", ts(3, 9, 1), session="s9"),
+            ev("10", "u2", "add_to_cart", "a", ts(3, 9, 2), session="s9", quantity=1),
+        ],
+    }
+
+
+def write_lake(spark, lake: Path, events: dict[str, list[tuple]], catalog: list[tuple]) -> None:
+    for day, rows in events.items():
+        spark.createDataFrame(rows, CLEAN_EVENT_DDL).write.parquet(str(lake / "clean/events" / f"ds={day}"))
+    spark.createDataFrame(catalog, CATALOG_DDL).write.parquet(str(lake / "clean/catalog" / f"ds={DS}"))
+
+
+def cfg_for(lake: Path, **kw: Any):
+    return load_config(env={}, lake_root=str(lake), spark_shuffle_partitions=2, max_seq_len=3,
+                       smoothing_prior_weight=2.0, popularity_half_life_days=1.0, **kw)
+
+
+def test_run_features_tables_and_contracts(spark, lake_dir: Path) -> None:
+    from ecrec_lib.pipeline.features import run_features
+
+    write_lake(spark, lake_dir, events_by_day(), catalog_rows())
+    result = run_features(spark, cfg_for(lake_dir), DS, lookback_days=3)
+    assert result.days_missing == ["2024-01-02"] and result.days_present == ["2024-01-01", DS]
+
+    def table(name: str) -> list[dict[str, Any]]:
+        df = spark.read.parquet(str(lake_dir / "features" / name / f"ds={DS}"))
+        assert tuple(df.columns) == getattr(S, {
+            "user_sequences": "USER_SEQUENCE_COLUMNS", "item_stats": "ITEM_STATS_COLUMNS",
+            "user_profiles": "USER_PROFILE_COLUMNS", "search_pairs": "SEARCH_PAIR_COLUMNS",
+            "item_cooccurrence": "COOCCURRENCE_COLUMNS"}[name])
+        return [r.asDict(recursive=True) for r in df.collect()]
+
+    seq = {r["user_key"]: r for r in table("user_sequences")}
+    # u1 has 4 catalog item events (zz ignored); max_seq_len=3 keeps the last 3, oldest first
+    assert seq["u1"]["item_ids"] == ["a", "b", "b"] and seq["u1"]["n_events"] == 4
+    assert seq["u1"]["event_types"] == ["click", "click", "purchase"]
+    assert seq["u1"]["event_times"] == [int(ts(1, 9, 1).replace(tzinfo=dt.UTC).timestamp()),
+                                        int(ts(3, 8, 1).replace(tzinfo=dt.UTC).timestamp()),
+                                        int(ts(3, 8, 2).replace(tzinfo=dt.UTC).timestamp())]
+    assert seq["u2"]["item_ids"] == ["c", "a", "a"] and seq["u2"]["n_events"] == 4
+
+    stats = {r["item_id"]: r for r in table("item_stats")}
+    assert sorted(stats) == ["a", "b", "c", "d"]  # every catalog item, even without events
+    # totals: views 4 (a,b,c,a), clicks 2, purchases 1 -> p_ctr = 0.5, p_cvr = 0.5, a = 2
+    assert (stats["a"]["views"], stats["a"]["clicks"], stats["a"]["add_to_carts"]) == (2, 1, 1)
+    assert stats["a"]["ctr"] == pytest.approx((1 + 2 * 0.5) / (2 + 2))
+    assert stats["d"]["ctr"] == pytest.approx(0.5) and stats["d"]["cvr"] == pytest.approx(0.5)
+    assert stats["b"]["cvr"] == pytest.approx((1 + 2 * 0.5) / (1 + 2))
+    # popularity of b: click + purchase on day 3 at 08:01/08:02 (ages ~0.66 d) + view on day 1
+    end = ts(4, 0)
+    expect_b = sum(0.5 ** ((end - t).total_seconds() / 86400) for t in (ts(1, 10), ts(3, 8, 1), ts(3, 8, 2)))
+    assert stats["b"]["popularity"] == pytest.approx(expect_b, rel=1e-6)
+    # trending of d (no event): (0 + 1) / (0 / 2 + 1) = 1; a: last day 2, total 4 over 2 days
+    assert stats["d"]["trending_score"] == pytest.approx(1.0)
+    assert stats["a"]["trending_score"] == pytest.approx((2 + 1) / (4 / 2 + 1))
+
+    prof = {r["user_key"]: r for r in table("user_profiles")}
+    assert prof["u1"]["frequency"] == 2 and prof["u1"]["monetary"] == pytest.approx(10.0)
+    assert prof["u1"]["recency_days"] == pytest.approx((end - ts(3, 8, 3)).total_seconds() / 86400)
+    assert prof["u1"]["category_affinity"] == {"Beauty": 1.0} and prof["u1"]["top_category"] == "Beauty"
+    assert prof["u2"]["category_affinity"] == {"Beauty": 0.75, "Home": 0.25}
+    assert prof["u2"]["brand_affinity"] == {"X": 0.75, "Y": 0.25}
+    assert prof["u1"]["price_band"] in {"low", "mid"} and prof["u2"]["price_band"] in {"low", "mid", "high"}
+
+    pairs = table("search_pairs")
+    assert pairs == [{"query": "red polish", "item_id": "b", "clicks": 1, "purchases": 1, "n": 2}]
+
+    cooc = {(r["item_id"], r["other_item_id"]): r["count"] for r in table("item_cooccurrence")}
+    # u1 [a, b, b] -> (a,b) twice within 3 steps; u2 [c, a, a] -> (c,a) twice
+    assert cooc == {("a", "b"): 2, ("b", "a"): 2, ("c", "a"): 2, ("a", "c"): 2}
+
+    for name in ("user_sequences", "item_stats", "user_profiles", "search_pairs", "item_cooccurrence"):
+        res = json.loads((lake_dir / "ops/validation" / f"ds={DS}" / name / "results.json").read_text())
+        assert res["success"] is True
+
+
+def test_purchase_only_data_without_sessions_queries_or_prices(spark, lake_dir: Path) -> None:
+    """Real Amazon-like data: only purchases, one session per event, no prices, no queries."""
+    from ecrec_lib.pipeline.features import build_feature_tables
+
+    rows = [ev(str(i), f"u{i % 2}", "purchase", "abcd"[i % 4], ts(3, 9, i), session=f"x{i}")
+            for i in range(6)]
+    events = spark.createDataFrame(rows, CLEAN_EVENT_DDL)
+    catalog = spark.createDataFrame(catalog_rows(with_price=False), CATALOG_DDL)
+    tables = build_feature_tables(events, catalog, DS, 1, cfg_for(lake_dir))
+
+    assert tables["search_pairs"].count() == 0
+    assert tuple(tables["search_pairs"].columns) == S.SEARCH_PAIR_COLUMNS
+    stats = {r["item_id"]: r for r in tables["item_stats"].collect()}
+    assert all(r["ctr"] == 0.0 and r["cvr"] == 0.0 for r in stats.values())  # priors of 0/0 are 0
+    assert stats["a"]["purchases"] == 2 and not math.isnan(stats["a"]["popularity"])
+    prof = {r["user_key"]: r for r in tables["user_profiles"].collect()}
+    assert prof["u0"]["price_band"] is None and prof["u0"]["frequency"] == 3
+
+
+def test_missing_inputs(spark, lake_dir: Path) -> None:
+    from ecrec_lib.pipeline.features import run_features
+    from ecrec_lib.pipeline.io import InputMissingError
+
+    with pytest.raises(InputMissingError, match=r"clean catalog .*clean/catalog/ds=2024-01-03"):
+        run_features(spark, cfg_for(lake_dir), DS, lookback_days=2)
+    spark.createDataFrame(catalog_rows(), CATALOG_DDL).write.parquet(str(lake_dir / "clean/catalog" / f"ds={DS}"))
+    with pytest.raises(InputMissingError, match=r"no clean events in the lookback window 2024-01-02..2024-01-03"):
+        run_features(spark, cfg_for(lake_dir), DS, lookback_days=2)
