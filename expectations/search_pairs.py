@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from ecrec_lib.schema import SEARCH_PAIR_COLUMNS
-from expectations._common import CRITICAL, SuiteContext, meta, new_suite, not_null, schema_expectations
+from expectations._common import (
+    CRITICAL,
+    SuiteContext,
+    meta,
+    new_suite,
+    not_null,
+    schema_expectations,
+)
 
 TYPES = dict(zip(SEARCH_PAIR_COLUMNS, ("StringType", "StringType", "LongType", "LongType", "LongType"),
                  strict=True))

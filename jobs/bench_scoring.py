@@ -115,8 +115,11 @@ def main(argv: list[str] | None = None) -> int:
                         "numpy,faiss,als")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="kernel device")
-    parser.add_argument("--precision", default="fp32,bf16",
+    parser.add_argument("--precision", default="fp32",
                         help="comma list of kernel candidate precisions to time (fp32, bf16)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds of kernel/numpy/FAISS on the same baseline "
+                        "users (shared machines: best and median of each are reported)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: cores)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
@@ -179,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         tops["faiss"] = f_idx[:nv]
         log.info("faiss: %.0f users/s", nb / dt)
         del index
+    if args.rounds > 0:
+        res["interleaved"] = interleaved(users[:nb], items, args.k, args.rounds, device, threads,
+                                         skip)
     if "als" not in skip:
         res["methods"]["spark_als_recommendForAllUsers"] = bench_als(
             args.dim, args.k, min(args.als_users, args.users), min(args.als_items, args.items),
@@ -199,6 +205,41 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.out, "w") as fh:
             json.dump(res, fh, indent=2, default=str)
     return 0
+
+
+def interleaved(users, items, k, rounds, device, threads, skip) -> dict:
+    """kernel / numpy / FAISS timed back to back on the same users, ``rounds`` times, so a
+    noisy shared machine slows all of them alike."""
+    import statistics
+
+    from ecrec_lib.scoring.topk import topk_inner_product, topk_numpy_argpartition
+
+    fns = {"kernel_fp32": lambda: topk_inner_product(users, items, k, device=device,
+                                                     threads=threads)}
+    if "numpy" not in skip:
+        fns["numpy_matmul_argpartition"] = lambda: topk_numpy_argpartition(users, items, k)
+    if "faiss" not in skip:
+        import faiss
+
+        index = faiss.IndexFlatIP(items.shape[1])
+        index.add(items)
+        fns["faiss_IndexFlatIP"] = lambda: index.search(users, k)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    n = len(users)
+    out = {name: {"users": n, "best_users_per_s": n / min(ts),
+                  "median_users_per_s": n / statistics.median(ts)} for name, ts in times.items()}
+    kern = out["kernel_fp32"]
+    for name in out:
+        if name != "kernel_fp32":
+            kern[f"speedup_vs_{name}_best"] = kern["best_users_per_s"] / out[name]["best_users_per_s"]
+            kern[f"speedup_vs_{name}_median"] = (kern["median_users_per_s"]
+                                                 / out[name]["median_users_per_s"])
+    return out
 
 
 def gpu_gemm_share(users: np.ndarray, items: np.ndarray, res: dict) -> dict:
@@ -241,6 +282,16 @@ def markdown(res: dict) -> str:
         extra = f" ({m['items']:,} items)" if "items" in m else ""
         lines.append(f"| {name}{extra} | {m['users']:,} | {m['seconds']:.2f} | "
                      f"{m['users_per_s']:,.0f} |")
+    if res.get("interleaved"):
+        rounds = res["interleaved"]
+        lines += ["", "Interleaved rounds on the same users (best / median users/s):", "",
+                  "| method | users | best users/s | median users/s |", "|---|---:|---:|---:|"]
+        for name, m in rounds.items():
+            lines.append(f"| {name} | {m['users']:,} | {m['best_users_per_s']:,.0f} | "
+                         f"{m['median_users_per_s']:,.0f} |")
+        sp = {k: v for k, v in rounds["kernel_fp32"].items() if k.startswith("speedup")}
+        lines.append("")
+        lines.append("Kernel speed-ups: " + ", ".join(f"{k[11:]} {v:.2f}x" for k, v in sp.items()))
     lines += ["", f"Top-K set agreement on {res['agreement_on_users']} users:"]
     for pair, a in res["agreement"].items():
         lines.append(f"- {pair}: {a['set_agreement']:.4f} ({a['rows']} differing rows, largest "

@@ -137,7 +137,7 @@ def run(cfg: EcrecConfig, ds: str, run_name: str | None = None, register: bool =
                   **{k: v for k, v in stats.to_dict().items() if k != "missing_item_examples"}}
 
     tracking.configure_mlflow(cfg.mlflow_tracking_uri, cfg.mlflow_experiment,
-                              cfg.mlflow_artifact_root, cfg.mlflow_registry_uri)
+                              cfg.mlflow_artifact_root, cfg.registry_uri)
     with tracking.training_run(run_name or f"train-{ds}", tags={"ds": ds, "data_fingerprint": fingerprint}) as active:
         run_id = active.info.run_id
         tracking.log_run_config(cfg.to_dict(), mcfg.to_dict(), data_facts)

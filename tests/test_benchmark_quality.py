@@ -239,6 +239,8 @@ def test_job_without_items_runs_id_model_and_marks_text_na(tmp_path: Path):
             "2",
             "--epochs",
             "1",
+            "--valid-users",
+            "10",
             "--out",
             str(out),
             *NEURAL_FLAGS,

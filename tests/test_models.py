@@ -209,6 +209,10 @@ def test_mlflow_round_trip_reproduces_scores(trained, tmp_path: Path) -> None:
     assert pyf.metadata.signature is not None
     out = pyf.predict(pd.DataFrame({"query": q}))
     assert np.allclose(np.asarray(out), res.model.encode_queries(q), atol=1e-5)
+    users = pd.DataFrame({"item_ids": [["it003", "it004"]], "event_types": [["view", "purchase"]],
+                          "event_times": [[1_700_000_000, 1_700_003_600]], "now_ts": [1_700_090_000]})
+    assert np.allclose(np.asarray(pyf.predict(users)),
+                       res.model.encode_users(hist, 1_700_090_000), atol=1e-5)
 
 
 def test_registered_model_uri_loads_and_corruption_is_caught(trained, tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ def _warehouse_counts(env: dict[str, str]) -> dict[tuple[str, str], int]:
 def platform(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("e2e")
     env = pipeline_env(root)
-    generate(env, D1, days=3, users=200, items=100)
+    generate(env, D1, days=3, users=300, items=100)
     airflow_migrate(env)
     runs: dict[str, tuple[bool, str]] = {}
     runs["d1"] = dags_test(env, "ecrec_nightly", D1)

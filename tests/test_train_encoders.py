@@ -95,7 +95,8 @@ def write_config(tmp_path: Path, tiny_bert: str, **extra) -> Path:
 def _registered_versions(tmp_path: Path) -> list:
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     return client.search_model_versions("name='ecrec-two-tower'")
 
 

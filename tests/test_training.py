@@ -200,3 +200,15 @@ def test_fingerprint_tracks_items_and_sequences() -> None:
     assert data_fingerprint(a) == data_fingerprint(b)
     b.sequences[0] = b.sequences[0][:-1]
     assert data_fingerprint(a) != data_fingerprint(b)
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_training_matches_cpu_quality(tiny_bert: str) -> None:
+    data = synthetic_data(n_items=30, n_users=120, with_queries=True)
+    train, valid, test = leave_one_out(data.sequences)
+    mcfg = small_cfg(tiny_bert, epochs=8, lr=5e-3, dim=32, device="cuda", amp=True)
+    res = train_two_tower(data, mcfg, train, valid, progress=False)
+    assert all(np.isfinite(h["loss"]) for h in res.history)
+    assert res.model.device.type == "cuda"
+    m = evaluate_scores(res.score_fn(test), test, data.n_items, ks=(10,))
+    assert m["recall@10"] > 0.5

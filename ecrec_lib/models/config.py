@@ -27,6 +27,8 @@ class ModelConfig:
     max_text_items_per_step: int = 512  # finetune modes: items re-encoded with gradient per step
     id_dropout: float = 0.2  # share of items whose ID part is zeroed per step (cold-start path)
     init_id_from_text: bool = True  # ID table starts from PCA of the frozen text embeddings
+    center_text: bool = True  # subtract the catalog mean and L2-normalize text embeddings:
+    # sentence embeddings share a large common direction that otherwise swamps the projection
     # --- user tower ------------------------------------------------------------------------
     dim: int = 64  # width of every tower and of the shared vector space
     n_layers: int = 2
@@ -53,6 +55,7 @@ class ModelConfig:
     query_loss_weight: float = 0.5  # weight of the query->item contrastive loss
     query_batch_size: int = 256
     eval_batch_size: int = 1024
+    valid_sample_users: int = 0  # >0: early-stop on this many random valid users (faster epochs)
     seed: int = 7
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)

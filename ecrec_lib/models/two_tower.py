@@ -72,6 +72,7 @@ class TwoTowerModel(nn.Module):
         self.register_buffer("has_id", torch.as_tensor(has_id, dtype=torch.bool))
         # Frozen text embeddings: large, saved separately as .npy, so not in the state dict.
         self.register_buffer("item_text_emb", torch.zeros(n_items, text_dim), persistent=False)
+        self.register_buffer("text_center", torch.zeros(text_dim))  # catalog mean (center_text)
         # User tower (SASRec-style, pre-LN, causal).
         self.pos_emb = nn.Embedding(mcfg.max_seq_len, d)
         self.type_emb = nn.Embedding(N_EVENT_CODES, d, padding_idx=0)
@@ -97,6 +98,17 @@ class TwoTowerModel(nn.Module):
         if t.shape != (self.n_items, self.text_dim):
             raise ValueError(f"text embeddings must be {(self.n_items, self.text_dim)}, got {tuple(t.shape)}")
         self.item_text_emb = t
+
+    def set_text_center(self, emb: np.ndarray | torch.Tensor) -> None:
+        """Fix the centering vector to the mean of the training catalog's text embeddings."""
+        with torch.no_grad():
+            self.text_center.copy_(torch.as_tensor(emb, dtype=torch.float32).mean(0))
+
+    def prep_text(self, t: torch.Tensor) -> torch.Tensor:
+        """Raw pooled text embeddings -> projection input (centered + unit length)."""
+        if not self.mcfg.center_text:
+            return t
+        return F.normalize(t - self.text_center, dim=-1)
 
     def init_id_from_text(self, text_emb: np.ndarray, seed: int) -> None:
         """Start the ID table from the top principal components of the text embeddings, so
@@ -127,7 +139,7 @@ class TwoTowerModel(nn.Module):
         parts = []
         if self.mcfg.use_text:
             t = self.item_text_emb[idx] if text_emb is None else text_emb
-            parts.append(self.text_proj(t))
+            parts.append(self.text_proj(self.prep_text(t)))
         if self.mcfg.use_id:
             keep = self.has_id[idx]
             if id_keep is not None:
@@ -142,7 +154,7 @@ class TwoTowerModel(nn.Module):
         """Cold-start item vectors (no ID part) from raw text embeddings and side features."""
         parts = []
         if self.mcfg.use_text and text_emb is not None:
-            parts.append(self.text_proj(text_emb))
+            parts.append(self.text_proj(self.prep_text(text_emb)))
         if self.mcfg.use_side:
             parts.append(self.cat_emb(cat) + self.brand_emb(brand))
         if not parts:  # ID-only model, unknown item: nothing to go on
@@ -153,7 +165,7 @@ class TwoTowerModel(nn.Module):
     def query_vectors(self, text_emb: torch.Tensor) -> torch.Tensor:
         if not self.mcfg.use_text:
             raise ValueError("this model has no text tower (use_text=False): it cannot encode queries")
-        return F.normalize(self.query_proj(text_emb), dim=-1)
+        return F.normalize(self.query_proj(self.prep_text(text_emb)), dim=-1)
 
     # ----------------------------------------------------------------- user tower
     def user_states(

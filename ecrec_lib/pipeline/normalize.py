@@ -45,9 +45,19 @@ def parse_utc_timestamp(col: Column | str) -> Column:
 def _nfkc_udf():  # noqa: ANN202 - returns a pandas_udf
     from pyspark.sql.functions import pandas_udf
 
+    # Self-contained on purpose (stdlib only, no ecrec_lib reference): executors on other
+    # hosts/JVMs do not have this package installed. Parity with normalize_query_py is tested.
+    ws = re.compile(r"\s+")
+
+    def norm(text: str | None) -> str | None:
+        if text is None:
+            return None
+        out = ws.sub(" ", unicodedata.normalize("NFKC", text).lower()).strip()
+        return out or None
+
     @pandas_udf("string")
     def nfkc_normalize(s: pd.Series) -> pd.Series:
-        return s.map(normalize_query_py)
+        return s.map(norm)
 
     return nfkc_normalize
 

@@ -126,6 +126,7 @@ def build_recommender(
                           len(categories), len(brands), has_id)
     if text_emb is not None and mcfg.use_text:
         model.set_text_embeddings(text_emb)
+        model.set_text_center(text_emb)
     if text_emb is not None and mcfg.init_id_from_text and mcfg.use_id:
         model.init_id_from_text(text_emb, mcfg.seed)
     model.to(device)
@@ -301,7 +302,7 @@ def train_two_tower(
     if trainable_text:
         groups.append({"params": [p for p in encoder.parameters() if p.requires_grad],
                        "lr": mcfg.text_lr})
-    opt = torch.optim.AdamW(groups, lr=mcfg.lr, weight_decay=mcfg.weight_decay)
+    opt = torch.optim.AdamW(groups, lr=mcfg.lr, weight_decay=mcfg.weight_decay, foreach=True)
     n_rows = len(arrays.lengths)
     steps_per_epoch = math.ceil(n_rows / mcfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(mcfg, steps_per_epoch * mcfg.epochs))
@@ -337,6 +338,13 @@ def train_two_tower(
     t_age = torch.as_tensor(arrays.ages)
     texts = data.item_text
     use_id_dropout = mcfg.use_id and mcfg.id_dropout > 0 and (mcfg.use_text or mcfg.use_side)
+
+    valid_eval = valid if valid is not None and len(valid) else None
+    if valid_eval is not None and 0 < mcfg.valid_sample_users < len(valid_eval):
+        # A fixed random subset: early stopping needs a stable signal, not every user.
+        pick = np.random.default_rng(mcfg.seed).choice(len(valid_eval), mcfg.valid_sample_users,
+                                                       replace=False)
+        valid_eval = valid_eval.subset(np.sort(pick))
 
     epoch = start_epoch
     for epoch in range(start_epoch + 1, mcfg.epochs + 1):
@@ -385,14 +393,15 @@ def train_two_tower(
                 items = model.item_vectors(cand, text_emb=text_rows,
                                            id_keep=id_keep[cand] if id_keep is not None else None)
                 states = model.user_states(items, seq_c, lengths, typ, age)
-                h = states[valid_pos]
-                logits = (h @ items.T).float() * model.inv_temperature
+                # Temperature folded into the (N, d) side: one pass less over (N, n_items).
+                h = states[valid_pos] * model.inv_temperature
+                logits = h @ items.T
                 if not use_full:
                     # logQ correction: candidates were proposed by popularity (in-batch) and
                     # uniformly; subtracting log q keeps the softmax unbiased.
                     q = (len(targets) * log_unigram[cand].exp() + mcfg.n_negatives / n_items)
                     logits = logits - torch.log(q.clamp_min(1e-12)).unsqueeze(0)
-                loss_next = F.cross_entropy(logits, tgt_c)
+                loss_next = F.cross_entropy(logits.float(), tgt_c)
                 loss = loss_next
                 loss_q = torch.zeros((), device=device)
                 if len(pairs):
@@ -403,15 +412,15 @@ def train_two_tower(
                         qv = model.query_vectors(q_emb[torch.as_tensor(q_rows[sel], device=device)])
                     q_tgt = torch.as_tensor(q_items[sel], device=device)
                     if use_full:
-                        q_logits = (qv @ items.T).float() * model.inv_temperature
+                        q_logits = (qv * model.inv_temperature) @ items.T
                         q_lab = q_tgt
                     else:
                         q_cand = torch.unique(torch.cat([q_tgt, neg]))
                         q_items_v = model.item_vectors(q_cand)
-                        q_logits = (qv @ q_items_v.T).float() * model.inv_temperature
+                        q_logits = (qv * model.inv_temperature) @ q_items_v.T
                         q_lab = torch.searchsorted(q_cand, q_tgt)
                     w = torch.as_tensor(q_weights[sel], device=device)
-                    loss_q = (F.cross_entropy(q_logits, q_lab, reduction="none") * w).sum() / w.sum()
+                    loss_q = (F.cross_entropy(q_logits.float(), q_lab, reduction="none") * w).sum() / w.sum()
                     loss = loss + mcfg.query_loss_weight * loss_q
             if not torch.isfinite(loss):
                 raise NaNLossError(
@@ -449,9 +458,9 @@ def train_two_tower(
             "seq_per_s": n_rows / max(secs, 1e-9),
         }
         rec.invalidate()
-        if valid is not None and len(valid):
+        if valid_eval is not None:
             t1 = time.time()
-            m = evaluate_scores(make_score_fn(rec, valid, data), valid, n_items, ks=(10,),
+            m = evaluate_scores(make_score_fn(rec, valid_eval, data), valid_eval, n_items, ks=(10,),
                                 batch_size=mcfg.eval_batch_size)
             row["valid_ndcg@10"] = m["ndcg@10"]
             row["valid_recall@10"] = m["recall@10"]
@@ -477,7 +486,7 @@ def train_two_tower(
                 "history": history, "best": best, "bad_epochs": bad_epochs,
             }, tmp)
             tmp.replace(ckpt_path)  # atomic: an interruption never leaves half a checkpoint
-        if valid is not None and len(valid) and bad_epochs >= mcfg.patience:
+        if valid_eval is not None and bad_epochs >= mcfg.patience:
             log.info("early stop after epoch %d (best epoch %d)", epoch, best["epoch"])
             break
 

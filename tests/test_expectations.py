@@ -1,0 +1,77 @@
+"""The GX suites and ecrec_lib.validation: severities, readable failures, stored results."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from expectations import SUITES, SuiteContext
+
+DS = "2024-01-01"
+KEY_OK = "a" * 64
+
+
+def test_every_suite_builds_with_severities() -> None:
+    for name, build in SUITES.items():
+        suite = build(SuiteContext(ds=DS, prev_rows=10, min_rows=1))
+        assert suite.name == name and len(suite.expectations) >= 3
+        severities = {e.meta.get("severity") for e in suite.expectations}
+        assert severities <= {"critical", "warning"} and "critical" in severities, name
+    # the volume bound is derived from the previous partition: ceil(10 * (1 - 0.5)) = 5
+    suite = SUITES["clean_events"](SuiteContext(ds=DS, prev_rows=10, volume_drop_fraction=0.5))
+    bounds = [e.min_value for e in suite.expectations if e.expectation_type == "expect_table_row_count_to_be_between"]
+    assert bounds == [5]
+
+
+@pytest.mark.spark
+def test_clean_events_suite_failures_are_readable(spark, tmp_path: Path, caplog) -> None:
+    from ecrec_lib.schema import CLEAN_EVENT_COLUMNS
+    from ecrec_lib.validation import DataContractError, enforce, run_suite, store_outcome
+
+    ddl = ("event_id string, event_time timestamp, user_key string, session_id string, "
+           "event_type string, item_id string, query string, position long, price double, "
+           "quantity long, device string, country string")
+
+    def row(eid: str, key: str = KEY_OK, price: float = 1.0, device: str = "mobile",
+            t: dt.datetime = dt.datetime(2024, 1, 1, 12)) -> tuple:
+        return (eid, t, key, "s", "view", "i1", None, 1, price, None, device, "DE")
+
+    good = [row(f"e{i}") for i in range(8)]
+    ok_df = spark.createDataFrame([*good, row("e9", device="fridge")], ddl)
+    outcome = run_suite(ok_df, SUITES["clean_events"](SuiteContext(ds=DS, prev_rows=9)), "clean_events", DS)
+    assert outcome.success and [w.column for w in outcome.warnings] == ["device"]
+    with caplog.at_level(logging.WARNING, logger="ecrec_lib.validation"):
+        enforce(outcome)  # warnings only: logged, no exception
+    assert "fridge" in caplog.text
+
+    bad_df = spark.createDataFrame([
+        *good, row("e0"), row("x1", key="alice@example.com"), row("x2", price=-5.0),
+        row("x3", t=dt.datetime(2024, 1, 3, 12)),
+    ], ddl)
+    ctx = SuiteContext(ds=DS, prev_rows=100, volume_drop_fraction=0.5)
+    outcome = run_suite(bad_df, SUITES["clean_events"](ctx), "clean_events", DS)
+    failed = {(r.expectation, r.column) for r in outcome.critical_failures}
+    assert failed == {
+        ("expect_column_values_to_be_unique", "event_id"),
+        ("expect_column_values_to_match_regex", "user_key"),
+        ("expect_column_values_to_be_between", "price"),
+        ("expect_column_max_to_be_between", "event_time"),
+        ("expect_table_row_count_to_be_between", None),
+    }
+    with pytest.raises(DataContractError) as err:
+        enforce(outcome)
+    msg = str(err.value)
+    assert "5 critical" in msg and "alice@example.com" in msg and "-5.0" in msg and "e0" in msg
+    assert "observed=12" in msg and "previous partition (100 rows" in msg
+    assert tuple(bad_df.columns) == CLEAN_EVENT_COLUMNS
+
+    store_outcome(spark, outcome, str(tmp_path / "clean_events"))
+    stored = json.loads((tmp_path / "clean_events" / "results.json").read_text())
+    assert stored["success"] is False and stored["critical_failures"] == 5
+    assert stored["gx_result"]["success"] is False
+    page = (tmp_path / "clean_events" / "index.html").read_text()
+    assert "FAILED" in page and "expect_column_values_to_match_regex" in page
