@@ -75,6 +75,7 @@ def bench_als(dim: int, k: int, n_users: int, n_items: int, threads: int) -> dic
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     spark = (SparkSession.builder.master(f"local[{threads}]").appName("bench-als")
              .config("spark.ui.enabled", "false").config("spark.driver.memory", "6g")
+             .config("spark.ui.showConsoleProgress", "false")
              .config("spark.sql.shuffle.partitions", str(threads * 2)).getOrCreate())
     spark.sparkContext.setLogLevel("ERROR")
     try:

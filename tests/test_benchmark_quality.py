@@ -251,3 +251,19 @@ def test_job_without_items_runs_id_model_and_marks_text_na(tmp_path: Path):
     assert res["models"]["two_tower"]["status"] == "n/a (no items.csv)"
     assert res["models"]["sasrec_id"]["seeds"] == [0, 1]
     assert len(res["models"]["sasrec_id"]["runs"]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_real_beauty_popularity_sanity(amazon_dir: Path, tmp_path: Path):
+    """The README's evaluator check: popularity HR@10 is about 0.015, NDCG@10 about 0.007."""
+    out = tmp_path / "r.json"
+    assert (
+        benchmark_quality.main(["--data", str(amazon_dir), "--models", "pop", "--out", str(out)])
+        == 0
+    )
+    res = json.loads(out.read_text())
+    assert res["dataset"]["n_eval_users"] == 22363
+    m = res["models"]["pop"]["metrics"]
+    assert 0.010 < m["recall@10"]["mean"] < 0.020
+    assert 0.005 < m["ndcg@10"]["mean"] < 0.009

@@ -60,7 +60,8 @@ def test_clean_and_features_on_local_cluster(tmp_path: Path, spark) -> None:
     # user_key computed on the executors equals the HMAC with the key from the file
     clean = spark.read.parquet(str(lake / "clean/events/ds=2024-01-02"))
     raw = [json.loads(line) for line in _raw_lines(lake / "raw/events/ds=2024-01-02")]
-    by_event = {r["event_id"]: r["user_id"] for r in raw if isinstance(r, dict) and r.get("event_id")}
+    by_event = {r["event_id"]: r["user_id"].strip() for r in raw
+                if isinstance(r, dict) and r.get("event_id") and isinstance(r.get("user_id"), str)}
     for row in clean.select("event_id", "user_key").limit(20).collect():
         assert row["user_key"] == user_key_py(KEY.encode(), by_event[row["event_id"]])
     for name in ("user_sequences", "item_stats", "user_profiles", "search_pairs", "item_cooccurrence"):

@@ -395,9 +395,11 @@ def topk_reference(
     return TopKResult(idx.astype(np.int64), scores, {"device": "numpy"})
 
 
-def topk_numpy_argpartition(users: np.ndarray, items: np.ndarray, k: int, block: int = 1024):
-    """The usual numpy baseline (for benchmarks): chunked matmul + argpartition + sort of k."""
+def topk_numpy_argpartition(users: np.ndarray, items: np.ndarray, k: int, block: int = 0):
+    """The usual numpy baseline (for benchmarks): chunked matmul + argpartition + sort of k.
+    ``block`` users at a time (default: ~128M scores, i.e. 0.5 GB of scores per block)."""
     n = users.shape[0]
+    block = block or max(1, min(1024, (1 << 27) // max(items.shape[0], 1)))
     idx = np.empty((n, k), np.int64)
     sc = np.empty((n, k), np.float32)
     for u0 in range(0, n, block):
