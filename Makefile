@@ -48,7 +48,8 @@ bench-pipeline: setup
 	$(BIN)/python -m jobs.bench_pipeline --events 1000000
 
 bench-scoring: setup
-	$(BIN)/python -m jobs.bench_scoring --users 100000 --items 100000 --dim 64 --k 100
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(BIN)/python -m jobs.bench_scoring --users 100000 --items 100000 --dim 64 --k 100 --baseline-users 5000 --rounds 3
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(BIN)/python -m jobs.bench_scoring --users 100000 --items 1000000 --dim 64 --k 100 --sample-users 5000 --baseline-users 1000 --rounds 2
 
 bench-quality: setup
 	$(BIN)/python -m jobs.benchmark_quality --data ../shared/data/amazon_beauty --seeds 3 --out benchmark_results.json

@@ -16,6 +16,7 @@ text model is reported as "n/a (no items.csv)".
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -355,6 +356,13 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--seeds must be >= 1")
     if args.epochs is not None and args.epochs < 1:
         raise SystemExit("--epochs must be >= 1")
+    from ecrec_lib.models.config import ModelConfig
+
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(k for k, _ in args.set if k not in known)
+    if unknown:
+        log.error("--set: unknown ModelConfig field(s) %s; known: %s", unknown, sorted(known))
+        return 2
     cfg = config_from_args(args)
     try:
         data, has_items = load_csv_dataset(args.data)

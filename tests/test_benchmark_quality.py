@@ -139,6 +139,13 @@ def test_job_rejects_unknown_model(tmp_path: Path):
         benchmark_quality.main(["--data", str(tmp_path), "--models", "pop,bert4rec"])
 
 
+def test_job_rejects_unknown_model_config_key(tmp_path: Path, capsys):
+    data_dir = _planted_dataset(tmp_path / "d", with_items=False, n_users=10)
+    args = ["--data", str(data_dir), "--models", "sasrec_id", "--set", "hidden=64"]
+    assert benchmark_quality.main(args) == 2
+    assert "unknown ModelConfig field(s) ['hidden']" in capsys.readouterr().err
+
+
 def test_job_baselines_end_to_end(tmp_path: Path, capsys):
     data_dir = _planted_dataset(tmp_path / "d", with_items=False)
     out = tmp_path / "r.json"
