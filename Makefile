@@ -11,15 +11,17 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup demo test test-fast lint airflow mlflow browser clean bench-pipeline bench-scoring bench-quality
+.PHONY: clean-venv setup demo test test-fast lint airflow mlflow browser clean bench-pipeline bench-scoring bench-quality
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt scripts/check_prereqs.sh
+$(STAMP): requirements.txt requirements-nodeps.txt scripts/check_prereqs.sh
 	@bash scripts/check_prereqs.sh $(PY)
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -r requirements.txt
+	$(BIN)/pip install --no-deps -r requirements-nodeps.txt
+	$(BIN)/python -c "import pyspark, sys; v = pyspark.__version__; sys.exit(0 if v.startswith('4.3') else 'pyspark ' + v + ' shadows 4.3: run make clean-venv setup')"
 	@touch $(STAMP)
 
 browser:
@@ -53,6 +55,9 @@ bench-scoring: setup
 
 bench-quality: setup
 	$(BIN)/python -m jobs.benchmark_quality --data ../shared/data/amazon_beauty --seeds 3 --out benchmark_results.json
+
+clean-venv:
+	rm -rf $(VENV)
 
 clean:
 	rm -rf lake mlruns warehouse .airflow demo_out test-artifacts

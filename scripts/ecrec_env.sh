@@ -13,7 +13,9 @@ export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=${AIRFLOW__DAG_PROCESSOR__REFRES
 export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=True
 
 export ECREC_LAKE_ROOT=${ECREC_LAKE_ROOT:-./lake}
-export ECREC_WAREHOUSE_URL=${ECREC_WAREHOUSE_URL:-duckdb:///./warehouse/ecrec.duckdb}
+# warehouse.duckdb, not the config default ecrec.duckdb: DuckDB calls the catalog after the
+# file, and catalog "ecrec" + schema "ecrec" makes `ecrec.<table>` ambiguous.
+export ECREC_WAREHOUSE_URL=${ECREC_WAREHOUSE_URL:-duckdb:///./warehouse/warehouse.duckdb}
 export ECREC_MLFLOW_TRACKING_URI=${ECREC_MLFLOW_TRACKING_URI:-sqlite:///./mlruns/mlflow.db}
 export ECREC_MLFLOW_ARTIFACT_ROOT=${ECREC_MLFLOW_ARTIFACT_ROOT:-./mlruns/artifacts}
 export SPARK_LOCAL_IP=${SPARK_LOCAL_IP:-127.0.0.1}

@@ -26,7 +26,9 @@ def pipeline_env(root: Path, **extra: str) -> dict[str, str]:
         AIRFLOW__CORE__PARALLELISM="4",
         AIRFLOW__API_AUTH__JWT_SECRET="e2e-" + "0123456789abcdef" * 4,
         ECREC_LAKE_ROOT=str(root / "lake"),
-        ECREC_WAREHOUSE_URL=f"duckdb://{root / 'warehouse' / 'ecrec.duckdb'}",
+        # Not "ecrec.duckdb": DuckDB names the catalog after the file, and a catalog "ecrec"
+        # next to the schema "ecrec" makes `ecrec.table` ambiguous (Binder Error).
+        ECREC_WAREHOUSE_URL=f"duckdb://{root / 'warehouse' / 'warehouse.duckdb'}",
         ECREC_MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlruns' / 'mlflow.db'}",
         ECREC_MLFLOW_ARTIFACT_ROOT=str(root / "mlruns" / "artifacts"),
         ECREC_PSEUDO_KEY=TEST_PSEUDO_KEY,

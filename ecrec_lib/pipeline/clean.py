@@ -207,14 +207,15 @@ def classify_catalog(parsed: DataFrame) -> DataFrame:
     content = ["item_id", "title", "description", "category_path", "brand", "price", "in_stock",
                "created_at"]
     df = df.withColumn("_content_hash", F.xxhash64(*content))
-    exact = Window.partitionBy(*content).orderBy("_hash")
+    exact = Window.partitionBy(*content).orderBy(F.col("_malformed"), "_hash")
     df = df.withColumn(
         "_dup", F.when(~F.col("_malformed"), F.row_number().over(exact) > 1).otherwise(F.lit(False))
     )
     valid = (~F.col("_malformed") & ~F.col("_dup") & F.col("item_id").isNotNull()
              & F.col("title").isNotNull() & ~(F.coalesce(F.col("price") < 0, F.lit(False)) | F.isnan("price")))
+    # valid rows first: only they compete for the item_id (dups/invalid rows share the partition)
     newest = Window.partitionBy("item_id").orderBy(
-        F.col("created_at").desc_nulls_last(), F.col("_content_hash").desc()
+        valid.desc(), F.col("created_at").desc_nulls_last(), F.col("_content_hash").desc()
     )
     df = df.withColumn("_rank", F.when(valid, F.row_number().over(newest)))
     reason = _first_reason([
@@ -281,7 +282,8 @@ def classify_events(
         "_malformed", "raw_line", "_hash",
     )
     dedupable = ~F.col("_malformed") & F.col("event_id").isNotNull()
-    by_id = Window.partitionBy("event_id").orderBy("_hash")
+    # parsable rows first, so a partly parsed malformed copy never displaces the good one
+    by_id = Window.partitionBy("event_id").orderBy(dedupable.desc(), "_hash")
     df = df.withColumn("_dup", dedupable & (F.row_number().over(by_id) > 1))
 
     missing_required = (
