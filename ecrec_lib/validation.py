@@ -1,7 +1,8 @@
 """Run Great Expectations (1.x) suites on Spark DataFrames and enforce their severities.
 
 * :func:`run_suite` validates a pyspark DataFrame with an ephemeral GX context and the Spark
-  datasource (no GX project on disk), ``result_format=SUMMARY`` with a few unexpected values.
+  datasource (no GX project on disk): ``BOOLEAN_ONLY`` for the whole suite, then ``SUMMARY``
+  (a few unexpected values) for the failed expectations only.
 * Each expectation's ``meta["severity"]`` is ``critical`` (default when absent) or ``warning``.
 * :func:`store_outcome` writes ``results.json`` (the full GX result) and ``index.html`` (a
   small self-contained report rendered here: GX 1.x's Data Docs need a file-backed context and
@@ -12,6 +13,7 @@
 
 from __future__ import annotations
 
+import copy
 import html
 import json
 import logging
@@ -150,7 +152,16 @@ def _outcome(res: Any) -> ExpectationOutcome:
 
 
 def run_suite(df: DataFrame, suite: Any, dataset: str, ds: str | None = None) -> SuiteOutcome:
-    """Validate ``df`` against ``suite`` (a ``gx.ExpectationSuite``); never raises on failures."""
+    """Validate ``df`` against ``suite`` (a ``gx.ExpectationSuite``); never raises on failures.
+
+    Two passes, same verdicts as one SUMMARY run: the whole suite first with
+    ``result_format=BOOLEAN_ONLY`` (GX then skips the per-expectation queries for unexpected
+    values, which on Spark cost a full scan each), then only the failed expectations again with
+    ``SUMMARY`` for the readable message (observed value, counts, examples). Passing
+    expectations therefore carry no ``observed`` value in the stored result.
+    """
+    import great_expectations as gx
+
     started = time.perf_counter()
     context = _ephemeral_context()
     source = context.data_sources.add_or_update_spark(name="ecrec_spark")
@@ -158,19 +169,37 @@ def run_suite(df: DataFrame, suite: Any, dataset: str, ds: str | None = None) ->
     batch_def = asset.add_batch_definition_whole_dataframe(f"{dataset}_whole")
     suite = context.suites.add_or_update(suite)
     batch = batch_def.get_batch(batch_parameters={"dataframe": df})
-    result = batch.validate(
-        suite,
-        result_format={"result_format": "SUMMARY", "partial_unexpected_count": MAX_EXAMPLES},
-    )
+    result = batch.validate(suite, result_format={"result_format": "BOOLEAN_ONLY"})
+    results = list(result.results)
+    failed = [i for i, r in enumerate(results) if not r.success]
+    if failed:
+        detail_suite = context.suites.add_or_update(gx.ExpectationSuite(
+            name=f"{suite.name}__failed",
+            expectations=[copy.copy(results[i].expectation_config.to_domain_obj()) for i in failed],
+        ))
+        detail = batch.validate(
+            detail_suite,
+            result_format={"result_format": "SUMMARY", "partial_unexpected_count": MAX_EXAMPLES},
+        )
+        # match by configuration (GX may reorder results); fall back to the boolean result
+        by_cfg = {_cfg_key(r.expectation_config): r for r in detail.results}
+        for i in failed:
+            results[i] = by_cfg.get(_cfg_key(results[i].expectation_config), results[i])
+        result.results = results
     outcome = SuiteOutcome(
         dataset=dataset,
         ds=ds,
-        results=[_outcome(r) for r in result.results],
+        results=[_outcome(r) for r in results],
         gx_result=json.loads(json.dumps(result.to_json_dict(), default=str)),
     )
-    log.info("suite '%s' (ds=%s): %d expectations in %.1f s", dataset, ds, len(outcome.results),
-             time.perf_counter() - started)
+    log.info("suite '%s' (ds=%s): %d expectations (%d re-run for details) in %.1f s", dataset, ds,
+             len(outcome.results), len(failed), time.perf_counter() - started)
     return outcome
+
+
+def _cfg_key(cfg: Any) -> str:
+    kwargs = {k: v for k, v in dict(cfg.kwargs).items() if k != "batch_id"}
+    return json.dumps([cfg.type, kwargs, cfg.meta or {}], sort_keys=True, default=str)
 
 
 def render_html(outcome: SuiteOutcome) -> str:

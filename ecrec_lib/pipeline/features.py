@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -234,10 +235,23 @@ def item_cooccurrence(sequences: DataFrame, max_per_item: int, window: int = COO
 
 
 def build_feature_tables(events: DataFrame, catalog: DataFrame, ds: str, days_present: int,
-                         cfg: EcrecConfig) -> dict[str, DataFrame]:
-    """Pure transform: clean events of the window + the ds catalog -> the five feature tables."""
+                         cfg: EcrecConfig, cache: list[DataFrame] | None = None) -> dict[str, DataFrame]:
+    """Pure transform: clean events of the window + the ds catalog -> the five feature tables.
+
+    With ``cache`` (a list), the shared intermediates (catalog item events, user sequences) are
+    persisted and appended to it so the caller can unpersist them: each is then computed once
+    instead of once per table that uses it.
+    """
     items = item_events(events, catalog)
+    if cache is not None:
+        from pyspark import StorageLevel
+
+        items = items.persist(StorageLevel.MEMORY_AND_DISK)
+        cache.append(items)
     seq = user_sequences(items, cfg.max_seq_len)
+    if cache is not None:
+        seq = seq.persist(StorageLevel.MEMORY_AND_DISK)
+        cache.append(seq)
     return {
         "user_sequences": seq,
         "item_stats": item_stats(items, catalog, ds, days_present, cfg),
@@ -280,11 +294,14 @@ def run_features(spark: SparkSession, cfg: EcrecConfig, ds: str,
     events = events.persist(StorageLevel.MEMORY_AND_DISK)
     catalog = spark.read.parquet(cat_path).persist(StorageLevel.MEMORY_AND_DISK)
     result = FeatureResult(ds, present, missing)
+    shared: list[DataFrame] = []
     try:
-        tables = build_feature_tables(events, catalog, ds, len(present), cfg)
+        tables = build_feature_tables(events, catalog, ds, len(present), cfg, cache=shared)
         small = {"search_pairs", "item_cooccurrence", "item_stats", "user_profiles"}
         for name in FEATURES:
+            t0 = time.perf_counter()
             io.write_staged(tables[name], lake.features(name, ds), n_files=2 if name in small else None)
+            log.info("features ds=%s: %s staged in %.1f s", ds, name, time.perf_counter() - t0)
         prev = (parse_ds(ds) - dt.timedelta(days=1)).isoformat()
         try:
             for name in FEATURES:
@@ -295,7 +312,8 @@ def run_features(spark: SparkSession, cfg: EcrecConfig, ds: str,
                 )
                 validate(spark, staged, SUITES[name](ctx), name, ds,
                          f"{lake.ops('validation', ds)}/{name}")
-                result.row_counts[name] = staged.count()
+                result.row_counts[name] = io.count_parquet_rows(
+                    spark, io.staging_path(lake.features(name, ds))) or 0
         except DataContractError:
             for name in FEATURES:
                 io.discard_staged(spark, lake.features(name, ds))
@@ -303,7 +321,7 @@ def run_features(spark: SparkSession, cfg: EcrecConfig, ds: str,
         for name in FEATURES:
             io.publish(spark, lake.features(name, ds))
     finally:
-        events.unpersist()
-        catalog.unpersist()
+        for df in (*shared, events, catalog):
+            df.unpersist()
     log.info("features ds=%s: %s (days present %d/%d)", ds, result.row_counts, len(present), len(days))
     return result

@@ -196,7 +196,18 @@ def parse_json_lines(lines: DataFrame, schema: StructType, corrupt_col: str) -> 
 
 
 def count_parquet_rows(spark: SparkSession, path: str) -> int | None:
-    """Row count of a published partition (from Parquet footers), ``None`` when absent."""
+    """Row count of a (published or staged) partition from its Parquet footers, ``None`` when
+    absent. Local paths read the footers with pyarrow (no Spark job: milliseconds); other
+    filesystems let Spark count (which also reads only the footers)."""
     if not path_exists(spark, path):
         return None
+    if is_local(path):
+        import pyarrow.parquet as pq
+
+        root = Path(_local(path))
+        files = [root] if root.is_file() else [
+            f for f in root.rglob("*.parquet")
+            if not any(p.startswith((".", "_")) for p in f.relative_to(root).parts)
+        ]
+        return sum(pq.read_metadata(f).num_rows for f in files)
     return spark.read.parquet(path).count()

@@ -62,13 +62,19 @@ def _nfkc_udf():  # noqa: ANN202 - returns a pandas_udf
     return nfkc_normalize
 
 
-def normalize_queries(df: DataFrame, col: str = "query") -> DataFrame:
-    """Replace ``col`` by its normalized form, computing the UDF once per distinct value."""
+def normalize_queries(df: DataFrame, col: str = "query", values: DataFrame | None = None) -> DataFrame:
+    """Replace ``col`` by its normalized form, computing the UDF once per distinct value.
+
+    ``values`` (one column, a superset of ``df[col]``'s values) is where the distinct values
+    are taken from: a cheap cached source avoids evaluating an expensive ``df`` twice.
+    """
     from pyspark.sql import functions as F
 
     tmp = "__query_norm"
+    source = df.select(col) if values is None else values
     distinct = (
-        df.select(F.col(col).alias("__q")).where(F.col("__q").isNotNull()).distinct()
+        source.select(F.col(source.columns[0]).alias("__q")).where(F.col("__q").isNotNull())
+        .distinct()
         .withColumn(tmp, _nfkc_udf()(F.col("__q")))
     )
     joined = df.join(F.broadcast(distinct), df[col] == distinct["__q"], "left")

@@ -37,14 +37,22 @@ def _hmac_udf(key: bytes):  # noqa: ANN202 - returns a pandas_udf
     return hmac_sha256
 
 
-def add_user_key(df: DataFrame, key: bytes, id_col: str = "user_id", out_col: str = "user_key") -> DataFrame:
-    """Add ``out_col`` = HMAC of ``id_col`` (null stays null); ``id_col`` is kept (drop it after)."""
+def add_user_key(df: DataFrame, key: bytes, id_col: str = "user_id", out_col: str = "user_key",
+                 ids: DataFrame | None = None) -> DataFrame:
+    """Add ``out_col`` = HMAC of ``id_col`` (null stays null); ``id_col`` is kept (drop it after).
+
+    ``ids`` (one column, a superset of ``df``'s ids) is where the distinct ids are taken from:
+    pass a cheap cached source when ``df`` is an expensive plan, so that plan is not evaluated
+    a second time just to list its users.
+    """
     from pyspark.sql import functions as F
 
     if len(key) < 16:
         raise ValueError("pseudonymization key must be at least 16 bytes")
+    source = df.select(id_col) if ids is None else ids
     users = (
-        df.select(F.col(id_col).alias("__uid")).where(F.col("__uid").isNotNull()).distinct()
+        source.select(F.col(source.columns[0]).alias("__uid")).where(F.col("__uid").isNotNull())
+        .distinct()
         .withColumn(out_col, _hmac_udf(key)(F.col("__uid")))
     )
     return df.join(users, df[id_col] == users["__uid"], "left").drop("__uid")
