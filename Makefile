@@ -54,7 +54,7 @@ bench-scoring: setup
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(BIN)/python -m jobs.bench_scoring --users 100000 --items 1000000 --dim 64 --k 100 --sample-users 5000 --baseline-users 1000 --rounds 2
 
 bench-quality: setup
-	$(BIN)/python -m jobs.benchmark_quality --data ../shared/data/amazon_beauty --seeds 3 --out benchmark_results.json
+	$(BIN)/python -m jobs.benchmark_quality --data ../shared/data/amazon_beauty --seeds 3 --threads 1 --valid-users 4000 --out benchmark_results.json
 
 clean-venv:
 	rm -rf $(VENV)

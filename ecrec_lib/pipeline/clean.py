@@ -300,6 +300,10 @@ def classify_events(
         (S.REASON_BAD_TIME, F.col("event_time").isNull()),
     ]
     df = df.withColumn("_pre", _first_reason(pre_bot))
+    # Materialize the deduped rows once: the bot aggregate and the main branch both read them,
+    # and column pruning makes their two window shuffles differ, so Spark would not reuse one
+    # for the other (a second full shuffle + sort of the day). Cleaned up with the frame.
+    df = df.localCheckpoint(eager=True)
 
     bots = (
         df.where(~F.col("_dup") & F.col("_pre").isNull())
