@@ -40,7 +40,7 @@ class EcrecConfig:
 
     # --- storage ---------------------------------------------------------------
     lake_root: str = "./lake"  # local dir, or s3a://bucket/prefix, hdfs://... for clusters
-    warehouse_url: str = "duckdb:///./warehouse/ecrec.duckdb"  # or postgresql://user@host/db
+    warehouse_url: str = "duckdb:///./warehouse/warehouse.duckdb"  # or postgresql://user@host/db
     warehouse_schema: str = "ecrec"  # schema that holds the score tables and views
     warehouse_retention_days: int = 14  # older ds partitions are deleted at publish time
 
@@ -209,6 +209,14 @@ def _validate(cfg: EcrecConfig) -> None:
         raise ConfigError(
             f"warehouse_url must start with duckdb:/// or postgresql://, got {cfg.warehouse_url!r}"
         )
+    if cfg.warehouse_url.startswith("duckdb://"):
+        stem = Path(cfg.warehouse_url.removeprefix("duckdb://").lstrip("/") or "x").stem
+        if stem == cfg.warehouse_schema:
+            # DuckDB names the catalog after the file: `ecrec.t` would be ambiguous.
+            raise ConfigError(
+                f"the DuckDB file name '{stem}.duckdb' equals warehouse_schema '{stem}', which makes "
+                "DuckDB table names ambiguous; rename the file (e.g. warehouse.duckdb) or the schema"
+            )
     for name in ("lookback_days", "max_seq_len", "top_k", "embedding_dim", "batch_size", "epochs"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"config key '{name}' must be positive, got {getattr(cfg, name)}")

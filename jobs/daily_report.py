@@ -161,7 +161,7 @@ def render(report: dict[str, Any]) -> str:
         metrics = _pick(tr, "metrics") or {}
         shown = {k: v for k, v in metrics.items() if "ndcg" in k or "recall" in k}
         lines.append(
-            f"- trained: run {_fmt(_pick(tr, 'run_id'))}, status {_fmt(_pick(tr, 'status'))}, "
+            f"- trained: run {_fmt(_pick(tr, 'run_id'))}, status {_pick(tr, 'status') or 'trained'}, "
             + ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(shown.items())[:6])
         )
     else:
@@ -169,10 +169,10 @@ def render(report: dict[str, Any]) -> str:
     pr = ops["promotion"]
     if pr:
         lines.append(
-            f"- promotion: promoted={_fmt(_pick(pr, 'promoted'))}, challenger "
-            f"{_fmt(_pick(pr, 'challenger_version', 'challenger.version', 'challenger'))}, "
-            f"champion {_fmt(_pick(pr, 'champion_version', 'champion_after', 'champion.version'))}"
-            f" — {_fmt(_pick(pr, 'reason', 'reasons'))}"
+            f"- promotion gate: {_fmt(_pick(pr, 'decision', 'promoted'))}, challenger version "
+            f"{_fmt(_pick(pr, 'challenger_version'))}, champion now "
+            f"{_fmt(_pick(pr, 'new_champion_version', 'champion_version') or 'none')}"
+            f" — {_fmt(_pick(pr, 'reasons', 'reason'))}"
         )
     else:
         lines.append("- promotion: no gate ran for this ds")
@@ -208,11 +208,11 @@ def _registry_lines(cfg: EcrecConfig) -> list[str]:
     aliases = aliases_by_version(client, name)
     out = [f"registered model {name} ({uri}):"]
     for mv in list_versions(client, name):
-        tags = mv.tags or {}
-        ndcg = tags.get("test_ndcg_10", "?")
+        run = client.get_run(mv.run_id)
+        ndcg = run.data.metrics.get("test.two_tower.ndcg_at_10")
         out.append(
             f"  version {mv.version} [{', '.join(aliases.get(str(mv.version), [])) or '-'}] "
-            f"run {mv.run_id} test_ndcg_10={ndcg}"
+            f"run {mv.run_id} test NDCG@10={_fmt(ndcg)}"
         )
     return out if len(out) > 1 else [f"registered model {name}: no versions yet"]
 
@@ -221,20 +221,22 @@ def summary(cfg: EcrecConfig) -> str:
     """One line per reported ds, then the registry's versions and aliases."""
     lake = Lake(cfg.lake_root)
     root = Path(lake.dataset("ops", "report"))
-    lines = ["ds         | decision      | model | promoted | user_topk | warehouse user_topk | hit rate"]
+    lines = ["ds         | decision      | model | gate     | user_topk | warehouse user_topk | hit rate"]
     for part in sorted(root.glob("ds=*")) if root.is_dir() else []:
         rep = _read_json(part / "report.json")
         if not isinstance(rep, dict):
             continue
         ops = rep.get("ops", {})
         dec = ops.get("training_decision") or {}
-        fb_rows = _pick(ops.get("feedback"), "metrics") or []
+        # Feedback for a ds runs after its nightly report: read it from its own partition.
+        fb = _read_json(Path(lake.ops("feedback", rep["ds"])) / "metrics.json")
+        fb_rows = _pick(fb, "metrics") or []
         hit = next((r.get("hit_rate") for r in fb_rows if r.get("strategy") == "all"), None)
         wh = rep.get("warehouse_rows", {})
         lines.append(
             f"{rep['ds']} | {'train' if dec.get('train') else 'keep champion':13} | "
             f"{_fmt(_pick(ops.get('scoring'), 'model_version')):5} | "
-            f"{_fmt(_pick(ops.get('promotion'), 'promoted')):8} | "
+            f"{_fmt(_pick(ops.get('promotion'), 'decision') or '-'):8} | "
             f"{_fmt(rep.get('lake_rows', {}).get('scores/user_topk')):9} | "
             f"{_fmt(wh.get('user_topk')):19} | {_fmt(hit)}"
         )

@@ -1,6 +1,6 @@
 # Environment of the embedded (single-machine) deployment; sourced by scripts/demo.sh and
 # scripts/airflow_standalone.sh from the repository root. Everything stays inside the repo:
-# lake ./lake, warehouse ./warehouse/ecrec.duckdb, MLflow ./mlruns, Airflow ./.airflow.
+# lake ./lake, warehouse ./warehouse/warehouse.duckdb, MLflow ./mlruns, Airflow ./.airflow.
 REPO_ROOT=$(pwd)
 export PATH="$REPO_ROOT/.venv/bin:$PATH"
 export PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}"
@@ -13,8 +13,6 @@ export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=${AIRFLOW__DAG_PROCESSOR__REFRES
 export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=True
 
 export ECREC_LAKE_ROOT=${ECREC_LAKE_ROOT:-./lake}
-# warehouse.duckdb, not the config default ecrec.duckdb: DuckDB calls the catalog after the
-# file, and catalog "ecrec" + schema "ecrec" makes `ecrec.<table>` ambiguous.
 export ECREC_WAREHOUSE_URL=${ECREC_WAREHOUSE_URL:-duckdb:///./warehouse/warehouse.duckdb}
 export ECREC_MLFLOW_TRACKING_URI=${ECREC_MLFLOW_TRACKING_URI:-sqlite:///./mlruns/mlflow.db}
 export ECREC_MLFLOW_ARTIFACT_ROOT=${ECREC_MLFLOW_ARTIFACT_ROOT:-./mlruns/artifacts}

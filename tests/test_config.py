@@ -209,3 +209,10 @@ def test_key_never_appears_in_the_config(tmp_path: Path, monkeypatch: pytest.Mon
     assert SECRET not in repr(cfg)
     assert SECRET not in str(cfg.to_dict())
     assert not any("pseudo" in name for name in cfg.to_dict())
+
+
+def test_duckdb_file_named_like_schema_is_refused() -> None:
+    # DuckDB names the catalog after the file; catalog == schema makes `ecrec.t` ambiguous.
+    with pytest.raises(ConfigError, match="ambiguous"):
+        load_config(env={"ECREC_WAREHOUSE_URL": "duckdb:///./w/ecrec.duckdb"})
+    assert load_config(env={}).warehouse_url.endswith("/warehouse.duckdb")

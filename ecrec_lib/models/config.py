@@ -29,6 +29,7 @@ class ModelConfig:
     init_id_from_text: bool = True  # ID table starts from PCA of the frozen text embeddings
     center_text: bool = True  # subtract the catalog mean and L2-normalize text embeddings:
     # sentence embeddings share a large common direction that otherwise swamps the projection
+    item_norm: bool = True  # LayerNorm on the summed item vector before L2-normalization
     # --- user tower ------------------------------------------------------------------------
     dim: int = 64  # width of every tower and of the shared vector space
     n_layers: int = 2

@@ -65,7 +65,7 @@ class TwoTowerModel(nn.Module):
             self.brand_emb = nn.Embedding(n_brands + 1, d, padding_idx=0)
             nn.init.normal_(self.cat_emb.weight, std=0.02)
             nn.init.normal_(self.brand_emb.weight, std=0.02)
-        self.item_norm = nn.LayerNorm(d)
+        self.item_norm = nn.LayerNorm(d) if mcfg.item_norm else nn.Identity()
         # Per-item facts; persistent so a saved state dict restores them.
         self.register_buffer("item_category", torch.as_tensor(item_category, dtype=torch.long))
         self.register_buffer("item_brand", torch.as_tensor(item_brand, dtype=torch.long))
