@@ -141,8 +141,7 @@ def ecrec_nightly() -> None:
     @task
     def validate_clean() -> None:
         """Run the clean-events and catalog suites on the clean partition."""
-        _run("validate", dataset="clean_events")
-        _run("validate", dataset="catalog")
+        _run("validate", dataset=["clean_events", "catalog"])
 
     @task
     def build_features() -> None:
@@ -152,11 +151,10 @@ def ecrec_nightly() -> None:
     @task
     def validate_features() -> None:
         """Run the feature suites on the feature partitions of `ds`."""
-        # One run per feature table (jobs.validate takes one dataset at a time).
-        for table in (
-            "user_sequences", "item_stats", "user_profiles", "search_pairs", "item_cooccurrence"
-        ):
-            _run("validate", dataset=table)
+        _run(
+            "validate",
+            dataset=["user_sequences", "item_stats", "user_profiles", "search_pairs", "item_cooccurrence"],
+        )
 
     @task.branch
     def decide_training(params: dict | None = None, ds: str | None = None) -> str:

@@ -1,6 +1,9 @@
-"""Re-run one dataset's data contract (Great Expectations suite) on a published partition.
+"""Re-run datasets' data contracts (Great Expectations suites) on published partitions.
 
-    python -m jobs.validate --dataset clean_events --ds 2024-01-01 [--lake ./lake] [--master URL]
+    python -m jobs.validate --dataset clean_events [catalog ...] --ds 2024-01-01 [--lake ./lake] [--master URL]
+
+Several datasets share one Spark session (one JVM start instead of one per dataset); all are
+validated even when an earlier one fails, and the exit code is the worst outcome.
 
 Datasets: raw_events, clean_events, catalog, user_sequences, item_stats, user_profiles,
 search_pairs, item_cooccurrence. Results go to ``ops/validation/ds=D/<dataset>/`` (results.json
@@ -24,7 +27,9 @@ log = logging.getLogger("jobs.validate")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", required=True, choices=DATASETS, help="which suite/partition to validate")
+    parser.add_argument(
+        "--dataset", required=True, nargs="+", choices=DATASETS, help="which suites/partitions to validate"
+    )
     parser.add_argument("--ds", required=True, help="logical date YYYY-MM-DD of the partition")
     parser.add_argument("--master", default=None, help="Spark master URL (default: cfg.spark_master)")
     parser.add_argument("--no-store", action="store_true", help="do not write results under ops/validation")
@@ -37,19 +42,23 @@ def main(argv: list[str] | None = None) -> int:
     from ecrec_lib.pipeline.contracts import validate_partition
     from ecrec_lib.validation import DataContractError
 
-    spark = spark_session(cfg, f"validate-{args.dataset}-{args.ds}", args.master)
+    spark = spark_session(cfg, f"validate-{'+'.join(args.dataset)}-{args.ds}", args.master)
+    worst = io.EXIT_OK
     try:
-        outcome = validate_partition(spark, cfg, args.dataset, args.ds, store=not args.no_store)
-    except io.InputMissingError as exc:
-        log.error("%s", exc)
-        return io.EXIT_INPUT_MISSING
-    except DataContractError as exc:
-        log.error("%s", exc)
-        return io.EXIT_CONTRACT
+        for dataset in args.dataset:
+            try:
+                outcome = validate_partition(spark, cfg, dataset, args.ds, store=not args.no_store)
+            except io.InputMissingError as exc:
+                log.error("%s: %s", dataset, exc)
+                worst = max(worst, io.EXIT_INPUT_MISSING)
+            except DataContractError as exc:
+                log.error("%s: %s", dataset, exc)
+                worst = max(worst, io.EXIT_CONTRACT)
+            else:
+                print(outcome.summary())
     finally:
         spark.stop()
-    print(outcome.summary())
-    return io.EXIT_OK
+    return worst
 
 
 if __name__ == "__main__":
