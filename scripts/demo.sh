@@ -2,7 +2,7 @@
 # `make demo`: the whole platform on this machine, end to end, through Airflow.
 #   generate a few days of shop data -> `airflow dags test ecrec_nightly <ds>` per day
 #   -> `airflow dags test ecrec_feedback <last ds>` -> a short report.
-# Sizes (env): DEMO_START, DEMO_DAYS, DEMO_USERS, DEMO_ITEMS, ECREC_EPOCHS.
+# Sizes (env): DEMO_START, DEMO_DAYS, DEMO_USERS, DEMO_ITEMS, DEMO_DIRTY_RATE, ECREC_EPOCHS.
 # Nothing is faked: a failing job fails the demo, with the task log shown.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -66,7 +66,8 @@ echo "  ok"
 
 step "generate ${DEMO_DAYS} days of shop data from $DEMO_START (${DEMO_USERS} users, ${DEMO_ITEMS} items) into $ECREC_LAKE_ROOT"
 python -m jobs.generate_events --lake "$ECREC_LAKE_ROOT" --start "$DEMO_START" --days "$DEMO_DAYS" \
-  --users "$DEMO_USERS" --items "$DEMO_ITEMS" --seed "$DEMO_SEED" >"$LOG_DIR/generate_events.log" 2>&1 \
+  --users "$DEMO_USERS" --items "$DEMO_ITEMS" --seed "$DEMO_SEED" --dirty-rate "${DEMO_DIRTY_RATE:-0.01}" \
+  >"$LOG_DIR/generate_events.log" 2>&1 \
   || { tail -n 30 "$LOG_DIR/generate_events.log" >&2; exit 1; }
 echo "  ok"
 
