@@ -247,3 +247,13 @@ def test_lora_model_round_trip_keeps_finetuned_encoder(tiny_bert: str, tmp_path:
     loaded = load_recommender_dir(d)
     q = ["pink thing", "blue thing number 3"]
     assert np.allclose(loaded.encode_queries(q), res.model.encode_queries(q), atol=1e-4)
+
+
+def test_item_norm_option_and_legacy_configs() -> None:
+    from ecrec_lib.models.config import ModelConfig as MC
+
+    assert MC().item_norm is False
+    legacy = {k: v for k, v in MC().to_dict().items() if k != "item_norm"}
+    # Saved before the option existed: those weights include the LayerNorm.
+    assert MC.from_dict(legacy).item_norm is True
+    assert MC.from_dict(MC(item_norm=False).to_dict()).item_norm is False
