@@ -73,6 +73,7 @@ def item_events(events: DataFrame, catalog: DataFrame) -> DataFrame:
 
 
 def user_sequences(items: DataFrame, max_seq_len: int) -> DataFrame:
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     per_user = items.groupBy("user_key").agg(
@@ -80,13 +81,23 @@ def user_sequences(items: DataFrame, max_seq_len: int) -> DataFrame:
         F.max("event_time").alias("last_event_time"),
         F.max_by("country", F.struct("event_time", "event_id")).alias("country"),
         F.max_by("device", F.struct("event_time", "event_id")).alias("device"),
-        F.sort_array(F.collect_list(F.struct(
+    )
+    # Keep only each user's last max_seq_len events *before* collecting: collect_list over
+    # every event of heavy users held whole histories in the aggregation buffers and ran the
+    # driver out of heap at 4M events; a window sort spills to disk instead.
+    newest_first = Window.partitionBy("user_key").orderBy(
+        F.unix_timestamp("event_time").desc(), F.col("event_id").desc()
+    )  # the same order as the sort_array below, so exactly its last max_seq_len survive
+    recent = (
+        items.withColumn("_rn", F.row_number().over(newest_first))
+        .where(F.col("_rn") <= max_seq_len)
+        .groupBy("user_key")
+        .agg(F.sort_array(F.collect_list(F.struct(
             F.unix_timestamp("event_time").alias("t"), F.col("event_id").alias("e"),
             F.col("item_id").alias("i"), F.col("event_type").alias("y"),
-        ))).alias("seq"),
+        ))).alias("seq"))
     )
-    last = F.expr(f"slice(seq, greatest(size(seq) - {max_seq_len} + 1, 1), {max_seq_len})")
-    return per_user.withColumn("seq", last).select(
+    return per_user.join(recent, "user_key").select(
         "user_key",
         F.col("seq.i").alias("item_ids"),
         F.col("seq.y").alias("event_types"),
