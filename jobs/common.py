@@ -30,13 +30,16 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 def spark_session(cfg: EcrecConfig, app_name: str, master: str | None = None) -> SparkSession:
     """A SparkSession for one job, configured from ``cfg`` (``master`` overrides it)."""
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    master = master or cfg.spark_master
+    if master.startswith("local"):
+        # Loopback only for local masters: on a cluster the executors must reach the driver.
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
     builder = (
         SparkSession.builder.appName(app_name)
-        .master(master or cfg.spark_master)
+        .master(master)
         .config("spark.driver.memory", cfg.spark_driver_memory)
         .config("spark.sql.shuffle.partitions", str(cfg.spark_shuffle_partitions))
         .config("spark.sql.session.timeZone", "UTC")
