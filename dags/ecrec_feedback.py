@@ -21,26 +21,11 @@ wait_for_clean_events → compute_feedback → check_hit_rate
 from __future__ import annotations
 
 import datetime as dt
-import os
 
 import pendulum
 from airflow.sdk import dag, task
-from airflow.timetables.interval import CronDataIntervalTimetable
 
-
-def _schedule() -> CronDataIntervalTimetable | None:
-    # Daily interval [D, D+1) UTC: the run for ds=D starts once day D is over.
-    # ECREC_DAG_SCHEDULE=none keeps the DAG manual-only (triggered runs and backfills still
-    # work); tests of the UI use it so that unpausing does not start a run of its own.
-    cron = os.environ.get("ECREC_DAG_SCHEDULE", "0 0 * * *").strip()
-    if cron.lower() in {"none", "off", "manual", ""}:
-        return None
-    return CronDataIntervalTimetable(cron, timezone="UTC")
-
-
-def _retries() -> int:
-    raw = os.environ.get("ECREC_TASK_RETRIES", "").strip()
-    return int(raw) if raw.isdigit() else 2
+from ecrec_lib.orchestration import dag_timetable, task_retries
 
 
 def _run(job: str, **flags: object) -> list[str]:
@@ -57,13 +42,13 @@ def _run(job: str, **flags: object) -> list[str]:
 
 @dag(
     dag_id="ecrec_feedback",
-    schedule=_schedule(),
+    schedule=dag_timetable(),
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     default_args={
         "owner": "ecrec",
-        "retries": _retries(),
+        "retries": task_retries(),
         "retry_delay": dt.timedelta(minutes=2),
         "retry_exponential_backoff": True,
         "max_retry_delay": dt.timedelta(minutes=30),

@@ -35,30 +35,15 @@ from pathlib import Path
 
 import pendulum
 from airflow.sdk import Param, dag, task
-from airflow.timetables.interval import CronDataIntervalTimetable
+
+from ecrec_lib.orchestration import dag_timetable, task_retries
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _schedule() -> CronDataIntervalTimetable | None:
-    # Daily interval [D, D+1) UTC: the run for ds=D starts once day D is over.
-    # ECREC_DAG_SCHEDULE=none keeps the DAG manual-only (triggered runs and backfills still
-    # work); tests of the UI use it so that unpausing does not start a run of its own.
-    cron = os.environ.get("ECREC_DAG_SCHEDULE", "0 0 * * *").strip()
-    if cron.lower() in {"none", "off", "manual", ""}:
-        return None
-    return CronDataIntervalTimetable(cron, timezone="UTC")
-
-
-def _retries() -> int:
-    # Env only (no DB/Variable lookup at parse time); tests and the demo set 0.
-    raw = os.environ.get("ECREC_TASK_RETRIES", "").strip()
-    return int(raw) if raw.isdigit() else 2
-
-
 DEFAULT_ARGS = {
     "owner": "ecrec",
-    "retries": _retries(),
+    "retries": task_retries(),
     "retry_delay": dt.timedelta(minutes=2),
     "retry_exponential_backoff": True,
     "max_retry_delay": dt.timedelta(minutes=30),
@@ -104,7 +89,7 @@ def _spark_or_python(job: str, python_task):  # noqa: ANN001, ANN202 - Airflow o
 
 @dag(
     dag_id="ecrec_nightly",
-    schedule=_schedule(),
+    schedule=dag_timetable(),
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

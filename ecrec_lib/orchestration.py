@@ -200,6 +200,21 @@ def task_retries(env: Mapping[str, str] | None = None) -> int:
     return value
 
 
+def dag_timetable(env: Mapping[str, str] | None = None) -> Any:
+    """The DAGs' schedule: a daily interval [D, D+1) UTC, so the run for ds=D starts once D is over.
+
+    ``ECREC_DAG_SCHEDULE`` overrides the cron; ``none`` keeps a DAG manual-only (triggered runs
+    and backfills still work) -- the UI test uses it so unpausing does not start a run of its own.
+    """
+    from airflow.timetables.interval import CronDataIntervalTimetable
+
+    env = os.environ if env is None else env
+    cron = env.get("ECREC_DAG_SCHEDULE", "0 0 * * *").strip()
+    if cron.lower() in {"none", "off", "manual", ""}:
+        return None
+    return CronDataIntervalTimetable(cron, timezone="UTC")
+
+
 def partition_ready(path: str) -> bool:
     """True when a lake partition exists and holds a data file or a ``_SUCCESS`` marker.
 
