@@ -54,8 +54,14 @@ class Warehouse(ABC):
     def insert_dataframe(self, table: str, df: pd.DataFrame) -> None:
         """Bulk-insert ``df`` (columns in the table's order) into ``schema.table``."""
 
-    @abstractmethod
-    def relation_exists(self, name: str) -> bool: ...
+    def relation_exists(self, name: str) -> bool:
+        """Whether a table or view of that name exists in the schema (standard SQL catalog)."""
+        n = self.scalar(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s "
+            "AND table_name = %s",
+            [self.schema, name],
+        )
+        return bool(n)
 
     @abstractmethod
     def column_comments(self, table: str) -> dict[str, str | None]: ...
@@ -119,14 +125,6 @@ class DuckDBWarehouse(Warehouse):
         finally:
             self.con.unregister("_ecrec_frame")
 
-    def relation_exists(self, name: str) -> bool:
-        n = self.scalar(
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s "
-            "AND table_name = %s",
-            [self.schema, name],
-        )
-        return bool(n)
-
     def column_comments(self, table: str) -> dict[str, str | None]:
         df = self.query(
             "SELECT column_name, comment FROM duckdb_columns() WHERE schema_name = %s "
@@ -175,14 +173,6 @@ class PostgresWarehouse(Warehouse):
         ) as copy:
             for row in obj.itertuples(index=False, name=None):
                 copy.write_row(row)
-
-    def relation_exists(self, name: str) -> bool:
-        n = self.scalar(
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s "
-            "AND table_name = %s",
-            [self.schema, name],
-        )
-        return bool(n)
 
     def column_comments(self, table: str) -> dict[str, str | None]:
         df = self.query(
