@@ -78,7 +78,7 @@ class EcrecConfig:
     embedding_dim: int = 64
     epochs: int = 30
     batch_size: int = 256
-    learning_rate: float = 1e-3
+    learning_rate: float = 5e-3  # the tuned ModelConfig.lr (Amazon Beauty, see BENCHMARKS.md)
     seed: int = 7
     device: str = "auto"  # auto | cpu | cuda
     min_train_users: int = 20  # fewer users than this: refuse to train

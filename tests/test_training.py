@@ -96,6 +96,31 @@ def test_sampled_softmax_with_logq_learns(tiny_bert: str) -> None:
     assert m["recall@10"] > 0.5
 
 
+def test_history_mask_removes_seen_items_but_never_the_target() -> None:
+    from ecrec_lib.training.trainer import _mask_history
+
+    seq = torch.tensor([[3, 1, 4, 0], [2, 2, 0, 0]])
+    tgt = torch.tensor([[1, 4, 1, -1], [2, 5, -1, -1]])
+    valid = tgt >= 0
+    out = _mask_history(torch.zeros(int(valid.sum()), 6), seq, valid, tgt[valid])
+    masked = [sorted(torch.nonzero(torch.isinf(row)).flatten().tolist()) for row in out]
+    # rows: (u0, pos0) saw {3}; (u0, pos1) saw {3, 1}; (u0, pos2) saw {3, 1, 4} but its target
+    # is the repeat 1; (u1, pos0) saw only its target 2; (u1, pos1) saw {2}
+    assert masked == [[3], [1, 3], [3, 4], [], [2]]
+
+
+@pytest.mark.parametrize("opts", [{"exclude_history_negatives": True}, {"cpu_bf16": True}])
+def test_training_options_still_learn(tiny_bert: str, opts: dict) -> None:
+    data = synthetic_data(n_items=30, n_users=120, with_queries=False)
+    train, valid, test = leave_one_out(data.sequences)
+    mcfg = small_cfg(tiny_bert, use_text=False, init_id_from_text=False, epochs=8, lr=5e-3,
+                     dim=32, patience=20, **opts)
+    res = train_two_tower(data, mcfg, train, valid, progress=False)
+    m = evaluate_scores(res.score_fn(test), test, data.n_items, ks=(10,))
+    assert res.history[-1]["loss"] < res.history[0]["loss"]
+    assert m["recall@10"] > 0.6
+
+
 @pytest.mark.parametrize("mode", ["finetune_top", "lora"])
 def test_trainable_encoder_modes_update_encoder(tiny_bert: str, mode: str) -> None:
     data = synthetic_data(n_items=15, n_users=30)

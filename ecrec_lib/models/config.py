@@ -54,6 +54,8 @@ class ModelConfig:
     loss: str = "auto"  # auto: full softmax up to full_softmax_max_items, else sampled
     full_softmax_max_items: int = 200_000
     n_negatives: int = 2048  # sampled softmax: uniform negatives per step (plus in-batch)
+    exclude_history_negatives: bool = False  # full softmax: a position's already-seen items
+    # are not negatives (ranking excludes history anyway)
     temperature: float = 0.07  # cosine logits are divided by this
     learn_temperature: bool = True  # start at `temperature`, let the loss tune it
     query_loss_weight: float = 0.5  # weight of the query->item contrastive loss
@@ -63,6 +65,8 @@ class ModelConfig:
     seed: int = 7
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    cpu_bf16: bool = False  # bf16 autocast on CPU too: ~2x matmul throughput on CPUs with
+    # native bf16 (AVX512-BF16 / AMX), much slower on those without; the loss stays float32
     num_threads: int = 0  # torch CPU threads; 0 leaves torch's default
 
     def __post_init__(self) -> None:

@@ -328,8 +328,12 @@ def train_two_tower(
             log.warning("ignoring checkpoint %s: it belongs to another config or data set", ckpt_path)
     resumed_from = start_epoch
 
-    amp = mcfg.amp and device.type == "cuda"
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if amp else _NullCtx())
+    if mcfg.amp and device.type == "cuda":
+        autocast: Any = torch.autocast("cuda", dtype=torch.bfloat16)
+    elif mcfg.cpu_bf16 and device.type == "cpu":
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+    else:
+        autocast = _NullCtx()
     all_idx = torch.arange(n_items, device=device)
     t_inp = torch.as_tensor(arrays.inp)
     t_tgt = torch.as_tensor(arrays.tgt)
@@ -396,6 +400,8 @@ def train_two_tower(
                 # Temperature folded into the (N, d) side: one pass less over (N, n_items).
                 h = states[valid_pos] * model.inv_temperature
                 logits = h @ items.T
+                if use_full and mcfg.exclude_history_negatives:
+                    logits = _mask_history(logits, seq, valid_pos, targets)
                 if not use_full:
                     # logQ correction: candidates were proposed by popularity (in-batch) and
                     # uniformly; subtracting log q keeps the softmax unbiased.
@@ -501,6 +507,26 @@ def train_two_tower(
     rec.metadata.update({"best_epoch": best["epoch"], "fingerprint": fingerprint,
                           "model_config": mcfg.to_dict()})
     return TrainResult(rec, history, best["epoch"], best["valid"], fingerprint, resumed_from, data)
+
+
+def _mask_history(logits: torch.Tensor, seq: torch.Tensor, valid_pos: torch.Tensor,
+                  targets: torch.Tensor) -> torch.Tensor:
+    """Remove the items a position has already seen from its softmax negatives.
+
+    Evaluation and serving exclude the user's history from the ranking, so spending
+    probability mass pushing those items down is wasted; the target itself is never masked
+    (a repeat purchase stays learnable). ``logits`` has one row per True of ``valid_pos``.
+    """
+    b, L = seq.shape
+    row_of = torch.cumsum(valid_pos.reshape(-1), 0).view(b, L) - 1  # logits row of (b, j)
+    seen = torch.tril(torch.ones(L, L, dtype=torch.bool, device=seq.device))  # k <= j
+    pick = valid_pos.unsqueeze(-1) & seen.unsqueeze(0)  # (b, j, k)
+    bi, ji, ki = pick.nonzero(as_tuple=True)
+    rows = row_of[bi, ji]
+    items = seq[bi, ki]
+    keep = items != targets[rows]
+    return logits.index_put((rows[keep], items[keep]),
+                            torch.tensor(float("-inf"), dtype=logits.dtype, device=logits.device))
 
 
 def _length_bucketed_batches(lengths: np.ndarray, batch_size: int,
