@@ -109,7 +109,19 @@ def test_history_mask_removes_seen_items_but_never_the_target() -> None:
     assert masked == [[3], [1, 3], [3, 4], [], [2]]
 
 
-@pytest.mark.parametrize("opts", [{"exclude_history_negatives": True}, {"cpu_bf16": True}])
+def test_cooccurrence_pairs_are_symmetric_within_the_window() -> None:
+    from ecrec_lib.training.trainer import _cooccurrence_pairs
+
+    a, b = _cooccurrence_pairs([np.array([1, 2, 3]), np.array([4]), np.array([5, 5, 6])], window=1)
+    assert sorted(zip(a.tolist(), b.tolist(), strict=True)) == [(1, 2), (2, 1), (2, 3), (3, 2), (5, 6), (6, 5)]
+    a, b = _cooccurrence_pairs([np.array([1, 2, 3])], window=2)
+    assert (1, 3) in set(zip(a.tolist(), b.tolist(), strict=True))
+    assert len(_cooccurrence_pairs([], window=3)[0]) == 0
+
+
+@pytest.mark.parametrize("opts", [{"exclude_history_negatives": True}, {"cpu_bf16": True},
+                                  {"cooc_loss_weight": 1.0},
+                                  {"cooc_loss_weight": 1.0, "loss": "sampled_softmax", "n_negatives": 10}])
 def test_training_options_still_learn(tiny_bert: str, opts: dict) -> None:
     data = synthetic_data(n_items=30, n_users=120, with_queries=False)
     train, valid, test = leave_one_out(data.sequences)

@@ -56,6 +56,10 @@ class ModelConfig:
     n_negatives: int = 2048  # sampled softmax: uniform negatives per step (plus in-batch)
     exclude_history_negatives: bool = False  # full softmax: a position's already-seen items
     # are not negatives (ranking excludes history anyway)
+    cooc_loss_weight: float = 0.0  # item-item loss: an item predicts the items bought within
+    # cooc_window steps of it, in either order (what item-kNN exploits; also shapes related items)
+    cooc_window: int = 3
+    cooc_batch_size: int = 1024  # pairs per step
     temperature: float = 0.07  # cosine logits are divided by this
     learn_temperature: bool = True  # start at `temperature`, let the loss tune it
     query_loss_weight: float = 0.5  # weight of the query->item contrastive loss

@@ -296,6 +296,9 @@ def train_two_tower(
     # Popularity of targets: proposal of in-batch negatives for the logQ correction.
     counts = np.bincount(arrays.tgt[arrays.tgt >= 0], minlength=n_items).astype(np.float64)
     log_unigram = torch.as_tensor(np.log((counts + 1e-3) / (counts + 1e-3).sum()), device=device)
+    # Co-occurrence pairs (both directions) for the item-item loss.
+    cooc_a, cooc_b = (_cooccurrence_pairs(train_seqs, mcfg.cooc_window)
+                      if mcfg.cooc_loss_weight > 0 else (np.zeros(0, np.int64), np.zeros(0, np.int64)))
 
     params = [p for p in model.parameters() if p.requires_grad]
     groups: list[dict[str, Any]] = [{"params": params, "lr": mcfg.lr}]
@@ -365,7 +368,7 @@ def train_two_tower(
             encoder.train(trainable_text)
         batches = _length_bucketed_batches(arrays.lengths, mcfg.batch_size, rng)
         t0 = time.time()
-        tot = tot_next = tot_q = 0.0
+        tot = tot_next = tot_q = tot_c = 0.0
         bar = _progress(range(len(batches)), progress, f"epoch {epoch}/{mcfg.epochs}")
         for step in bar:
             rows = torch.as_tensor(batches[step])
@@ -428,6 +431,24 @@ def train_two_tower(
                     w = torch.as_tensor(q_weights[sel], device=device)
                     loss_q = (F.cross_entropy(q_logits.float(), q_lab, reduction="none") * w).sum() / w.sum()
                     loss = loss + mcfg.query_loss_weight * loss_q
+                loss_c = torch.zeros((), device=device)
+                if len(cooc_a):
+                    sel = torch.as_tensor(rng.integers(0, len(cooc_a), mcfg.cooc_batch_size), device=device)
+                    a = torch.as_tensor(cooc_a, device=device)[sel]
+                    b_ = torch.as_tensor(cooc_b, device=device)[sel]
+                    if use_full:
+                        c_items, a_pos, b_pos = items, a, b_
+                    else:
+                        c_idx = torch.unique(torch.cat([a, b_, neg]))
+                        c_items = model.item_vectors(c_idx, id_keep=id_keep[c_idx] if id_keep is not None else None)
+                        a_pos, b_pos = torch.searchsorted(c_idx, a), torch.searchsorted(c_idx, b_)
+                    c_logits = (c_items[a_pos] * model.inv_temperature) @ c_items.T
+                    # an item is trivially closest to itself: it is not a candidate
+                    c_logits = c_logits.index_put(
+                        (torch.arange(len(a_pos), device=device), a_pos),
+                        torch.tensor(float("-inf"), dtype=c_logits.dtype, device=device))
+                    loss_c = F.cross_entropy(c_logits.float(), b_pos)
+                    loss = loss + mcfg.cooc_loss_weight * loss_c
             if not torch.isfinite(loss):
                 raise NaNLossError(
                     f"loss became {loss.item()} at epoch {epoch}, step {step + 1}: training stopped "
@@ -443,6 +464,7 @@ def train_two_tower(
             tot += loss.item()
             tot_next += loss_next.item()
             tot_q += loss_q.item()
+            tot_c += loss_c.item()
             if progress and hasattr(bar, "set_postfix"):
                 done = min((step + 1) * mcfg.batch_size, n_rows)
                 bar.set_postfix(loss=f"{tot / (step + 1):.4f}", seq_s=f"{done / (time.time() - t0):.0f}")
@@ -459,6 +481,7 @@ def train_two_tower(
             "loss": tot / len(batches),
             "next_item_loss": tot_next / len(batches),
             "query_loss": tot_q / len(batches),
+            "cooc_loss": tot_c / len(batches),
             "lr": float(sched.get_last_lr()[0]),
             "train_seconds": secs,
             "seq_per_s": n_rows / max(secs, 1e-9),
@@ -507,6 +530,22 @@ def train_two_tower(
     rec.metadata.update({"best_epoch": best["epoch"], "fingerprint": fingerprint,
                           "model_config": mcfg.to_dict()})
     return TrainResult(rec, history, best["epoch"], best["valid"], fingerprint, resumed_from, data)
+
+
+def _cooccurrence_pairs(seqs: Sequence[np.ndarray], window: int) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b) item pairs at most ``window`` steps apart in a sequence, in both directions
+    (distinct items only): what item-kNN counts, as training pairs for the item tower."""
+    a_parts, b_parts = [], []
+    lens = [len(s) for s in seqs]
+    if not lens or sum(lens) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    flat = np.concatenate([np.asarray(s, dtype=np.int64) for s in seqs])
+    owner = np.repeat(np.arange(len(seqs)), lens)
+    for d in range(1, window + 1):
+        same = (owner[:-d] == owner[d:]) & (flat[:-d] != flat[d:])
+        a_parts += [flat[:-d][same], flat[d:][same]]
+        b_parts += [flat[d:][same], flat[:-d][same]]
+    return np.concatenate(a_parts), np.concatenate(b_parts)
 
 
 def _mask_history(logits: torch.Tensor, seq: torch.Tensor, valid_pos: torch.Tensor,
