@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 
 from ecrec_lib.models.api import UserHistory
+from ecrec_lib.models.blend import CoocBlend
 from ecrec_lib.models.config import ModelConfig
 from ecrec_lib.models.recommender import TwoTowerRecommender
 from ecrec_lib.models.text_encoder import TextEncoder, TextModelError, resolve_text_model_path
@@ -82,6 +83,8 @@ def save_recommender(rec: TwoTowerRecommender, out_dir: str | Path) -> Path:
             enc.model.config.save_pretrained(str(out / "text_encoder"))
             text_info["weights"] = "source_path"
     (out / "text_encoder.json").write_text(json.dumps(text_info, indent=1))
+    if rec.blend is not None and rec.blend.weight > 0:
+        rec.blend.save(out)  # co-occurrence blend (ecrec_lib.models.blend)
     files = sorted(p for p in out.rglob("*") if p.is_file() and p.name != MANIFEST)
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -171,6 +174,12 @@ def load_recommender_dir(path: str | Path, device: str = "cpu") -> TwoTowerRecom
         model, mcfg, item_ids, texts, vocab["categories"], vocab["brands"],
         text_encoder_loader=text_loader if mcfg.use_text else None, metadata=metadata,
     )
+    rec.blend = CoocBlend.load(root)
+    if rec.blend is not None and rec.blend.knn.n_items != len(item_ids):
+        raise ArtifactError(
+            f"model artifact at {root}: its co-occurrence blend covers {rec.blend.knn.n_items} "
+            f"items but the model has {len(item_ids)}; re-train and re-log the model"
+        )
     return rec
 
 

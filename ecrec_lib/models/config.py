@@ -60,6 +60,8 @@ class ModelConfig:
     # cooc_window steps of it, in either order (what item-kNN exploits; also shapes related items)
     cooc_window: int = 3
     cooc_batch_size: int = 1024  # pairs per step
+    cooc_blend: bool = True  # after training, mix in an item-kNN distribution with the weight
+    # that maximizes validation NDCG@10 (0 = off when it does not help; ecrec_lib.models.blend)
     temperature: float = 0.07  # cosine logits are divided by this
     learn_temperature: bool = True  # start at `temperature`, let the loss tune it
     query_loss_weight: float = 0.5  # weight of the query->item contrastive loss

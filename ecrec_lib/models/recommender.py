@@ -80,6 +80,8 @@ class TwoTowerRecommender:
         self._cat_code = {c: i + 1 for i, c in enumerate(self.categories)}
         self._brand_code = {b: i + 1 for i, b in enumerate(self.brands)}
         self._table: torch.Tensor | None = None
+        # Optional co-occurrence blend (ecrec_lib.models.blend), fitted after training.
+        self.blend: Any = None
 
     # ------------------------------------------------------------------ protocol
     @property
@@ -230,7 +232,13 @@ class TwoTowerRecommender:
         histories: Sequence[np.ndarray],
         types: Sequence[np.ndarray] | None = None,
         ages_s: Sequence[np.ndarray] | None = None,
+        blend: bool = True,
     ) -> torch.Tensor:
-        """(len(histories), n_items) cosine scores against the whole training catalog."""
+        """(len(histories), n_items) scores against the whole training catalog: cosine, or,
+        when the model carries a co-occurrence blend and ``blend``, the blended scores (on the
+        cosine scale; see :mod:`ecrec_lib.models.blend`)."""
         u = self.user_vectors(histories, types, ages_s)
-        return u @ self.item_table().T
+        cos = u @ self.item_table().T
+        if blend and self.blend is not None and self.blend.weight > 0:
+            return self.blend.mix(cos.cpu(), [np.asarray(h, dtype=np.int64) for h in histories])
+        return cos

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,6 +151,21 @@ def measure_latency_ms_per_1k(
     return (time.perf_counter() - start) * 1000.0 * 1000.0 / max(n, 1)
 
 
+def _holdout_scorer(model: Recommender, holdout: Holdout, users: np.ndarray,
+                    items: np.ndarray) -> Callable[[np.ndarray], Any]:
+    """Scores as served: cosine, or the model's co-occurrence blend when it carries one."""
+    blend = getattr(model, "blend", None)
+    if blend is None or blend.weight <= 0:
+        return lambda pos: users[pos] @ items.T
+    col_of = {iid: c for c, iid in enumerate(holdout.catalog["item_id"].astype(str))}
+    model_ids = model.item_ids
+    cols = np.asarray([col_of.get(i, -1) for i in model_ids], dtype=np.int64)
+    index = {iid: i for i, iid in enumerate(model_ids)}
+    hist = [np.asarray([index[str(i)] for i in h.item_ids if str(i) in index], dtype=np.int64)
+            for h in holdout.histories]
+    return lambda pos: blend.mix(users[pos] @ items.T, [hist[p] for p in pos], cols)
+
+
 def evaluate_recommender(model: Recommender, holdout: Holdout) -> dict[str, float]:
     """Full-ranking metrics over the ds catalog (history excluded) plus scoring latency."""
     start = time.perf_counter()
@@ -164,7 +179,7 @@ def evaluate_recommender(model: Recommender, holdout: Holdout) -> dict[str, floa
             f"user vectors have dim {users.shape[1]} but item vectors dim {items.shape[1]}"
         )
     out = evaluate_scores(
-        lambda pos: users[pos] @ items.T,
+        _holdout_scorer(model, holdout, users, items),
         holdout.eval_set,
         holdout.n_items,
         ks=EVAL_KS,

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,9 @@ from ecrec_lib.schema import ITEM_RELATED_COLUMNS, QUERY_TOPK_COLUMNS, USER_TOPK
 from ecrec_lib.scoring import cold_start
 from ecrec_lib.scoring.rerank import BlendWeights, blend_and_cap, normalized_popularity, reasons
 from ecrec_lib.scoring.topk import topk_inner_product
+
+if TYPE_CHECKING:
+    from ecrec_lib.models.blend import CoocBlend
 
 log = logging.getLogger(__name__)
 
@@ -213,8 +217,13 @@ def _score_batch(
         users, items.emb, pool, exclude=exclude, item_mask=items.in_stock,
         device=params.device, precision=params.precision,
     )
+    cand, cand_score = top.indices, top.scores
+    blend = getattr(model, "blend", None)
+    if blend is not None and blend.weight > 0:
+        cand, cand_score = blend_candidates(model, blend, items, seqs["item_ids"], users, cand,
+                                            exclude)
     rec, score = blend_and_cap(
-        top.indices, top.scores, params.k, items.quality, items.popularity_norm,
+        cand, cand_score, params.k, items.quality, items.popularity_norm,
         items.category_codes, params.weights,
     )
     hist_idx = [items.index_of(list(h)) for h in seqs["item_ids"]]
@@ -235,6 +244,60 @@ def _score_batch(
             "model_version": model_version,
         }
     )
+
+
+BLEND_SUB_BATCH = 512  # users per dense kNN row block (n_items floats each)
+
+
+def blend_candidates(
+    model: Recommender,
+    blend: CoocBlend,
+    items: ItemSpace,
+    histories: pd.Series,
+    users: np.ndarray,
+    cand: np.ndarray,
+    exclude: list[np.ndarray] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The model's candidate pool plus as many co-occurrence candidates, all re-scored with
+    the model's co-occurrence blend (:mod:`ecrec_lib.models.blend`) over the whole catalog.
+
+    Candidates outside both pools score below them (their kNN mass is zero and their cosine
+    is below the pool's), so the top of the blended list is exact up to the pool size.
+    """
+    from ecrec_lib.models.blend import log_partition
+
+    model_ids = model.item_ids
+    cols = items.index_of(model_ids)  # model item index -> catalog column (-1: not in snapshot)
+    index = {iid: i for i, iid in enumerate(model_ids)}
+    hist = [np.asarray([index[str(i)] for i in (h if h is not None else []) if str(i) in index],
+                       dtype=np.int64) for h in histories]
+    n_cols = len(items.item_ids)
+    log_z = log_partition(users, items.emb, blend.inv_temperature)
+    pool = cand.shape[1]
+    out_idx = np.full((len(users), 2 * pool), -1, dtype=np.int64)
+    out_score = np.full((len(users), 2 * pool), -np.inf, dtype=np.float64)
+    for b0 in range(0, len(users), BLEND_SUB_BATCH):
+        rows = slice(b0, min(b0 + BLEND_SUB_BATCH, len(users)))
+        knn = blend.knn_candidates(hist[rows], pool, cols, n_cols)
+        ok = (knn >= 0) & items.in_stock[np.maximum(knn, 0)]
+        if exclude is not None:
+            for r, e in enumerate(exclude[rows]):
+                ok[r] &= ~np.isin(knn[r], e)
+        c = np.concatenate([cand[rows], np.where(ok, knn, -1)], axis=1)
+        # each item once per row: keep its first slot
+        order = np.argsort(c, axis=1, kind="stable")
+        s_c = np.take_along_axis(c, order, 1)
+        dup_sorted = np.zeros_like(s_c, dtype=bool)
+        dup_sorted[:, 1:] = (s_c[:, 1:] == s_c[:, :-1]) & (s_c[:, 1:] >= 0)
+        dup = np.zeros_like(dup_sorted)
+        np.put_along_axis(dup, order, dup_sorted, 1)
+        c = np.where(dup, -1, c)
+        safe = np.maximum(c, 0)
+        cos = np.einsum("nd,ncd->nc", users[rows], items.emb[safe])
+        score = blend.rescore(safe, cos, log_z[rows], hist[rows], cols, n_cols)
+        out_idx[rows] = c
+        out_score[rows] = np.where(c >= 0, score, -np.inf)
+    return out_idx, out_score
 
 
 def item_related(

@@ -75,9 +75,10 @@ class TrainResult:
     resumed_from_epoch: int = 0
     data: TrainingData | None = None
 
-    def score_fn(self, eval_set: EvalSet) -> Callable[[np.ndarray], torch.Tensor]:
-        """A ``score_fn`` for :func:`ecrec_lib.evaluation.evaluate_scores` over ``eval_set``."""
-        return make_score_fn(self.model, eval_set, self.data)
+    def score_fn(self, eval_set: EvalSet, blend: bool = True) -> Callable[[np.ndarray], torch.Tensor]:
+        """A ``score_fn`` for :func:`ecrec_lib.evaluation.evaluate_scores` over ``eval_set``
+        (``blend=False``: the two-tower model alone, without its co-occurrence blend)."""
+        return make_score_fn(self.model, eval_set, self.data, blend)
 
 
 def resolve_device(mcfg: ModelConfig) -> torch.device:
@@ -206,15 +207,15 @@ def _eval_side(data: TrainingData | None, eval_set: EvalSet) -> tuple[list | Non
     return types, ages
 
 
-def make_score_fn(rec: TwoTowerRecommender, eval_set: EvalSet,
-                  data: TrainingData | None = None) -> Callable[[np.ndarray], torch.Tensor]:
+def make_score_fn(rec: TwoTowerRecommender, eval_set: EvalSet, data: TrainingData | None = None,
+                  blend: bool = True) -> Callable[[np.ndarray], torch.Tensor]:
     types, ages = _eval_side(data, eval_set)
 
     def score_fn(pos: np.ndarray) -> torch.Tensor:
         hist = [eval_set.histories[i] for i in pos]
         t = [types[i] for i in pos] if types is not None else None
         a = [ages[i] for i in pos] if ages is not None else None
-        return rec.score_histories(hist, t, a).cpu()
+        return rec.score_histories(hist, t, a, blend=blend).cpu()
 
     return score_fn
 
@@ -529,7 +530,27 @@ def train_two_tower(
     rec.invalidate()
     rec.metadata.update({"best_epoch": best["epoch"], "fingerprint": fingerprint,
                           "model_config": mcfg.to_dict()})
+    if mcfg.cooc_blend and valid_eval is not None:
+        rec.blend, report = _fit_blend(rec, data, train_seqs, valid_eval, mcfg)
+        rec.metadata["blend"] = report
     return TrainResult(rec, history, best["epoch"], best["valid"], fingerprint, resumed_from, data)
+
+
+def _fit_blend(rec: TwoTowerRecommender, data: TrainingData, train_seqs: Sequence[np.ndarray],
+               valid: EvalSet, mcfg: ModelConfig) -> tuple[Any, dict[str, Any]]:
+    """Fit the co-occurrence blend on the training sequences; weight chosen on ``valid``."""
+    from ecrec_lib.models.blend import fit_blend
+
+    model_scores = make_score_fn(rec, valid, data, blend=False)
+
+    def valid_eval(fn: Callable[[np.ndarray], torch.Tensor]) -> float:
+        return evaluate_scores(fn, valid, data.n_items, ks=(10,), batch_size=mcfg.eval_batch_size)["ndcg@10"]
+
+    t0 = time.time()
+    blend, report = fit_blend(train_seqs, data.n_items, float(rec.model.inv_temperature.detach()),
+                              valid.histories, valid_eval, model_scores)
+    report["seconds"] = round(time.time() - t0, 1)
+    return blend, report
 
 
 def _cooccurrence_pairs(seqs: Sequence[np.ndarray], window: int) -> tuple[np.ndarray, np.ndarray]:

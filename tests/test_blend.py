@@ -1,0 +1,145 @@
+"""Co-occurrence blend: the mixture math, validation tuning, the artifact round trip and the
+batch-scoring path (exact against full-row scoring)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ecrec_lib.evaluation import ItemKNN, evaluate_scores, leave_one_out
+from ecrec_lib.models.artifact import load_recommender_dir, save_recommender
+from ecrec_lib.models.blend import CoocBlend, fit_blend, log_partition
+from ecrec_lib.scoring.pipeline import ItemSpace, blend_candidates
+from ecrec_lib.training.trainer import ModelConfig, train_two_tower
+from tests.helpers_two_tower import make_tiny_bert, synthetic_data
+
+torch.set_num_threads(1)
+
+SEQS = [np.array([0, 1, 2, 3]), np.array([1, 2, 3]), np.array([4, 5]), np.array([0, 2])]
+
+
+def _blend(weight: float, n_items: int = 6, t: float = 10.0) -> CoocBlend:
+    return CoocBlend(ItemKNN(window=2).fit(SEQS, n_items), weight, t)
+
+
+def test_mix_is_a_mixture_of_the_two_distributions() -> None:
+    rng = np.random.default_rng(0)
+    cos = torch.as_tensor(rng.uniform(-1, 1, (3, 6)), dtype=torch.float32)
+    hist = [np.array([0, 1]), np.array([4]), np.array([], dtype=np.int64)]
+    b = _blend(0.3)
+    mixed = b.mix(cos, hist)
+    p_model = torch.softmax(cos * 10.0, dim=1)
+    p_knn = b.knn_probs(hist)
+    expected = 0.7 * p_model + 0.3 * p_knn
+    # back to probabilities: exp(t * s') / Z
+    z = torch.logsumexp(cos * 10.0, dim=1, keepdim=True)
+    assert torch.allclose(torch.exp(mixed * 10.0 - z), expected, atol=1e-5)
+    # weight 0 is the model itself; a user without co-occurrences gets popularity as kNN part
+    assert torch.equal(_blend(0.0).mix(cos, hist), cos)
+    pop = torch.as_tensor(b.knn.popularity / b.knn.popularity.sum(), dtype=torch.float32)
+    assert torch.allclose(p_knn[2], pop, atol=1e-6)
+    # co-occurring items move up: item 2 follows 0 and 1
+    assert (mixed[0, 2] - cos[0, 2]) > (mixed[0, 5] - cos[0, 5])
+
+
+def test_rescore_matches_full_rows_and_log_partition() -> None:
+    rng = np.random.default_rng(1)
+    users = rng.normal(size=(4, 8)).astype(np.float32)
+    items = rng.normal(size=(6, 8)).astype(np.float32)
+    hist = [np.array([0]), np.array([1, 2]), np.array([4]), np.array([3])]
+    b = _blend(0.4)
+    cos = users @ items.T
+    full = b.mix(torch.as_tensor(cos), hist).numpy()
+    lz = log_partition(users, items, 10.0, chunk=4)  # two item chunks
+    assert np.allclose(lz, torch.logsumexp(torch.as_tensor(cos) * 10.0, 1).numpy(), atol=1e-4)
+    cand = np.tile(np.arange(6), (4, 1))
+    assert np.allclose(b.rescore(cand, cos, lz, hist), full, atol=1e-4)
+
+
+def test_fit_blend_picks_weight_on_validation() -> None:
+    # Model scores are noise, kNN knows the chain: the blend must take a large weight.
+    n = 12
+    train = [np.arange(s, s + 5) % n for s in range(n)] * 3
+    valid_hist = [np.arange(s, s + 5) % n for s in range(n)]
+    targets = np.asarray([(s + 5) % n for s in range(n)])
+    from ecrec_lib.evaluation import EvalSet
+
+    ev = EvalSet(np.arange(n), valid_hist, targets)
+    noise = torch.as_tensor(np.random.default_rng(0).uniform(-1, 1, (n, n)), dtype=torch.float32)
+
+    def valid_eval(fn):
+        return evaluate_scores(fn, ev, n, ks=(10,))["ndcg@10"]
+
+    blend, report = fit_blend(train, n, 10.0, valid_hist, valid_eval, lambda pos: noise[pos])
+    assert blend.weight >= 0.3
+    assert report["valid_ndcg@10"] >= report["weights"]["0.0"]
+    # and the opposite: a perfect model keeps weight 0 (nothing to gain)
+    perfect = torch.full((n, n), -1.0)
+    perfect[np.arange(n), targets] = 1.0
+    blend, _ = fit_blend(train, n, 10.0, valid_hist, valid_eval, lambda pos: perfect[pos])
+    assert blend.weight == 0.0
+
+
+@pytest.fixture(scope="module")
+def trained_with_blend(tmp_path_factory: pytest.TempPathFactory):
+    tiny = make_tiny_bert(tmp_path_factory.mktemp("tinybert"))
+    data = synthetic_data(n_items=24, n_users=80)
+    train, valid, test = leave_one_out(data.sequences)
+    mcfg = ModelConfig(text_model_path=tiny, dim=16, n_heads=2, n_layers=1, max_seq_len=8,
+                       batch_size=16, epochs=2, warmup_steps=2, device="cpu")
+    res = train_two_tower(data, mcfg, train, valid, progress=False)
+    if res.model.blend is None or res.model.blend.weight == 0:  # force one for the plumbing tests
+        res.model.blend = CoocBlend(ItemKNN().fit(train, data.n_items), 0.3,
+                                    float(res.model.model.inv_temperature))
+    return data, res, test
+
+
+def test_trainer_fits_blend_and_reports_it(trained_with_blend) -> None:
+    _, res, test = trained_with_blend
+    report = res.model.metadata["blend"]
+    assert set(report["weights"]) == {"0.0", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6"}
+    h = test.histories[:5]
+    assert not torch.allclose(res.model.score_histories(h), res.model.score_histories(h, blend=False))
+
+
+def test_artifact_round_trip_keeps_the_blend(trained_with_blend, tmp_path: Path) -> None:
+    _, res, test = trained_with_blend
+    loaded = load_recommender_dir(save_recommender(res.model, tmp_path / "m"))
+    assert loaded.blend is not None and loaded.blend.weight == res.model.blend.weight
+    h = test.histories[:10]
+    assert np.allclose(res.model.score_histories(h).numpy(), loaded.score_histories(h).numpy(),
+                       atol=1e-5)
+
+
+def test_batch_scoring_candidates_equal_full_ranking(trained_with_blend) -> None:
+    data, res, test = trained_with_blend
+    rec = res.model
+    # catalog snapshot in another order, one model item missing, one new item
+    ids = [i for i in data.item_ids if i != "it005"][::-1] + ["new1"]
+    emb = np.vstack([rec.item_matrix()[data.item_ids.index(i)] for i in ids[:-1]]
+                    + [np.ones((1, rec.mcfg.dim), np.float32) / np.sqrt(rec.mcfg.dim)])
+    n = len(ids)
+    items = ItemSpace(item_ids=np.asarray(ids, dtype=object), emb=emb, in_stock=np.ones(n, bool),
+                      category_codes=np.zeros(n, np.int64), quality=np.zeros(n, np.float32),
+                      popularity_norm=np.zeros(n))
+    hist_ids = [[data.item_ids[i] for i in h] for h in test.histories[:8]]
+    users = rec.user_vectors(test.histories[:8]).numpy()
+    cos = users @ emb.T
+    pool = 5
+    top = np.argsort(-cos, axis=1)[:, :pool]
+    cand, score = blend_candidates(rec, rec.blend, items, pd.Series(hist_ids, dtype=object), users,
+                                   top, None)
+    # reference: full rows in catalog columns
+    cols = items.index_of(rec.item_ids)
+    full = rec.blend.mix(torch.as_tensor(cos), [np.asarray(h) for h in test.histories[:8]], cols).numpy()
+    for r in range(8):
+        got = cand[r][np.argsort(-score[r], kind="stable")][:3]
+        want = np.argsort(-full[r], kind="stable")[:3]
+        assert list(got) == list(want)
+        ok = cand[r] >= 0
+        assert np.allclose(score[r][ok], full[r][cand[r][ok]], atol=1e-4)
+        assert len(set(cand[r][ok].tolist())) == int(ok.sum())  # each item once
