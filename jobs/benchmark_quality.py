@@ -38,6 +38,7 @@ from ecrec_lib.evaluation import (
     leave_one_out,
     popularity_scores,
 )
+from ecrec_lib.models.blend import KNN_GRID
 from ecrec_lib.training.data import TrainingData
 from jobs.common import setup_logging
 
@@ -46,18 +47,14 @@ log = logging.getLogger("benchmark_quality")
 ALL_MODELS = ("pop", "itemknn", "sasrec_id", "two_tower")
 REPORT_KS = (5, 10, 20)
 REPORT_METRICS = tuple(f"{m}@{k}" for m in ("recall", "ndcg") for k in REPORT_KS)
+BLEND = "two_tower+blend"  # the two-tower run's co-occurrence blend (same training run)
 MODEL_LABELS = {
     "pop": "popularity",
     "itemknn": "item-kNN",
     "sasrec_id": "SASRec-style, ID only (full CE)",
     "two_tower": "ecrec two-tower (text + ID)",
+    BLEND: "ecrec two-tower + co-occurrence blend",
 }
-# Item-kNN settings tried on the validation targets; the best by NDCG@10 is used on test.
-KNN_GRID = tuple(
-    {"window": w, "alpha": a, "decay": 0.6, "backward_weight": 0.5}
-    for w in (3, 5)
-    for a in (0.5, 0.7, 0.9)
-)
 
 
 @dataclass
@@ -133,7 +130,7 @@ def run_neural(
 
     values: dict[str, Any] = {"seed": seed, "device": device, "use_text": name == "two_tower"}
     if name == "sasrec_id":
-        values.update(use_side=False, init_id_from_text=False)
+        values.update(use_side=False, init_id_from_text=False, cooc_blend=False)
     if epochs is not None:
         values["epochs"] = epochs
     values.update(overrides)
@@ -145,9 +142,15 @@ def run_neural(
     t0 = time.perf_counter()
     result = train_two_tower(data, mcfg, split.train, valid, progress=False, cache_dir=cache_dir)
     seconds = time.perf_counter() - t0
-    test = _eval(result.score_fn(split.test), split.test, data, pop)
+    test = _eval(result.score_fn(split.test, blend=False), split.test, data, pop)
+    blend = result.model.blend
+    blended = test
+    if blend is not None and blend.weight > 0:
+        blended = _eval(result.score_fn(split.test, blend=True), split.test, data, pop)
     return {
         "test": test,
+        "blend_test": blended,
+        "blend": result.model.metadata.get("blend"),
         "train_seconds": seconds,
         "config": mcfg.to_dict(),
         "epochs_run": len(result.history),
@@ -250,6 +253,11 @@ def run_benchmark(
         results[name]["seeds"] = (
             list(seeds) if name not in ("pop", "itemknn") else ["deterministic"]
         )
+        if name == "two_tower" and runs[0].get("blend") is not None:
+            blended = [{**r, "test": r["blend_test"]} for r in runs]
+            results[BLEND] = _summary(blended)
+            results[BLEND]["seeds"] = list(seeds)
+            results[BLEND]["blend"] = [r["blend"] for r in runs]
     n_inter = int(sum(len(s) for s in data.sequences))
     return {
         "protocol": "leave-one-out per user (ordered by seq_pos, else timestamp); last item = "

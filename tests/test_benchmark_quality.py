@@ -200,7 +200,7 @@ NEURAL_FLAGS = [
 
 
 @pytest.mark.slow
-def test_job_neural_models_learn_the_pattern(tmp_path: Path):
+def test_job_neural_models_learn_the_pattern(tmp_path: Path, capsys):
     data_dir = _planted_dataset(tmp_path / "d", with_items=True)
     out = tmp_path / "r.json"
     rc = benchmark_quality.main(
@@ -230,6 +230,11 @@ def test_job_neural_models_learn_the_pattern(tmp_path: Path):
         assert r["train_seconds"]["mean"] > 0 and len(r["runs"]) == 1
         assert all(0.0 <= r["metrics"][k]["mean"] <= 1.0 for k in benchmark_quality.REPORT_METRICS)
         assert r["metrics"]["ndcg@5"]["mean"] > pop + 0.2, name
+    # the two-tower run's blend is reported from the same run, with its chosen weight
+    blend = res["models"]["two_tower+blend"]
+    assert blend["status"] == "ok" and len(blend["blend"]) == 1
+    assert 0.0 <= blend["blend"][0]["weight"] <= 0.6
+    assert "+ co-occurrence blend" in capsys.readouterr().out
 
 
 @pytest.mark.slow
