@@ -48,15 +48,16 @@ class ModelConfig:
     lr: float = 5e-3  # 1e-3 learns too slowly per step for a CPU budget (Beauty)
     weight_decay: float = 0.0
     warmup_steps: int = 20
-    lr_schedule: str = "constant"  # constant | cosine (after the linear warmup)
+    lr_schedule: str = "cosine"  # constant | cosine (after the linear warmup): the decay phase
+    # added ~2% validation NDCG@10 on Amazon Beauty over a constant rate
     grad_clip: float = 5.0
     patience: int = 5  # epochs without a better valid NDCG@10 before stopping
     loss: str = "auto"  # auto: full softmax up to full_softmax_max_items, else sampled
     full_softmax_max_items: int = 200_000
     n_negatives: int = 2048  # sampled softmax: uniform negatives per step (plus in-batch)
-    exclude_history_negatives: bool = False  # full softmax: a position's already-seen items
+    exclude_history_negatives: bool = True  # full softmax: a position's already-seen items
     # are not negatives (ranking excludes history anyway)
-    cooc_loss_weight: float = 0.0  # item-item loss: an item predicts the items bought within
+    cooc_loss_weight: float = 1.0  # item-item loss: an item predicts the items bought within
     # cooc_window steps of it, in either order (what item-kNN exploits; also shapes related items)
     cooc_window: int = 3
     cooc_batch_size: int = 1024  # pairs per step
