@@ -154,8 +154,13 @@ def run(cfg: EcrecConfig, ds: str, run_name: str | None = None, register: bool =
         pop = popularity_scores(train_seqs, data.n_items)
         knn = ItemKNN().fit(train_seqs, data.n_items)
         kw = {"item_popularity": pop, "item_categories": np.asarray(data.item_category, dtype=object)}
+        blend = result.model.blend
+        mlflow.log_metric("blend_weight", blend.weight if blend is not None else 0.0)
         results = {
+            # as served: with the co-occurrence blend when validation chose one
             "two_tower": evaluate_scores(result.score_fn(test), test, data.n_items, **kw),
+            "two_tower_model_only": evaluate_scores(result.score_fn(test, blend=False), test,
+                                                    data.n_items, **kw),
             "popularity": evaluate_scores(
                 lambda p: np.broadcast_to(pop, (len(p), data.n_items)), test, data.n_items, **kw),
             "item_knn": evaluate_scores(
@@ -175,6 +180,7 @@ def run(cfg: EcrecConfig, ds: str, run_name: str | None = None, register: bool =
                "metrics": {k: round(float(v), 6) for k, v in metrics.items()},
                "baselines": {m: {"ndcg@10": r["ndcg@10"], "recall@10": r["recall@10"]}
                              for m, r in results.items() if m != "two_tower"},
+               "blend": result.model.metadata.get("blend"),
                "data": data_facts}
     _write_summary(lake, ds, summary)
     return summary
