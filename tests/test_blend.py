@@ -143,3 +143,36 @@ def test_batch_scoring_candidates_equal_full_ranking(trained_with_blend) -> None
         ok = cand[r] >= 0
         assert np.allclose(score[r][ok], full[r][cand[r][ok]], atol=1e-4)
         assert len(set(cand[r][ok].tolist())) == int(ok.sum())  # each item once
+
+
+def test_score_users_serves_the_blend(trained_with_blend) -> None:
+    from ecrec_lib.scoring.pipeline import ScoringParams, score_users
+    from ecrec_lib.scoring.rerank import BlendWeights
+
+    data, res, test = trained_with_blend
+    rec = res.model
+    n = data.n_items
+    items = ItemSpace(item_ids=np.asarray(data.item_ids, dtype=object), emb=rec.item_matrix(),
+                      in_stock=np.ones(n, bool), category_codes=np.zeros(n, np.int64),
+                      quality=np.zeros(n, np.float32), popularity_norm=np.zeros(n))
+    hist = test.histories[:6]
+    seqs = pd.DataFrame({
+        "user_key": [f"u{i}" for i in range(6)],
+        "item_ids": [[data.item_ids[i] for i in h] for h in hist],
+        "event_types": [["purchase"] * len(h) for h in hist],
+        "event_times": [[1_700_000_000 + j for j in range(len(h))] for h in hist],
+    })
+    params = ScoringParams(k=3, weights=BlendWeights(quality=0.0, popularity=0.0, max_per_category=0),
+                           exclude_purchased=True, device="cpu")
+    out = score_users(rec, items, seqs, params, 1_800_000_000, "2026-01-01", "1")
+    # reference: blended full rows of the same user vectors, bought items removed
+    from ecrec_lib.models.api import UserHistory
+
+    users = rec.encode_users([UserHistory(i, t, s) for i, t, s in zip(
+        seqs["item_ids"], seqs["event_types"], seqs["event_times"], strict=True)], 1_800_000_000)
+    full = rec.blend.mix(torch.as_tensor(users @ items.emb.T), hist).numpy()
+    for r, h in enumerate(hist):
+        full[r, h] = -np.inf
+        want = [data.item_ids[i] for i in np.argsort(-full[r], kind="stable")[:3]]
+        got = out[out.user_key == f"u{r}"].sort_values("rank")["item_id"].tolist()
+        assert got == want
