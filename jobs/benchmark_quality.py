@@ -33,12 +33,11 @@ from ecrec_lib.config import add_config_args, config_from_args
 from ecrec_lib.datasets import DatasetError, load_csv_dataset
 from ecrec_lib.evaluation import (
     EvalSet,
-    ItemKNN,
     evaluate_scores,
     leave_one_out,
     popularity_scores,
 )
-from ecrec_lib.models.blend import KNN_GRID
+from ecrec_lib.evaluation.baselines import KNN_GRID, tune_item_knn
 from ecrec_lib.training.data import TrainingData
 from jobs.common import setup_logging
 
@@ -92,20 +91,14 @@ def run_popularity(data: TrainingData, split: Split, pop: np.ndarray) -> dict[st
 
 def run_itemknn(data: TrainingData, split: Split, pop: np.ndarray) -> dict[str, Any]:
     t0 = time.perf_counter()
-    best: tuple[float, dict[str, Any], ItemKNN] | None = None
-    for params in KNN_GRID:
-        knn = ItemKNN(**params).fit(split.train, data.n_items)
-        v = _eval(_history_scorer(knn.score, split.valid), split.valid, data, pop)
-        if best is None or v["ndcg@10"] > best[0]:
-            best = (v["ndcg@10"], params, knn)
-    assert best is not None
+    valid_ndcg, knn = tune_item_knn(split.train, data.n_items, lambda k: _eval(
+        _history_scorer(k.score, split.valid), split.valid, data, pop)["ndcg@10"])
     seconds = time.perf_counter() - t0
-    _, params, knn = best
     return {
         "test": _eval(_history_scorer(knn.score, split.test), split.test, data, pop),
         "train_seconds": seconds,
-        "config": dict(params),
-        "valid_ndcg@10": best[0],
+        "config": {k: getattr(knn, k) for k in KNN_GRID[0]},
+        "valid_ndcg@10": valid_ndcg,
     }
 
 
@@ -145,7 +138,7 @@ def run_neural(
     test = _eval(result.score_fn(split.test, blend=False), split.test, data, pop)
     blend = result.model.blend
     blended = test
-    if blend is not None and blend.weight > 0:
+    if blend is not None:
         blended = _eval(result.score_fn(split.test, blend=True), split.test, data, pop)
     return {
         "test": test,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +23,37 @@ def _concat(seqs: Sequence[np.ndarray]) -> np.ndarray:
     if not len(seqs):
         return np.zeros(0, dtype=np.int64)
     return np.concatenate([np.asarray(s, dtype=np.int64) for s in seqs])
+
+
+def windowed_pairs(seqs: Sequence[np.ndarray], window: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """For each distance d in 1..window: (d, earlier, later) item pairs d steps apart within a
+    sequence (what item-kNN counts and the trainer's co-occurrence loss learns from)."""
+    flat = _concat(seqs)
+    owner = np.repeat(np.arange(len(seqs)), [len(s) for s in seqs])
+    for d in range(1, window + 1):
+        same = owner[:-d] == owner[d:]
+        yield d, flat[:-d][same], flat[d:][same]
+
+
+# Item-kNN settings tried on the validation targets; the best by NDCG@10 is used.
+KNN_GRID: tuple[dict[str, float], ...] = tuple(
+    {"window": w, "alpha": a, "decay": 0.6, "backward_weight": 0.5}
+    for w in (3, 5)
+    for a in (0.5, 0.7, 0.9)
+)
+
+
+def tune_item_knn(train_seqs: Sequence[np.ndarray], n_items: int,
+                  ndcg_of: Callable[[ItemKNN], float]) -> tuple[float, ItemKNN]:
+    """Fit every KNN_GRID setting and keep the one with the best ``ndcg_of(knn)`` (validation)."""
+    best: tuple[float, ItemKNN] | None = None
+    for params in KNN_GRID:
+        knn = ItemKNN(**params).fit(train_seqs, n_items)
+        score = ndcg_of(knn)
+        if best is None or score > best[0]:
+            best = (score, knn)
+    assert best is not None
+    return best
 
 
 @dataclass
@@ -46,17 +77,12 @@ class ItemKNN:
     def fit(self, train_seqs: Sequence[np.ndarray], n_items: int) -> ItemKNN:
         if self.window < 1:
             raise ValueError("window must be >= 1")
-        self.n_items = n_items
         pop = popularity_scores(train_seqs, n_items)
-        self.popularity = pop
-        flat = _concat(train_seqs)
-        owner = np.repeat(np.arange(len(train_seqs)), [len(s) for s in train_seqs])
         rows, cols, vals = [], [], []
-        for d in range(1, self.window + 1):
-            same = owner[:-d] == owner[d:]
-            rows.append(flat[:-d][same])
-            cols.append(flat[d:][same])
-            vals.append(np.full(int(same.sum()), 1.0 / d))
+        for d, earlier, later in windowed_pairs(train_seqs, self.window):
+            rows.append(earlier)
+            cols.append(later)
+            vals.append(np.full(len(earlier), 1.0 / d))
         r = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
         c = np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64)
         v = np.concatenate(vals) if vals else np.zeros(0)
@@ -67,8 +93,14 @@ class ItemKNN:
         cnt = np.maximum(pop, 1.0)
         left = sp.diags(cnt**-self.alpha)
         right = sp.diags(cnt ** -(1.0 - self.alpha))
-        self.sim = (left @ sim @ right).tocsr().astype(np.float32)
-        self._prior = (1e-6 * pop / max(pop.max(), 1.0)).astype(np.float32)
+        return self.with_tables((left @ sim @ right).tocsr(), pop)
+
+    def with_tables(self, sim: sp.spmatrix, popularity: np.ndarray) -> ItemKNN:
+        """Set the fitted tables (from :meth:`fit`, or loaded from a saved model)."""
+        self.sim = sim.tocsr().astype(np.float32)
+        self.popularity = np.asarray(popularity, dtype=np.float64)
+        self.n_items = self.sim.shape[0]
+        self._prior = (1e-6 * self.popularity / max(self.popularity.max(), 1.0)).astype(np.float32)
         return self
 
     def score(self, histories: Sequence[np.ndarray]) -> np.ndarray:

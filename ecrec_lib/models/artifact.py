@@ -83,7 +83,7 @@ def save_recommender(rec: TwoTowerRecommender, out_dir: str | Path) -> Path:
             enc.model.config.save_pretrained(str(out / "text_encoder"))
             text_info["weights"] = "source_path"
     (out / "text_encoder.json").write_text(json.dumps(text_info, indent=1))
-    if rec.blend is not None and rec.blend.weight > 0:
+    if rec.blend is not None:
         rec.blend.save(out)  # co-occurrence blend (ecrec_lib.models.blend)
     files = sorted(p for p in out.rglob("*") if p.is_file() and p.name != MANIFEST)
     manifest = {

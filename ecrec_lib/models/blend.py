@@ -26,16 +26,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ecrec_lib.evaluation.baselines import ItemKNN
+from ecrec_lib.evaluation.baselines import ItemKNN, tune_item_knn
 
 log = logging.getLogger(__name__)
-
-# kNN settings tried on the validation targets (the benchmark's item-kNN baseline uses the same).
-KNN_GRID: tuple[dict[str, float], ...] = tuple(
-    {"window": w, "alpha": a, "decay": 0.6, "backward_weight": 0.5}
-    for w in (3, 5)
-    for a in (0.5, 0.7, 0.9)
-)
 WEIGHT_GRID: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 PARAMS_FILE = "blend.json"
 SIM_FILE = "blend_sim.npz"
@@ -122,16 +115,20 @@ class CoocBlend:
         if not (root / PARAMS_FILE).is_file():
             return None
         params = json.loads((root / PARAMS_FILE).read_text())
-        knn = ItemKNN(**params["knn"])
-        knn.sim = sp.load_npz(root / SIM_FILE).tocsr().astype(np.float32)
-        knn.popularity = np.load(root / "blend_popularity.npy")
-        knn.n_items = knn.sim.shape[0]
-        knn._prior = (1e-6 * knn.popularity / max(knn.popularity.max(), 1.0)).astype(np.float32)
+        knn = ItemKNN(**params["knn"]).with_tables(sp.load_npz(root / SIM_FILE),
+                                                   np.load(root / "blend_popularity.npy"))
         return cls(knn, float(params["weight"]), float(params["inv_temperature"]))
 
     def to_dict(self) -> dict[str, Any]:
         return {"weight": self.weight, "inv_temperature": self.inv_temperature,
                 "knn": asdict(self.knn)}
+
+
+def index_histories(model_item_ids: Sequence[str], histories: Sequence[Any]) -> list[np.ndarray]:
+    """Item-id histories -> model item indices (ids the model does not know are skipped)."""
+    index = {iid: i for i, iid in enumerate(model_item_ids)}
+    return [np.asarray([index[str(i)] for i in (h if h is not None else []) if str(i) in index],
+                       dtype=np.int64) for h in histories]
 
 
 def log_partition(users: np.ndarray, items: np.ndarray, inv_temperature: float,
@@ -158,14 +155,8 @@ def fit_blend(
     """Fit item-kNN on ``train_seqs`` (settings picked by validation NDCG@10), then the mixing
     weight. ``valid_eval(score_fn) -> ndcg@10`` evaluates a score function over the validation
     rows; ``model_scores(pos)`` returns the model's cosine rows for those rows."""
-    best_knn: tuple[float, ItemKNN] | None = None
-    for params in KNN_GRID:
-        knn = ItemKNN(**params).fit(train_seqs, n_items)
-        ndcg = valid_eval(lambda pos, knn=knn: torch.as_tensor(
-            knn.score([valid_histories[i] for i in pos])))
-        if best_knn is None or ndcg > best_knn[0]:
-            best_knn = (ndcg, knn)
-    assert best_knn is not None
+    best_knn = tune_item_knn(train_seqs, n_items, lambda knn: valid_eval(
+        lambda pos: torch.as_tensor(knn.score([valid_histories[i] for i in pos]))))
     report: dict[str, Any] = {"knn_valid_ndcg@10": best_knn[0], "weights": {}}
     best: tuple[float, float] = (-1.0, 0.0)
     for w in weights:

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from ecrec_lib.models.api import UserHistory
+from ecrec_lib.models.blend import CoocBlend
 from ecrec_lib.models.config import ModelConfig
 from ecrec_lib.models.text_encoder import TextEncoder
 from ecrec_lib.models.two_tower import TwoTowerModel, event_type_codes
@@ -80,8 +81,8 @@ class TwoTowerRecommender:
         self._cat_code = {c: i + 1 for i, c in enumerate(self.categories)}
         self._brand_code = {b: i + 1 for i, b in enumerate(self.brands)}
         self._table: torch.Tensor | None = None
-        # Optional co-occurrence blend (ecrec_lib.models.blend), fitted after training.
-        self.blend: Any = None
+        # Co-occurrence blend fitted after training (None: validation chose none).
+        self.blend: CoocBlend | None = None
 
     # ------------------------------------------------------------------ protocol
     @property
@@ -239,6 +240,6 @@ class TwoTowerRecommender:
         cosine scale; see :mod:`ecrec_lib.models.blend`)."""
         u = self.user_vectors(histories, types, ages_s)
         cos = u @ self.item_table().T
-        if blend and self.blend is not None and self.blend.weight > 0:
+        if blend and self.blend is not None:
             return self.blend.mix(cos.cpu(), [np.asarray(h, dtype=np.int64) for h in histories])
         return cos

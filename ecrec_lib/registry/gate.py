@@ -155,14 +155,13 @@ def _holdout_scorer(model: Recommender, holdout: Holdout, users: np.ndarray,
                     items: np.ndarray) -> Callable[[np.ndarray], Any]:
     """Scores as served: cosine, or the model's co-occurrence blend when it carries one."""
     blend = getattr(model, "blend", None)
-    if blend is None or blend.weight <= 0:
+    if blend is None:
         return lambda pos: users[pos] @ items.T
-    col_of = {iid: c for c, iid in enumerate(holdout.catalog["item_id"].astype(str))}
+    from ecrec_lib.models.blend import index_histories
+
     model_ids = model.item_ids
-    cols = np.asarray([col_of.get(i, -1) for i in model_ids], dtype=np.int64)
-    index = {iid: i for i, iid in enumerate(model_ids)}
-    hist = [np.asarray([index[str(i)] for i in h.item_ids if str(i) in index], dtype=np.int64)
-            for h in holdout.histories]
+    cols = pd.Index(holdout.catalog["item_id"].astype(str)).get_indexer(pd.Index(model_ids))
+    hist = index_histories(model_ids, [h.item_ids for h in holdout.histories])
     return lambda pos: blend.mix(users[pos] @ items.T, [hist[p] for p in pos], cols)
 
 

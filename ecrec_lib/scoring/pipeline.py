@@ -219,7 +219,7 @@ def _score_batch(
     )
     cand, cand_score = top.indices, top.scores
     blend = getattr(model, "blend", None)
-    if blend is not None and blend.weight > 0:
+    if blend is not None:
         cand, cand_score = blend_candidates(model, blend, items, seqs["item_ids"], users, cand,
                                             exclude)
     rec, score = blend_and_cap(
@@ -264,13 +264,11 @@ def blend_candidates(
     Candidates outside both pools score below them (their kNN mass is zero and their cosine
     is below the pool's), so the top of the blended list is exact up to the pool size.
     """
-    from ecrec_lib.models.blend import log_partition
+    from ecrec_lib.models.blend import index_histories, log_partition
 
     model_ids = model.item_ids
     cols = items.index_of(model_ids)  # model item index -> catalog column (-1: not in snapshot)
-    index = {iid: i for i, iid in enumerate(model_ids)}
-    hist = [np.asarray([index[str(i)] for i in (h if h is not None else []) if str(i) in index],
-                       dtype=np.int64) for h in histories]
+    hist = index_histories(model_ids, list(histories))
     n_cols = len(items.item_ids)
     log_z = log_partition(users, items.emb, blend.inv_temperature)
     pool = cand.shape[1]

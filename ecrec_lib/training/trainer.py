@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from ecrec_lib.evaluation import EvalSet, evaluate_scores
+from ecrec_lib.evaluation.baselines import windowed_pairs
 from ecrec_lib.models.config import ModelConfig, model_config_from
 from ecrec_lib.models.recommender import TwoTowerRecommender
 from ecrec_lib.models.text_encoder import (
@@ -298,8 +299,9 @@ def train_two_tower(
     counts = np.bincount(arrays.tgt[arrays.tgt >= 0], minlength=n_items).astype(np.float64)
     log_unigram = torch.as_tensor(np.log((counts + 1e-3) / (counts + 1e-3).sum()), device=device)
     # Co-occurrence pairs (both directions) for the item-item loss.
-    cooc_a, cooc_b = (_cooccurrence_pairs(train_seqs, mcfg.cooc_window)
-                      if mcfg.cooc_loss_weight > 0 else (np.zeros(0, np.int64), np.zeros(0, np.int64)))
+    cooc_a, cooc_b = (torch.as_tensor(p, device=device) for p in (
+        _cooccurrence_pairs(train_seqs, mcfg.cooc_window) if mcfg.cooc_loss_weight > 0
+        else (np.zeros(0, np.int64), np.zeros(0, np.int64))))
 
     params = [p for p in model.parameters() if p.requires_grad]
     groups: list[dict[str, Any]] = [{"params": params, "lr": mcfg.lr}]
@@ -435,8 +437,7 @@ def train_two_tower(
                 loss_c = torch.zeros((), device=device)
                 if len(cooc_a):
                     sel = torch.as_tensor(rng.integers(0, len(cooc_a), mcfg.cooc_batch_size), device=device)
-                    a = torch.as_tensor(cooc_a, device=device)[sel]
-                    b_ = torch.as_tensor(cooc_b, device=device)[sel]
+                    a, b_ = cooc_a[sel], cooc_b[sel]
                     if use_full:
                         c_items, a_pos, b_pos = items, a, b_
                     else:
@@ -538,7 +539,8 @@ def train_two_tower(
 
 def _fit_blend(rec: TwoTowerRecommender, data: TrainingData, train_seqs: Sequence[np.ndarray],
                valid: EvalSet, mcfg: ModelConfig) -> tuple[Any, dict[str, Any]]:
-    """Fit the co-occurrence blend on the training sequences; weight chosen on ``valid``."""
+    """Fit the co-occurrence blend on the training sequences; weight chosen on ``valid``.
+    Returns (None, report) when validation prefers the model alone (weight 0)."""
     from ecrec_lib.models.blend import fit_blend
 
     model_scores = make_score_fn(rec, valid, data, blend=False)
@@ -550,22 +552,17 @@ def _fit_blend(rec: TwoTowerRecommender, data: TrainingData, train_seqs: Sequenc
     blend, report = fit_blend(train_seqs, data.n_items, float(rec.model.inv_temperature.detach()),
                               valid.histories, valid_eval, model_scores)
     report["seconds"] = round(time.time() - t0, 1)
-    return blend, report
+    return (blend if blend.weight > 0 else None), report
 
 
 def _cooccurrence_pairs(seqs: Sequence[np.ndarray], window: int) -> tuple[np.ndarray, np.ndarray]:
     """(a, b) item pairs at most ``window`` steps apart in a sequence, in both directions
     (distinct items only): what item-kNN counts, as training pairs for the item tower."""
-    a_parts, b_parts = [], []
-    lens = [len(s) for s in seqs]
-    if not lens or sum(lens) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    flat = np.concatenate([np.asarray(s, dtype=np.int64) for s in seqs])
-    owner = np.repeat(np.arange(len(seqs)), lens)
-    for d in range(1, window + 1):
-        same = (owner[:-d] == owner[d:]) & (flat[:-d] != flat[d:])
-        a_parts += [flat[:-d][same], flat[d:][same]]
-        b_parts += [flat[d:][same], flat[:-d][same]]
+    a_parts, b_parts = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for _, earlier, later in windowed_pairs(seqs, window):
+        distinct = earlier != later
+        a_parts += [earlier[distinct], later[distinct]]
+        b_parts += [later[distinct], earlier[distinct]]
     return np.concatenate(a_parts), np.concatenate(b_parts)
 
 
