@@ -154,7 +154,7 @@ def test_job_baselines_end_to_end(tmp_path: Path, capsys):
             "--data",
             str(data_dir),
             "--models",
-            "pop,itemknn,two_tower",
+            "pop,itemknn,userknn,two_tower",
             "--seeds",
             "1",
             "--out",
@@ -167,7 +167,7 @@ def test_job_baselines_end_to_end(tmp_path: Path, capsys):
     res = json.loads(out.read_text())
     assert res["dataset"]["n_eval_users"] == 120 and res["dataset"]["n_items"] == N_PATTERN_ITEMS
     assert res["models"]["two_tower"] == {"status": "n/a (no items.csv)"}
-    for name in ("pop", "itemknn"):
+    for name in ("pop", "itemknn", "userknn"):
         metrics = res["models"][name]["metrics"]
         assert set(benchmark_quality.REPORT_METRICS) <= set(metrics)
         assert all(
@@ -176,9 +176,11 @@ def test_job_baselines_end_to_end(tmp_path: Path, capsys):
     # the planted next-item pattern: kNN finds it, popularity cannot
     assert res["models"]["itemknn"]["metrics"]["recall@5"]["mean"] > 0.9
     assert res["models"]["pop"]["metrics"]["recall@5"]["mean"] < 0.4
+    assert res["models"]["userknn"]["metrics"]["recall@5"]["mean"] > 0.4
+    assert res["models"]["userknn"]["seeds"] == ["deterministic"]
     assert res["machine"]["cpu_cores"] >= 1
     table = capsys.readouterr().out
-    assert "item-kNN" in table and "n/a (no items.csv)" in table
+    assert "item-kNN" in table and "user-kNN" in table and "n/a (no items.csv)" in table
 
 
 NEURAL_FLAGS = [
@@ -233,7 +235,8 @@ def test_job_neural_models_learn_the_pattern(tmp_path: Path, capsys):
     # the two-tower run's blend is reported from the same run, with its chosen weight
     blend = res["models"]["two_tower+blend"]
     assert blend["status"] == "ok" and len(blend["blend"]) == 1
-    assert 0.0 <= blend["blend"][0]["weight"] <= 0.6
+    assert 0.0 <= blend["blend"][0]["weight"] <= 0.7
+    assert 0.0 <= blend["blend"][0]["user_share"] <= 0.7
     assert "+ co-occurrence blend" in capsys.readouterr().out
 
 

@@ -3,6 +3,7 @@ batch-scoring path (exact against full-row scoring)."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
-from ecrec_lib.evaluation import ItemKNN, evaluate_scores, leave_one_out
+from ecrec_lib.evaluation import ItemKNN, UserKNN, evaluate_scores, leave_one_out
 from ecrec_lib.models.artifact import load_recommender_dir, save_recommender
-from ecrec_lib.models.blend import CoocBlend, fit_blend, log_partition
+from ecrec_lib.models.blend import WEIGHT_GRID, CoocBlend, fit_blend, log_partition
 from ecrec_lib.scoring.pipeline import ItemSpace, blend_candidates
 from ecrec_lib.training.trainer import ModelConfig, train_two_tower
 from tests.helpers_two_tower import make_tiny_bert, synthetic_data
@@ -22,8 +23,9 @@ torch.set_num_threads(1)
 SEQS = [np.array([0, 1, 2, 3]), np.array([1, 2, 3]), np.array([4, 5]), np.array([0, 2])]
 
 
-def _blend(weight: float, n_items: int = 6, t: float = 10.0) -> CoocBlend:
-    return CoocBlend(ItemKNN(window=2).fit(SEQS, n_items), weight, t)
+def _blend(weight: float, n_items: int = 6, t: float = 10.0, user_share: float = 0.0) -> CoocBlend:
+    users = UserKNN(k=3).fit(SEQS, n_items) if user_share else None
+    return CoocBlend(ItemKNN(window=2).fit(SEQS, n_items), weight, t, users, user_share)
 
 
 def test_mix_is_a_mixture_of_the_two_distributions() -> None:
@@ -44,6 +46,45 @@ def test_mix_is_a_mixture_of_the_two_distributions() -> None:
     assert torch.allclose(p_knn[2], pop, atol=1e-6)
     # co-occurring items move up: item 2 follows 0 and 1
     assert (mixed[0, 2] - cos[0, 2]) > (mixed[0, 5] - cos[0, 5])
+
+
+def test_user_knn_part_mixes_into_the_neighbourhood_distribution() -> None:
+    hist = [np.array([0, 1]), np.array([5]), np.array([], dtype=np.int64)]
+    b = _blend(0.3, user_share=0.5)
+    p_item = _blend(0.3).knn_probs(hist)
+    scores = b.user_knn.score(hist)
+    p_user = torch.as_tensor(scores / np.maximum(scores.sum(1, keepdims=True), 1e-12))
+    p = b.knn_probs(hist)
+    assert torch.allclose(p.sum(1), torch.ones(3), atol=1e-6)
+    # users 0 and 1 have session neighbours: half item-kNN, half user-kNN
+    assert scores[0].sum() > 0 and scores[1].sum() > 0
+    assert torch.allclose(p[:2], 0.5 * p_item[:2] + 0.5 * p_user[:2].float(), atol=1e-6)
+    # no history, no neighbours: the item-kNN part (its popularity prior) alone
+    assert scores[2].sum() == 0 and torch.allclose(p[2], p_item[2], atol=1e-6)
+    # rescoring candidate lists still equals full rows with the user-kNN part in
+    rng = np.random.default_rng(3)
+    users, items = rng.normal(size=(3, 8)).astype(np.float32), rng.normal(size=(6, 8)).astype(np.float32)
+    cos = users @ items.T
+    full = b.mix(torch.as_tensor(cos), hist).numpy()
+    lz = log_partition(users, items, 10.0)
+    assert np.allclose(b.rescore(np.tile(np.arange(6), (3, 1)), cos, lz, hist), full, atol=1e-4)
+
+
+def test_user_knn_blend_round_trip_and_incomplete_artifact(tmp_path: Path) -> None:
+    b = _blend(0.4, user_share=0.3)
+    b.save(tmp_path)
+    loaded = CoocBlend.load(tmp_path)
+    assert loaded.user_share == 0.3 and loaded.user_knn is not None
+    hist = [np.array([0, 1]), np.array([2])]
+    assert torch.allclose(loaded.knn_probs(hist), b.knn_probs(hist), atol=1e-6)
+    (tmp_path / "blend_users.npz").unlink()
+    with pytest.raises(FileNotFoundError, match="blend_users.npz is missing"):
+        CoocBlend.load(tmp_path)
+    # a blend without user-kNN writes no user table and loads with none
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert "blend_users.npz" not in _blend(0.4).save(plain)
+    assert CoocBlend.load(plain).user_knn is None
 
 
 def test_rescore_matches_full_rows_and_log_partition() -> None:
@@ -101,7 +142,9 @@ def trained_with_blend(tmp_path_factory: pytest.TempPathFactory):
 def test_trainer_fits_blend_and_reports_it(trained_with_blend) -> None:
     _, res, test = trained_with_blend
     report = res.model.metadata["blend"]
-    assert set(report["weights"]) == {"0.0", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6"}
+    assert set(report["weights"]) == {str(w) for w in WEIGHT_GRID}
+    assert report["user_share"] in (0.0, 0.3, 0.5, 0.7)
+    assert max(report["grid"].values()) == report["valid_ndcg@10"]
     h = test.histories[:5]
     assert not torch.allclose(res.model.score_histories(h), res.model.score_histories(h, blend=False))
 
@@ -115,9 +158,15 @@ def test_artifact_round_trip_keeps_the_blend(trained_with_blend, tmp_path: Path)
                        atol=1e-5)
 
 
-def test_batch_scoring_candidates_equal_full_ranking(trained_with_blend) -> None:
+@pytest.mark.parametrize("user_share", [0.0, 0.5])
+def test_batch_scoring_candidates_equal_full_ranking(trained_with_blend, user_share: float) -> None:
     data, res, test = trained_with_blend
     rec = res.model
+    if user_share:  # the same check with session neighbours in the blend
+        train, _, _ = leave_one_out(data.sequences)
+        rec = copy.copy(rec)
+        rec.blend = CoocBlend(res.model.blend.knn, 0.4, res.model.blend.inv_temperature,
+                              UserKNN(k=10).fit(train, data.n_items), user_share)
     # catalog snapshot in another order, one model item missing, one new item
     ids = [i for i in data.item_ids if i != "it005"][::-1] + ["new1"]
     emb = np.vstack([rec.item_matrix()[data.item_ids.index(i)] for i in ids[:-1]]

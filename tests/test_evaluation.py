@@ -10,6 +10,7 @@ import pytest
 from ecrec_lib.evaluation import (
     EvalSet,
     ItemKNN,
+    UserKNN,
     evaluate_scores,
     evaluate_topk_lists,
     leave_one_out,
@@ -229,3 +230,43 @@ def test_item_knn_errors():
         ItemKNN().score([np.array([1])])
     with pytest.raises(ValueError, match="window"):
         ItemKNN(window=0).fit([np.array([1, 2])], 3)
+
+
+def test_user_knn_votes_with_the_most_similar_histories():
+    # users 0-2 share {0, 1} and went on to 2 (0, 1) or 3 (2); user 3 shares nothing with them
+    train = [np.array([0, 1, 2]), np.array([1, 0, 2]), np.array([0, 1, 3]), np.array([4, 5, 6])]
+    knn = UserKNN(k=2, decay=1.0).fit(train, 7)
+    s = knn.score([np.array([0, 1])])[0]
+    # the two nearest neighbours are users 0 and 1 (cosine 2/sqrt(6) each, user 2 ties them but
+    # k=2 keeps two of the three); item 2 gets both votes, unrelated items none
+    assert s[2] > s[3] and s[2] > 0
+    assert s[4] == s[5] == s[6] == 0.0
+    # with every neighbour the vote for item 3 appears; no overlap at all means no scores
+    assert UserKNN(k=10, decay=1.0).fit(train, 7).score([np.array([0, 1])])[0][3] > 0
+    assert not UserKNN().fit(train, 7).score([np.array([], dtype=np.int64)]).any()
+
+
+def test_user_knn_weighs_recent_history_items_more():
+    train = [np.array([0, 5]), np.array([1, 6])]
+    knn = UserKNN(k=5, decay=0.5).fit(train, 7)
+    s = knn.score([np.array([0, 1])])[0]  # item 1 is the newest: user 1's item 6 wins
+    assert s[6] > s[5] > 0
+
+
+def test_user_knn_caps_the_users_reached_per_item():
+    train = [np.array([0, i]) for i in range(1, 41)]  # item 0 bought by 40 users
+    capped = UserKNN(k=100, max_users_per_item=10).fit(train, 41)
+    s = capped.score([np.array([0])])[0]
+    assert (s[1:] > 0).sum() == 10  # only 10 of the 40 buyers of item 0 are reached
+    assert (UserKNN(k=100).fit(train, 41).score([np.array([0])])[0][1:] > 0).sum() == 40
+
+
+def test_user_knn_errors():
+    with pytest.raises(RuntimeError, match="before fit"):
+        UserKNN().score([np.array([1])])
+    with pytest.raises(ValueError, match="max_users_per_item"):
+        UserKNN(k=0).fit([np.array([1, 2])], 3)
+    with pytest.raises(ValueError, match="decay"):
+        UserKNN(decay=0.0).fit([np.array([1, 2])], 3)
+    with pytest.raises(ValueError, match="outside"):
+        UserKNN().fit([np.array([1, 5])], 3)

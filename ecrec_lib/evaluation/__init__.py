@@ -1,6 +1,6 @@
 """Offline evaluation: leave-one-out split, full-ranking metrics, baselines."""
 
-from ecrec_lib.evaluation.baselines import ItemKNN, popularity_scores
+from ecrec_lib.evaluation.baselines import ItemKNN, UserKNN, popularity_scores
 from ecrec_lib.evaluation.metrics import (
     DEFAULT_KS,
     evaluate_scores,
@@ -13,6 +13,7 @@ __all__ = [
     "DEFAULT_KS",
     "EvalSet",
     "ItemKNN",
+    "UserKNN",
     "evaluate_scores",
     "evaluate_topk_lists",
     "leave_one_out",

@@ -122,3 +122,98 @@ class ItemKNN:
             dtype=np.float32,
         )
         return np.asarray((hmat @ self.sim).todense()) + self._prior[None, :]
+
+
+def decayed_history_matrix(histories: Sequence[np.ndarray], n_items: int, decay: float,
+                           max_history: int) -> sp.csr_matrix:
+    """(len(histories), n_items) CSR: each user's last ``max_history`` items weighted
+    ``decay**age`` (age 0 = the newest item); a repeated item sums its weights."""
+    rows, cols, vals = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]
+    for u, h in enumerate(histories):
+        h = np.asarray(h, dtype=np.int64)[-max_history:]
+        rows.append(np.full(len(h), u, dtype=np.int64))
+        cols.append(h)
+        vals.append(decay ** np.arange(len(h))[::-1].astype(np.float64))
+    m = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                      shape=(len(histories), n_items), dtype=np.float64)
+    m.sum_duplicates()
+    return m
+
+
+def _row_normalized(m: sp.csr_matrix) -> sp.csr_matrix:
+    norms = np.sqrt(np.asarray(m.multiply(m).sum(1)).ravel())
+    return (sp.diags(1.0 / np.maximum(norms, 1e-12)) @ m).tocsr()
+
+
+def _keep_top_k_per_row(m: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    """The ``k`` largest stored values of each row (ties broken by column), the rest dropped."""
+    m = m.tocsr()
+    m.sum_duplicates()
+    counts = np.diff(m.indptr)
+    if counts.max(initial=0) <= k:
+        return m
+    row = np.repeat(np.arange(m.shape[0]), counts)
+    order = np.lexsort((m.indices, -m.data, row))  # by row, then value descending
+    rank = np.arange(len(order)) - m.indptr[row[order]]
+    keep = order[rank < k]
+    return sp.csr_matrix((m.data[keep], (row[keep], m.indices[keep])), shape=m.shape)
+
+
+@dataclass
+class UserKNN:
+    """Session-neighbour kNN (user-based): a user's ``k`` most similar training users, by
+    cosine between recency-weighted history vectors, vote for the items they interacted with.
+
+    The query history weighs item ``i`` by ``decay**(age of i)`` over its last ``max_history``
+    items; each training user is the (normalized) set of their last ``max_history`` items.
+    Item-kNN counts pairs of items; this counts whole overlapping histories, so it sees
+    "people who bought these few things also bought" -- a different and complementary signal.
+    A user who is also a training user finds themselves as a neighbour: that only adds their
+    own items, which ranking excludes as history.
+
+    Cost: a query item reaches at most ``max_users_per_item`` training users (a fixed random
+    sample of an item's buyers when it has more, as session-kNN implementations do), so
+    scoring a batch stays bounded on catalogs with very popular items.
+    """
+
+    k: int = 200
+    decay: float = 0.8
+    max_history: int = 50
+    max_users_per_item: int = 2000
+
+    def fit(self, train_seqs: Sequence[np.ndarray], n_items: int) -> UserKNN:
+        if self.k < 1 or self.max_users_per_item < 1:
+            raise ValueError("k and max_users_per_item must be >= 1")
+        if not 0.0 < self.decay <= 1.0:
+            raise ValueError("decay must be in (0, 1]")
+        flat = _concat(train_seqs)
+        if len(flat) and (flat.min() < 0 or flat.max() >= n_items):
+            raise ValueError(f"training sequences refer to items outside 0..{n_items - 1}")
+        binary = decayed_history_matrix(train_seqs, n_items, 1.0, self.max_history)
+        binary.data[:] = 1.0
+        return self.with_table(binary)
+
+    def with_table(self, users: sp.spmatrix) -> UserKNN:
+        """Set the training users' binary (users, items) matrix (from :meth:`fit` or a saved model)."""
+        self.users = sp.csr_matrix(users, dtype=np.float32)
+        self.n_items = self.users.shape[1]
+        index = _row_normalized(self.users).T.tocsr()  # item -> its users
+        if np.diff(index.indptr).max(initial=0) > self.max_users_per_item:
+            # random ranks in place of the values: the top ranks are a seeded uniform sample
+            ranked = index.copy()
+            ranked.data = np.random.default_rng(0).random(len(ranked.data))
+            keep = _keep_top_k_per_row(ranked, self.max_users_per_item)
+            index = index.multiply(keep.astype(bool)).tocsr()
+        self._users_t = index
+        return self
+
+    def score(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+        """(len(histories), n_items) float32 scores (0 where no neighbour has the item)."""
+        if not hasattr(self, "users"):
+            raise RuntimeError("UserKNN.score called before fit")
+        if not len(histories):
+            return np.zeros((0, self.n_items), dtype=np.float32)
+        q = _row_normalized(decayed_history_matrix(histories, self.n_items, self.decay,
+                                                   self.max_history)).astype(np.float32)
+        sims = _keep_top_k_per_row(q @ self._users_t, self.k)
+        return np.asarray((sims @ self.users).todense(), dtype=np.float32)

@@ -175,11 +175,15 @@ def load_recommender_dir(path: str | Path, device: str = "cpu") -> TwoTowerRecom
         text_encoder_loader=text_loader if mcfg.use_text else None, metadata=metadata,
     )
     rec.blend = CoocBlend.load(root)
-    if rec.blend is not None and rec.blend.knn.n_items != len(item_ids):
-        raise ArtifactError(
-            f"model artifact at {root}: its co-occurrence blend covers {rec.blend.knn.n_items} "
-            f"items but the model has {len(item_ids)}; re-train and re-log the model"
-        )
+    if rec.blend is not None:
+        covered = {rec.blend.knn.n_items}
+        if rec.blend.user_knn is not None:
+            covered.add(rec.blend.user_knn.n_items)
+        if covered != {len(item_ids)}:
+            raise ArtifactError(
+                f"model artifact at {root}: its co-occurrence blend covers {sorted(covered)} "
+                f"items but the model has {len(item_ids)}; re-train and re-log the model"
+            )
     return rec
 
 

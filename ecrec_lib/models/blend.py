@@ -1,13 +1,16 @@
-"""Co-occurrence blend: the two-tower softmax mixed with an item-kNN distribution.
+"""Co-occurrence blend: the two-tower softmax mixed with neighbourhood distributions.
 
 The two-tower model generalizes (text, categories, long histories); item-to-item
-co-occurrence memorizes "bought together" pairs exactly, including pairs bought in either
-order. Mixing the two *distributions* over the catalog is a standard, well-behaved ensemble:
+co-occurrence (item-kNN) memorizes "bought together" pairs exactly, including pairs bought in
+either order; session neighbours (user-kNN) vote with whole overlapping histories. Mixing the
+*distributions* over the catalog is a standard, well-behaved ensemble:
 
-    p(i | u) = (1 - w) * softmax(cos(u, .) / tau)_i + w * knn(u, i) / sum_j knn(u, j)
+    p(i | u) = (1 - w) * softmax(cos(u, .) / tau)_i + w * nb(u, i)
+    nb(u, i) = (1 - a) * itemknn(u, i) / sum_j itemknn(u, j) + a * userknn(u, i) / sum_j userknn(u, j)
 
-``w`` and the kNN settings are chosen on the validation targets after training (``w = 0``
-when the blend does not help), so the blend can only match or beat the model on validation.
+``w``, the user-kNN share ``a`` and the kNN settings are chosen on the validation targets
+after training (``w = 0`` when the blend does not help, ``a = 0`` when user-kNN does not), so
+the blend can only match or beat the model on validation.
 Scores are reported on the cosine scale, ``s'(u, i) = tau * log(p(u, i) * Z_u)`` with
 ``Z_u = sum_j exp(cos(u, j) / tau)``, so an item without co-occurrence keeps
 ``cos(u, i) + tau * log(1 - w)``: downstream re-ranking weights keep their meaning.
@@ -26,38 +29,44 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ecrec_lib.evaluation.baselines import ItemKNN, tune_item_knn
+from ecrec_lib.evaluation.baselines import ItemKNN, UserKNN, tune_item_knn
 
 log = logging.getLogger(__name__)
-WEIGHT_GRID: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+WEIGHT_GRID: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+USER_SHARE_GRID: tuple[float, ...] = (0.0, 0.3, 0.5, 0.7)  # share of user-kNN in nb(u, .)
 PARAMS_FILE = "blend.json"
 SIM_FILE = "blend_sim.npz"
+USERS_FILE = "blend_users.npz"
 
 
 @dataclass
 class CoocBlend:
-    """A fitted item-kNN plus the mixing weight and the model's softmax temperature."""
+    """A fitted item-kNN (and optionally user-kNN) plus the mixing weights and the model's
+    softmax temperature."""
 
     knn: ItemKNN
     weight: float
     inv_temperature: float
+    user_knn: UserKNN | None = None
+    user_share: float = 0.0  # a: share of the user-kNN distribution in the neighbourhood part
 
     # ------------------------------------------------------------------ scoring
     def knn_probs(self, histories: Sequence[np.ndarray],
                   columns: np.ndarray | None = None, n_columns: int = 0) -> torch.Tensor:
-        """(len(histories), n_items) kNN distribution per user (rows sum to 1). ItemKNN adds a
+        """(len(histories), n_items) neighbourhood distribution per user (rows sum to 1): the
+        item-kNN distribution, mixed with the user-kNN one when the blend has it. ItemKNN adds a
         tiny popularity prior, so a user without co-occurrences gets the popularity
-        distribution. ``histories`` hold model item indices. With ``columns``
-        (model index -> column, -1 = absent), the distribution is laid out over ``n_columns``
-        columns (e.g. a catalog snapshot) and renormalized over the items present there."""
-        k = torch.as_tensor(self.knn.score(histories), dtype=torch.float32).clamp_min(0)
-        if columns is not None:
-            cols = np.asarray(columns, dtype=np.int64)
-            present = np.flatnonzero(cols >= 0)
-            out = torch.zeros(k.shape[0], n_columns, dtype=torch.float32)
-            out[:, torch.as_tensor(cols[present])] = k[:, torch.as_tensor(present)]
-            k = out
-        return k / k.sum(1, keepdim=True).clamp_min(1e-12)
+        distribution; a user without session neighbours gets the item-kNN part alone.
+        ``histories`` hold model item indices. With ``columns`` (model index -> column,
+        -1 = absent), the distribution is laid out over ``n_columns`` columns (e.g. a catalog
+        snapshot) and renormalized over the items present there."""
+        p = _row_distribution(self.knn.score(histories), columns, n_columns)
+        if self.user_knn is not None and self.user_share > 0:
+            pu = _row_distribution(self.user_knn.score(histories), columns, n_columns)
+            has = pu.sum(1, keepdim=True) > 0
+            a = self.user_share
+            p = torch.where(has, (1 - a) * p + a * pu, p)
+        return p
 
     def mix(self, cos: torch.Tensor, histories: Sequence[np.ndarray],
             columns: np.ndarray | None = None) -> torch.Tensor:
@@ -66,12 +75,8 @@ class CoocBlend:
         cos = torch.as_tensor(cos).float().cpu()
         if self.weight <= 0:
             return cos
-        t = self.inv_temperature
-        log_p_model = torch.log_softmax(cos * t, dim=1) + float(np.log1p(-self.weight))
-        log_z = torch.logsumexp(cos * t, dim=1, keepdim=True)
-        p_knn = self.knn_probs(histories, columns, cos.shape[1])
-        log_p_knn = torch.log(self.weight * p_knn)  # -inf where no co-occurrence
-        return (torch.logaddexp(log_p_model, log_p_knn) + log_z) / t
+        return mix_distributions(cos, self.inv_temperature, self.weight,
+                                 self.knn_probs(histories, columns, cos.shape[1]))
 
     def rescore(self, cand_idx: np.ndarray, cand_cos: np.ndarray, log_z: np.ndarray,
                 histories: Sequence[np.ndarray], columns: np.ndarray | None = None,
@@ -103,11 +108,20 @@ class CoocBlend:
         out = Path(out_dir)
         sp.save_npz(out / SIM_FILE, self.knn.sim.tocsr(), compressed=True)
         np.save(out / "blend_popularity.npy", self.knn.popularity)
-        params = {"weight": self.weight, "inv_temperature": self.inv_temperature,
-                  "knn": {k: getattr(self.knn, k) for k in
-                          ("window", "backward_weight", "alpha", "decay", "max_history")}}
+        files = [SIM_FILE, "blend_popularity.npy", PARAMS_FILE]
+        params: dict[str, Any] = {
+            "weight": self.weight, "inv_temperature": self.inv_temperature,
+            "knn": {k: getattr(self.knn, k) for k in
+                    ("window", "backward_weight", "alpha", "decay", "max_history")},
+            "user_share": self.user_share if self.user_knn is not None else 0.0,
+        }
+        if self.user_knn is not None and self.user_share > 0:
+            sp.save_npz(out / USERS_FILE, self.user_knn.users.tocsr(), compressed=True)
+            params["user_knn"] = {k: getattr(self.user_knn, k) for k in
+                                  ("k", "decay", "max_history", "max_users_per_item")}
+            files.insert(2, USERS_FILE)
         (out / PARAMS_FILE).write_text(json.dumps(params, indent=1))
-        return [SIM_FILE, "blend_popularity.npy", PARAMS_FILE]
+        return files
 
     @classmethod
     def load(cls, root: str | Path) -> CoocBlend | None:
@@ -117,11 +131,44 @@ class CoocBlend:
         params = json.loads((root / PARAMS_FILE).read_text())
         knn = ItemKNN(**params["knn"]).with_tables(sp.load_npz(root / SIM_FILE),
                                                    np.load(root / "blend_popularity.npy"))
-        return cls(knn, float(params["weight"]), float(params["inv_temperature"]))
+        user_knn = None
+        if params.get("user_knn") is not None:  # blends saved before user-kNN have none
+            if not (root / USERS_FILE).is_file():
+                raise FileNotFoundError(
+                    f"{root / PARAMS_FILE} names a user-kNN but {USERS_FILE} is missing: the model "
+                    "artifact is incomplete; re-register the run or restore the file")
+            user_knn = UserKNN(**params["user_knn"]).with_table(sp.load_npz(root / USERS_FILE))
+        return cls(knn, float(params["weight"]), float(params["inv_temperature"]), user_knn,
+                   float(params.get("user_share", 0.0)) if user_knn is not None else 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return {"weight": self.weight, "inv_temperature": self.inv_temperature,
-                "knn": asdict(self.knn)}
+                "knn": asdict(self.knn), "user_share": self.user_share,
+                "user_knn": asdict(self.user_knn) if self.user_knn is not None else None}
+
+
+def mix_distributions(cos: torch.Tensor, inv_temperature: float, weight: float,
+                      p_nb: torch.Tensor) -> torch.Tensor:
+    """``tau * log((1 - w) softmax(cos / tau) + w p_nb) + tau * log Z``: the blend on the
+    cosine scale (an item the neighbourhood part gives nothing keeps ``cos + tau log(1 - w)``)."""
+    t = inv_temperature
+    log_p_model = torch.log_softmax(cos * t, dim=1) + float(np.log1p(-weight))
+    log_z = torch.logsumexp(cos * t, dim=1, keepdim=True)
+    log_p_nb = torch.log(weight * p_nb)  # -inf where the neighbourhoods give nothing
+    return (torch.logaddexp(log_p_model, log_p_nb) + log_z) / t
+
+
+def _row_distribution(scores: np.ndarray, columns: np.ndarray | None, n_columns: int) -> torch.Tensor:
+    """Non-negative kNN scores -> rows summing to 1 (all-zero rows stay zero), optionally laid
+    out over ``n_columns`` columns (model index -> column, -1 = absent)."""
+    k = torch.as_tensor(scores, dtype=torch.float32).clamp_min(0)
+    if columns is not None:
+        cols = np.asarray(columns, dtype=np.int64)
+        present = np.flatnonzero(cols >= 0)
+        out = torch.zeros(k.shape[0], n_columns, dtype=torch.float32)
+        out[:, torch.as_tensor(cols[present])] = k[:, torch.as_tensor(present)]
+        k = out
+    return k / k.sum(1, keepdim=True).clamp_min(1e-12)
 
 
 def index_histories(model_item_ids: Sequence[str], histories: Sequence[Any]) -> list[np.ndarray]:
@@ -151,23 +198,63 @@ def fit_blend(
     valid_eval: Callable[[Callable[[np.ndarray], torch.Tensor]], float],
     model_scores: Callable[[np.ndarray], torch.Tensor],
     weights: Sequence[float] = WEIGHT_GRID,
+    user_shares: Sequence[float] = USER_SHARE_GRID,
+    cache_floats: int = 400_000_000,
 ) -> tuple[CoocBlend, dict[str, Any]]:
-    """Fit item-kNN on ``train_seqs`` (settings picked by validation NDCG@10), then the mixing
-    weight. ``valid_eval(score_fn) -> ndcg@10`` evaluates a score function over the validation
-    rows; ``model_scores(pos)`` returns the model's cosine rows for those rows."""
+    """Fit item-kNN on ``train_seqs`` (settings picked by validation NDCG@10) and user-kNN,
+    then the mixing weight ``w`` and the user-kNN share ``a`` on a grid (the best validation
+    NDCG@10; ``w = 0`` and ``a = 0`` are always candidates). ``valid_eval(score_fn) -> ndcg@10``
+    evaluates a score function over the validation rows; ``model_scores(pos)`` returns the
+    model's cosine rows for those rows. The per-row parts are computed once and reused across
+    the grid when they fit in ``cache_floats`` floats (3 x validation rows x items)."""
     best_knn = tune_item_knn(train_seqs, n_items, lambda knn: valid_eval(
         lambda pos: torch.as_tensor(knn.score([valid_histories[i] for i in pos]))))
-    report: dict[str, Any] = {"knn_valid_ndcg@10": best_knn[0], "weights": {}}
-    best: tuple[float, float] = (-1.0, 0.0)
-    for w in weights:
-        blend = CoocBlend(best_knn[1], float(w), inv_temperature)
-        ndcg = valid_eval(lambda pos, b=blend: b.mix(model_scores(pos),
-                                                      [valid_histories[i] for i in pos]))
-        report["weights"][str(w)] = ndcg
-        if ndcg > best[0] + 1e-12:
-            best = (ndcg, float(w))
-    report["weight"] = best[1]
-    report["valid_ndcg@10"] = best[0]
-    log.info("co-occurrence blend: weight %.2f (valid NDCG@10 %.4f; model alone %.4f, kNN alone %.4f)",
-             best[1], best[0], report["weights"].get("0.0", float("nan")), best_knn[0])
-    return CoocBlend(best_knn[1], best[1], inv_temperature), report
+    user_knn = UserKNN().fit(train_seqs, n_items) if any(a > 0 for a in user_shares) else None
+    cacheable = 3 * len(valid_histories) * n_items <= cache_floats
+    cache: dict[bytes, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+
+    def parts(pos: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        key = np.asarray(pos, dtype=np.int64).tobytes()
+        if key in cache:
+            return cache[key]
+        hist = [valid_histories[i] for i in pos]
+        cos = torch.as_tensor(model_scores(pos)).float().cpu()
+        p_item = _row_distribution(best_knn[1].score(hist), None, 0)
+        p_user = _row_distribution(user_knn.score(hist), None, 0) if user_knn is not None else None
+        if cacheable:
+            cache[key] = (cos, p_item, p_user)
+        return cos, p_item, p_user
+
+    def blended(w: float, a: float) -> Callable[[np.ndarray], torch.Tensor]:
+        def fn(pos: np.ndarray) -> torch.Tensor:
+            cos, p_item, p_user = parts(pos)
+            if w <= 0:
+                return cos
+            p = p_item
+            if a > 0 and p_user is not None:
+                p = torch.where(p_user.sum(1, keepdim=True) > 0, (1 - a) * p_item + a * p_user, p_item)
+            return mix_distributions(cos, inv_temperature, w, p)
+        return fn
+
+    report: dict[str, Any] = {"knn_valid_ndcg@10": best_knn[0], "grid": {}}
+    if user_knn is not None:
+        report["user_knn_valid_ndcg@10"] = valid_eval(
+            lambda pos: torch.as_tensor(user_knn.score([valid_histories[i] for i in pos])))
+    best: tuple[float, float, float] = (-1.0, 0.0, 0.0)
+    model_alone = valid_eval(blended(0.0, 0.0))
+    for a in user_shares:
+        for w in weights:
+            ndcg = model_alone if w <= 0 else valid_eval(blended(float(w), float(a)))
+            report["grid"][f"w={w},a={a}"] = ndcg
+            if ndcg > best[0] + 1e-12:
+                best = (ndcg, float(w), float(a))
+    _, weight, share = best
+    report["weights"] = {str(w): report["grid"][f"w={w},a={a}"] for a in user_shares
+                         if a == share for w in weights}
+    report.update({"weight": weight, "user_share": share, "valid_ndcg@10": best[0],
+                   "model_valid_ndcg@10": model_alone})
+    log.info("neighbourhood blend: weight %.2f, user-kNN share %.2f (valid NDCG@10 %.4f; model "
+             "alone %.4f, item-kNN alone %.4f, user-kNN alone %.4f)", weight, share, best[0],
+             model_alone, best_knn[0], report.get("user_knn_valid_ndcg@10", float("nan")))
+    return CoocBlend(best_knn[1], weight, inv_temperature,
+                     user_knn if share > 0 else None, share if share > 0 else 0.0), report
