@@ -80,13 +80,16 @@ class CoocBlend:
 
     def rescore(self, cand_idx: np.ndarray, cand_cos: np.ndarray, log_z: np.ndarray,
                 histories: Sequence[np.ndarray], columns: np.ndarray | None = None,
-                n_columns: int = 0) -> np.ndarray:
+                n_columns: int = 0, probs: torch.Tensor | None = None) -> np.ndarray:
         """Blended scores for candidate lists (n, c) of column indices (-1 = none), given
-        their cosines and each user's ``log_z = logsumexp(cos / tau)`` over all columns."""
+        their cosines and each user's ``log_z = logsumexp(cos / tau)`` over all columns
+        (``probs``: :meth:`knn_probs` of the same rows, when already computed)."""
         if self.weight <= 0:
             return cand_cos.astype(np.float64)
         t = self.inv_temperature
-        p_knn = self.knn_probs(histories, columns, n_columns).numpy().astype(np.float64)
+        if probs is None:
+            probs = self.knn_probs(histories, columns, n_columns)
+        p_knn = probs.numpy().astype(np.float64)
         safe = np.where(cand_idx >= 0, cand_idx, 0)
         pk = np.take_along_axis(p_knn, safe, 1) * (cand_idx >= 0)
         lz = log_z.reshape(-1, 1).astype(np.float64)
@@ -95,9 +98,11 @@ class CoocBlend:
             return (np.log((1 - self.weight) * p_model + self.weight * pk) + lz) / t
 
     def knn_candidates(self, histories: Sequence[np.ndarray], n: int,
-                       columns: np.ndarray | None = None, n_columns: int = 0) -> np.ndarray:
-        """(len(histories), n) columns with the highest kNN probability (-1 where none)."""
-        p = self.knn_probs(histories, columns, n_columns)
+                       columns: np.ndarray | None = None, n_columns: int = 0,
+                       probs: torch.Tensor | None = None) -> np.ndarray:
+        """(len(histories), n) columns with the highest kNN probability (-1 where none).
+        ``probs``: :meth:`knn_probs` of the same rows when the caller already has them."""
+        p = self.knn_probs(histories, columns, n_columns) if probs is None else probs
         n = min(n, p.shape[1])
         vals, idx = torch.topk(p, n, dim=1)
         return torch.where(vals > 1e-9, idx, torch.full_like(idx, -1)).numpy()

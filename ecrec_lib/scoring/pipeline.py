@@ -276,7 +276,8 @@ def blend_candidates(
     out_score = np.full((len(users), 2 * pool), -np.inf, dtype=np.float64)
     for b0 in range(0, len(users), BLEND_SUB_BATCH):
         rows = slice(b0, min(b0 + BLEND_SUB_BATCH, len(users)))
-        knn = blend.knn_candidates(hist[rows], pool, cols, n_cols)
+        probs = blend.knn_probs(hist[rows], cols, n_cols)  # once for candidates and rescoring
+        knn = blend.knn_candidates(hist[rows], pool, cols, n_cols, probs)
         ok = (knn >= 0) & items.in_stock[np.maximum(knn, 0)]
         if exclude is not None:
             for r, e in enumerate(exclude[rows]):
@@ -292,7 +293,7 @@ def blend_candidates(
         c = np.where(dup, -1, c)
         safe = np.maximum(c, 0)
         cos = np.einsum("nd,ncd->nc", users[rows], items.emb[safe])
-        score = blend.rescore(safe, cos, log_z[rows], hist[rows], cols, n_cols)
+        score = blend.rescore(safe, cos, log_z[rows], hist[rows], cols, n_cols, probs)
         out_idx[rows] = c
         out_score[rows] = np.where(c >= 0, score, -np.inf)
     return out_idx, out_score
