@@ -112,7 +112,7 @@ def run_userknn(data: TrainingData, split: Split, pop: np.ndarray) -> dict[str, 
     return {
         "test": _eval(_history_scorer(knn.score, split.test), split.test, data, pop),
         "train_seconds": seconds,
-        "config": {k: getattr(knn, k) for k in ("k", "decay", "max_history", "max_users_per_item")},
+        "config": dataclasses.asdict(knn),
     }
 
 

@@ -109,18 +109,8 @@ class ItemKNN:
             raise RuntimeError("ItemKNN.score called before fit")
         if not len(histories):
             return np.zeros((0, self.n_items), dtype=np.float32)
-        rows, cols, vals = [], [], []
-        for u, h in enumerate(histories):
-            h = np.asarray(h, dtype=np.int64)[-self.max_history :]
-            age = np.arange(len(h))[::-1]
-            rows.append(np.full(len(h), u))
-            cols.append(h)
-            vals.append(self.decay**age)
-        hmat = sp.csr_matrix(
-            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-            shape=(len(histories), self.n_items),
-            dtype=np.float32,
-        )
+        hmat = decayed_history_matrix(histories, self.n_items, self.decay,
+                                      self.max_history).astype(np.float32)
         return np.asarray((hmat @ self.sim).todense()) + self._prior[None, :]
 
 

@@ -61,12 +61,10 @@ class CoocBlend:
         -1 = absent), the distribution is laid out over ``n_columns`` columns (e.g. a catalog
         snapshot) and renormalized over the items present there."""
         p = _row_distribution(self.knn.score(histories), columns, n_columns)
-        if self.user_knn is not None and self.user_share > 0:
-            pu = _row_distribution(self.user_knn.score(histories), columns, n_columns)
-            has = pu.sum(1, keepdim=True) > 0
-            a = self.user_share
-            p = torch.where(has, (1 - a) * p + a * pu, p)
-        return p
+        if self.user_knn is None or self.user_share <= 0:
+            return p
+        pu = _row_distribution(self.user_knn.score(histories), columns, n_columns)
+        return _mix_neighbourhoods(p, pu, self.user_share)
 
     def mix(self, cos: torch.Tensor, histories: Sequence[np.ndarray],
             columns: np.ndarray | None = None) -> torch.Tensor:
@@ -122,8 +120,7 @@ class CoocBlend:
         }
         if self.user_knn is not None and self.user_share > 0:
             sp.save_npz(out / USERS_FILE, self.user_knn.users.tocsr(), compressed=True)
-            params["user_knn"] = {k: getattr(self.user_knn, k) for k in
-                                  ("k", "decay", "max_history", "max_users_per_item")}
+            params["user_knn"] = asdict(self.user_knn)
             files.insert(2, USERS_FILE)
         (out / PARAMS_FILE).write_text(json.dumps(params, indent=1))
         return files
@@ -161,6 +158,13 @@ def mix_distributions(cos: torch.Tensor, inv_temperature: float, weight: float,
     log_z = torch.logsumexp(cos * t, dim=1, keepdim=True)
     log_p_nb = torch.log(weight * p_nb)  # -inf where the neighbourhoods give nothing
     return (torch.logaddexp(log_p_model, log_p_nb) + log_z) / t
+
+
+def _mix_neighbourhoods(p_item: torch.Tensor, p_user: torch.Tensor, share: float) -> torch.Tensor:
+    """``(1 - share) p_item + share p_user`` per row; rows without session neighbours (an
+    all-zero ``p_user`` row) keep ``p_item`` alone."""
+    has = p_user.sum(1, keepdim=True) > 0
+    return torch.where(has, (1 - share) * p_item + share * p_user, p_item)
 
 
 def _row_distribution(scores: np.ndarray, columns: np.ndarray | None, n_columns: int) -> torch.Tensor:
@@ -235,9 +239,7 @@ def fit_blend(
             cos, p_item, p_user = parts(pos)
             if w <= 0:
                 return cos
-            p = p_item
-            if a > 0 and p_user is not None:
-                p = torch.where(p_user.sum(1, keepdim=True) > 0, (1 - a) * p_item + a * p_user, p_item)
+            p = _mix_neighbourhoods(p_item, p_user, a) if a > 0 and p_user is not None else p_item
             return mix_distributions(cos, inv_temperature, w, p)
         return fn
 
@@ -250,16 +252,15 @@ def fit_blend(
     for a in user_shares:
         for w in weights:
             ndcg = model_alone if w <= 0 else valid_eval(blended(float(w), float(a)))
-            report["grid"][f"w={w},a={a}"] = ndcg
+            report["grid"][f"w={w},a={float(a)}"] = ndcg
             if ndcg > best[0] + 1e-12:
                 best = (ndcg, float(w), float(a))
     _, weight, share = best
-    report["weights"] = {str(w): report["grid"][f"w={w},a={a}"] for a in user_shares
-                         if a == share for w in weights}
+    report["weights"] = {str(w): report["grid"][f"w={w},a={share}"] for w in weights}
     report.update({"weight": weight, "user_share": share, "valid_ndcg@10": best[0],
                    "model_valid_ndcg@10": model_alone})
     log.info("neighbourhood blend: weight %.2f, user-kNN share %.2f (valid NDCG@10 %.4f; model "
              "alone %.4f, item-kNN alone %.4f, user-kNN alone %.4f)", weight, share, best[0],
              model_alone, best_knn[0], report.get("user_knn_valid_ndcg@10", float("nan")))
-    return CoocBlend(best_knn[1], weight, inv_temperature,
-                     user_knn if share > 0 else None, share if share > 0 else 0.0), report
+    return CoocBlend(best_knn[1], weight, inv_temperature, user_knn if share > 0 else None,
+                     share), report
