@@ -23,9 +23,10 @@ torch.set_num_threads(1)
 SEQS = [np.array([0, 1, 2, 3]), np.array([1, 2, 3]), np.array([4, 5]), np.array([0, 2])]
 
 
-def _blend(weight: float, n_items: int = 6, t: float = 10.0, user_share: float = 0.0) -> CoocBlend:
+def _blend(weight: float, n_items: int = 6, t: float = 10.0, user_share: float = 0.0,
+           kind: str = "mixture", eps: float = 1e-4) -> CoocBlend:
     users = UserKNN(k=3).fit(SEQS, n_items) if user_share else None
-    return CoocBlend(ItemKNN(window=2).fit(SEQS, n_items), weight, t, users, user_share)
+    return CoocBlend(ItemKNN(window=2).fit(SEQS, n_items), weight, t, users, user_share, kind, eps)
 
 
 def test_mix_is_a_mixture_of_the_two_distributions() -> None:
@@ -46,6 +47,51 @@ def test_mix_is_a_mixture_of_the_two_distributions() -> None:
     assert torch.allclose(p_knn[2], pop, atol=1e-6)
     # co-occurring items move up: item 2 follows 0 and 1
     assert (mixed[0, 2] - cos[0, 2]) > (mixed[0, 5] - cos[0, 5])
+
+
+def test_product_kind_adds_log_neighbourhood_evidence() -> None:
+    rng = np.random.default_rng(0)
+    cos = torch.as_tensor(rng.uniform(-1, 1, (3, 6)), dtype=torch.float32)
+    hist = [np.array([0, 1]), np.array([4]), np.array([], dtype=np.int64)]
+    b = _blend(2.0, kind="product", eps=1e-3)
+    scored = b.mix(cos, hist)
+    p_knn = b.knn_probs(hist)
+    # log p = log softmax(cos / tau) + w log(p_nb + eps) + const, on the cosine scale
+    expected = torch.log_softmax(cos * 10.0, 1) + 2.0 * torch.log(p_knn + 1e-3)
+    diff = scored * 10.0 - expected
+    assert torch.allclose(diff, diff[:, :1].expand_as(diff), atol=1e-4)  # same ranking per row
+    # items with equal cosine: the one with more co-occurrence mass ranks higher
+    flat = torch.zeros(1, 6)
+    s = b.mix(flat, [np.array([0, 1])])[0]
+    p = b.knn_probs([np.array([0, 1])])[0]
+    assert torch.equal(torch.argsort(s, descending=True)[:2], torch.argsort(p, descending=True)[:2])
+    # rescoring candidate lists equals the full rows
+    users = rng.normal(size=(3, 8)).astype(np.float32)
+    items = rng.normal(size=(6, 8)).astype(np.float32)
+    c = users @ items.T
+    full = b.mix(torch.as_tensor(c), hist).numpy()
+    lz = log_partition(users, items, 10.0)
+    assert np.allclose(b.rescore(np.tile(np.arange(6), (3, 1)), c, lz, hist), full, atol=1e-4)
+    with pytest.raises(ValueError, match="blend kind must be one of"):
+        _blend(1.0, kind="sum")
+    with pytest.raises(ValueError, match="eps > 0"):
+        _blend(1.0, kind="product", eps=0.0)
+
+
+def test_product_blend_round_trip_and_old_artifacts_load_as_mixtures(tmp_path: Path) -> None:
+    b = _blend(1.5, kind="product", eps=1e-5, user_share=0.3)
+    b.save(tmp_path)
+    loaded = CoocBlend.load(tmp_path)
+    assert (loaded.kind, loaded.eps, loaded.weight) == ("product", 1e-5, 1.5)
+    hist = [np.array([0, 1]), np.array([2])]
+    cos = torch.as_tensor(np.random.default_rng(2).uniform(-1, 1, (2, 6)), dtype=torch.float32)
+    assert torch.allclose(loaded.mix(cos, hist), b.mix(cos, hist), atol=1e-6)
+    import json
+
+    params = json.loads((tmp_path / "blend.json").read_text())
+    del params["kind"], params["eps"]  # as written before the product kind existed
+    (tmp_path / "blend.json").write_text(json.dumps(params))
+    assert CoocBlend.load(tmp_path).kind == "mixture"
 
 
 def test_user_knn_part_mixes_into_the_neighbourhood_distribution() -> None:
@@ -117,6 +163,11 @@ def test_fit_blend_picks_weight_on_validation() -> None:
 
     blend, report = fit_blend(train, n, 10.0, valid_hist, valid_eval, lambda pos: noise[pos])
     assert blend.weight >= 0.3
+    assert report["kind"] == blend.kind and any(k.startswith("product,") for k in report["grid"])
+    assert report["valid_ndcg@10"] == max(report["grid"].values())
+    mixture_only, _ = fit_blend(train, n, 10.0, valid_hist, valid_eval, lambda pos: noise[pos],
+                                product_weights=())
+    assert mixture_only.kind == "mixture" and mixture_only.weight >= 0.3
     assert report["valid_ndcg@10"] >= report["weights"]["0.0"]
     # and the opposite: a perfect model keeps weight 0 (nothing to gain)
     perfect = torch.full((n, n), -1.0)
@@ -158,15 +209,17 @@ def test_artifact_round_trip_keeps_the_blend(trained_with_blend, tmp_path: Path)
                        atol=1e-5)
 
 
-@pytest.mark.parametrize("user_share", [0.0, 0.5])
-def test_batch_scoring_candidates_equal_full_ranking(trained_with_blend, user_share: float) -> None:
+@pytest.mark.parametrize(("user_share", "kind"), [(0.0, "mixture"), (0.5, "mixture"), (0.5, "product")])
+def test_batch_scoring_candidates_equal_full_ranking(trained_with_blend, user_share: float,
+                                                     kind: str) -> None:
     data, res, test = trained_with_blend
     rec = res.model
-    if user_share:  # the same check with session neighbours in the blend
+    if user_share:  # the same check with session neighbours in the blend (and each kind)
         train, _, _ = leave_one_out(data.sequences)
         rec = copy.copy(rec)
-        rec.blend = CoocBlend(res.model.blend.knn, 0.4, res.model.blend.inv_temperature,
-                              UserKNN(k=10).fit(train, data.n_items), user_share)
+        rec.blend = CoocBlend(res.model.blend.knn, 0.4 if kind == "mixture" else 1.5,
+                              res.model.blend.inv_temperature,
+                              UserKNN(k=10).fit(train, data.n_items), user_share, kind)
     # catalog snapshot in another order, one model item missing, one new item
     ids = [i for i in data.item_ids if i != "it005"][::-1] + ["new1"]
     emb = np.vstack([rec.item_matrix()[data.item_ids.index(i)] for i in ids[:-1]]
