@@ -4,6 +4,7 @@ batch-scoring path (exact against full-row scoring)."""
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import numpy as np
@@ -86,8 +87,6 @@ def test_product_blend_round_trip_and_old_artifacts_load_as_mixtures(tmp_path: P
     hist = [np.array([0, 1]), np.array([2])]
     cos = torch.as_tensor(np.random.default_rng(2).uniform(-1, 1, (2, 6)), dtype=torch.float32)
     assert torch.allclose(loaded.mix(cos, hist), b.mix(cos, hist), atol=1e-6)
-    import json
-
     params = json.loads((tmp_path / "blend.json").read_text())
     del params["kind"], params["eps"]  # as written before the product kind existed
     (tmp_path / "blend.json").write_text(json.dumps(params))

@@ -20,7 +20,7 @@ Amazon Beauty it beat the mixture by 3% validation NDCG@10 (BENCHMARKS.md, sessi
 The kind, ``w``, ``eps``, the user-kNN share ``a`` and the kNN settings are chosen on the
 validation targets after training (``w = 0`` when no blend helps, ``a = 0`` when user-kNN does
 not), so the blend can only match or beat the model on validation.
-Scores are reported on the cosine scale, ``s'(u, i) = tau * log(p(u, i) * Z_u)`` with
+Scores are reported on the cosine scale; for the mixture ``s'(u, i) = tau * log(p(u, i) * Z_u)`` with
 ``Z_u = sum_j exp(cos(u, j) / tau)``, so an item without co-occurrence keeps
 ``cos(u, i) + tau * log(1 - w)``: downstream re-ranking weights keep their meaning.
 """
@@ -93,10 +93,8 @@ class CoocBlend:
         cos = torch.as_tensor(cos).float().cpu()
         if self.weight <= 0:
             return cos
-        p_nb = self.knn_probs(histories, columns, cos.shape[1])
-        if self.kind == "product":
-            return product_of_experts(cos, self.inv_temperature, self.weight, p_nb, self.eps)
-        return mix_distributions(cos, self.inv_temperature, self.weight, p_nb)
+        return combine(cos, self.inv_temperature, self.weight,
+                       self.knn_probs(histories, columns, cos.shape[1]), self.kind, self.eps)
 
     def rescore(self, cand_idx: np.ndarray, cand_cos: np.ndarray, log_z: np.ndarray,
                 histories: Sequence[np.ndarray], columns: np.ndarray | None = None,
@@ -196,6 +194,14 @@ def product_of_experts(cos: torch.Tensor, inv_temperature: float, weight: float,
     return cos + (weight / inv_temperature) * torch.log(p_nb + eps)
 
 
+def combine(cos: torch.Tensor, inv_temperature: float, weight: float, p_nb: torch.Tensor,
+            kind: str, eps: float) -> torch.Tensor:
+    """The blend of ``kind`` (see :data:`BLEND_KINDS`) for full rows, on the cosine scale."""
+    if kind == "product":
+        return product_of_experts(cos, inv_temperature, weight, p_nb, eps)
+    return mix_distributions(cos, inv_temperature, weight, p_nb)
+
+
 def _mix_neighbourhoods(p_item: torch.Tensor, p_user: torch.Tensor, share: float) -> torch.Tensor:
     """``(1 - share) p_item + share p_user`` per row; rows without session neighbours (an
     all-zero ``p_user`` row) keep ``p_item`` alone."""
@@ -273,16 +279,14 @@ def fit_blend(
             cache[key] = (cos, p_item, p_user)
         return cos, p_item, p_user
 
-    def blended(w: float, a: float, kind: str = "mixture", eps: float = 0.0
+    def blended(w: float, a: float, kind: str = "mixture", eps: float = 1e-4
                 ) -> Callable[[np.ndarray], torch.Tensor]:
         def fn(pos: np.ndarray) -> torch.Tensor:
             cos, p_item, p_user = parts(pos)
             if w <= 0:
                 return cos
             p = _mix_neighbourhoods(p_item, p_user, a) if a > 0 and p_user is not None else p_item
-            if kind == "product":
-                return product_of_experts(cos, inv_temperature, w, p, eps)
-            return mix_distributions(cos, inv_temperature, w, p)
+            return combine(cos, inv_temperature, w, p, kind, eps)
         return fn
 
     report: dict[str, Any] = {"knn_valid_ndcg@10": best_knn[0], "grid": {}}
