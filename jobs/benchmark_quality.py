@@ -127,11 +127,13 @@ def run_neural(
     overrides: dict[str, Any],
     cache_dir: str | None,
     valid_users: int = 0,
+    save_dir: str | None = None,
 ) -> dict[str, Any]:
     """Train the platform's two-tower model (``use_text`` False for the ID-only model).
 
     ``valid_users`` > 0 early-stops on a fixed random sample of that many validation users
-    (cheaper epochs on CPU); test always covers every user."""
+    (cheaper epochs on CPU); test always covers every user. ``save_dir``: also write the trained
+    model (blend included) there as a loadable artifact, ``<save_dir>/<name>_seed<seed>``."""
     from ecrec_lib.models.config import ModelConfig
     from ecrec_lib.training.trainer import train_two_tower
 
@@ -154,6 +156,12 @@ def run_neural(
     blended = test
     if blend is not None:
         blended = _eval(result.score_fn(split.test, blend=True), split.test, data, pop)
+    saved = None
+    if save_dir:
+        from ecrec_lib.models.artifact import save_recommender
+
+        saved = str(save_recommender(result.model, Path(save_dir) / f"{name}_seed{seed}"))
+        log.info("saved the %s model of seed %d to %s", name, seed, saved)
     return {
         "test": test,
         "blend_test": blended,
@@ -163,6 +171,7 @@ def run_neural(
         "epochs_run": len(result.history),
         "best_epoch": result.best_epoch,
         "valid_ndcg@10": result.best_valid.get("ndcg@10"),
+        "saved_to": saved,
     }
 
 
@@ -175,7 +184,7 @@ def _summary(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     secs = [r["train_seconds"] for r in runs]
     out["train_seconds"] = {"mean": float(np.mean(secs)), "std": float(np.std(secs))}
     out["config"] = runs[0]["config"]
-    for extra in ("epochs_run", "best_epoch", "valid_ndcg@10"):
+    for extra in ("epochs_run", "best_epoch", "valid_ndcg@10", "saved_to"):
         if runs[0].get(extra) is not None:
             out[extra] = [r.get(extra) for r in runs]
     out["status"] = "ok"
@@ -218,6 +227,7 @@ def run_benchmark(
     overrides: dict[str, Any] | None = None,
     cache_dir: str | None = None,
     valid_users: int = 0,
+    save_dir: str | None = None,
 ) -> dict[str, Any]:
     """All requested models over all seeds; a JSON-serializable result."""
     train, valid, test = leave_one_out(data.sequences)
@@ -253,6 +263,7 @@ def run_benchmark(
                         overrides or {},
                         cache_dir,
                         valid_users,
+                        save_dir,
                     )
                 )
             log.info("model %s seed %d: %s", name, seed, _fmt_run(runs[-1]))
@@ -357,6 +368,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="early-stop on a fixed sample of this many validation users (0: all)",
     )
+    p.add_argument(
+        "--save-models",
+        default=None,
+        metavar="DIR",
+        help="write each trained neural model (with its blend) to DIR/<model>_seed<N> as a "
+        "loadable artifact, to inspect or rescore later without retraining",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     p.add_argument(
         "--cache-dir",
@@ -404,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides=dict(args.set),
         cache_dir=cache_dir,
         valid_users=args.valid_users,
+        save_dir=args.save_models,
     )
     result["dataset"]["path"] = str(Path(args.data).resolve())
     result["machine"] = machine_info(device)

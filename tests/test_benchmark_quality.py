@@ -9,6 +9,10 @@ import numpy as np
 import pytest
 
 from ecrec_lib.datasets import DatasetError, load_csv_dataset
+from ecrec_lib.evaluation import evaluate_scores, leave_one_out
+from ecrec_lib.models.artifact import load_recommender_dir
+from ecrec_lib.models.blend import PRODUCT_WEIGHT_GRID, USER_SHARE_GRID, WEIGHT_GRID
+from ecrec_lib.training.trainer import make_score_fn
 from jobs import benchmark_quality
 
 N_PATTERN_ITEMS = 30
@@ -219,6 +223,8 @@ def test_job_neural_models_learn_the_pattern(tmp_path: Path, capsys):
             str(out),
             "--cache-dir",
             str(tmp_path / "cache"),
+            "--save-models",
+            str(tmp_path / "models"),
             *NEURAL_FLAGS,
         ]
     )
@@ -235,9 +241,18 @@ def test_job_neural_models_learn_the_pattern(tmp_path: Path, capsys):
     # the two-tower run's blend is reported from the same run, with its chosen weight
     blend = res["models"]["two_tower+blend"]
     assert blend["status"] == "ok" and len(blend["blend"]) == 1
-    assert 0.0 <= blend["blend"][0]["weight"] <= 0.7
-    assert 0.0 <= blend["blend"][0]["user_share"] <= 0.7
+    chosen = blend["blend"][0]
+    grid = WEIGHT_GRID if chosen["kind"] == "mixture" else PRODUCT_WEIGHT_GRID + (0.0,)
+    assert chosen["weight"] in grid and chosen["user_share"] in USER_SHARE_GRID
     assert "+ co-occurrence blend" in capsys.readouterr().out
+    # --save-models: each seed's model is a loadable artifact that ranks as it did in the run
+    saved = {name: res["models"][name]["saved_to"][0] for name in ("sasrec_id", "two_tower")}
+    assert saved["two_tower"] == str(tmp_path / "models" / "two_tower_seed0")
+    rec = load_recommender_dir(saved["two_tower"])
+    data, _ = load_csv_dataset(data_dir)
+    _, _, test = leave_one_out(data.sequences)
+    got = evaluate_scores(make_score_fn(rec, test, data), test, data.n_items, ks=(5,))
+    assert got["ndcg@5"] == pytest.approx(blend["metrics"]["ndcg@5"]["mean"], abs=1e-6)
 
 
 @pytest.mark.slow

@@ -42,8 +42,11 @@ from ecrec_lib.evaluation.baselines import ItemKNN, UserKNN, tune_item_knn
 
 log = logging.getLogger(__name__)
 WEIGHT_GRID: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-PRODUCT_WEIGHT_GRID: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)  # w of the product kind
-PRODUCT_EPS_GRID: tuple[float, ...] = (1e-5, 1e-4, 1e-3)  # floor added to nb(u, i) before the log
+PRODUCT_WEIGHT_GRID: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0)  # w of the product kind
+# floor added to nb(u, i) before the log; a large eps tends to the linear blend
+# cos + (w tau / eps) nb, a small one to the pure product (1e-3 won on Beauty in session 4, at
+# the top of that session's grid, hence the wider range)
+PRODUCT_EPS_GRID: tuple[float, ...] = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 BLEND_KINDS = ("mixture", "product")
 USER_SHARE_GRID: tuple[float, ...] = (0.0, 0.3, 0.5, 0.7)  # share of user-kNN in nb(u, .)
 PARAMS_FILE = "blend.json"

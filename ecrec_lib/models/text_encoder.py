@@ -188,7 +188,7 @@ def cached_text_embeddings(
                 return arr
         arr = encoder.embed(texts, batch_size=batch_size)
         f.parent.mkdir(parents=True, exist_ok=True)
-        tmp = f.with_suffix(".tmp.npy")
+        tmp = f.with_suffix(f".{os.getpid()}.tmp.npy")  # per process: concurrent writers differ
         np.save(tmp, arr)
         os.replace(tmp, f)  # atomic: a concurrent reader never sees half a file
         return arr
