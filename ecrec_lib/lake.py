@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 # Stage -> dataset names. Adding a dataset means adding it here and to docs/data_contracts.md.
 RAW = ("events", "catalog")
@@ -35,6 +39,31 @@ def ds_range(end_ds: str, days: int) -> list[str]:
 
 def is_local(path: str) -> bool:
     return "://" not in path or path.startswith("file://")
+
+
+def replace_local_dir(final: str | Path, write: Callable[[Path], object]) -> Path:
+    """Replace the local directory ``final`` whole with what ``write(tmp)`` puts in a fresh,
+    empty sibling directory ``tmp``: readers never see a half-written directory, a re-run never
+    leaves a stale file of the previous one behind, and a failed ``write`` leaves the previous
+    directory as it was (and no temp directory). The previous one is swapped out and removed
+    only after the new one is in place."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    old = None
+    try:
+        write(tmp)
+        if final.exists():
+            old = final.parent / f".old-{final.name}-{uuid.uuid4().hex}"
+            os.rename(final, old)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
 
 
 @dataclass(frozen=True)

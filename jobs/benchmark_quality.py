@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -161,8 +160,7 @@ def run_neural(
     if save_dir:
         from ecrec_lib.models.artifact import save_recommender
 
-        saved = str(replace_dir(Path(save_dir) / f"{name}_seed{seed}",
-                                lambda d: save_recommender(result.model, d)))
+        saved = str(save_recommender(result.model, Path(save_dir) / f"{name}_seed{seed}"))
         log.info("saved the %s model of seed %d to %s", name, seed, saved)
     return {
         "test": test,
@@ -175,24 +173,6 @@ def run_neural(
         "valid_ndcg@10": result.best_valid.get("ndcg@10"),
         "saved_to": saved,
     }
-
-
-def replace_dir(final: Path, write: Callable[[Path], Any]) -> Path:
-    """``write(tmp)`` into a fresh sibling directory, then swap it in for ``final``: a re-run
-    replaces an earlier model whole (no stale file of it survives into the new manifest), and an
-    interrupted write leaves the earlier model untouched."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        write(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    return final
 
 
 def _summary(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:

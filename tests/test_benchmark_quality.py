@@ -187,31 +187,6 @@ def test_job_baselines_end_to_end(tmp_path: Path, capsys):
     assert "item-kNN" in table and "user-kNN" in table and "n/a (no items.csv)" in table
 
 
-def test_replace_dir_swaps_whole_directories(tmp_path: Path):
-    final = tmp_path / "models" / "two_tower_seed0"
-
-    def write(files: dict[str, str]):
-        def fn(d: Path) -> None:
-            d.mkdir(parents=True)
-            for name, text in files.items():
-                (d / name).write_text(text)
-        return fn
-
-    assert benchmark_quality.replace_dir(final, write({"a": "1", "blend.json": "{}"})) == final
-    benchmark_quality.replace_dir(final, write({"a": "2"}))
-    assert sorted(p.name for p in final.iterdir()) == ["a"]  # the old blend did not survive
-    assert (final / "a").read_text() == "2"
-
-    def fail(d: Path) -> None:
-        d.mkdir()
-        raise OSError("disk full")
-
-    with pytest.raises(OSError):
-        benchmark_quality.replace_dir(final, fail)
-    assert (final / "a").read_text() == "2"  # the earlier model is untouched
-    assert sorted(p.name for p in final.parent.iterdir()) == ["two_tower_seed0"]  # no temp left
-
-
 NEURAL_FLAGS = [
     "--set",
     "dim=32",

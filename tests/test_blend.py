@@ -206,6 +206,12 @@ def test_artifact_round_trip_keeps_the_blend(trained_with_blend, tmp_path: Path)
     h = test.histories[:10]
     assert np.allclose(res.model.score_histories(h).numpy(), loaded.score_histories(h).numpy(),
                        atol=1e-5)
+    # saving over it a model without a blend replaces the directory whole: no stale blend file
+    plain = copy.copy(res.model)
+    plain.blend = None
+    assert load_recommender_dir(save_recommender(plain, tmp_path / "m")).blend is None
+    assert not (tmp_path / "m" / "blend.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temp or old dir left
 
 
 @pytest.mark.parametrize(("user_share", "kind"), [(0.0, "mixture"), (0.5, "mixture"), (0.5, "product")])

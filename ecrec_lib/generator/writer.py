@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import gzip
 import os
-import shutil
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
-from ecrec_lib.lake import is_local
+from ecrec_lib.lake import is_local, replace_local_dir
 
 PART_MAX_LINES = 65_536  # several part files per partition: one Spark read task each, so 2+ cores
 # parse a day in parallel (and compress it in parallel here)
@@ -36,23 +36,13 @@ def write_jsonl_partition(path: str, lines: list[str], max_lines: int = PART_MAX
     n_parts = max(1, -(-len(lines) // max_lines))
     size = max(1, -(-len(lines) // n_parts))
     chunks = [lines[i : i + size] for i in range(0, len(lines), size)] or [[]]
-    parent, leaf = os.path.split(path.rstrip("/"))
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{leaf}.inprogress")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
     # zlib releases the GIL, so threads compress the parts on all cores.
     with ThreadPoolExecutor(max_workers=min(len(chunks), os.cpu_count() or 1)) as pool:
         blobs = list(pool.map(_compress, chunks))
-    names = []
-    for i, blob in enumerate(blobs):
-        with open(os.path.join(tmp, part_name(i)), "wb") as fh:
-            fh.write(blob)
-        names.append(os.path.join(path, part_name(i)))
-    old = os.path.join(parent, f".{leaf}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if os.path.exists(path):
-        os.rename(path, old)
-    os.rename(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
-    return names
+
+    def write(tmp: Path) -> None:
+        for i, blob in enumerate(blobs):
+            (tmp / part_name(i)).write_bytes(blob)
+
+    replace_local_dir(path.rstrip("/"), write)
+    return [os.path.join(path, part_name(i)) for i in range(len(blobs))]

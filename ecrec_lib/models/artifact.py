@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ecrec_lib.lake import replace_local_dir
 from ecrec_lib.models.api import UserHistory
 from ecrec_lib.models.blend import CoocBlend
 from ecrec_lib.models.config import ModelConfig
@@ -52,9 +53,13 @@ def _sha256(path: Path) -> str:
 
 
 def save_recommender(rec: TwoTowerRecommender, out_dir: str | Path) -> Path:
-    """Write ``rec`` to ``out_dir`` (created) with a sha256 manifest; returns the dir."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    """Write ``rec`` to ``out_dir`` with a sha256 manifest; returns the dir. An existing
+    ``out_dir`` is replaced whole (no file of an earlier model, e.g. its blend, survives into
+    the new manifest); a failed save leaves it untouched."""
+    return replace_local_dir(out_dir, lambda out: _write_recommender(rec, out))
+
+
+def _write_recommender(rec: TwoTowerRecommender, out: Path) -> None:
     model = rec.model
     mcfg = rec.mcfg
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / "state_dict.pt")
@@ -91,7 +96,6 @@ def save_recommender(rec: TwoTowerRecommender, out_dir: str | Path) -> Path:
         "files": {str(p.relative_to(out)): _sha256(p) for p in files},
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    return out
 
 
 def verify_artifact_dir(path: str | Path) -> dict[str, Any]:

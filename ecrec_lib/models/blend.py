@@ -114,7 +114,8 @@ class CoocBlend:
         safe = np.where(cand_idx >= 0, cand_idx, 0)
         pk = np.take_along_axis(p_knn, safe, 1) * (cand_idx >= 0)
         if self.kind == "product":
-            return cand_cos.astype(np.float64) + self.weight / t * np.log(pk + self.eps)
+            return product_of_experts(torch.as_tensor(cand_cos, dtype=torch.float64), t,
+                                      self.weight, torch.as_tensor(pk), self.eps).numpy()
         lz = log_z.reshape(-1, 1).astype(np.float64)
         p_model = np.exp(cand_cos.astype(np.float64) * t - lz)
         with np.errstate(divide="ignore"):

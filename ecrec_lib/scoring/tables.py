@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import uuid
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ecrec_lib.lake import Lake, is_local
+from ecrec_lib.lake import Lake, is_local, replace_local_dir
 from ecrec_lib.schema import (
     ITEM_RELATED_COLUMNS,
     QUERY_TOPK_COLUMNS,
@@ -91,22 +90,8 @@ def write_atomic(table: str, df: pd.DataFrame, lake: Lake, ds: str) -> str:
     if bad:
         raise ValueError(f"{table}: rows with ds {sorted(bad)} cannot go into partition ds={ds}")
     data = to_arrow(table, df.assign(ds=ds)).drop_columns(["ds"])
-    target = Path(_local(lake.scores(table, ds)))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex}"
-    tmp.mkdir()
-    try:
-        pq.write_table(data, tmp / "part-00000.parquet")
-        old = None
-        if target.exists():
-            old = target.parent / f".old-{target.name}-{uuid.uuid4().hex}"
-            os.rename(target, old)
-        os.rename(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    target = replace_local_dir(_local(lake.scores(table, ds)),
+                               lambda tmp: pq.write_table(data, tmp / "part-00000.parquet"))
     return str(target)
 
 
