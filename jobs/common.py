@@ -47,6 +47,11 @@ def spark_session(cfg: EcrecConfig, app_name: str, master: str | None = None) ->
         .config("spark.sql.adaptive.enabled", "true")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        # The jobs cache data that is read several times (parsed raw lines, a window of clean
+        # events). Compressing the columnar cache costs more CPU than it saves on 2-core
+        # machines (1M raw events: 13.5 s to cache compressed, 9.3 s uncompressed); the
+        # caches are MEMORY_AND_DISK, so a cache larger than storage memory spills.
+        .config("spark.sql.inMemoryColumnarStorage.compressed", "false")
     )
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")

@@ -216,3 +216,18 @@ def test_catalog_item_id_collisions(spark, lake_dir: Path) -> None:
     assert q == [("i2", "Old", S.REASON_DUPLICATE_ITEM), ("i2", "Older", S.REASON_DUPLICATE_ITEM)]
     rec = json.loads((lake_dir / "ops/reconciliation" / f"ds={DS}" / "catalog.json").read_text())
     assert (rec["input_rows"], rec["clean_rows"], rec["quarantined_rows"], rec["duplicate_rows"]) == (6, 2, 2, 2)
+
+
+def test_clean_text_fast_path_matches_the_regex_rule(spark) -> None:
+    """clean_text skips the regex when no whitespace run, tab or break is present: same result."""
+    import re
+
+    from ecrec_lib.pipeline.normalize import clean_text
+
+    values = ["a", " a ", "a b", "a  b", "\ta", "a\tb", "a\nb\r\n", "a\x0bb", "a\fb", " ", "  ",
+              "\t", "", " x  y\t z ", "é  ü", None]
+    got = [r[0] for r in spark.createDataFrame([(v,) for v in values], "v string")
+           .select(clean_text("v")).collect()]
+    want = [None if v is None else (re.sub(r"[ \t\n\x0b\f\r]+", " ", v).strip(" ") or None)
+            for v in values]
+    assert got == want

@@ -26,8 +26,8 @@ Event rules (first match wins; ``reason`` column of quarantine/events):
   9. ``outside_ds_window``         event_time outside [ds - tol, ds + 1 day + tol),
                                    tol = ``cfg.late_tolerance_hours``
  10. ``unknown_item_id``           item_id not in the day's clean catalog
-Exact duplicates by event_id (among parsable rows) are removed before the rules, keeping one
-row chosen by a hash of the raw line (deterministic), and counted.
+Exact duplicates by event_id (among parsable rows) are removed before the rules, keeping the
+row with the smallest hash of the raw line (identical lines: any one of them), and counted.
 
 Reconciliation (``ops/reconciliation/ds=D/{events,catalog}.json``): input rows = clean +
 quarantined + duplicates, checked against the *staged Parquet files* before anything is
@@ -47,7 +47,7 @@ from ecrec_lib.config import EcrecConfig, resolve_pseudonymization_key
 from ecrec_lib.lake import Lake, parse_ds
 from ecrec_lib.pipeline import io
 from ecrec_lib.pipeline.normalize import clean_text, normalize_queries, parse_utc_timestamp
-from ecrec_lib.pipeline.pseudonymize import add_user_key
+from ecrec_lib.pipeline.pseudonymize import BROADCAST_MAX_IDS, add_user_key
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -151,6 +151,9 @@ def _parse(spark: SparkSession, path: str, fields: dict[str, str], what: str) ->
         malformed.alias("_malformed"),
         F.when(malformed, F.col("raw_line")).alias("raw_line"),
         F.xxhash64("raw_line").alias("_hash"),
+        # a row identity for tie-breaks between identical lines; the callers cache this frame,
+        # so every consumer sees the same ids (a recomputation reads the same splits in order)
+        F.monotonically_increasing_id().alias("_row"),
         F.array_except(F.coalesce(F.col("_keys"), F.array().cast("array<string>")), known)
         .alias("_unknown"),
     )
@@ -259,7 +262,6 @@ def classify_events(
     """
     import datetime as dt
 
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     day = dt.datetime.combine(parse_ds(ds), dt.time())
@@ -280,12 +282,25 @@ def classify_events(
         F.col("quantity"),
         F.lower(clean_text("device")).alias("device"),
         F.upper(clean_text("country")).alias("country"),
-        "_malformed", "raw_line", "_hash",
+        "_malformed", "raw_line", "_hash", "_row",
     )
+    # Duplicates: among the parsable rows of an event_id, the one with the smallest line hash is
+    # kept (identical lines: any one, they are the same row). Only the ids seen more than once
+    # (a small table) are joined back, so the day's rows are not shuffled and sorted by
+    # event_id; a malformed, partly parsed copy never takes part, so it cannot displace the
+    # good one.
     dedupable = ~F.col("_malformed") & F.col("event_id").isNotNull()
-    # parsable rows first, so a partly parsed malformed copy never displaces the good one
-    by_id = Window.partitionBy("event_id").orderBy(dedupable.desc(), "_hash")
-    df = df.withColumn("_dup", dedupable & (F.row_number().over(by_id) > 1))
+    repeated = (
+        df.where(dedupable).groupBy("event_id")
+        .agg(F.count(F.lit(1)).alias("_copies"), F.min_by("_row", "_hash").alias("_keep"))
+        .where(F.col("_copies") > 1).select(F.col("event_id").alias("_dup_id"), "_keep")
+        .localCheckpoint(eager=True)
+    )
+    if repeated.count() <= BROADCAST_MAX_IDS:  # the usual case: a few duplicated ids
+        repeated = F.broadcast(repeated)
+    df = df.join(repeated, F.col("event_id") == F.col("_dup_id"), "left")
+    df = df.withColumn("_dup", dedupable & F.coalesce(F.col("_row") != F.col("_keep"), F.lit(False)))
+    df = df.drop("_dup_id", "_keep", "_row")
 
     missing_required = (
         F.col("event_id").isNull() | F.col("event_time_raw").isNull() | F.col("session_id").isNull()
@@ -299,17 +314,17 @@ def classify_events(
         (S.REASON_MISSING_REQUIRED, missing_required),
         (S.REASON_BAD_TIME, F.col("event_time").isNull()),
     ]
-    df = df.withColumn("_pre", _first_reason(pre_bot))
-    # Materialize the deduped rows once: the bot aggregate and the main branch both read them,
-    # and column pruning makes their two window shuffles differ, so Spark would not reuse one
-    # for the other (a second full shuffle + sort of the day). Cleaned up with the frame.
-    df = df.localCheckpoint(eager=True)
+    # Materialized once: the bot aggregate and the main branch both read these rows, and
+    # recomputing the normalization per branch cost more than this copy (1M events, classify
+    # phase: 27.8 s without it, 21.1 s with it). Cleaned up with the frame.
+    df = df.withColumn("_pre", _first_reason(pre_bot)).localCheckpoint(eager=True)
 
+    limit = cfg.bot_max_events_per_minute
     bots = (
         df.where(~F.col("_dup") & F.col("_pre").isNull())
         .groupBy("user_id", F.date_trunc("minute", "event_time").alias("minute"))
         .agg(F.count(F.lit(1)).alias("n"))
-        .where(F.col("n") > cfg.bot_max_events_per_minute)
+        .where(F.col("n") > limit)
         .select("user_id").distinct()
         .withColumn("_bot", F.lit(True))
     )
@@ -346,7 +361,7 @@ def key_events(classified: DataFrame, key: bytes, parsed: DataFrame | None = Non
 
     ids = None if parsed is None else parsed.select(clean_text("user_id").alias("user_id"))
     queries = None if parsed is None else parsed.select("query")
-    keyed = add_user_key(classified, key, ids=ids).drop("user_id")
+    keyed = add_user_key(classified, key, ids=ids, materialize=parsed is not None).drop("user_id")
     return normalize_queries(keyed.withColumn("query_norm", F.col("query")), "query_norm",
                              values=queries)
 

@@ -234,10 +234,13 @@ def item_cooccurrence(sequences: DataFrame, max_per_item: int, window: int = COO
         .where(F.col("p.a").isNotNull() & F.col("p.b").isNotNull() & (F.col("p.a") != F.col("p.b")))
         .select(F.col("p.a").alias("x"), F.col("p.b").alias("y"))
     )
-    both = one_way.select(F.col("x").alias("item_id"), F.col("y").alias("other_item_id")).unionByName(
-        one_way.select(F.col("y").alias("item_id"), F.col("x").alias("other_item_id"))
+    # Count each unordered pair once (half the rows to aggregate), then mirror the totals.
+    undirected = one_way.groupBy(F.least("x", "y").alias("a"), F.greatest("x", "y").alias("b")).agg(
+        F.count(F.lit(1)).cast("long").alias("count")
     )
-    counts = both.groupBy("item_id", "other_item_id").agg(F.count(F.lit(1)).cast("long").alias("count"))
+    counts = undirected.select(F.col("a").alias("item_id"), F.col("b").alias("other_item_id"), "count").unionByName(
+        undirected.select(F.col("b").alias("item_id"), F.col("a").alias("other_item_id"), "count")
+    )
     top = Window.partitionBy("item_id").orderBy(F.col("count").desc(), F.col("other_item_id"))
     return (
         counts.withColumn("_r", F.row_number().over(top)).where(F.col("_r") <= max_per_item)
@@ -302,7 +305,12 @@ def run_features(spark: SparkSession, cfg: EcrecConfig, ds: str,
             f"run `python -m jobs.clean_events --ds {ds}` first"
         )
     events = spark.read.parquet(*[lake.clean("events", d) for d in present]).select(*S.CLEAN_EVENT_COLUMNS)
-    events = events.persist(StorageLevel.MEMORY_AND_DISK)
+    # Hash-partitioned by user once, then cached: the per-user aggregates and windows
+    # (sequences, profiles, search sessions) and their joins then need no further shuffle of
+    # the events (the broadcast catalog join keeps the partitioning).
+    events = events.repartition(cfg.spark_shuffle_partitions, "user_key").persist(
+        StorageLevel.MEMORY_AND_DISK
+    )
     catalog = spark.read.parquet(cat_path).persist(StorageLevel.MEMORY_AND_DISK)
     result = FeatureResult(ds, present, missing)
     shared: list[DataFrame] = []

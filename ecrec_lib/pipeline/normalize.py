@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
 
 _WS = re.compile(r"\s+")
+# What Java's \s matches besides a lone space: a value holding none of these only needs trim().
+_RARE_WHITESPACE = ("  ", "\t", "\n", "\x0b", "\f", "\r")
 
 
 def normalize_query_py(text: str | None) -> str | None:
@@ -31,8 +33,16 @@ def clean_text(col: Column | str) -> Column:
     """Trim and collapse internal whitespace; blank strings become null."""
     from pyspark.sql import functions as F
 
-    c = F.trim(F.regexp_replace(F.col(col) if isinstance(col, str) else col, r"\s+", " "))
-    return F.when(F.length(c) > 0, c)
+    raw = F.col(col) if isinstance(col, str) else col
+    # The regex is the expensive part (7 id/text columns per event); most values hold no
+    # whitespace run, tab or line break, and for those trimming spaces gives the same result.
+    needs_regex = F.lit(False)
+    for ws in _RARE_WHITESPACE:
+        needs_regex = needs_regex | F.contains(raw, F.lit(ws))
+    c = F.when(needs_regex, F.trim(F.regexp_replace(raw, r"\s+", " "))).otherwise(F.trim(raw))
+    # nullif, not when(length(c) > 0, c): the generated code of the latter evaluated c twice
+    # (4.1 s against 1.0 s for 7 columns of 1M events)
+    return F.nullif(c, F.lit(""))
 
 
 def parse_utc_timestamp(col: Column | str) -> Column:

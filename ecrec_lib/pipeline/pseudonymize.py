@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
 
+BROADCAST_MAX_IDS = 1_000_000  # (id, 64-char key) rows: ~100 MB at most on every executor
+
+
 def user_key_py(key: bytes, user_id: str) -> str:
     """Reference implementation (and what the UDF computes)."""
     return hmac.new(key, user_id.encode("utf-8"), hashlib.sha256).hexdigest()
@@ -38,12 +41,13 @@ def _hmac_udf(key: bytes):  # noqa: ANN202 - returns a pandas_udf
 
 
 def add_user_key(df: DataFrame, key: bytes, id_col: str = "user_id", out_col: str = "user_key",
-                 ids: DataFrame | None = None) -> DataFrame:
+                 ids: DataFrame | None = None, materialize: bool = False) -> DataFrame:
     """Add ``out_col`` = HMAC of ``id_col`` (null stays null); ``id_col`` is kept (drop it after).
 
     ``ids`` (one column, a superset of ``df``'s ids) is where the distinct ids are taken from:
     pass a cheap cached source when ``df`` is an expensive plan, so that plan is not evaluated
-    a second time just to list its users.
+    a second time just to list its users. ``materialize`` computes the id -> key table
+    eagerly (one Spark job) so the join can be planned from its real size.
     """
     from pyspark.sql import functions as F
 
@@ -55,4 +59,10 @@ def add_user_key(df: DataFrame, key: bytes, id_col: str = "user_id", out_col: st
         .distinct()
         .withColumn(out_col, _hmac_udf(key)(F.col("__uid")))
     )
+    if materialize:
+        # Hashed once, here; a table of at most BROADCAST_MAX_IDS users is broadcast to the
+        # join, instead of every row of ``df`` being shuffled by user first.
+        users = users.localCheckpoint(eager=True)
+        if users.count() <= BROADCAST_MAX_IDS:
+            users = F.broadcast(users)
     return df.join(users, df[id_col] == users["__uid"], "left").drop("__uid")
