@@ -146,6 +146,7 @@ def _parse(spark: SparkSession, path: str, fields: dict[str, str], what: str) ->
     parsed = io.parse_json_lines(io.read_raw_lines(spark, path, what), spark_schema(fields), CORRUPT)
     known = F.array(*[F.lit(n) for n in fields])
     malformed = F.col(CORRUPT).isNotNull() | F.col("_keys").isNull()
+    non_null = sum((F.col(n).isNotNull().cast("int") for n in fields), F.lit(0))
     return parsed.select(
         *[F.col(n) for n in fields],
         malformed.alias("_malformed"),
@@ -154,8 +155,11 @@ def _parse(spark: SparkSession, path: str, fields: dict[str, str], what: str) ->
         # a row identity for tie-breaks between identical lines; the callers cache this frame,
         # so every consumer sees the same ids (a recomputation reads the same splits in order)
         F.monotonically_increasing_id().alias("_row"),
-        F.array_except(F.coalesce(F.col("_keys"), F.array().cast("array<string>")), known)
-        .alias("_unknown"),
+        # Unknown (drifted) keys. A line has one only if it holds more keys than it has
+        # non-null contract fields (a superset test: a contract key with a JSON null also
+        # counts), so the per-row set difference runs on those lines alone -- on every line it
+        # cost 2.9 s of a 10.6 s parse + cache of 1M events.
+        F.when(F.size("_keys") > non_null, F.array_except("_keys", known)).alias("_unknown"),
     )
 
 
@@ -169,7 +173,7 @@ def _field_stats(parsed: DataFrame, fields: dict[str, str]) -> tuple[int, dict[s
     present = tuple(f for f in fields if row and row[f] > 0)
     unknown = {
         r["k"]: int(r["n"])
-        for r in parsed.where(F.size("_unknown") > 0)
+        for r in parsed.where(F.col("_unknown").isNotNull() & (F.size("_unknown") > 0))
         .select(F.explode("_unknown").alias("k")).groupBy("k").agg(F.count(F.lit(1)).alias("n"))
         .collect()
     }
