@@ -158,7 +158,7 @@ def _parse(spark: SparkSession, path: str, fields: dict[str, str], what: str) ->
         # Unknown (drifted) keys. A line has one only if it holds more keys than it has
         # non-null contract fields (a superset test: a contract key with a JSON null also
         # counts), so the per-row set difference runs on those lines alone -- on every line it
-        # cost 2.9 s of a 10.6 s parse + cache of 1M events.
+        # took the warm parse + cache of 1M events from 9.3-9.8 s to 10.6 s.
         F.when(F.size("_keys") > non_null, F.array_except("_keys", known)).alias("_unknown"),
     )
 
