@@ -148,13 +148,20 @@ def user_profiles(events: DataFrame, items: DataFrame, catalog: DataFrame, ds: s
     end = _end_of_day(ds)
     base = events.groupBy("user_key").agg(
         ((F.lit(end).cast("long") - F.max("event_time").cast("long")) / 86400.0).alias("recency_days"),
-        F.countDistinct("session_id").cast("long").alias("frequency"),
         F.sum(F.when(F.col("event_type") == "purchase",
                      F.coalesce(F.col("price"), F.lit(0.0)) * F.coalesce(F.col("quantity"), F.lit(1))))
         .alias("monetary"),
         F.max_by("country", F.struct("event_time", "event_id")).alias("country"),
         F.max_by("device", F.struct("event_time", "event_id")).alias("device"),
     ).fillna(0.0, subset=["monetary"])
+    # Distinct sessions as their own aggregate, joined back: a count(DISTINCT) beside the other
+    # aggregates makes Spark expand every event row once per aggregate group and aggregate
+    # twice. The events are hash-partitioned by user, so neither step nor the join shuffles.
+    sessions = (
+        events.where(F.col("session_id").isNotNull()).select("user_key", "session_id").distinct()
+        .groupBy("user_key").agg(F.count(F.lit(1)).cast("long").alias("frequency"))
+    )
+    base = base.join(sessions, "user_key", "left").fillna(0, subset=["frequency"])
 
     def affinity(col: str, out: str) -> DataFrame:
         per = items.where(F.col(col).isNotNull()).groupBy("user_key", col).agg(F.count(F.lit(1)).alias("n"))
