@@ -42,6 +42,8 @@ def spark_session(cfg: EcrecConfig, app_name: str, master: str | None = None) ->
         .master(master)
         .config("spark.driver.memory", cfg.spark_driver_memory)
         .config("spark.sql.shuffle.partitions", str(cfg.spark_shuffle_partitions))
+        .config("spark.driver.extraJavaOptions", cfg.spark_java_options)
+        .config("spark.executor.extraJavaOptions", cfg.spark_java_options)
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
         .config("spark.sql.adaptive.enabled", "true")
