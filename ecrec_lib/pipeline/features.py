@@ -232,8 +232,13 @@ def item_cooccurrence(sequences: DataFrame, max_per_item: int, window: int = COO
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
+    # Pairs d steps apart: element i of item_ids with element i + d. arrays_zip of two slices
+    # is compiled code; the zip_with lambda it replaces was interpreted per element (1M events,
+    # co-occurrence table: 4.8 -> 3.8 s warm, same rows).
+    n = F.size("item_ids")
     pairs = F.flatten(F.array(*[
-        F.expr(f"zip_with(item_ids, slice(item_ids, {d + 1}, size(item_ids)), (a, b) -> struct(a, b))")
+        F.arrays_zip(F.slice("item_ids", F.lit(1), F.greatest(n - d, F.lit(0))).alias("a"),
+                     F.slice("item_ids", F.lit(d + 1), n).alias("b"))
         for d in range(1, window + 1)
     ]))
     one_way = (
