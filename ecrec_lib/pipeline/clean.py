@@ -173,7 +173,7 @@ def _field_stats(parsed: DataFrame, fields: dict[str, str]) -> tuple[int, dict[s
     present = tuple(f for f in fields if row and row[f] > 0)
     unknown = {
         r["k"]: int(r["n"])
-        for r in parsed.where(F.col("_unknown").isNotNull() & (F.size("_unknown") > 0))
+        for r in parsed.where(F.size("_unknown") > 0)
         .select(F.explode("_unknown").alias("k")).groupBy("k").agg(F.count(F.lit(1)).alias("n"))
         .collect()
     }
