@@ -249,3 +249,19 @@ def test_cuda_bf16_training_matches_cpu_quality(tiny_bert: str) -> None:
     assert res.model.device.type == "cuda"
     m = evaluate_scores(res.score_fn(test), test, data.n_items, ks=(10,))
     assert m["recall@10"] > 0.5
+
+
+def test_cpu_bf16_warns_on_a_cpu_without_native_bf16(tiny_bert: str, monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    import ecrec_lib.training.trainer as trainer
+
+    data = synthetic_data(n_items=20, n_users=40, with_queries=False)
+    train, valid, _ = leave_one_out(data.sequences)
+    mcfg = small_cfg(tiny_bert, use_text=False, init_id_from_text=False, epochs=1, dim=16,
+                     cpu_bf16=True, device="cpu")
+    for native, warned in ((False, True), (True, False)):
+        monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda native=native: native)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="ecrec_lib.training.trainer"):
+            train_two_tower(data, mcfg, train, valid, progress=False)
+        assert any("cpu_bf16=false" in r.getMessage() for r in caplog.records) is warned

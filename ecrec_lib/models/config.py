@@ -73,7 +73,8 @@ class ModelConfig:
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     cpu_bf16: bool = False  # bf16 autocast on CPU too: ~2x matmul throughput on CPUs with
-    # native bf16 (AVX512-BF16 / AMX), much slower on those without; the loss stays float32
+    # native bf16 (AVX512-BF16 / AMX), 3-4x slower on those without (the trainer warns); the
+    # loss stays float32
     num_threads: int = 0  # torch CPU threads; 0 leaves torch's default
 
     def __post_init__(self) -> None:
