@@ -47,6 +47,7 @@ from ecrec_lib.models.text_encoder import (
 )
 from ecrec_lib.models.two_tower import TwoTowerModel
 from ecrec_lib.training.data import TrainingData, data_fingerprint
+from ecrec_lib.training.losses import catalog_cross_entropy
 
 log = logging.getLogger(__name__)
 
@@ -419,15 +420,16 @@ def train_two_tower(
                 states = model.user_states(items, seq_c, lengths, typ, age)
                 # Temperature folded into the (N, d) side: one pass less over (N, n_items).
                 h = states[valid_pos] * model.inv_temperature
-                logits = h @ items.T
+                m_rows = m_cols = log_q = None
                 if use_full and mcfg.exclude_history_negatives:
-                    logits = _mask_history(logits, seq, valid_pos, targets)
+                    m_rows, m_cols = _history_mask(seq, valid_pos, targets)
                 if not use_full:
                     # logQ correction: candidates were proposed by popularity (in-batch) and
                     # uniformly; subtracting log q keeps the softmax unbiased.
                     q = (len(targets) * log_unigram[cand].exp() + mcfg.n_negatives / n_items)
-                    logits = logits - torch.log(q.clamp_min(1e-12)).unsqueeze(0)
-                loss_next = F.cross_entropy(logits.float(), tgt_c)
+                    log_q = -torch.log(q.clamp_min(1e-12))
+                # softmax over every candidate, computed in chunks (ecrec_lib.training.losses)
+                loss_next = catalog_cross_entropy(h, items, tgt_c, m_rows, m_cols, log_q)
                 loss = loss_next
                 loss_q = torch.zeros((), device=device)
                 if len(pairs):
@@ -458,12 +460,9 @@ def train_two_tower(
                         c_idx = torch.unique(torch.cat([a, b_, neg]))
                         c_items = model.item_vectors(c_idx, id_keep=id_keep[c_idx] if id_keep is not None else None)
                         a_pos, b_pos = torch.searchsorted(c_idx, a), torch.searchsorted(c_idx, b_)
-                    c_logits = (c_items[a_pos] * model.inv_temperature) @ c_items.T
                     # an item is trivially closest to itself: it is not a candidate
-                    c_logits = c_logits.index_put(
-                        (torch.arange(len(a_pos), device=device), a_pos),
-                        torch.tensor(float("-inf"), dtype=c_logits.dtype, device=device))
-                    loss_c = F.cross_entropy(c_logits.float(), b_pos)
+                    loss_c = catalog_cross_entropy(c_items[a_pos] * model.inv_temperature, c_items,
+                                                   b_pos, torch.arange(len(a_pos), device=device), a_pos)
                     loss = loss + mcfg.cooc_loss_weight * loss_c
             if not torch.isfinite(loss):
                 raise NaNLossError(
@@ -580,13 +579,13 @@ def _cooccurrence_pairs(seqs: Sequence[np.ndarray], window: int) -> tuple[np.nda
     return np.concatenate(a_parts), np.concatenate(b_parts)
 
 
-def _mask_history(logits: torch.Tensor, seq: torch.Tensor, valid_pos: torch.Tensor,
-                  targets: torch.Tensor) -> torch.Tensor:
-    """Remove the items a position has already seen from its softmax negatives.
+def _history_mask(seq: torch.Tensor, valid_pos: torch.Tensor,
+                  targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, items) to remove from each position's softmax negatives: the items it has seen.
 
     Evaluation and serving exclude the user's history from the ranking, so spending
     probability mass pushing those items down is wasted; the target itself is never masked
-    (a repeat purchase stays learnable). ``logits`` has one row per True of ``valid_pos``.
+    (a repeat purchase stays learnable). Rows count the True entries of ``valid_pos``.
     """
     b, L = seq.shape
     row_of = torch.cumsum(valid_pos.reshape(-1), 0).view(b, L) - 1  # logits row of (b, j)
@@ -596,8 +595,7 @@ def _mask_history(logits: torch.Tensor, seq: torch.Tensor, valid_pos: torch.Tens
     rows = row_of[bi, ji]
     items = seq[bi, ki]
     keep = items != targets[rows]
-    return logits.index_put((rows[keep], items[keep]),
-                            torch.tensor(float("-inf"), dtype=logits.dtype, device=logits.device))
+    return rows[keep], items[keep]
 
 
 def _length_bucketed_batches(lengths: np.ndarray, batch_size: int,
