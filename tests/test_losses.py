@@ -40,9 +40,11 @@ def test_catalog_cross_entropy_matches_plain_softmax(chunk_bytes, with_mask, wit
         torch.testing.assert_close(a, b)
 
 
-def test_catalog_cross_entropy_refuses_bad_shapes() -> None:
+def test_catalog_cross_entropy_refuses_bad_shapes_and_a_masked_target_is_infinite() -> None:
     h, items = torch.randn(2, 4), torch.randn(5, 4)
     target = torch.tensor([1, 2])
+    # the trainer never masks a target; if it did, its NaN/inf guard would stop the run
+    assert torch.isinf(catalog_cross_entropy(h, items, target, torch.tensor([0]), torch.tensor([1])))
     with pytest.raises(ValueError, match="one item per row"):
         catalog_cross_entropy(h, items, torch.tensor([1]))
     with pytest.raises(ValueError, match="go together"):

@@ -7,11 +7,11 @@ matrix is allocated, copied and zero-filled several times per step, forward and 
 2-core AVX2 CPU those passes, and the page faults of each fresh 85 MB allocation, took more time
 than the matrix products themselves.
 
-:func:`catalog_cross_entropy` never holds the whole matrix: forward computes the log-sum-exp
-chunk by chunk; backward recomputes each chunk's logits, turns them into ``softmax - onehot`` in
-place and multiplies straight into the two gradients. Each chunk stays small (a few MB, cache- and
-allocator-friendly). As the loss is a scalar, the gradients are computed in the same pass as
-the loss (up to the upstream factor, applied in backward): three matrix products, as before. The result equals
+:func:`catalog_cross_entropy` never holds the whole matrix. For each chunk of rows (a few MB,
+cache- and allocator-friendly) it computes the logits, their log-sum-exp, and, since the loss is
+a scalar, right away the gradients: the chunk's logits become ``softmax - onehot`` in place and
+are multiplied into the gradients of ``h`` and ``items``; backward only applies the upstream
+factor. Three matrix products per chunk, as the plain expression has. The result equals
 ``F.cross_entropy(h @ items.T + col_bias, target)`` with the masked entries set to ``-inf``.
 """
 
@@ -37,6 +37,7 @@ class _CatalogCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, items, target, mask_rows, mask_cols, col_bias, chunk):  # noqa: ANN001, ANN205
         n = len(h)
+        autocast = torch.is_autocast_enabled(h.device.type)  # out= products would bypass it
         need = any(ctx.needs_input_grad[i] for i in (0, 1, 5))
         grad_h = torch.empty(h.shape, dtype=torch.float32, device=h.device) if need else None
         grad_items = torch.zeros(items.shape, dtype=torch.float32, device=h.device) if need else None
@@ -63,7 +64,7 @@ class _CatalogCrossEntropy(torch.autograd.Function):
                 p.div_(sums)  # softmax
                 p[rows, tgt] -= 1.0
                 p.div_(n)
-                if p.dtype == items.dtype == h.dtype:  # no autocast: accumulate without temporaries
+                if not autocast and p.dtype == items.dtype == h.dtype:  # no temporaries
                     torch.mm(p, items, out=grad_h[start:stop])
                     grad_items.addmm_(p.T, h[start:stop])
                 else:
@@ -97,7 +98,7 @@ def catalog_cross_entropy(
 
     ``h`` (rows, d) and ``items`` (n_items, d) get gradients; ``(mask_rows, mask_cols)`` are
     entries removed from the softmax (set to ``-inf``); a row's own target must not be among
-    them (the loss would be infinite; here it is not detected); ``col_bias`` (n_items,) is added to every row (e.g. a logQ correction) and gets a
+    them (the loss is then infinite, which the trainer's NaN/inf guard reports); ``col_bias`` (n_items,) is added to every row (e.g. a logQ correction) and gets a
     gradient when it requires one. Runs under autocast like the plain expression would.
     """
     if h.dim() != 2 or items.dim() != 2 or h.shape[1] != items.shape[1]:
