@@ -18,8 +18,9 @@ Programmatic API (used by ``jobs.train_encoders`` and ``jobs.benchmark_quality``
 ``ModelConfig(use_text=False)`` is the ID-only SASRec-style baseline (full softmax CE).
 Every prefix of every training sequence predicts its next item in one pass (causal
 transformer), and the softmax runs over the whole catalog for the valid positions only, in
-cache-sized chunks (:func:`ecrec_lib.training.losses.catalog_cross_entropy`). Reproducible: same seed and data -> same loss history on CPU; an
-interrupted run resumes from ``checkpoint_dir/last.pt`` to the same result.
+cache-sized chunks (:func:`ecrec_lib.training.losses.catalog_cross_entropy`). Reproducible:
+same seed and data -> same loss history on CPU; an interrupted run resumes from
+``checkpoint_dir/last.pt`` to the same result.
 """
 
 from __future__ import annotations
