@@ -44,7 +44,8 @@ class _CatalogCrossEntropy(torch.autograd.Function):
         grad_bias = (torch.zeros(col_bias.shape, dtype=torch.float32, device=h.device)
                      if need and col_bias is not None else None)
         total = torch.zeros((), dtype=torch.float64, device=h.device)
-        bounds = torch.searchsorted(mask_rows, torch.arange(0, n + chunk, chunk, device=h.device))
+        # mask entries of chunk c: mask_rows (sorted) [bounds[c], bounds[c + 1]); one host copy
+        bounds = torch.searchsorted(mask_rows, torch.arange(0, n + chunk, chunk, device=h.device)).tolist()
         for c, start in enumerate(range(0, n, chunk)):
             stop = min(start + chunk, n)
             rows = torch.arange(stop - start, device=h.device)
@@ -52,7 +53,7 @@ class _CatalogCrossEntropy(torch.autograd.Function):
             z = (h[start:stop] @ items.T).float()
             if col_bias is not None:
                 z += col_bias.float()
-            lo, hi = int(bounds[c]), int(bounds[c + 1])
+            lo, hi = bounds[c], bounds[c + 1]
             if hi > lo:
                 z[mask_rows[lo:hi] - start, mask_cols[lo:hi]] = float("-inf")
             picked = z[rows, tgt]
@@ -98,8 +99,9 @@ def catalog_cross_entropy(
 
     ``h`` (rows, d) and ``items`` (n_items, d) get gradients; ``(mask_rows, mask_cols)`` are
     entries removed from the softmax (set to ``-inf``); a row's own target must not be among
-    them (the loss is then infinite, which the trainer's NaN/inf guard reports); ``col_bias`` (n_items,) is added to every row (e.g. a logQ correction) and gets a
-    gradient when it requires one. Runs under autocast like the plain expression would.
+    them (the loss is then infinite, which the trainer's NaN/inf guard reports); ``col_bias``
+    (n_items,) is added to every row (e.g. a logQ correction) and gets a gradient when it
+    requires one. Runs under autocast like the plain expression would.
     """
     if h.dim() != 2 or items.dim() != 2 or h.shape[1] != items.shape[1]:
         raise ValueError(f"h must be (rows, d) and items (n_items, d), got {tuple(h.shape)} and "
