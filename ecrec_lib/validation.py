@@ -17,6 +17,7 @@ import copy
 import html
 import json
 import logging
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_EXAMPLES = 5
+_PRELOAD: threading.Thread | None = None  # see preload_in_background
 
 
 class DataContractError(RuntimeError):
@@ -116,7 +118,32 @@ class SuiteOutcome:
         }
 
 
+def preload_in_background() -> threading.Thread:
+    """Import Great Expectations and build one context on a daemon thread; return the thread.
+
+    A job process pays about 4-5 s of CPU-bound Python for that the first time it validates.
+    Started before the Spark session, it overlaps the JVM's start and the first Spark jobs,
+    during which the driver's Python thread only waits on the JVM. Harmless when the import
+    fails: the job's own import later raises the real error.
+    """
+
+    def load() -> None:
+        try:
+            import expectations  # noqa: F401 - the suites' module, imported for its cost
+
+            _ephemeral_context()
+        except Exception:  # noqa: BLE001 - the job's own import reports it
+            log.debug("background Great Expectations preload failed", exc_info=True)
+
+    thread = threading.Thread(target=load, name="gx-preload", daemon=True)
+    _PRELOAD = thread
+    thread.start()
+    return thread
+
+
 def _ephemeral_context() -> Any:
+    if _PRELOAD is not None and _PRELOAD is not threading.current_thread():
+        _PRELOAD.join()
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 

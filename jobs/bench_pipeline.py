@@ -127,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from ecrec_lib.pipeline.clean import run_clean
     from ecrec_lib.pipeline.features import run_features
+    from ecrec_lib.validation import preload_in_background
 
+    preload_in_background()  # as the clean and features jobs do
     spark = spark_session(cfg, "bench_pipeline", args.master)
     stages: dict[str, float] = {}
     try:

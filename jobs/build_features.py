@@ -38,8 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     log.info("config: %s", cfg.to_dict())
 
     from ecrec_lib.pipeline.features import run_features
-    from ecrec_lib.validation import DataContractError
+    from ecrec_lib.validation import DataContractError, preload_in_background
 
+    preload_in_background()  # GX's import overlaps the JVM's start
     spark = spark_session(cfg, f"build_features-{args.ds}", args.master)
     try:
         run_features(spark, cfg, args.ds)

@@ -43,8 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     log.info("config: %s", cfg.to_dict())
 
     from ecrec_lib.pipeline.clean import run_clean
-    from ecrec_lib.validation import DataContractError
+    from ecrec_lib.validation import DataContractError, preload_in_background
 
+    preload_in_background()  # GX's import overlaps the JVM's start
     spark = spark_session(cfg, f"clean_events-{args.ds}", args.master)
     try:
         result = run_clean(spark, cfg, args.ds)

@@ -75,3 +75,32 @@ def test_clean_events_suite_failures_are_readable(spark, tmp_path: Path, caplog)
     assert stored["gx_result"]["success"] is False
     page = (tmp_path / "clean_events" / "index.html").read_text()
     assert "FAILED" in page and "expect_column_values_to_match_regex" in page
+
+
+@pytest.mark.spark
+def test_background_preload_then_suite(spark, monkeypatch) -> None:
+    """The GX preload thread finishes, a later suite waits for it and still validates; a
+    preload that fails is swallowed (the job's own import reports the real error)."""
+    from ecrec_lib import validation
+
+    def broken() -> None:
+        raise ImportError("simulated broken GX install")
+
+    with monkeypatch.context() as m:
+        m.setattr(validation, "_ephemeral_context", broken)
+        failing = validation.preload_in_background()
+        failing.join(timeout=60)
+        assert not failing.is_alive()
+
+    thread = validation.preload_in_background()
+    ddl = "item_id string, title string"
+    df = spark.createDataFrame([("i1", "t")], ddl)
+    import great_expectations as gx
+
+    suite = gx.ExpectationSuite(name="preload_check", expectations=[
+        gx.expectations.ExpectColumnValuesToNotBeNull(column="title"),
+        gx.expectations.ExpectTableRowCountToBeBetween(min_value=2),
+    ])
+    outcome = validation.run_suite(df, suite, "preload_check")
+    assert not thread.is_alive()  # run_suite joined it before building its own context
+    assert [r.success for r in outcome.results] == [True, False]

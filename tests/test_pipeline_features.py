@@ -158,3 +158,30 @@ def test_missing_inputs(spark, lake_dir: Path) -> None:
     spark.createDataFrame(catalog_rows(), CATALOG_DDL).write.parquet(str(lake_dir / "clean/catalog" / f"ds={DS}"))
     with pytest.raises(InputMissingError, match=r"no clean events in the lookback window 2024-01-02..2024-01-03"):
         run_features(spark, cfg_for(lake_dir), DS, lookback_days=2)
+
+
+def test_user_sequences_order_ties_and_latest_context(spark) -> None:
+    """Oldest first by the full timestamp (sub-second too), equal times by event_id; n_events
+    counts every event while only the newest max_seq_len are kept; country and device come from
+    the newest event, even when that value is null."""
+    from ecrec_lib.pipeline.features import user_sequences
+
+    t = dt.datetime(2024, 1, 3, 8)
+    ms = dt.timedelta(milliseconds=1)
+    rows = [  # user_key, event_time, event_id, item_id, event_type, country, device
+        ("u", t, "e9", "old", "view", "FR", "desktop"),
+        ("u", t + 2 * ms, "e1", "later_ms", "view", "DE", "mobile"),  # same second, later
+        ("u", t + 5 * ms, "e3", "tie_b", "click", "IT", None),
+        ("u", t + 5 * ms, "e2", "tie_a", "view", "ES", "tablet"),
+        ("v", t, "e5", "x", "purchase", "US", "mobile"),
+    ]
+    items = spark.createDataFrame(rows, "user_key string, event_time timestamp, event_id string, "
+                                  "item_id string, event_type string, country string, device string")
+    out = {r["user_key"]: r.asDict() for r in user_sequences(items, 3).collect()}
+    u = out["u"]
+    assert u["item_ids"] == ["later_ms", "tie_a", "tie_b"] and u["n_events"] == 4
+    assert u["event_types"] == ["view", "view", "click"]
+    assert u["event_times"] == [int(t.replace(tzinfo=dt.UTC).timestamp())] * 3
+    assert u["last_event_time"] == t + 5 * ms
+    assert (u["country"], u["device"]) == ("IT", None)  # newest: (t + 5 ms, e3)
+    assert out["v"]["item_ids"] == ["x"] and out["v"]["n_events"] == 1

@@ -76,34 +76,34 @@ def user_sequences(items: DataFrame, max_seq_len: int) -> DataFrame:
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    per_user = items.groupBy("user_key").agg(
-        F.count(F.lit(1)).alias("n_events"),
-        F.max("event_time").alias("last_event_time"),
-        F.max_by("country", F.struct("event_time", "event_id")).alias("country"),
-        F.max_by("device", F.struct("event_time", "event_id")).alias("device"),
-    )
-    # Keep only each user's last max_seq_len events *before* collecting: collect_list over
-    # every event of heavy users held whole histories in the aggregation buffers and ran the
-    # driver out of heap at 4M events; a window sort spills to disk instead.
+    # One window sort and one aggregate: each user's events are numbered newest first, every
+    # event counts towards n_events and the last event time, and only the newest max_seq_len
+    # are collected (collect_list skips the nulls of the others). Collecting every event of
+    # heavy users held whole histories in the aggregation buffers and ran the driver out of
+    # heap at 4M events. The newest event (row 1) gives the latest country and device. A
+    # separate per-user aggregate joined back took 7.3 s against 5.0 s for this (4M events,
+    # 163k users, warm; identical rows).
     newest_first = Window.partitionBy("user_key").orderBy(
-        F.unix_timestamp("event_time").desc(), F.col("event_id").desc()
-    )  # the same order as the sort_array below, so exactly its last max_seq_len survive
-    recent = (
-        items.withColumn("_rn", F.row_number().over(newest_first))
-        .where(F.col("_rn") <= max_seq_len)
-        .groupBy("user_key")
-        .agg(F.sort_array(F.collect_list(F.struct(
-            F.unix_timestamp("event_time").alias("t"), F.col("event_id").alias("e"),
+        F.col("event_time").desc(), F.col("event_id").desc()
+    )  # the reverse of the sort_array below, so exactly its last max_seq_len are collected
+    rn = F.col("_rn")
+    newest = lambda c: F.max(F.when(rn == 1, F.col(c)))  # noqa: E731 - value of row 1
+    seq = items.withColumn("_rn", F.row_number().over(newest_first)).groupBy("user_key").agg(
+        F.count(F.lit(1)).cast("long").alias("n_events"),
+        F.max("event_time").alias("last_event_time"),
+        newest("country").alias("country"),
+        newest("device").alias("device"),
+        F.sort_array(F.collect_list(F.when(rn <= max_seq_len, F.struct(
+            F.col("event_time").alias("t"), F.col("event_id").alias("e"),
             F.col("item_id").alias("i"), F.col("event_type").alias("y"),
-        ))).alias("seq"))
+        )))).alias("seq"),
     )
-    return per_user.join(recent, "user_key").select(
+    return seq.select(
         "user_key",
         F.col("seq.i").alias("item_ids"),
         F.col("seq.y").alias("event_types"),
-        F.col("seq.t").alias("event_times"),
-        F.col("n_events").cast("long").alias("n_events"),
-        "last_event_time", "country", "device",
+        F.transform("seq", lambda x: F.unix_timestamp(x["t"])).alias("event_times"),
+        "n_events", "last_event_time", "country", "device",
     )
 
 
