@@ -241,17 +241,17 @@ def item_cooccurrence(sequences: DataFrame, max_per_item: int, window: int = COO
                      F.slice("item_ids", F.lit(d + 1), n).alias("b"))
         for d in range(1, window + 1)
     ]))
-    one_way = (
-        sequences.select(F.explode(pairs).alias("p"))
+    # Both directions of every pair, shuffled once by the first item: the count per
+    # (item, partner) and the top-N window below then share that partitioning. Counting each
+    # unordered pair once and mirroring the totals needed a second shuffle of the mirrored
+    # rows (4M events: 9.0-9.6 s against 7.4-8.6 s for this, identical rows).
+    mirrored = F.transform(pairs, lambda p: F.struct(p["b"].alias("a"), p["a"].alias("b")))
+    counts = (
+        sequences.select(F.explode(F.concat(pairs, mirrored)).alias("p"))
         .where(F.col("p.a").isNotNull() & F.col("p.b").isNotNull() & (F.col("p.a") != F.col("p.b")))
-        .select(F.col("p.a").alias("x"), F.col("p.b").alias("y"))
-    )
-    # Count each unordered pair once (half the rows to aggregate), then mirror the totals.
-    undirected = one_way.groupBy(F.least("x", "y").alias("a"), F.greatest("x", "y").alias("b")).agg(
-        F.count(F.lit(1)).cast("long").alias("count")
-    )
-    counts = undirected.select(F.col("a").alias("item_id"), F.col("b").alias("other_item_id"), "count").unionByName(
-        undirected.select(F.col("b").alias("item_id"), F.col("a").alias("other_item_id"), "count")
+        .select(F.col("p.a").alias("item_id"), F.col("p.b").alias("other_item_id"))
+        .repartition("item_id")
+        .groupBy("item_id", "other_item_id").agg(F.count(F.lit(1)).cast("long").alias("count"))
     )
     top = Window.partitionBy("item_id").orderBy(F.col("count").desc(), F.col("other_item_id"))
     return (
