@@ -44,6 +44,7 @@ def test_clean_events_suite_failures_are_readable(spark, tmp_path: Path, caplog)
     ok_df = spark.createDataFrame([*good, row("e9", device="fridge")], ddl)
     outcome = run_suite(ok_df, SUITES["clean_events"](SuiteContext(ds=DS, prev_rows=9)), "clean_events", DS)
     assert outcome.success and [w.column for w in outcome.warnings] == ["device"]
+    assert not ok_df.storageLevel.useMemory  # GX must not leave the validated frame cached
     with caplog.at_level(logging.WARNING, logger="ecrec_lib.validation"):
         enforce(outcome)  # warnings only: logged, no exception
     assert "fridge" in caplog.text

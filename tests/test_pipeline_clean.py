@@ -168,6 +168,21 @@ def test_missing_and_empty_inputs(spark, lake_dir: Path) -> None:
     assert not (lake_dir / "clean/events" / f"ds={DS}").exists()
 
 
+def test_failed_catalog_leaves_no_cached_events(spark, lake_dir: Path) -> None:
+    """The events are parsed on a second thread while the catalog is cleaned: when the catalog
+    fails, that parse is awaited and uncached, and nothing of the events is published."""
+    from ecrec_lib.pipeline.clean import run_clean
+    from ecrec_lib.pipeline.io import InputMissingError
+
+    write_raw(lake_dir, "catalog", DS, [])  # the snapshot exists but holds no line
+    write_raw(lake_dir, "events", DS, [event(f"e{i}") for i in range(20)])
+    with pytest.raises(InputMissingError, match=r"catalog snapshot .* is empty"):
+        run_clean(spark, cfg_for(lake_dir), DS, key=KEY)
+    assert spark._jsparkSession.sharedState().cacheManager().isEmpty()
+    assert not (lake_dir / "clean/events" / f"ds={DS}").exists()
+    assert not (lake_dir / "ops/reconciliation" / f"ds={DS}" / "events.json").exists()
+
+
 @pytest.mark.parametrize("case", ["garbage", "bots", "no_event_type"])
 def test_bad_days_fail_the_contract(spark, lake_dir: Path, case: str) -> None:
     from ecrec_lib.pipeline.clean import run_clean

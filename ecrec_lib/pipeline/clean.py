@@ -493,10 +493,10 @@ def run_clean(spark: SparkSession, cfg: EcrecConfig, ds: str, key: bytes | None 
     lines are cached once; one aggregate gives input rows + field presence, one the unknown
     fields; the classified + pseudonymized rows are cached once and feed one reason-count
     aggregate and the clean and quarantine writes; staged row counts come from Parquet footers.
+    The events are parsed and counted on a second thread while the catalog is cleaned (the
+    catalog's many small jobs leave cores idle); only their classification needs the catalog.
     """
-    from pyspark import StorageLevel
 
-    from ecrec_lib.validation import DataContractError
 
     parse_ds(ds)
     lake = Lake(cfg.lake_root)
@@ -504,6 +504,32 @@ def run_clean(spark: SparkSession, cfg: EcrecConfig, ds: str, key: bytes | None 
     common = {"volume_drop_fraction": cfg.volume_drop_fraction,
               "late_tolerance_hours": cfg.late_tolerance_hours}
     phases = _Phases(f"clean ds={ds}")
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"clean-{ds}")
+    try:
+        return _run_clean(spark, cfg, ds, key, lake, common, phases, pool)
+    finally:
+        pool.shutdown(wait=True)
+
+
+def _parse_events(
+    spark: SparkSession, lake: Lake, ds: str
+) -> tuple[DataFrame, tuple[int, dict[str, int], tuple[str, ...]]]:
+    """The day's raw events parsed and cached, with their :func:`_field_stats`."""
+    from pyspark import StorageLevel
+
+    parsed = _parse(spark, lake.raw("events", ds), S.RAW_EVENT_FIELDS, "events").persist(
+        StorageLevel.MEMORY_AND_DISK
+    )
+    try:
+        return parsed, _field_stats(parsed, S.RAW_EVENT_FIELDS)
+    except BaseException:
+        parsed.unpersist()
+        raise
+
+
+def _run_clean(spark: SparkSession, cfg: EcrecConfig, ds: str, key: bytes, lake: Lake,
+               common: dict[str, Any], phases: _Phases, pool: ThreadPoolExecutor) -> CleanResult:
+
 
     # --- catalog -------------------------------------------------------------------------
     cat_path = lake.raw("catalog", ds)
@@ -513,6 +539,28 @@ def run_clean(spark: SparkSession, cfg: EcrecConfig, ds: str, key: bytes | None 
             f"against known items. Land the day's catalog there (gzipped JSON lines with fields "
             f"{list(S.RAW_CATALOG_FIELDS)}) or copy the previous day's snapshot, then re-run"
         )
+    events_parse = pool.submit(_parse_events, spark, lake, ds)
+    try:
+        cat_rec = _clean_catalog(spark, cfg, ds, lake, common, phases)
+        ev_parsed, (n, unknown, present) = events_parse.result()
+    except BaseException:
+        # never leave a parsed day cached behind a failed catalog
+        wait([events_parse])
+        if events_parse.exception() is None:
+            events_parse.result()[0].unpersist()
+        raise
+    phases.mark("events_parse_stats")
+    return _clean_events(spark, cfg, ds, key, lake, common, phases, pool, cat_rec, ev_parsed,
+                         n, unknown, present)
+
+
+def _clean_catalog(spark: SparkSession, cfg: EcrecConfig, ds: str, lake: Lake,
+                   common: dict[str, Any], phases: _Phases) -> Reconciliation:
+    from pyspark import StorageLevel
+
+    from ecrec_lib.validation import DataContractError
+
+    cat_path = lake.raw("catalog", ds)
     cat_parsed = _parse(spark, cat_path, S.RAW_CATALOG_FIELDS, "catalog").persist(
         StorageLevel.MEMORY_AND_DISK
     )
@@ -545,16 +593,19 @@ def run_clean(spark: SparkSession, cfg: EcrecConfig, ds: str, key: bytes | None 
         cat_rows.unpersist()
         cat_parsed.unpersist()
     log.info("catalog ds=%s: %s", ds, cat_rec.to_dict())
+    return cat_rec
 
-    # --- events --------------------------------------------------------------------------
-    ev_parsed = _parse(spark, lake.raw("events", ds), S.RAW_EVENT_FIELDS, "events").persist(
-        StorageLevel.MEMORY_AND_DISK
-    )
+
+def _clean_events(spark: SparkSession, cfg: EcrecConfig, ds: str, key: bytes, lake: Lake,
+                  common: dict[str, Any], phases: _Phases, pool: ThreadPoolExecutor,
+                  cat_rec: Reconciliation, ev_parsed: DataFrame, n: int, unknown: dict[str, int],
+                  present: tuple[str, ...]) -> CleanResult:
+    from pyspark import StorageLevel
+
+    from ecrec_lib.validation import DataContractError
+
     raw_check: Future[None] | None = None
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"gx-raw-{ds}")
     try:
-        n, unknown, present = _field_stats(ev_parsed, S.RAW_EVENT_FIELDS)
-        phases.mark("events_parse_stats")
         if n == 0:
             rec = Reconciliation("events", ds, 0, 0, 0, 0, {}, unknown, status="no_data")
             io.write_json(spark, f"{lake.ops('reconciliation', ds)}/events.json", rec.to_dict())
@@ -599,7 +650,6 @@ def run_clean(spark: SparkSession, cfg: EcrecConfig, ds: str, key: bytes | None 
     finally:
         if raw_check is not None and not raw_check.done():
             wait([raw_check])  # never unpersist under a running suite
-        pool.shutdown(wait=True)
         ev_parsed.unpersist()
     log.info("events ds=%s: %s", ds, rec.to_dict())
     phases.log()
