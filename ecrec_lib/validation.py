@@ -124,8 +124,11 @@ def preload_in_background() -> threading.Thread:
     A job process pays about 4-5 s of CPU-bound Python for that the first time it validates.
     Started before the Spark session, it overlaps the JVM's start and the first Spark jobs,
     during which the driver's Python thread only waits on the JVM. Harmless when the import
-    fails: the job's own import later raises the real error.
+    fails: the job's own import later raises the real error. GX keeps the latest context as
+    a process-wide "current project", so :func:`run_suite` waits for this thread before it
+    builds its own context.
     """
+    global _PRELOAD
 
     def load() -> None:
         try:

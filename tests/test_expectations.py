@@ -94,6 +94,7 @@ def test_background_preload_then_suite(spark, monkeypatch) -> None:
         assert not failing.is_alive()
 
     thread = validation.preload_in_background()
+    assert validation._PRELOAD is thread  # registered, so run_suite can wait for it
     ddl = "item_id string, title string"
     df = spark.createDataFrame([("i1", "t")], ddl)
     import great_expectations as gx

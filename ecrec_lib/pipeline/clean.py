@@ -496,8 +496,6 @@ def run_clean(spark: SparkSession, cfg: EcrecConfig, ds: str, key: bytes | None 
     The events are parsed and counted on a second thread while the catalog is cleaned (the
     catalog's many small jobs leave cores idle); only their classification needs the catalog.
     """
-
-
     parse_ds(ds)
     lake = Lake(cfg.lake_root)
     key = key if key is not None else resolve_pseudonymization_key()
@@ -529,8 +527,6 @@ def _parse_events(
 
 def _run_clean(spark: SparkSession, cfg: EcrecConfig, ds: str, key: bytes, lake: Lake,
                common: dict[str, Any], phases: _Phases, pool: ThreadPoolExecutor) -> CleanResult:
-
-
     # --- catalog -------------------------------------------------------------------------
     cat_path = lake.raw("catalog", ds)
     if not io.path_exists(spark, cat_path):
