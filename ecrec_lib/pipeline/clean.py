@@ -502,11 +502,28 @@ def run_clean(spark: SparkSession, cfg: EcrecConfig, ds: str, key: bytes | None 
     common = {"volume_drop_fraction": cfg.volume_drop_fraction,
               "late_tolerance_hours": cfg.late_tolerance_hours}
     phases = _Phases(f"clean ds={ds}")
-    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"clean-{ds}")
-    try:
-        return _run_clean(spark, cfg, ds, key, lake, common, phases, pool)
-    finally:
-        pool.shutdown(wait=True)
+    cat_path = lake.raw("catalog", ds)
+    if not io.path_exists(spark, cat_path):
+        raise io.InputMissingError(
+            f"catalog snapshot {cat_path} does not exist: events of ds={ds} cannot be checked "
+            f"against known items. Land the day's catalog there (gzipped JSON lines with fields "
+            f"{list(S.RAW_CATALOG_FIELDS)}) or copy the previous day's snapshot, then re-run"
+        )
+    # a second thread parses the events beside the catalog; the raw suite runs on it later
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"clean-{ds}") as pool:
+        events_parse = pool.submit(_parse_events, spark, lake, ds)
+        try:
+            cat_rec = _clean_catalog(spark, cfg, ds, lake, common, phases)
+            ev_parsed, (n, unknown, present) = events_parse.result()
+        except BaseException:
+            # never leave a parsed day cached behind a failed catalog
+            wait([events_parse])
+            if events_parse.exception() is None:
+                events_parse.result()[0].unpersist()
+            raise
+        phases.mark("events_parse_stats")
+        return _clean_events(spark, cfg, ds, key, lake, common, phases, pool, cat_rec, ev_parsed,
+                             n, unknown, present)
 
 
 def _parse_events(
@@ -523,31 +540,6 @@ def _parse_events(
     except BaseException:
         parsed.unpersist()
         raise
-
-
-def _run_clean(spark: SparkSession, cfg: EcrecConfig, ds: str, key: bytes, lake: Lake,
-               common: dict[str, Any], phases: _Phases, pool: ThreadPoolExecutor) -> CleanResult:
-    # --- catalog -------------------------------------------------------------------------
-    cat_path = lake.raw("catalog", ds)
-    if not io.path_exists(spark, cat_path):
-        raise io.InputMissingError(
-            f"catalog snapshot {cat_path} does not exist: events of ds={ds} cannot be checked "
-            f"against known items. Land the day's catalog there (gzipped JSON lines with fields "
-            f"{list(S.RAW_CATALOG_FIELDS)}) or copy the previous day's snapshot, then re-run"
-        )
-    events_parse = pool.submit(_parse_events, spark, lake, ds)
-    try:
-        cat_rec = _clean_catalog(spark, cfg, ds, lake, common, phases)
-        ev_parsed, (n, unknown, present) = events_parse.result()
-    except BaseException:
-        # never leave a parsed day cached behind a failed catalog
-        wait([events_parse])
-        if events_parse.exception() is None:
-            events_parse.result()[0].unpersist()
-        raise
-    phases.mark("events_parse_stats")
-    return _clean_events(spark, cfg, ds, key, lake, common, phases, pool, cat_rec, ev_parsed,
-                         n, unknown, present)
 
 
 def _clean_catalog(spark: SparkSession, cfg: EcrecConfig, ds: str, lake: Lake,
