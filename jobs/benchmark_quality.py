@@ -8,8 +8,9 @@ nightly jobs use — under the sequential-recommendation protocol: each user's s
 ordered by ``seq_pos`` (else ``timestamp``), the last item is the test target, the one
 before it the validation target (model selection / early stopping only); every item of the
 catalog is ranked and the user's history items are excluded. Reports Recall@{5,10,20} and
-NDCG@{5,10,20} (mean ± std over seeds) and training time for: popularity, item-kNN, user-kNN, an
-ID-only SASRec-style model and the ecrec two-tower model (text + ID). Without items.csv the
+NDCG@{5,10,20} (mean ± std over seeds) and training time for: popularity, item-kNN, user-kNN, a
+linear item-item transition model (SLIT), an ID-only SASRec-style model and the ecrec two-tower
+model (text + ID). Without items.csv the
 text model is reported as "n/a (no items.csv)".
 """
 
@@ -43,7 +44,8 @@ from jobs.common import setup_logging
 
 log = logging.getLogger("benchmark_quality")
 
-ALL_MODELS = ("pop", "itemknn", "userknn", "sasrec_id", "two_tower")
+ALL_MODELS = ("pop", "itemknn", "userknn", "linear", "sasrec_id", "two_tower")
+DETERMINISTIC = ("pop", "itemknn", "userknn", "linear")  # one run serves every seed
 REPORT_KS = (5, 10, 20)
 REPORT_METRICS = tuple(f"{m}@{k}" for m in ("recall", "ndcg") for k in REPORT_KS)
 BLEND = "two_tower+blend"  # the two-tower run's co-occurrence blend (same training run)
@@ -51,9 +53,10 @@ MODEL_LABELS = {
     "pop": "popularity",
     "itemknn": "item-kNN",
     "userknn": "user-kNN (session neighbours)",
+    "linear": "linear item-item transitions (SLIT, closed form)",
     "sasrec_id": "SASRec-style, ID only (full CE)",
     "two_tower": "ecrec two-tower (text + ID)",
-    BLEND: "ecrec two-tower + co-occurrence blend (item-kNN, user-kNN)",
+    BLEND: "ecrec two-tower + neighbourhood blend (item-kNN, user-kNN, SLIT)",
 }
 
 
@@ -113,6 +116,19 @@ def run_userknn(data: TrainingData, split: Split, pop: np.ndarray) -> dict[str, 
         "test": _eval(_history_scorer(knn.score, split.test), split.test, data, pop),
         "train_seconds": seconds,
         "config": dataclasses.asdict(knn),
+    }
+
+
+def run_linear(data: TrainingData, split: Split, pop: np.ndarray) -> dict[str, Any]:
+    from ecrec_lib.evaluation.baselines import LinearTransitions
+
+    t0 = time.perf_counter()
+    model = LinearTransitions().fit(split.train, data.n_items)
+    seconds = time.perf_counter() - t0
+    return {
+        "test": _eval(_history_scorer(model.score, split.test), split.test, data, pop),
+        "train_seconds": seconds,
+        "config": dataclasses.asdict(model),
     }
 
 
@@ -250,6 +266,8 @@ def run_benchmark(
                 runs.append(run_itemknn(data, split, pop))
             elif name == "userknn":
                 runs.append(run_userknn(data, split, pop))
+            elif name == "linear":
+                runs.append(run_linear(data, split, pop))
             else:
                 runs.append(
                     run_neural(
@@ -267,11 +285,11 @@ def run_benchmark(
                     )
                 )
             log.info("model %s seed %d: %s", name, seed, _fmt_run(runs[-1]))
-            if name in ("pop", "itemknn", "userknn"):
+            if name in DETERMINISTIC:
                 break  # deterministic: one run is every seed's run
         results[name] = _summary(runs)
         results[name]["seeds"] = (
-            list(seeds) if name not in ("pop", "itemknn", "userknn") else ["deterministic"]
+            list(seeds) if name not in DETERMINISTIC else ["deterministic"]
         )
         if name == "two_tower" and runs[0].get("blend") is not None:
             blended = [{**r, "test": r["blend_test"]} for r in runs]

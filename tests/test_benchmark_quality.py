@@ -158,7 +158,7 @@ def test_job_baselines_end_to_end(tmp_path: Path, capsys):
             "--data",
             str(data_dir),
             "--models",
-            "pop,itemknn,userknn,two_tower",
+            "pop,itemknn,userknn,linear,two_tower",
             "--seeds",
             "1",
             "--out",
@@ -171,7 +171,7 @@ def test_job_baselines_end_to_end(tmp_path: Path, capsys):
     res = json.loads(out.read_text())
     assert res["dataset"]["n_eval_users"] == 120 and res["dataset"]["n_items"] == N_PATTERN_ITEMS
     assert res["models"]["two_tower"] == {"status": "n/a (no items.csv)"}
-    for name in ("pop", "itemknn", "userknn"):
+    for name in ("pop", "itemknn", "userknn", "linear"):
         metrics = res["models"][name]["metrics"]
         assert set(benchmark_quality.REPORT_METRICS) <= set(metrics)
         assert all(
@@ -182,9 +182,12 @@ def test_job_baselines_end_to_end(tmp_path: Path, capsys):
     assert res["models"]["pop"]["metrics"]["recall@5"]["mean"] < 0.4
     assert res["models"]["userknn"]["metrics"]["recall@5"]["mean"] > 0.4
     assert res["models"]["userknn"]["seeds"] == ["deterministic"]
+    assert res["models"]["linear"]["metrics"]["recall@5"]["mean"] > 0.9
+    assert res["models"]["linear"]["seeds"] == ["deterministic"]
     assert res["machine"]["cpu_cores"] >= 1
     table = capsys.readouterr().out
-    assert "item-kNN" in table and "user-kNN" in table and "n/a (no items.csv)" in table
+    assert "item-kNN" in table and "user-kNN" in table and "SLIT" in table
+    assert "n/a (no items.csv)" in table
 
 
 NEURAL_FLAGS = [

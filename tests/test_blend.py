@@ -12,7 +12,13 @@ import pandas as pd
 import pytest
 import torch
 
-from ecrec_lib.evaluation import ItemKNN, UserKNN, evaluate_scores, leave_one_out
+from ecrec_lib.evaluation import (
+    ItemKNN,
+    LinearTransitions,
+    UserKNN,
+    evaluate_scores,
+    leave_one_out,
+)
 from ecrec_lib.models.artifact import load_recommender_dir, save_recommender
 from ecrec_lib.models.blend import WEIGHT_GRID, CoocBlend, fit_blend, log_partition
 from ecrec_lib.scoring.pipeline import ItemSpace, blend_candidates
@@ -173,6 +179,83 @@ def test_fit_blend_picks_weight_on_validation() -> None:
     perfect[np.arange(n), targets] = 1.0
     blend, _ = fit_blend(train, n, 10.0, valid_hist, valid_eval, lambda pos: perfect[pos])
     assert blend.weight == 0.0
+
+
+def _linear_blend(weight: float = 0.5, user_share: float = 0.3, linear_share: float = 0.4,
+                  kind: str = "product") -> CoocBlend:
+    b = _blend(weight, user_share=user_share, kind=kind, eps=1e-3)
+    b.linear = LinearTransitions(l2=1.0).fit(SEQS, 6)
+    b.linear_share = linear_share
+    return b
+
+
+def test_linear_part_mixes_into_the_neighbourhood_distribution() -> None:
+    hist = [np.array([0, 1]), np.array([5]), np.array([3])]
+    b = _linear_blend()
+    p_item = _blend(0.5).knn_probs(hist)
+    u, lin = b.user_knn.score(hist), np.clip(b.linear.score(hist), 0, None)
+    p_user = torch.as_tensor(u / np.maximum(u.sum(1, keepdims=True), 1e-12)).float()
+    p_lin = torch.as_tensor(lin / np.maximum(lin.sum(1, keepdims=True), 1e-12)).float()
+    p = b.knn_probs(hist)
+    assert torch.allclose(p.sum(1), torch.ones(3), atol=1e-6)
+    # user 0 has session neighbours and linear evidence (0 -> 1 -> 2 in the training data)
+    assert u[0].sum() > 0 and lin[0].sum() > 0
+    assert torch.allclose(p[0], 0.3 * p_user[0] + 0.4 * p_lin[0] + 0.3 * p_item[0], atol=1e-6)
+    # nothing follows item 3 or 5: no positive linear score, its share goes to item-kNN
+    assert lin[2].sum() == 0 and u[2].sum() > 0
+    assert torch.allclose(p[2], 0.3 * p_user[2] + 0.7 * p_item[2], atol=1e-6)
+    with pytest.raises(ValueError, match="sum to at most 1"):
+        CoocBlend(b.knn, 0.5, 10.0, b.user_knn, 0.7, "product", 1e-3, b.linear, 0.5)
+
+
+def test_linear_blend_round_trip_and_incomplete_artifact(tmp_path: Path) -> None:
+    b = _linear_blend()
+    files = b.save(tmp_path)
+    assert "blend_linear.npz" in files and files[-1] == "blend.json"
+    loaded = CoocBlend.load(tmp_path)
+    assert loaded.linear_share == 0.4 and loaded.linear.max_history == b.linear.max_history
+    hist = [np.array([0, 1]), np.array([2])]
+    cos = torch.as_tensor(np.random.default_rng(4).uniform(-1, 1, (2, 6)), dtype=torch.float32)
+    assert torch.allclose(loaded.mix(cos, hist), b.mix(cos, hist), atol=1e-6)
+    assert json.loads((tmp_path / "blend.json").read_text())["linear"]["l2"] == 1.0
+    (tmp_path / "blend_linear.npz").unlink()
+    with pytest.raises(FileNotFoundError, match="blend_linear.npz is missing"):
+        CoocBlend.load(tmp_path)
+    plain = tmp_path / "plain"  # blends without the linear part write none and load with none
+    plain.mkdir()
+    assert "blend_linear.npz" not in _blend(0.4).save(plain)
+    assert CoocBlend.load(plain).linear is None
+
+
+def test_fit_blend_searches_the_linear_share(monkeypatch: pytest.MonkeyPatch,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    n = 12
+    train = [np.arange(s, s + 5) % n for s in range(n)] * 3
+    valid_hist = [np.arange(s, s + 5) % n for s in range(n)]
+    from ecrec_lib.evaluation import EvalSet
+
+    ev = EvalSet(np.arange(n), valid_hist, np.asarray([(s + 5) % n for s in range(n)]))
+    noise = torch.as_tensor(np.random.default_rng(0).uniform(-1, 1, (n, n)), dtype=torch.float32)
+
+    def valid_eval(fn):
+        return evaluate_scores(fn, ev, n, ks=(10,))["ndcg@10"]
+
+    blend, report = fit_blend(train, n, 10.0, valid_hist, valid_eval, lambda pos: noise[pos],
+                              user_shares=(0.0,), linear_shares=(0.0, 1.0))
+    assert report["linear_valid_ndcg@10"] > 0.5  # the chain is linear: it knows the next item
+    assert "product,w=2.0,eps=0.01,a=0.0,b=1.0" in report["grid"]
+    assert report["valid_ndcg@10"] == max(report["grid"].values())
+    assert (blend.linear is not None) == (blend.linear_share > 0) == (report["linear_share"] > 0)
+    # a catalog too large for the dense solve: the blend goes on without the linear part
+    import ecrec_lib.models.blend as blend_module
+
+    monkeypatch.setattr(blend_module, "LinearTransitions",
+                        lambda: LinearTransitions(max_items=n - 1))
+    with caplog.at_level("WARNING"):
+        blend, report = fit_blend(train, n, 10.0, valid_hist, valid_eval, lambda pos: noise[pos],
+                                  user_shares=(0.0,), linear_shares=(0.0, 1.0))
+    assert "without the linear transition model" in caplog.text and "max_items=11" in caplog.text
+    assert blend.linear is None and not any("b=" in k for k in report["grid"])
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from ecrec_lib.evaluation import (
+    CatalogTooLargeError,
     EvalSet,
     ItemKNN,
+    LinearTransitions,
     UserKNN,
     evaluate_scores,
     evaluate_topk_lists,
@@ -270,3 +272,56 @@ def test_user_knn_errors():
         UserKNN(decay=0.0).fit([np.array([1, 2])], 3)
     with pytest.raises(ValueError, match="outside"):
         UserKNN().fit([np.array([1, 5])], 3)
+
+
+def _slit_by_hand(seqs: list[list[int]], n: int, decay: float, m: int, l2: float) -> np.ndarray:
+    """B = (S'S + l2 I)^-1 S'T with one row per position that has a predecessor."""
+    src, tgt = [], []
+    for s in seqs:
+        for t in range(1, len(s)):
+            row = np.zeros(n)
+            for d in range(1, min(m, t) + 1):
+                row[s[t - d]] += decay ** (d - 1)
+            src.append(row)
+            tgt.append(np.eye(n)[s[t]])
+    S, T = np.array(src), np.array(tgt)
+    return np.linalg.solve(S.T @ S + l2 * np.eye(n), S.T @ T)
+
+
+def test_linear_transitions_is_the_closed_form_least_squares_solution():
+    seqs = [[0, 1, 2, 3], [1, 2, 4], [0, 2, 3, 4, 1], [4, 0], [3]]
+    n = 5
+    lt = LinearTransitions(decay=0.5, max_history=2, l2=0.7, keep_per_row=n).fit(
+        [np.array(s) for s in seqs], n)
+    expected = _slit_by_hand(seqs, n, 0.5, 2, 0.7)
+    np.testing.assert_allclose(lt.weights.toarray(), expected, rtol=1e-4, atol=1e-5)
+    # scoring weighs the newest history item 1, the one before it decay, older ones not at all
+    h = np.array([3, 0, 2])
+    want = expected[2] + 0.5 * expected[0]
+    np.testing.assert_allclose(lt.score([h])[0], want, rtol=1e-4, atol=1e-5)
+    assert lt.score([]).shape == (0, n)
+
+
+def test_linear_transitions_learns_directed_transitions_and_keeps_the_largest_weights():
+    rng = np.random.default_rng(0)
+    seqs = [np.array([a, a + 10]) for a in rng.integers(0, 10, 300)]  # a is followed by a + 10
+    lt = LinearTransitions(l2=1.0).fit(seqs, 20)
+    s = lt.score([np.array([3])])[0]
+    assert int(np.argmax(s)) == 13
+    assert lt.score([np.array([13])])[0].max() < 1e-6  # nothing follows a second item
+    pruned = LinearTransitions(l2=1.0, keep_per_row=2).fit(seqs, 20)
+    assert np.diff(pruned.weights.indptr).max() <= 2
+    assert int(np.argmax(pruned.score([np.array([3])])[0])) == 13
+
+
+def test_linear_transitions_errors():
+    with pytest.raises(RuntimeError, match="before fit"):
+        LinearTransitions().score([np.array([1])])
+    with pytest.raises(ValueError, match="l2"):
+        LinearTransitions(l2=0.0).fit([np.array([1, 2])], 3)
+    with pytest.raises(ValueError, match="decay"):
+        LinearTransitions(decay=1.5).fit([np.array([1, 2])], 3)
+    with pytest.raises(ValueError, match="outside"):
+        LinearTransitions().fit([np.array([1, 5])], 3)
+    with pytest.raises(CatalogTooLargeError, match="max_items=10.*ItemKNN"):
+        LinearTransitions(max_items=10).fit([np.array([1, 2])], 11)

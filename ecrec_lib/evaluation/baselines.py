@@ -207,3 +207,114 @@ class UserKNN:
                                                    self.max_history)).astype(np.float32)
         sims = _keep_top_k_per_row(q @ self._users_t, self.k)
         return np.asarray((sims @ self.users).todense(), dtype=np.float32)
+
+
+class CatalogTooLargeError(ValueError):
+    """The catalog is too large for a model that holds a dense item x item system."""
+
+
+@dataclass
+class LinearTransitions:
+    """Linear item-to-item transition model: SLIT, the transition part of SLIST
+    (Choi et al., "Session-aware Linear Item-Item Models for Session-based Recommendation",
+    WWW 2021), fitted in closed form.
+
+    Every training position ``t`` of a sequence gives one least-squares row: the source is the
+    ``max_history`` items before it, item ``s[t-d]`` weighted ``decay**(d-1)``, and the target
+    is the item ``s[t]``. The item x item matrix ``B`` minimizes
+    ``||T - S B||^2 + l2 ||B||^2``, i.e. ``B = (S'S + l2 I)^-1 S'T``. A user scores item ``j`` as
+    ``sum_i w_i B[i, j]`` over their last ``max_history`` items, with the same weights.
+
+    Unlike item-kNN's normalized counts, the solve discounts items that are predictable from
+    other history items, and its weights can be negative. On Amazon Beauty it beats item-kNN
+    and the ID-only sequential model alone (BENCHMARKS.md, session 10).
+
+    Cost: ``S'S`` is a dense ``n_items`` x ``n_items`` system (float32 Cholesky: ~1 min for 12k
+    items on 2 cores, 4 n_items^2 bytes of memory twice over), so catalogs above ``max_items``
+    are refused. The stored ``B`` keeps each row's ``keep_per_row`` largest weights by absolute
+    value (sparse: what serving and the model artifact hold).
+    """
+
+    decay: float = 0.8
+    max_history: int = 10
+    l2: float = 200.0
+    keep_per_row: int = 100
+    max_items: int = 20_000
+
+    def fit(self, train_seqs: Sequence[np.ndarray], n_items: int) -> LinearTransitions:
+        import scipy.linalg as sla
+
+        if self.max_history < 1 or self.keep_per_row < 1:
+            raise ValueError("max_history and keep_per_row must be >= 1")
+        if not 0.0 < self.decay <= 1.0:
+            raise ValueError("decay must be in (0, 1]")
+        if self.l2 <= 0:
+            raise ValueError(f"l2 must be > 0 (it makes the system solvable), got {self.l2}")
+        if n_items > self.max_items:
+            raise CatalogTooLargeError(
+                f"LinearTransitions solves a dense {n_items} x {n_items} system; that is above "
+                f"max_items={self.max_items} (memory ~{8 * n_items**2 / 2**30:.1f} GiB). Raise "
+                "max_items on a machine with the memory, or use ItemKNN for this catalog")
+        flat = _concat(train_seqs)
+        if len(flat) and (flat.min() < 0 or flat.max() >= n_items):
+            raise ValueError(f"training sequences refer to items outside 0..{n_items - 1}")
+        n_pos = len(flat)
+        rows, cols, vals = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]
+        for d, earlier, later in windowed_pairs(train_seqs, self.max_history):
+            del later
+            rows.append(_later_positions(train_seqs, d))
+            cols.append(earlier)
+            vals.append(np.full(len(earlier), self.decay ** (d - 1)))
+        src = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                            shape=(n_pos, n_items), dtype=np.float64)
+        src.sum_duplicates()
+        has_source = np.diff(src.indptr) > 0
+        tgt = sp.csr_matrix((has_source.astype(np.float64), (np.arange(n_pos), flat)),
+                            shape=(n_pos, n_items))
+        gram = (src.T @ src).toarray().astype(np.float32)
+        gram[np.diag_indices(n_items)] += np.float32(self.l2)
+        rhs = (src.T @ tgt).toarray().astype(np.float32)
+        factor = sla.cho_factor(gram, lower=False, overwrite_a=True, check_finite=False)
+        del gram
+        weights = sla.cho_solve(factor, rhs, overwrite_b=True, check_finite=False)
+        return self.with_table(_keep_top_abs_per_row(weights, self.keep_per_row))
+
+    def with_table(self, weights: sp.spmatrix) -> LinearTransitions:
+        """Set the fitted (n_items, n_items) weight matrix (from :meth:`fit` or a saved model)."""
+        self.weights = sp.csr_matrix(weights, dtype=np.float32)
+        self.n_items = self.weights.shape[0]
+        return self
+
+    def score(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+        """(len(histories), n_items) float32 scores (may be negative)."""
+        if not hasattr(self, "weights"):
+            raise RuntimeError("LinearTransitions.score called before fit")
+        if not len(histories):
+            return np.zeros((0, self.n_items), dtype=np.float32)
+        h = decayed_history_matrix(histories, self.n_items, self.decay,
+                                   self.max_history).astype(np.float32)
+        return np.asarray((h @ self.weights).todense(), dtype=np.float32)
+
+
+def _later_positions(seqs: Sequence[np.ndarray], d: int) -> np.ndarray:
+    """Flat positions (into the concatenated sequences) of the later item of each pair ``d``
+    apart, in the order :func:`windowed_pairs` yields the pairs."""
+    lengths = np.asarray([len(s) for s in seqs], dtype=np.int64)
+    owner = np.repeat(np.arange(len(seqs)), lengths)
+    pos = np.arange(len(owner))
+    same = owner[:-d] == owner[d:]
+    return pos[d:][same]
+
+
+def _keep_top_abs_per_row(m: np.ndarray, k: int) -> sp.csr_matrix:
+    """A dense matrix -> CSR with each row's ``k`` entries of largest absolute value (zeros
+    dropped)."""
+    n_rows, n_cols = m.shape
+    k = min(k, n_cols)
+    top = np.argpartition(-np.abs(m), k - 1, axis=1)[:, :k] if k < n_cols else \
+        np.tile(np.arange(n_cols), (n_rows, 1))
+    vals = np.take_along_axis(m, top, 1)
+    out = sp.csr_matrix((vals.ravel(), (np.repeat(np.arange(n_rows), k), top.ravel())),
+                        shape=m.shape, dtype=np.float32)
+    out.eliminate_zeros()
+    return out

@@ -181,8 +181,9 @@ def load_recommender_dir(path: str | Path, device: str = "cpu") -> TwoTowerRecom
     rec.blend = CoocBlend.load(root)
     if rec.blend is not None:
         covered = {rec.blend.knn.n_items}
-        if rec.blend.user_knn is not None:
-            covered.add(rec.blend.user_knn.n_items)
+        for part in (rec.blend.user_knn, rec.blend.linear):
+            if part is not None:
+                covered.add(part.n_items)
         if covered != {len(item_ids)}:
             raise ArtifactError(
                 f"model artifact at {root}: its co-occurrence blend covers {sorted(covered)} "

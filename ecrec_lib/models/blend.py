@@ -6,7 +6,12 @@ either order; session neighbours (user-kNN) vote with whole overlapping historie
 *distributions* over the catalog is a standard, well-behaved ensemble:
 
     p(i | u) = (1 - w) * softmax(cos(u, .) / tau)_i + w * nb(u, i)
-    nb(u, i) = (1 - a) * itemknn(u, i) / sum_j itemknn(u, j) + a * userknn(u, i) / sum_j userknn(u, j)
+    nb(u, i) = (1 - a - b) * itemknn(u, i) + a * userknn(u, i) + b * linear(u, i)
+
+where each neighbourhood part is a distribution over the catalog (its non-negative scores
+divided by their sum): item-kNN, user-kNN (session neighbours) and the linear transition model
+(:class:`~ecrec_lib.evaluation.baselines.LinearTransitions`, SLIT). A user for whom user-kNN or
+the linear model has no positive score gives that part's share to item-kNN.
 
 A second kind, the **product of experts** (``kind="product"``), adds the neighbourhood
 evidence in log space instead of mixing probabilities:
@@ -17,9 +22,9 @@ i.e. ``log p(i | u) = log softmax(cos / tau)_i + w log(nb(u, i) + eps) + const``
 must please both experts to rank high, where the mixture lets either one alone lift it; on
 Amazon Beauty it beat the mixture by 3% validation NDCG@10 (BENCHMARKS.md, session 4).
 
-The kind, ``w``, ``eps``, the user-kNN share ``a`` and the kNN settings are chosen on the
-validation targets after training (``w = 0`` when no blend helps, ``a = 0`` when user-kNN does
-not), so the blend can only match or beat the model on validation.
+The kind, ``w``, ``eps``, the shares ``a`` and ``b`` and the kNN settings are chosen on the
+validation targets after training (``w = 0`` when no blend helps, ``a = 0`` / ``b = 0`` when a
+part does not), so the blend can only match or beat the model on validation.
 Scores are reported on the cosine scale; for the mixture ``s'(u, i) = tau * log(p(u, i) * Z_u)`` with
 ``Z_u = sum_j exp(cos(u, j) / tau)``, so an item without co-occurrence keeps
 ``cos(u, i) + tau * log(1 - w)``: downstream re-ranking weights keep their meaning.
@@ -38,7 +43,13 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ecrec_lib.evaluation.baselines import ItemKNN, UserKNN, tune_item_knn
+from ecrec_lib.evaluation.baselines import (
+    CatalogTooLargeError,
+    ItemKNN,
+    LinearTransitions,
+    UserKNN,
+    tune_item_knn,
+)
 
 log = logging.getLogger(__name__)
 WEIGHT_GRID: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
@@ -49,9 +60,11 @@ PRODUCT_WEIGHT_GRID: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0)  # 
 PRODUCT_EPS_GRID: tuple[float, ...] = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 BLEND_KINDS = ("mixture", "product")
 USER_SHARE_GRID: tuple[float, ...] = (0.0, 0.3, 0.5, 0.7)  # share of user-kNN in nb(u, .)
+LINEAR_SHARE_GRID: tuple[float, ...] = (0.0, 0.3, 0.5, 0.7)  # share of LinearTransitions
 PARAMS_FILE = "blend.json"
 SIM_FILE = "blend_sim.npz"
 USERS_FILE = "blend_users.npz"
+LINEAR_FILE = "blend_linear.npz"
 
 
 @dataclass
@@ -66,12 +79,18 @@ class CoocBlend:
     user_share: float = 0.0  # a: share of the user-kNN distribution in the neighbourhood part
     kind: str = "mixture"  # mixture of distributions | product of experts (log space)
     eps: float = 1e-4  # product kind: floor added to the neighbourhood probability
+    linear: LinearTransitions | None = None
+    linear_share: float = 0.0  # b: share of the linear transition model's distribution
 
     def __post_init__(self) -> None:
         if self.kind not in BLEND_KINDS:
             raise ValueError(f"blend kind must be one of {BLEND_KINDS}, got {self.kind!r}")
         if self.kind == "product" and self.eps <= 0:
             raise ValueError(f"a product blend needs eps > 0 (log of zero), got {self.eps}")
+        shares = (self.user_share, self.linear_share)
+        if min(shares) < 0 or sum(shares) > 1 + 1e-9:
+            raise ValueError(f"the user-kNN and linear shares must be >= 0 and sum to at most 1, "
+                             f"got {self.user_share} and {self.linear_share}")
 
     # ------------------------------------------------------------------ scoring
     def knn_probs(self, histories: Sequence[np.ndarray],
@@ -79,15 +98,17 @@ class CoocBlend:
         """(len(histories), n_items) neighbourhood distribution per user (rows sum to 1): the
         item-kNN distribution, mixed with the user-kNN one when the blend has it. ItemKNN adds a
         tiny popularity prior, so a user without co-occurrences gets the popularity
-        distribution; a user without session neighbours gets the item-kNN part alone.
+        distribution; a user without session neighbours (or without a positive linear score)
+        gives that part's share to item-kNN.
         ``histories`` hold model item indices. With ``columns`` (model index -> column,
         -1 = absent), the distribution is laid out over ``n_columns`` columns (e.g. a catalog
         snapshot) and renormalized over the items present there."""
         p = _row_distribution(self.knn.score(histories), columns, n_columns)
-        if self.user_knn is None or self.user_share <= 0:
-            return p
-        pu = _row_distribution(self.user_knn.score(histories), columns, n_columns)
-        return _mix_neighbourhoods(p, pu, self.user_share)
+        parts = []
+        for model, share in ((self.user_knn, self.user_share), (self.linear, self.linear_share)):
+            if model is not None and share > 0:
+                parts.append((_row_distribution(model.score(histories), columns, n_columns), share))
+        return _mix_neighbourhoods(p, parts)
 
     def mix(self, cos: torch.Tensor, histories: Sequence[np.ndarray],
             columns: np.ndarray | None = None) -> torch.Tensor:
@@ -149,6 +170,11 @@ class CoocBlend:
             sp.save_npz(out / USERS_FILE, self.user_knn.users.tocsr(), compressed=True)
             params["user_knn"] = asdict(self.user_knn)
             files.insert(2, USERS_FILE)
+        if self.linear is not None and self.linear_share > 0:
+            sp.save_npz(out / LINEAR_FILE, self.linear.weights, compressed=True)
+            params["linear"] = asdict(self.linear)
+            params["linear_share"] = self.linear_share
+            files.insert(-1, LINEAR_FILE)
         (out / PARAMS_FILE).write_text(json.dumps(params, indent=1))
         return files
 
@@ -167,16 +193,27 @@ class CoocBlend:
                     f"{root / PARAMS_FILE} names a user-kNN but {USERS_FILE} is missing: the model "
                     "artifact is incomplete; re-register the run or restore the file")
             user_knn = UserKNN(**params["user_knn"]).with_table(sp.load_npz(root / USERS_FILE))
+        linear = None
+        if params.get("linear") is not None:  # blends saved before the linear part have none
+            if not (root / LINEAR_FILE).is_file():
+                raise FileNotFoundError(
+                    f"{root / PARAMS_FILE} names a linear transition model but {LINEAR_FILE} is "
+                    "missing: the model artifact is incomplete; re-register the run or restore "
+                    "the file")
+            linear = LinearTransitions(**params["linear"]).with_table(sp.load_npz(root / LINEAR_FILE))
         # blends saved before the product kind existed are mixtures
         return cls(knn, float(params["weight"]), float(params["inv_temperature"]), user_knn,
                    float(params.get("user_share", 0.0)) if user_knn is not None else 0.0,
-                   str(params.get("kind", "mixture")), float(params.get("eps", 1e-4)))
+                   str(params.get("kind", "mixture")), float(params.get("eps", 1e-4)), linear,
+                   float(params.get("linear_share", 0.0)) if linear is not None else 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return {"weight": self.weight, "inv_temperature": self.inv_temperature,
                 "knn": asdict(self.knn), "user_share": self.user_share,
                 "kind": self.kind, "eps": self.eps,
-                "user_knn": asdict(self.user_knn) if self.user_knn is not None else None}
+                "user_knn": asdict(self.user_knn) if self.user_knn is not None else None,
+                "linear_share": self.linear_share,
+                "linear": asdict(self.linear) if self.linear is not None else None}
 
 
 def mix_distributions(cos: torch.Tensor, inv_temperature: float, weight: float,
@@ -206,11 +243,20 @@ def combine(cos: torch.Tensor, inv_temperature: float, weight: float, p_nb: torc
     return mix_distributions(cos, inv_temperature, weight, p_nb)
 
 
-def _mix_neighbourhoods(p_item: torch.Tensor, p_user: torch.Tensor, share: float) -> torch.Tensor:
-    """``(1 - share) p_item + share p_user`` per row; rows without session neighbours (an
-    all-zero ``p_user`` row) keep ``p_item`` alone."""
-    has = p_user.sum(1, keepdim=True) > 0
-    return torch.where(has, (1 - share) * p_item + share * p_user, p_item)
+def _mix_neighbourhoods(p_item: torch.Tensor,
+                        parts: Sequence[tuple[torch.Tensor, float]]) -> torch.Tensor:
+    """``(1 - sum shares) p_item + sum share * p`` per row over ``parts`` (distribution,
+    share); in a row where a part is all zero (no session neighbours, no positive linear
+    score) that part's share goes to ``p_item``."""
+    if not parts:
+        return p_item
+    rest = torch.ones(p_item.shape[0], 1, dtype=p_item.dtype)
+    acc = torch.zeros_like(p_item)
+    for p, share in parts:
+        has = (p.sum(1, keepdim=True) > 0).to(p_item.dtype) * share
+        acc += has * p
+        rest -= has
+    return acc + rest * p_item
 
 
 def _row_distribution(scores: np.ndarray, columns: np.ndarray | None, n_columns: int) -> torch.Tensor:
@@ -256,22 +302,32 @@ def fit_blend(
     user_shares: Sequence[float] = USER_SHARE_GRID,
     product_weights: Sequence[float] = PRODUCT_WEIGHT_GRID,
     product_eps: Sequence[float] = PRODUCT_EPS_GRID,
+    linear_shares: Sequence[float] = LINEAR_SHARE_GRID,
     cache_floats: int = 400_000_000,
 ) -> tuple[CoocBlend, dict[str, Any]]:
-    """Fit item-kNN on ``train_seqs`` (settings picked by validation NDCG@10) and user-kNN,
-    then the blend kind, its weight ``w`` (and ``eps`` for the product kind) and the user-kNN
-    share ``a`` on a grid (the best validation NDCG@10; ``w = 0`` and ``a = 0`` are always
-    candidates; ``product_weights=()`` searches mixtures only). ``valid_eval(score_fn) -> ndcg@10``
-    evaluates a score function over the validation rows; ``model_scores(pos)`` returns the
-    model's cosine rows for those rows. The per-row parts are computed once and reused across
-    the grid when they fit in ``cache_floats`` floats (3 x validation rows x items)."""
+    """Fit item-kNN on ``train_seqs`` (settings picked by validation NDCG@10), user-kNN and the
+    linear transition model, then the blend kind, its weight ``w`` (and ``eps`` for the product
+    kind) and the user-kNN and linear shares ``a``, ``b`` on a grid (the best validation
+    NDCG@10; ``w = 0``, ``a = 0`` and ``b = 0`` are always candidates; ``product_weights=()``
+    searches mixtures only, ``linear_shares=(0.0,)`` leaves the linear model out; a catalog too
+    large for it leaves it out with a warning). ``valid_eval(score_fn) -> ndcg@10`` evaluates a
+    score function over the validation rows; ``model_scores(pos)`` returns the model's cosine
+    rows for those rows. The per-row parts are computed once and reused across the grid when
+    they fit in ``cache_floats`` floats (4 x validation rows x items)."""
     best_knn = tune_item_knn(train_seqs, n_items, lambda knn: valid_eval(
         lambda pos: torch.as_tensor(knn.score([valid_histories[i] for i in pos]))))
     user_knn = UserKNN().fit(train_seqs, n_items) if any(a > 0 for a in user_shares) else None
-    cacheable = 3 * len(valid_histories) * n_items <= cache_floats
-    cache: dict[bytes, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+    linear: LinearTransitions | None = None
+    if any(b > 0 for b in linear_shares):
+        try:
+            linear = LinearTransitions().fit(train_seqs, n_items)
+        except CatalogTooLargeError as exc:
+            log.warning("blend without the linear transition model: %s", exc)
+    cacheable = 4 * len(valid_histories) * n_items <= cache_floats
+    Parts = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]
+    cache: dict[bytes, Parts] = {}
 
-    def parts(pos: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def parts(pos: np.ndarray) -> Parts:
         key = np.asarray(pos, dtype=np.int64).tobytes()
         if key in cache:
             return cache[key]
@@ -279,44 +335,52 @@ def fit_blend(
         cos = torch.as_tensor(model_scores(pos)).float().cpu()
         p_item = _row_distribution(best_knn[1].score(hist), None, 0)
         p_user = _row_distribution(user_knn.score(hist), None, 0) if user_knn is not None else None
+        p_lin = _row_distribution(linear.score(hist), None, 0) if linear is not None else None
         if cacheable:
-            cache[key] = (cos, p_item, p_user)
-        return cos, p_item, p_user
+            cache[key] = (cos, p_item, p_user, p_lin)
+        return cos, p_item, p_user, p_lin
 
-    def blended(w: float, a: float, kind: str = "mixture", eps: float = 1e-4
+    def blended(w: float, a: float, b: float, kind: str = "mixture", eps: float = 1e-4
                 ) -> Callable[[np.ndarray], torch.Tensor]:
         def fn(pos: np.ndarray) -> torch.Tensor:
-            cos, p_item, p_user = parts(pos)
+            cos, p_item, p_user, p_lin = parts(pos)
             if w <= 0:
                 return cos
-            p = _mix_neighbourhoods(p_item, p_user, a) if a > 0 and p_user is not None else p_item
-            return combine(cos, inv_temperature, w, p, kind, eps)
+            mix = [(p, share) for p, share in ((p_user, a), (p_lin, b)) if p is not None and share > 0]
+            return combine(cos, inv_temperature, w, _mix_neighbourhoods(p_item, mix), kind, eps)
         return fn
 
     report: dict[str, Any] = {"knn_valid_ndcg@10": best_knn[0], "grid": {}}
-    if user_knn is not None:
-        report["user_knn_valid_ndcg@10"] = valid_eval(
-            lambda pos: torch.as_tensor(user_knn.score([valid_histories[i] for i in pos])))
-    best: tuple[float, float, float, str, float] = (-1.0, 0.0, 0.0, "mixture", 1e-4)
-    model_alone = valid_eval(blended(0.0, 0.0))
-    for a in user_shares:
-        for w in weights:
-            ndcg = model_alone if w <= 0 else valid_eval(blended(float(w), float(a)))
-            report["grid"][f"w={w},a={float(a)}"] = ndcg
-            if ndcg > best[0] + 1e-12:
-                best = (ndcg, float(w), float(a), "mixture", 1e-4)
-        for w in product_weights:
-            for eps in product_eps:
-                ndcg = valid_eval(blended(float(w), float(a), "product", float(eps)))
-                report["grid"][f"product,w={w},eps={eps},a={float(a)}"] = ndcg
+    for name, part in (("user_knn", user_knn), ("linear", linear)):
+        if part is not None:
+            report[f"{name}_valid_ndcg@10"] = valid_eval(
+                lambda pos, part=part: torch.as_tensor(part.score([valid_histories[i] for i in pos])))
+    best: tuple[float, float, float, float, str, float] = (-1.0, 0.0, 0.0, 0.0, "mixture", 1e-4)
+    model_alone = valid_eval(blended(0.0, 0.0, 0.0))
+    b_grid = [float(b) for b in linear_shares if b <= 0 or linear is not None]
+    for a in (float(a) for a in user_shares):
+        for b in (b for b in b_grid if a + b <= 1 + 1e-9):
+            suffix = f"a={a}" if b <= 0 else f"a={a},b={b}"  # b = 0 keys as before the linear part
+            for w in weights:
+                ndcg = model_alone if w <= 0 else valid_eval(blended(float(w), a, b))
+                report["grid"][f"w={w},{suffix}"] = ndcg
                 if ndcg > best[0] + 1e-12:
-                    best = (ndcg, float(w), float(a), "product", float(eps))
-    _, weight, share, kind, eps = best
-    report["weights"] = {str(w): report["grid"][f"w={w},a={share}"] for w in weights}
-    report.update({"weight": weight, "user_share": share, "kind": kind, "eps": eps,
-                   "valid_ndcg@10": best[0], "model_valid_ndcg@10": model_alone})
-    log.info("neighbourhood blend: %s, weight %.2f, user-kNN share %.2f (valid NDCG@10 %.4f; model "
-             "alone %.4f, item-kNN alone %.4f, user-kNN alone %.4f)", kind, weight, share, best[0],
-             model_alone, best_knn[0], report.get("user_knn_valid_ndcg@10", float("nan")))
+                    best = (ndcg, float(w), a, b, "mixture", 1e-4)
+            for w in product_weights:
+                for eps in product_eps:
+                    ndcg = valid_eval(blended(float(w), a, b, "product", float(eps)))
+                    report["grid"][f"product,w={w},eps={eps},{suffix}"] = ndcg
+                    if ndcg > best[0] + 1e-12:
+                        best = (ndcg, float(w), a, b, "product", float(eps))
+    _, weight, share, lin_share, kind, eps = best
+    suffix = f"a={share}" if lin_share <= 0 else f"a={share},b={lin_share}"
+    report["weights"] = {str(w): report["grid"][f"w={w},{suffix}"] for w in weights}
+    report.update({"weight": weight, "user_share": share, "linear_share": lin_share, "kind": kind,
+                   "eps": eps, "valid_ndcg@10": best[0], "model_valid_ndcg@10": model_alone})
+    log.info("neighbourhood blend: %s, weight %.2f, user-kNN share %.2f, linear share %.2f (valid "
+             "NDCG@10 %.4f; model alone %.4f, item-kNN alone %.4f, user-kNN alone %.4f, linear "
+             "alone %.4f)", kind, weight, share, lin_share, best[0], model_alone, best_knn[0],
+             report.get("user_knn_valid_ndcg@10", float("nan")),
+             report.get("linear_valid_ndcg@10", float("nan")))
     return CoocBlend(best_knn[1], weight, inv_temperature, user_knn if share > 0 else None,
-                     share, kind, eps), report
+                     share, kind, eps, linear if lin_share > 0 else None, lin_share), report
