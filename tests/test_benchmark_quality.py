@@ -11,7 +11,12 @@ import pytest
 from ecrec_lib.datasets import DatasetError, load_csv_dataset
 from ecrec_lib.evaluation import evaluate_scores, leave_one_out
 from ecrec_lib.models.artifact import load_recommender_dir
-from ecrec_lib.models.blend import PRODUCT_WEIGHT_GRID, USER_SHARE_GRID, WEIGHT_GRID
+from ecrec_lib.models.blend import (
+    LINEAR_SHARE_GRID,
+    PRODUCT_WEIGHT_GRID,
+    USER_SHARE_GRID,
+    WEIGHT_GRID,
+)
 from ecrec_lib.training.trainer import make_score_fn
 from jobs import benchmark_quality
 
@@ -247,7 +252,8 @@ def test_job_neural_models_learn_the_pattern(tmp_path: Path, capsys):
     chosen = blend["blend"][0]
     grid = WEIGHT_GRID if chosen["kind"] == "mixture" else PRODUCT_WEIGHT_GRID + (0.0,)
     assert chosen["weight"] in grid and chosen["user_share"] in USER_SHARE_GRID
-    assert "+ co-occurrence blend" in capsys.readouterr().out
+    assert "+ neighbourhood blend" in capsys.readouterr().out
+    assert chosen["linear_share"] in LINEAR_SHARE_GRID
     # --save-models: each seed's model is a loadable artifact that ranks as it did in the run
     saved = {name: res["models"][name]["saved_to"][0] for name in ("sasrec_id", "two_tower")}
     assert saved["two_tower"] == str(tmp_path / "models" / "two_tower_seed0")

@@ -325,3 +325,20 @@ def test_linear_transitions_errors():
         LinearTransitions().fit([np.array([1, 5])], 3)
     with pytest.raises(CatalogTooLargeError, match="max_items=10.*ItemKNN"):
         LinearTransitions(max_items=10).fit([np.array([1, 2])], 11)
+
+
+def test_evaluate_scores_ranks_float32_in_place_of_a_copy_not_the_callers_array():
+    import torch
+
+    rng = np.random.default_rng(5)
+    scores32 = rng.normal(size=(6, 9)).astype(np.float32)
+    scores32[0, 3] = scores32[0, 4]  # a tie: pessimistic in both precisions
+    ev = EvalSet(np.arange(6), [np.array([1, 2]), np.array([0]), np.array([], dtype=np.int64),
+                               np.array([5]), np.array([7, 8]), np.array([3])],
+                 np.array([3, 4, 5, 6, 0, 1]))
+    cached = torch.as_tensor(scores32.copy())
+    as32 = evaluate_scores(lambda p: cached[p] if len(p) < 6 else cached, ev, 9, ks=(1, 5),
+                           batch_size=6)
+    as64 = evaluate_scores(lambda p: scores32.astype(np.float64)[p], ev, 9, ks=(1, 5))
+    assert as32 == as64
+    assert torch.equal(cached, torch.as_tensor(scores32))  # history masking did not touch it

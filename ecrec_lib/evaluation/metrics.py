@@ -29,10 +29,17 @@ ScoreFn = Callable[[np.ndarray], Any]
 
 
 def _to_numpy(scores: Any) -> np.ndarray:
-    """Accept numpy arrays or torch tensors (any device) and return float64 numpy."""
-    if hasattr(scores, "detach"):
-        scores = scores.detach().float().cpu().numpy()
-    return np.array(scores, dtype=np.float64, copy=True)  # copy: we mask in place
+    """Accept numpy arrays or torch tensors (any device) and return a float numpy copy: float32
+    scores stay float32 (widening cannot change their order, and the float64 copy of a
+    validation batch cost more than ranking it), anything else becomes float64."""
+    if hasattr(scores, "detach"):  # torch, without importing it here
+        scores = scores.detach()
+        if str(scores.dtype) not in ("torch.float32", "torch.float64"):
+            scores = scores.float()  # half, bfloat16, integers
+        scores = scores.cpu().numpy()
+    scores = np.asarray(scores)
+    dtype = np.float32 if scores.dtype == np.float32 else np.float64
+    return np.array(scores, dtype=dtype, copy=True)  # copy: we mask in place
 
 
 def novelty_weights(item_popularity: np.ndarray) -> np.ndarray:
@@ -122,7 +129,7 @@ def evaluate_scores(
     eval_set: EvalSet,
     n_items: int,
     ks: Sequence[int] = DEFAULT_KS,
-    batch_size: int = 1024,
+    batch_size: int = 256,
     item_popularity: np.ndarray | None = None,
     item_categories: Sequence[Any] | np.ndarray | None = None,
 ) -> dict[str, float]:
