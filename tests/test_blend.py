@@ -246,6 +246,9 @@ def test_fit_blend_searches_the_linear_share(monkeypatch: pytest.MonkeyPatch,
     assert "product,w=2.0,eps=0.01,a=0.0,b=1.0" in report["grid"]
     assert report["valid_ndcg@10"] == max(report["grid"].values())
     assert (blend.linear is not None) == (blend.linear_share > 0) == (report["linear_share"] > 0)
+    only_linear, report = fit_blend(train, n, 10.0, valid_hist, valid_eval, lambda pos: noise[pos],
+                                    user_shares=(0.0,), linear_shares=(1.0,))
+    assert only_linear.linear_share == 1.0 and report["weights"] == {}
     # a catalog too large for the dense solve: the blend goes on without the linear part
     import ecrec_lib.models.blend as blend_module
 

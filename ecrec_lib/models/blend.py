@@ -376,7 +376,9 @@ def fit_blend(
                     if ndcg > best[0] + 1e-12:
                         best = (ndcg, float(w), a, b, "product", float(eps))
     _, weight, share, lin_share, kind, eps = best
-    report["weights"] = {str(w): report["grid"][f"w={w},a={share}"] for w in weights}
+    # the mixture curve at the chosen user share (searched with b = 0 only)
+    report["weights"] = {str(w): report["grid"][key] for w in weights
+                         if (key := f"w={w},a={share}") in report["grid"]}
     report.update({"weight": weight, "user_share": share, "linear_share": lin_share, "kind": kind,
                    "eps": eps, "valid_ndcg@10": best[0], "model_valid_ndcg@10": model_alone})
     log.info("neighbourhood blend: %s, weight %.2f, user-kNN share %.2f, linear share %.2f (valid "
