@@ -38,7 +38,7 @@ from ecrec_lib.evaluation import (
     leave_one_out,
     popularity_scores,
 )
-from ecrec_lib.evaluation.baselines import KNN_GRID, tune_item_knn
+from ecrec_lib.evaluation.baselines import KNN_GRID, LinearTransitions, UserKNN, tune_item_knn
 from ecrec_lib.training.data import TrainingData
 from jobs.common import setup_logging
 
@@ -106,24 +106,11 @@ def run_itemknn(data: TrainingData, split: Split, pop: np.ndarray) -> dict[str, 
     }
 
 
-def run_userknn(data: TrainingData, split: Split, pop: np.ndarray) -> dict[str, Any]:
-    from ecrec_lib.evaluation.baselines import UserKNN
-
+def run_fitted(model: Any, data: TrainingData, split: Split, pop: np.ndarray) -> dict[str, Any]:
+    """Fit an untuned history model (``fit(train, n_items)``, ``score(histories)``, a dataclass
+    of settings: user-kNN, the linear transition model) and evaluate it on the test targets."""
     t0 = time.perf_counter()
-    knn = UserKNN().fit(split.train, data.n_items)
-    seconds = time.perf_counter() - t0
-    return {
-        "test": _eval(_history_scorer(knn.score, split.test), split.test, data, pop),
-        "train_seconds": seconds,
-        "config": dataclasses.asdict(knn),
-    }
-
-
-def run_linear(data: TrainingData, split: Split, pop: np.ndarray) -> dict[str, Any]:
-    from ecrec_lib.evaluation.baselines import LinearTransitions
-
-    t0 = time.perf_counter()
-    model = LinearTransitions().fit(split.train, data.n_items)
+    model.fit(split.train, data.n_items)
     seconds = time.perf_counter() - t0
     return {
         "test": _eval(_history_scorer(model.score, split.test), split.test, data, pop),
@@ -265,9 +252,9 @@ def run_benchmark(
             elif name == "itemknn":
                 runs.append(run_itemknn(data, split, pop))
             elif name == "userknn":
-                runs.append(run_userknn(data, split, pop))
+                runs.append(run_fitted(UserKNN(), data, split, pop))
             elif name == "linear":
-                runs.append(run_linear(data, split, pop))
+                runs.append(run_fitted(LinearTransitions(), data, split, pop))
             else:
                 runs.append(
                     run_neural(

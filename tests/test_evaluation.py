@@ -327,7 +327,7 @@ def test_linear_transitions_errors():
         LinearTransitions(max_items=10).fit([np.array([1, 2])], 11)
 
 
-def test_evaluate_scores_ranks_float32_in_place_of_a_copy_not_the_callers_array():
+def test_evaluate_scores_ranks_float32_as_float32_on_a_copy():
     import torch
 
     rng = np.random.default_rng(5)

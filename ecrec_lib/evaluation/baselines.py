@@ -13,10 +13,16 @@ def popularity_scores(train_seqs: Sequence[np.ndarray], n_items: int) -> np.ndar
     """(n_items,) float64 interaction counts over the training sequences."""
     if n_items < 1:
         raise ValueError("n_items must be >= 1")
-    flat = _concat(train_seqs)
+    flat = _checked_items(train_seqs, n_items)
+    return np.bincount(flat, minlength=n_items).astype(np.float64)
+
+
+def _checked_items(seqs: Sequence[np.ndarray], n_items: int) -> np.ndarray:
+    """The sequences concatenated, after checking every item index lies in 0..n_items-1."""
+    flat = _concat(seqs)
     if len(flat) and (flat.min() < 0 or flat.max() >= n_items):
         raise ValueError(f"training sequences refer to items outside 0..{n_items - 1}")
-    return np.bincount(flat, minlength=n_items).astype(np.float64)
+    return flat
 
 
 def _concat(seqs: Sequence[np.ndarray]) -> np.ndarray:
@@ -176,9 +182,7 @@ class UserKNN:
             raise ValueError("k and max_users_per_item must be >= 1")
         if not 0.0 < self.decay <= 1.0:
             raise ValueError("decay must be in (0, 1]")
-        flat = _concat(train_seqs)
-        if len(flat) and (flat.min() < 0 or flat.max() >= n_items):
-            raise ValueError(f"training sequences refer to items outside 0..{n_items - 1}")
+        _checked_items(train_seqs, n_items)
         binary = decayed_history_matrix(train_seqs, n_items, 1.0, self.max_history)
         binary.data[:] = 1.0
         return self.with_table(binary)
@@ -255,13 +259,10 @@ class LinearTransitions:
                 f"LinearTransitions solves a dense {n_items} x {n_items} system; that is above "
                 f"max_items={self.max_items} (memory ~{8 * n_items**2 / 2**30:.1f} GiB). Raise "
                 "max_items on a machine with the memory, or use ItemKNN for this catalog")
-        flat = _concat(train_seqs)
-        if len(flat) and (flat.min() < 0 or flat.max() >= n_items):
-            raise ValueError(f"training sequences refer to items outside 0..{n_items - 1}")
+        flat = _checked_items(train_seqs, n_items)
         n_pos = len(flat)
         rows, cols, vals = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]
-        for d, earlier, later in windowed_pairs(train_seqs, self.max_history):
-            del later
+        for d, earlier, _ in windowed_pairs(train_seqs, self.max_history):
             rows.append(_later_positions(train_seqs, d))
             cols.append(earlier)
             vals.append(np.full(len(earlier), self.decay ** (d - 1)))
