@@ -300,17 +300,21 @@ def test_artifact_round_trip_keeps_the_blend(trained_with_blend, tmp_path: Path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temp or old dir left
 
 
-@pytest.mark.parametrize(("user_share", "kind"), [(0.0, "mixture"), (0.5, "mixture"), (0.5, "product")])
+@pytest.mark.parametrize(("user_share", "kind", "linear_share"),
+                         [(0.0, "mixture", 0.0), (0.5, "mixture", 0.0), (0.5, "product", 0.0),
+                          (0.3, "product", 0.5)])
 def test_batch_scoring_candidates_equal_full_ranking(trained_with_blend, user_share: float,
-                                                     kind: str) -> None:
+                                                     kind: str, linear_share: float) -> None:
     data, res, test = trained_with_blend
     rec = res.model
-    if user_share:  # the same check with session neighbours in the blend (and each kind)
+    if user_share:  # the same check with session neighbours (and the linear part) in the blend
         train, _, _ = leave_one_out(data.sequences)
         rec = copy.copy(rec)
+        linear = LinearTransitions(l2=5.0).fit(train, data.n_items) if linear_share else None
         rec.blend = CoocBlend(res.model.blend.knn, 0.4 if kind == "mixture" else 1.5,
                               res.model.blend.inv_temperature,
-                              UserKNN(k=10).fit(train, data.n_items), user_share, kind)
+                              UserKNN(k=10).fit(train, data.n_items), user_share, kind,
+                              linear=linear, linear_share=linear_share)
     # catalog snapshot in another order, one model item missing, one new item
     ids = [i for i in data.item_ids if i != "it005"][::-1] + ["new1"]
     emb = np.vstack([rec.item_matrix()[data.item_ids.index(i)] for i in ids[:-1]]

@@ -96,7 +96,7 @@ class CoocBlend:
     def knn_probs(self, histories: Sequence[np.ndarray],
                   columns: np.ndarray | None = None, n_columns: int = 0) -> torch.Tensor:
         """(len(histories), n_items) neighbourhood distribution per user (rows sum to 1): the
-        item-kNN distribution, mixed with the user-kNN one when the blend has it. ItemKNN adds a
+        item-kNN distribution, mixed with the user-kNN and linear ones the blend has. ItemKNN adds a
         tiny popularity prior, so a user without co-occurrences gets the popularity
         distribution; a user without session neighbours (or without a positive linear score)
         gives that part's share to item-kNN.
