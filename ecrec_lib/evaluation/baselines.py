@@ -261,11 +261,13 @@ class LinearTransitions:
                 "max_items on a machine with the memory, or use ItemKNN for this catalog")
         flat = _checked_items(train_seqs, n_items)
         n_pos = len(flat)
+        owner = np.repeat(np.arange(len(train_seqs)), [len(s) for s in train_seqs])
         rows, cols, vals = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]
-        for d, earlier, _ in windowed_pairs(train_seqs, self.max_history):
-            rows.append(_later_positions(train_seqs, d))
-            cols.append(earlier)
-            vals.append(np.full(len(earlier), self.decay ** (d - 1)))
+        for d in range(1, self.max_history + 1):  # row = target position, column = item d before
+            later = np.flatnonzero(owner[:-d] == owner[d:]) + d
+            rows.append(later)
+            cols.append(flat[later - d])
+            vals.append(np.full(len(later), self.decay ** (d - 1)))
         src = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
                             shape=(n_pos, n_items), dtype=np.float64)
         src.sum_duplicates()
@@ -295,16 +297,6 @@ class LinearTransitions:
         h = decayed_history_matrix(histories, self.n_items, self.decay,
                                    self.max_history).astype(np.float32)
         return np.asarray((h @ self.weights).todense(), dtype=np.float32)
-
-
-def _later_positions(seqs: Sequence[np.ndarray], d: int) -> np.ndarray:
-    """Flat positions (into the concatenated sequences) of the later item of each pair ``d``
-    apart, in the order :func:`windowed_pairs` yields the pairs."""
-    lengths = np.asarray([len(s) for s in seqs], dtype=np.int64)
-    owner = np.repeat(np.arange(len(seqs)), lengths)
-    pos = np.arange(len(owner))
-    same = owner[:-d] == owner[d:]
-    return pos[d:][same]
 
 
 def _keep_top_abs_per_row(m: np.ndarray, k: int) -> sp.csr_matrix:
