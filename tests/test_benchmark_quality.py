@@ -195,6 +195,23 @@ def test_job_baselines_end_to_end(tmp_path: Path, capsys):
     assert "n/a (no items.csv)" in table
 
 
+def test_job_reports_linear_na_on_a_catalog_above_its_limit(tmp_path: Path, monkeypatch, capsys):
+    """A catalog too large for SLIT's dense solve: its row says so, the other models still run."""
+    from ecrec_lib.evaluation.baselines import LinearTransitions
+
+    monkeypatch.setattr(LinearTransitions, "max_items", N_PATTERN_ITEMS - 1)
+    out = tmp_path / "r.json"
+    data_dir = _planted_dataset(tmp_path / "data", with_items=False)
+    argv = ["--data", str(data_dir), "--models", "pop,linear,itemknn", "--seeds", "1",
+            "--out", str(out), "--lake", str(tmp_path / "lake")]
+    assert benchmark_quality.main(argv) == 0
+    res = json.loads(out.read_text())
+    assert res["models"]["linear"] == {
+        "status": f"n/a ({N_PATTERN_ITEMS} items > max_items {N_PATTERN_ITEMS - 1})"}
+    assert res["models"]["itemknn"]["metrics"]["recall@5"]["mean"] > 0.9
+    assert "items > max_items" in capsys.readouterr().out
+
+
 NEURAL_FLAGS = [
     "--set",
     "dim=32",
