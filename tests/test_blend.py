@@ -184,7 +184,7 @@ def test_fit_blend_picks_weight_on_validation() -> None:
 def _linear_blend(weight: float = 0.5, user_share: float = 0.3, linear_share: float = 0.4,
                   kind: str = "product") -> CoocBlend:
     b = _blend(weight, user_share=user_share, kind=kind, eps=1e-3)
-    b.linear = LinearTransitions(l2=1.0).fit(SEQS, 6)
+    b.linear = LinearTransitions(l2=1.0, slis_weight=0.0).fit(SEQS, 6)  # transitions only
     b.linear_share = linear_share
     return b
 

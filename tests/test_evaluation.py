@@ -274,8 +274,10 @@ def test_user_knn_errors():
         UserKNN().fit([np.array([1, 5])], 3)
 
 
-def _slit_by_hand(seqs: list[list[int]], n: int, decay: float, m: int, l2: float) -> np.ndarray:
-    """B = (S'S + l2 I)^-1 S'T with one row per position that has a predecessor."""
+def _slist_by_hand(seqs: list[list[int]], n: int, decay: float, m: int, l2: float,
+                   a: float) -> np.ndarray:
+    """B = (a X'X + (1-a) S'S + l2 I)^-1 (a X'X + (1-a) S'T), one S/T row per position that has
+    a predecessor and one X row (item counts) per sequence; the diagonal zeroed."""
     src, tgt = [], []
     for s in seqs:
         for t in range(1, len(s)):
@@ -285,15 +287,20 @@ def _slit_by_hand(seqs: list[list[int]], n: int, decay: float, m: int, l2: float
             src.append(row)
             tgt.append(np.eye(n)[s[t]])
     S, T = np.array(src), np.array(tgt)
-    return np.linalg.solve(S.T @ S + l2 * np.eye(n), S.T @ T)
+    X = np.array([np.bincount(s, minlength=n) for s in seqs], dtype=float)
+    B = np.linalg.solve(a * X.T @ X + (1 - a) * S.T @ S + l2 * np.eye(n),
+                        a * X.T @ X + (1 - a) * S.T @ T)
+    np.fill_diagonal(B, 0.0)
+    return B
 
 
-def test_linear_transitions_is_the_closed_form_least_squares_solution():
+@pytest.mark.parametrize("slis_weight", [0.0, 0.3])
+def test_linear_transitions_is_the_closed_form_least_squares_solution(slis_weight: float):
     seqs = [[0, 1, 2, 3], [1, 2, 4], [0, 2, 3, 4, 1], [4, 0], [3]]
     n = 5
-    lt = LinearTransitions(decay=0.5, max_history=2, l2=0.7, keep_per_row=n).fit(
-        [np.array(s) for s in seqs], n)
-    expected = _slit_by_hand(seqs, n, 0.5, 2, 0.7)
+    lt = LinearTransitions(decay=0.5, max_history=2, l2=0.7, slis_weight=slis_weight,
+                           keep_per_row=n).fit([np.array(s) for s in seqs], n)
+    expected = _slist_by_hand(seqs, n, 0.5, 2, 0.7, slis_weight)
     np.testing.assert_allclose(lt.weights.toarray(), expected, rtol=1e-4, atol=1e-5)
     # scoring weighs the newest history item 1, the one before it decay, older ones not at all
     h = np.array([3, 0, 2])
@@ -305,13 +312,18 @@ def test_linear_transitions_is_the_closed_form_least_squares_solution():
 def test_linear_transitions_learns_directed_transitions_and_keeps_the_largest_weights():
     rng = np.random.default_rng(0)
     seqs = [np.array([a, a + 10]) for a in rng.integers(0, 10, 300)]  # a is followed by a + 10
-    lt = LinearTransitions(l2=1.0).fit(seqs, 20)
+    lt = LinearTransitions(l2=1.0, slis_weight=0.0).fit(seqs, 20)
     s = lt.score([np.array([3])])[0]
     assert int(np.argmax(s)) == 13
     assert lt.score([np.array([13])])[0].max() < 1e-6  # nothing follows a second item
-    pruned = LinearTransitions(l2=1.0, keep_per_row=2).fit(seqs, 20)
+    pruned = LinearTransitions(l2=1.0, slis_weight=0.0, keep_per_row=2).fit(seqs, 20)
     assert np.diff(pruned.weights.indptr).max() <= 2
     assert int(np.argmax(pruned.score([np.array([3])])[0])) == 13
+    # the whole-sequence (SLIS) part is symmetric: it also links a second item to its first
+    both = LinearTransitions(l2=1.0, slis_weight=0.3).fit(seqs, 20)
+    assert int(np.argmax(both.score([np.array([3])])[0])) == 13
+    assert int(np.argmax(both.score([np.array([13])])[0])) == 3
+    assert both.weights[13, 13] == 0.0  # self-weights are zeroed
 
 
 def test_linear_transitions_errors():
@@ -321,6 +333,8 @@ def test_linear_transitions_errors():
         LinearTransitions(l2=0.0).fit([np.array([1, 2])], 3)
     with pytest.raises(ValueError, match="decay"):
         LinearTransitions(decay=1.5).fit([np.array([1, 2])], 3)
+    with pytest.raises(ValueError, match="slis_weight"):
+        LinearTransitions(slis_weight=1.0).fit([np.array([1, 2])], 3)
     with pytest.raises(ValueError, match="outside"):
         LinearTransitions().fit([np.array([1, 5])], 3)
     with pytest.raises(CatalogTooLargeError, match="max_items=10.*ItemKNN"):

@@ -219,29 +219,35 @@ class CatalogTooLargeError(ValueError):
 
 @dataclass
 class LinearTransitions:
-    """Linear item-to-item transition model: SLIT, the transition part of SLIST
-    (Choi et al., "Session-aware Linear Item-Item Models for Session-based Recommendation",
-    WWW 2021), fitted in closed form.
+    """Linear item-to-item model SLIST (Choi et al., "Session-aware Linear Item-Item Models for
+    Session-based Recommendation", WWW 2021), fitted in closed form: a transition part (SLIT)
+    and a whole-sequence part (SLIS) solved jointly.
 
-    Every training position ``t`` of a sequence gives one least-squares row: the source is the
-    ``max_history`` items before it, item ``s[t-d]`` weighted ``decay**(d-1)``, and the target
-    is the item ``s[t]``. The item x item matrix ``B`` minimizes
-    ``||T - S B||^2 + l2 ||B||^2``, i.e. ``B = (S'S + l2 I)^-1 S'T``. A user scores item ``j`` as
-    ``sum_i w_i B[i, j]`` over their last ``max_history`` items, with the same weights.
+    SLIT: every training position ``t`` of a sequence gives one least-squares row: the source
+    is the ``max_history`` items before it, item ``s[t-d]`` weighted ``decay**(d-1)``, and the
+    target is the item ``s[t]``. SLIS: every training sequence gives one row ``x`` (a count per
+    item) that ``B`` reconstructs from itself, i.e. item-item similarity over whole sequences
+    (EASE without its zero-diagonal constraint). The item x item matrix ``B`` minimizes
+    ``slis_weight ||X - X B||^2 + (1 - slis_weight) ||T - S B||^2 + l2 ||B||^2``, i.e.
+    ``B = (a X'X + (1-a) S'S + l2 I)^-1 (a X'X + (1-a) S'T)``; ``slis_weight = 0`` is SLIT
+    alone. Self-weights ``B[i, i]`` are zeroed (a history item is never recommended). A user
+    scores item ``j`` as ``sum_i w_i B[i, j]`` over their last ``max_history`` items, with the
+    SLIT weights.
 
     Unlike item-kNN's normalized counts, the solve discounts items that are predictable from
     other history items, and its weights can be negative. On Amazon Beauty it beats item-kNN
-    and the ID-only sequential model alone (BENCHMARKS.md, session 10).
+    and the ID-only sequential model alone (BENCHMARKS.md, sessions 10 and 11).
 
-    Cost: ``S'S`` is a dense ``n_items`` x ``n_items`` system (float32 Cholesky: ~1 min for 12k
-    items on 2 cores, 4 n_items^2 bytes of memory twice over), so catalogs above ``max_items``
-    are refused. The stored ``B`` keeps each row's ``keep_per_row`` largest weights by absolute
-    value (sparse: what serving and the model artifact hold).
+    Cost: three dense ``n_items`` x ``n_items`` float32 matrices and one Cholesky solve (~1-3
+    min for 12k items on 2 cores), so catalogs above ``max_items`` are refused. The stored ``B``
+    keeps each row's ``keep_per_row`` largest weights by absolute value (sparse: what serving
+    and the model artifact hold).
     """
 
     decay: float = 0.8
     max_history: int = 10
     l2: float = 200.0
+    slis_weight: float = 0.2
     keep_per_row: int = 100
     max_items: int = 20_000
 
@@ -252,12 +258,14 @@ class LinearTransitions:
             raise ValueError("max_history and keep_per_row must be >= 1")
         if not 0.0 < self.decay <= 1.0:
             raise ValueError("decay must be in (0, 1]")
+        if not 0.0 <= self.slis_weight < 1.0:
+            raise ValueError(f"slis_weight must be in [0, 1) (0: SLIT alone), got {self.slis_weight}")
         if self.l2 <= 0:
             raise ValueError(f"l2 must be > 0 (it makes the system solvable), got {self.l2}")
         if n_items > self.max_items:
             raise CatalogTooLargeError(
                 f"LinearTransitions solves a dense {n_items} x {n_items} system; that is above "
-                f"max_items={self.max_items} (memory ~{8 * n_items**2 / 2**30:.1f} GiB). Raise "
+                f"max_items={self.max_items} (memory ~{12 * n_items**2 / 2**30:.1f} GiB). Raise "
                 "max_items on a machine with the memory, or use ItemKNN for this catalog")
         flat = _checked_items(train_seqs, n_items)
         n_pos = len(flat)
@@ -274,12 +282,23 @@ class LinearTransitions:
         has_source = np.diff(src.indptr) > 0
         tgt = sp.csr_matrix((has_source.astype(np.float64), (np.arange(n_pos), flat)),
                             shape=(n_pos, n_items))
+        a = np.float32(self.slis_weight)
         gram = (src.T @ src).toarray().astype(np.float32)
-        gram[np.diag_indices(n_items)] += np.float32(self.l2)
         rhs = (src.T @ tgt).toarray().astype(np.float32)
+        if a > 0:
+            seq_items = sp.csr_matrix((np.ones(n_pos), (owner, flat)),
+                                      shape=(len(train_seqs), n_items))
+            whole = (seq_items.T @ seq_items).toarray().astype(np.float32)
+            gram *= 1 - a
+            gram += a * whole
+            rhs *= 1 - a
+            rhs += a * whole
+            del whole
+        gram[np.diag_indices(n_items)] += np.float32(self.l2)
         factor = sla.cho_factor(gram, lower=False, overwrite_a=True, check_finite=False)
         del gram
         weights = sla.cho_solve(factor, rhs, overwrite_b=True, check_finite=False)
+        np.fill_diagonal(weights, 0.0)
         return self.with_table(_keep_top_abs_per_row(weights, self.keep_per_row))
 
     def with_table(self, weights: sp.spmatrix) -> LinearTransitions:

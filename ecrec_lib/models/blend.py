@@ -10,7 +10,7 @@ either order; session neighbours (user-kNN) vote with whole overlapping historie
 
 where each neighbourhood part is a distribution over the catalog (its non-negative scores
 divided by their sum): item-kNN, user-kNN (session neighbours) and the linear transition model
-(:class:`~ecrec_lib.evaluation.baselines.LinearTransitions`, SLIT). A user for whom user-kNN or
+(:class:`~ecrec_lib.evaluation.baselines.LinearTransitions`, SLIST). A user for whom user-kNN or
 the linear model has no positive score gives that part's share to item-kNN.
 
 A second kind, the **product of experts** (``kind="product"``), adds the neighbourhood
@@ -200,7 +200,9 @@ class CoocBlend:
                     f"{root / PARAMS_FILE} names a linear transition model but {LINEAR_FILE} is "
                     "missing: the model artifact is incomplete; re-register the run or restore "
                     "the file")
-            linear = LinearTransitions(**params["linear"]).with_table(sp.load_npz(root / LINEAR_FILE))
+            # models saved before SLIS was added were fitted as SLIT alone
+            settings = {"slis_weight": 0.0, **params["linear"]}
+            linear = LinearTransitions(**settings).with_table(sp.load_npz(root / LINEAR_FILE))
         # blends saved before the product kind existed are mixtures
         return cls(knn, float(params["weight"]), float(params["inv_temperature"]), user_knn,
                    float(params.get("user_share", 0.0)) if user_knn is not None else 0.0,
