@@ -9,9 +9,9 @@ ordered by ``seq_pos`` (else ``timestamp``), the last item is the test target, t
 before it the validation target (model selection / early stopping only); every item of the
 catalog is ranked and the user's history items are excluded. Reports Recall@{5,10,20} and
 NDCG@{5,10,20} (mean ± std over seeds) and training time for: popularity, item-kNN, user-kNN, a
-linear item-item transition model (SLIT), an ID-only SASRec-style model and the ecrec two-tower
-model (text + ID). Without items.csv the
-text model is reported as "n/a (no items.csv)".
+linear item-item model (SLIST: transitions plus whole-sequence similarity), an ID-only
+SASRec-style model and the ecrec two-tower model (text + ID). Without items.csv the text model
+is reported as "n/a (no items.csv)".
 """
 
 from __future__ import annotations
@@ -53,10 +53,10 @@ MODEL_LABELS = {
     "pop": "popularity",
     "itemknn": "item-kNN",
     "userknn": "user-kNN (session neighbours)",
-    "linear": "linear item-item transitions (SLIT, closed form)",
+    "linear": "linear item-item model (SLIST, closed form)",
     "sasrec_id": "SASRec-style, ID only (full CE)",
     "two_tower": "ecrec two-tower (text + ID)",
-    BLEND: "ecrec two-tower + neighbourhood blend (item-kNN, user-kNN, SLIT)",
+    BLEND: "ecrec two-tower + neighbourhood blend (item-kNN, user-kNN, SLIST)",
 }
 
 

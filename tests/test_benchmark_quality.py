@@ -191,12 +191,12 @@ def test_job_baselines_end_to_end(tmp_path: Path, capsys):
     assert res["models"]["linear"]["seeds"] == ["deterministic"]
     assert res["machine"]["cpu_cores"] >= 1
     table = capsys.readouterr().out
-    assert "item-kNN" in table and "user-kNN" in table and "SLIT" in table
+    assert "item-kNN" in table and "user-kNN" in table and "SLIST" in table
     assert "n/a (no items.csv)" in table
 
 
 def test_job_reports_linear_na_on_a_catalog_above_its_limit(tmp_path: Path, monkeypatch, capsys):
-    """A catalog too large for SLIT's dense solve: its row says so, the other models still run."""
+    """A catalog too large for SLIST's dense solve: its row says so, the other models still run."""
     from ecrec_lib.evaluation.baselines import LinearTransitions
 
     monkeypatch.setattr(LinearTransitions, "max_items", N_PATTERN_ITEMS - 1)
