@@ -40,6 +40,31 @@ def test_catalog_cross_entropy_matches_plain_softmax(chunk_bytes, with_mask, wit
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("chunk_bytes", [None, 4 * 50 * 3])
+def test_catalog_cross_entropy_row_bias_adds_fixed_entries_to_the_logits(chunk_bytes) -> None:  # noqa: ANN001
+    g = torch.Generator().manual_seed(2)
+    h = torch.randn(11, 8, generator=g, requires_grad=True)
+    items = torch.randn(50, 8, generator=g, requires_grad=True)
+    target = torch.randint(0, 50, (11,), generator=g)
+    # unsorted rows, one entry on a target, rows 4 and 9 without entries, a masked column too
+    b_rows = torch.tensor([10, 0, 3, 0, 7, 2, 5])
+    b_cols = torch.tensor([4, 9, int(target[3]), 1, 30, 2, 49])
+    b_vals = torch.tensor([2.0, 1.5, 3.0, 0.5, 1.0, 4.0, 0.25])
+    dense = torch.zeros(11, 50).index_put((b_rows, b_cols), b_vals)
+    m_rows, m_cols = torch.tensor([7]), torch.tensor([30 if int(target[7]) != 30 else 31])
+    z = (h @ items.T + dense).index_put((m_rows, m_cols), torch.tensor(float("-inf")))
+    want = F.cross_entropy(z, target)
+    want_grads = torch.autograd.grad(want, [h, items])
+    got = catalog_cross_entropy(h, items, target, m_rows, m_cols, chunk_bytes=chunk_bytes,
+                                row_bias=(b_rows, b_cols, b_vals))
+    got_grads = torch.autograd.grad(got, [h, items])
+    torch.testing.assert_close(got, want)
+    for a, b in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="same length"):
+        catalog_cross_entropy(h, items, target, row_bias=(b_rows, b_cols[:2], b_vals))
+
+
 def test_catalog_cross_entropy_refuses_bad_shapes_and_a_masked_target_is_infinite() -> None:
     h, items = torch.randn(2, 4), torch.randn(5, 4)
     target = torch.tensor([1, 2])

@@ -63,6 +63,12 @@ class ModelConfig:
     cooc_batch_size: int = 1024  # pairs per step
     cooc_blend: bool = True  # after training, mix in an item-kNN distribution with the weight
     # that maximizes validation NDCG@10 (0 = off when it does not help; ecrec_lib.models.blend)
+    prior_weight: float = 0.0  # >0: train the softmax as the residual of the linear model
+    # (SLIST): its out-of-fold log-probabilities times this weight are added to the training
+    # logits and to the validation scores (ecrec_lib.training.prior); 0 = off
+    prior_eps: float = 3e-3  # floor of the prior probability: bias = log(p + eps) - log(eps)
+    prior_folds: int = 5  # user folds of the out-of-fold prior
+    prior_keep: int = 256  # largest prior entries kept per training position
     temperature: float = 0.07  # cosine logits are divided by this
     learn_temperature: bool = True  # start at `temperature`, let the loss tune it
     query_loss_weight: float = 0.5  # weight of the query->item contrastive loss
@@ -97,6 +103,10 @@ class ModelConfig:
         for name in ("dim", "n_layers", "n_heads", "max_seq_len", "epochs", "batch_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.prior_weight < 0 or self.prior_eps <= 0 or self.prior_keep < 1:
+            raise ValueError("prior_weight must be >= 0, prior_eps > 0 and prior_keep >= 1")
+        if self.prior_weight > 0 and self.prior_folds < 2:
+            raise ValueError(f"prior_folds must be >= 2 (out-of-fold priors), got {self.prior_folds}")
         if not 0.0 <= self.id_dropout < 1.0 or not 0.0 <= self.dropout < 1.0:
             raise ValueError("dropout and id_dropout must be in [0, 1)")
 

@@ -35,7 +35,8 @@ class _CatalogCrossEntropy(torch.autograd.Function):
     otherwise keep every chunk's logits, or backward recompute them: a 4th matrix product)."""
 
     @staticmethod
-    def forward(ctx, h, items, target, mask_rows, mask_cols, col_bias, chunk):  # noqa: ANN001, ANN205
+    def forward(ctx, h, items, target, mask_rows, mask_cols, col_bias, chunk,  # noqa: ANN001, ANN205
+                bias_rows, bias_cols, bias_vals):  # noqa: ANN001
         n = len(h)
         autocast = torch.is_autocast_enabled(h.device.type)  # out= products would bypass it
         need = any(ctx.needs_input_grad[i] for i in (0, 1, 5))
@@ -45,7 +46,9 @@ class _CatalogCrossEntropy(torch.autograd.Function):
                      if need and col_bias is not None else None)
         total = torch.zeros((), dtype=torch.float64, device=h.device)
         # mask entries of chunk c: mask_rows (sorted) [bounds[c], bounds[c + 1]); one host copy
-        bounds = torch.searchsorted(mask_rows, torch.arange(0, n + chunk, chunk, device=h.device)).tolist()
+        starts = torch.arange(0, n + chunk, chunk, device=h.device)
+        bounds = torch.searchsorted(mask_rows, starts).tolist()
+        b_bounds = torch.searchsorted(bias_rows, starts).tolist()
         for c, start in enumerate(range(0, n, chunk)):
             stop = min(start + chunk, n)
             rows = torch.arange(stop - start, device=h.device)
@@ -53,6 +56,9 @@ class _CatalogCrossEntropy(torch.autograd.Function):
             z = (h[start:stop] @ items.T).float()
             if col_bias is not None:
                 z += col_bias.float()
+            lo, hi = b_bounds[c], b_bounds[c + 1]
+            if hi > lo:
+                z[bias_rows[lo:hi] - start, bias_cols[lo:hi]] += bias_vals[lo:hi].float()
             lo, hi = bounds[c], bounds[c + 1]
             if hi > lo:
                 z[mask_rows[lo:hi] - start, mask_cols[lo:hi]] = float("-inf")
@@ -83,7 +89,7 @@ class _CatalogCrossEntropy(torch.autograd.Function):
         dh, di, db = ctx.dtypes
         g = grad.float()
         return ((grad_h * g).to(dh), (grad_items * g).to(di), None, None, None,
-                (grad_bias * g).to(db) if grad_bias is not None else None, None)
+                (grad_bias * g).to(db) if grad_bias is not None else None, None, None, None, None)
 
 
 def catalog_cross_entropy(
@@ -94,6 +100,7 @@ def catalog_cross_entropy(
     mask_cols: torch.Tensor | None = None,
     col_bias: torch.Tensor | None = None,
     chunk_bytes: int | None = None,
+    row_bias: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Mean cross-entropy of ``softmax(h @ items.T + col_bias)`` against ``target``.
 
@@ -101,7 +108,9 @@ def catalog_cross_entropy(
     entries removed from the softmax (set to ``-inf``); a row's own target must not be among
     them (the loss is then infinite, which the trainer's NaN/inf guard reports); ``col_bias``
     (n_items,) is added to every row (e.g. a logQ correction) and gets a gradient when it
-    requires one. Runs under autocast like the plain expression would.
+    requires one. ``row_bias = (rows, cols, values)`` adds fixed per-entry values to the logits
+    (at most one entry per (row, col); no gradient), e.g. a prior model's log-probabilities.
+    Runs under autocast like the plain expression would.
     """
     if h.dim() != 2 or items.dim() != 2 or h.shape[1] != items.shape[1]:
         raise ValueError(f"h must be (rows, d) and items (n_items, d), got {tuple(h.shape)} and "
@@ -117,5 +126,15 @@ def catalog_cross_entropy(
     else:
         order = torch.argsort(mask_rows, stable=True)
         mask_rows, mask_cols = mask_rows[order], mask_cols[order]
+    if row_bias is None:
+        b_rows = b_cols = torch.zeros(0, dtype=torch.long, device=h.device)
+        b_vals = torch.zeros(0, dtype=torch.float32, device=h.device)
+    else:
+        b_rows, b_cols, b_vals = row_bias
+        if not (b_rows.shape == b_cols.shape == b_vals.shape):
+            raise ValueError("row_bias rows, cols and values must have the same length")
+        order = torch.argsort(b_rows, stable=True)
+        b_rows, b_cols, b_vals = b_rows[order], b_cols[order], b_vals[order]
     chunk = _chunk_rows(len(h), len(items), h.device, chunk_bytes)
-    return _CatalogCrossEntropy.apply(h, items, target, mask_rows, mask_cols, col_bias, chunk)
+    return _CatalogCrossEntropy.apply(h, items, target, mask_rows, mask_cols, col_bias, chunk,
+                                      b_rows, b_cols, b_vals)

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from ecrec_lib.evaluation import EvalSet, evaluate_scores
-from ecrec_lib.evaluation.baselines import windowed_pairs
+from ecrec_lib.evaluation.baselines import LinearTransitions, decayed_history_matrix, windowed_pairs
 from ecrec_lib.models.config import ModelConfig, model_config_from
 from ecrec_lib.models.recommender import TwoTowerRecommender
 from ecrec_lib.models.text_encoder import (
@@ -49,6 +49,7 @@ from ecrec_lib.models.text_encoder import (
 from ecrec_lib.models.two_tower import TwoTowerModel
 from ecrec_lib.training.data import TrainingData, data_fingerprint
 from ecrec_lib.training.losses import catalog_cross_entropy
+from ecrec_lib.training.prior import batch_prior, log_prior_rows, out_of_fold_prior
 
 log = logging.getLogger(__name__)
 
@@ -308,6 +309,9 @@ def train_two_tower(
     # Popularity of targets: proposal of in-batch negatives for the logQ correction.
     counts = np.bincount(arrays.tgt[arrays.tgt >= 0], minlength=n_items).astype(np.float64)
     log_unigram = torch.as_tensor(np.log((counts + 1e-3) / (counts + 1e-3).sum()), device=device)
+    prior, prior_scorer = None, None
+    if mcfg.prior_weight > 0:
+        prior, prior_scorer = _training_prior(mcfg, train_seqs, arrays, n_items, use_full)
     # Co-occurrence pairs (both directions) for the item-item loss.
     cooc_a, cooc_b = (torch.as_tensor(p, device=device) for p in (
         _cooccurrence_pairs(train_seqs, mcfg.cooc_window) if mcfg.cooc_loss_weight > 0
@@ -390,7 +394,8 @@ def train_two_tower(
         tot = tot_next = tot_q = tot_c = 0.0
         bar = _progress(range(len(batches)), progress, f"epoch {epoch}/{mcfg.epochs}")
         for step in bar:
-            rows = torch.as_tensor(batches[step])
+            rows_np = batches[step]
+            rows = torch.as_tensor(rows_np)
             seq, tgt, lengths = t_inp[rows].to(device), t_tgt[rows].to(device), t_len[rows].to(device)
             typ, age = t_typ[rows].to(device), t_age[rows].to(device)
             L_used = int(lengths.max())
@@ -430,7 +435,13 @@ def train_two_tower(
                     q = (len(targets) * log_unigram[cand].exp() + mcfg.n_negatives / n_items)
                     log_q = -torch.log(q.clamp_min(1e-12))
                 # softmax over every candidate, computed in chunks (ecrec_lib.training.losses)
-                loss_next = catalog_cross_entropy(h, items, tgt_c, m_rows, m_cols, log_q)
+                row_bias = None
+                if prior is not None:
+                    pos_ids = (rows_np[:, None] * mcfg.max_seq_len + np.arange(L_used)[None, :])[
+                        valid_pos.cpu().numpy()]
+                    row_bias = batch_prior(prior, pos_ids, mcfg.prior_weight, device)
+                loss_next = catalog_cross_entropy(h, items, tgt_c, m_rows, m_cols, log_q,
+                                                  row_bias=row_bias)
                 loss = loss_next
                 loss_q = torch.zeros((), device=device)
                 if len(pairs):
@@ -505,8 +516,10 @@ def train_two_tower(
         rec.invalidate()
         if valid_eval is not None:
             t1 = time.time()
-            m = evaluate_scores(make_score_fn(rec, valid_eval, data), valid_eval, n_items, ks=(10,),
-                                batch_size=mcfg.eval_batch_size)
+            fn = make_score_fn(rec, valid_eval, data)
+            if prior_scorer is not None:
+                fn = prior_scorer(fn, valid_eval, float(model.inv_temperature.detach()))
+            m = evaluate_scores(fn, valid_eval, n_items, ks=(10,), batch_size=mcfg.eval_batch_size)
             row["valid_ndcg@10"] = m["ndcg@10"]
             row["valid_recall@10"] = m["recall@10"]
             row["eval_seconds"] = time.time() - t1
@@ -567,6 +580,35 @@ def _fit_blend(rec: TwoTowerRecommender, data: TrainingData, train_seqs: Sequenc
                               valid.histories, valid_eval, model_scores)
     report["seconds"] = round(time.time() - t0, 1)
     return (blend if blend.weight > 0 else None), report
+
+
+def _training_prior(mcfg: ModelConfig, train_seqs: Sequence[np.ndarray], arrays: _SeqArrays,
+                    n_items: int, use_full: bool) -> tuple[Any, Callable[..., Any]]:
+    """The out-of-fold linear prior of every training position and a wrapper that adds the
+    same prior (fitted on all training sequences) to validation scores."""
+    if not use_full:
+        raise ValueError(
+            f"prior_weight > 0 needs the full softmax, but this catalog ({n_items} items) trains "
+            f"with sampled negatives; set loss=full_softmax or prior_weight=0")
+    t0 = time.time()
+    row_users = np.asarray([u for u, s in enumerate(train_seqs) if len(s) >= 2], dtype=np.int64)
+    prior = out_of_fold_prior(train_seqs, row_users, arrays.inp, arrays.lengths, n_items,
+                              mcfg.prior_eps, mcfg.prior_keep, mcfg.prior_folds)
+    linear = LinearTransitions().fit(train_seqs, n_items)
+    log.info("training prior: %d entries over %d positions in %.1f s", prior.nnz,
+             int(arrays.lengths.sum()), time.time() - t0)
+
+    def scorer(fn: Callable[[np.ndarray], torch.Tensor], eval_set: EvalSet,
+               inv_temperature: float) -> Callable[[np.ndarray], torch.Tensor]:
+        def wrapped(pos: np.ndarray) -> torch.Tensor:
+            cos = torch.as_tensor(fn(pos)).float()
+            hist = decayed_history_matrix([eval_set.histories[i] for i in pos], n_items,
+                                          linear.decay, linear.max_history)
+            bias = log_prior_rows(hist @ linear.weights, mcfg.prior_eps, mcfg.prior_keep)
+            return cos + (mcfg.prior_weight / inv_temperature) * torch.as_tensor(bias.toarray())
+        return wrapped
+
+    return prior, scorer
 
 
 def _cooccurrence_pairs(seqs: Sequence[np.ndarray], window: int) -> tuple[np.ndarray, np.ndarray]:
