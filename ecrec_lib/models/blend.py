@@ -306,6 +306,7 @@ def fit_blend(
     product_eps: Sequence[float] = PRODUCT_EPS_GRID,
     linear_shares: Sequence[float] = LINEAR_SHARE_GRID,
     cache_floats: int = 400_000_000,
+    linear: LinearTransitions | None = None,
 ) -> tuple[CoocBlend, dict[str, Any]]:
     """Fit item-kNN on ``train_seqs`` (settings picked by validation NDCG@10), user-kNN and the
     linear transition model, then the blend kind, its weight ``w`` (and ``eps`` for the product
@@ -316,12 +317,14 @@ def fit_blend(
     large for it leaves it out with a warning). ``valid_eval(score_fn) -> ndcg@10`` evaluates a
     score function over the validation rows; ``model_scores(pos)`` returns the model's cosine
     rows for those rows. The per-row parts are computed once and reused across the grid when
-    they fit in ``cache_floats`` floats (4 x validation rows x items)."""
+    they fit in ``cache_floats`` floats (4 x validation rows x items). ``linear``: a linear
+    model already fitted on ``train_seqs``, used instead of fitting one."""
     best_knn = tune_item_knn(train_seqs, n_items, lambda knn: valid_eval(
         lambda pos: torch.as_tensor(knn.score([valid_histories[i] for i in pos]))))
     user_knn = UserKNN().fit(train_seqs, n_items) if any(a > 0 for a in user_shares) else None
-    linear: LinearTransitions | None = None
-    if any(b > 0 for b in linear_shares):
+    if not any(b > 0 for b in linear_shares):
+        linear = None
+    elif linear is None:
         try:
             linear = LinearTransitions().fit(train_seqs, n_items)
         except CatalogTooLargeError as exc:

@@ -14,6 +14,7 @@ into ``folds`` groups, and each group's positions are scored by a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 
@@ -72,8 +73,6 @@ def out_of_fold_prior(train_seqs: Sequence[np.ndarray], row_users: np.ndarray, i
     if folds < 2:
         raise ValueError(f"prior_folds must be >= 2 (out-of-fold priors), got {folds}")
     proto = linear or LinearTransitions()
-    settings = {k: getattr(proto, k) for k in ("decay", "max_history", "l2", "slis_weight",
-                                               "keep_per_row", "max_items")}
     hist = prefix_history_matrix(inp, lengths, n_items, proto.decay, proto.max_history).tocsr()
     L = inp.shape[1]
     n_users = len(train_seqs)
@@ -81,7 +80,7 @@ def out_of_fold_prior(train_seqs: Sequence[np.ndarray], row_users: np.ndarray, i
     out_parts: list[sp.csr_matrix] = []
     order_parts: list[np.ndarray] = []
     for k in range(folds):
-        fitted = LinearTransitions(**settings).fit(
+        fitted = dataclasses.replace(proto).fit(
             [s if user_fold[u] != k else s[:0] for u, s in enumerate(train_seqs)], n_items)
         rows = np.flatnonzero(user_fold[row_users] == k)
         pos = (rows[:, None] * L + np.arange(L)[None, :]).ravel()

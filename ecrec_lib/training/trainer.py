@@ -309,9 +309,9 @@ def train_two_tower(
     # Popularity of targets: proposal of in-batch negatives for the logQ correction.
     counts = np.bincount(arrays.tgt[arrays.tgt >= 0], minlength=n_items).astype(np.float64)
     log_unigram = torch.as_tensor(np.log((counts + 1e-3) / (counts + 1e-3).sum()), device=device)
-    prior, prior_scorer = None, None
+    prior, prior_linear = None, None
     if mcfg.prior_weight > 0:
-        prior, prior_scorer = _training_prior(mcfg, train_seqs, arrays, n_items, use_full)
+        prior, prior_linear = _training_prior(mcfg, train_seqs, arrays, n_items, use_full)
     # Co-occurrence pairs (both directions) for the item-item loss.
     cooc_a, cooc_b = (torch.as_tensor(p, device=device) for p in (
         _cooccurrence_pairs(train_seqs, mcfg.cooc_window) if mcfg.cooc_loss_weight > 0
@@ -517,8 +517,8 @@ def train_two_tower(
         if valid_eval is not None:
             t1 = time.time()
             fn = make_score_fn(rec, valid_eval, data)
-            if prior_scorer is not None:
-                fn = prior_scorer(fn, valid_eval, float(model.inv_temperature.detach()))
+            if prior_linear is not None:
+                fn = _with_prior(fn, valid_eval, prior_linear, mcfg, float(model.inv_temperature.detach()))
             m = evaluate_scores(fn, valid_eval, n_items, ks=(10,), batch_size=mcfg.eval_batch_size)
             row["valid_ndcg@10"] = m["ndcg@10"]
             row["valid_recall@10"] = m["recall@10"]
@@ -559,14 +559,16 @@ def train_two_tower(
     rec.metadata.update({"best_epoch": best["epoch"], "fingerprint": fingerprint,
                           "model_config": mcfg.to_dict()})
     if mcfg.cooc_blend and valid_eval is not None:
-        rec.blend, report = _fit_blend(rec, data, train_seqs, valid_eval, mcfg)
+        rec.blend, report = _fit_blend(rec, data, train_seqs, valid_eval, mcfg, prior_linear)
         rec.metadata["blend"] = report
     return TrainResult(rec, history, best["epoch"], best["valid"], fingerprint, resumed_from, data)
 
 
 def _fit_blend(rec: TwoTowerRecommender, data: TrainingData, train_seqs: Sequence[np.ndarray],
-               valid: EvalSet, mcfg: ModelConfig) -> tuple[Any, dict[str, Any]]:
-    """Fit the co-occurrence blend on the training sequences; weight chosen on ``valid``.
+               valid: EvalSet, mcfg: ModelConfig, linear: LinearTransitions | None = None,
+               ) -> tuple[Any, dict[str, Any]]:
+    """Fit the co-occurrence blend on the training sequences; weight chosen on ``valid``
+    (``linear``: the linear model already fitted on them, reused).
     Returns (None, report) when validation prefers the model alone (weight 0)."""
     from ecrec_lib.models.blend import fit_blend
 
@@ -577,15 +579,15 @@ def _fit_blend(rec: TwoTowerRecommender, data: TrainingData, train_seqs: Sequenc
 
     t0 = time.time()
     blend, report = fit_blend(train_seqs, data.n_items, float(rec.model.inv_temperature.detach()),
-                              valid.histories, valid_eval, model_scores)
+                              valid.histories, valid_eval, model_scores, linear=linear)
     report["seconds"] = round(time.time() - t0, 1)
     return (blend if blend.weight > 0 else None), report
 
 
 def _training_prior(mcfg: ModelConfig, train_seqs: Sequence[np.ndarray], arrays: _SeqArrays,
-                    n_items: int, use_full: bool) -> tuple[Any, Callable[..., Any]]:
-    """The out-of-fold linear prior of every training position and a wrapper that adds the
-    same prior (fitted on all training sequences) to validation scores."""
+                    n_items: int, use_full: bool) -> tuple[Any, LinearTransitions]:
+    """The out-of-fold linear prior of every training position, and the linear model fitted
+    on all training sequences (validation scores and the blend use it)."""
     if not use_full:
         raise ValueError(
             f"prior_weight > 0 needs the full softmax, but this catalog ({n_items} items) trains "
@@ -597,18 +599,20 @@ def _training_prior(mcfg: ModelConfig, train_seqs: Sequence[np.ndarray], arrays:
     linear = LinearTransitions().fit(train_seqs, n_items)
     log.info("training prior: %d entries over %d positions in %.1f s", prior.nnz,
              int(arrays.lengths.sum()), time.time() - t0)
+    return prior, linear
 
-    def scorer(fn: Callable[[np.ndarray], torch.Tensor], eval_set: EvalSet,
-               inv_temperature: float) -> Callable[[np.ndarray], torch.Tensor]:
-        def wrapped(pos: np.ndarray) -> torch.Tensor:
-            cos = torch.as_tensor(fn(pos)).float()
-            hist = decayed_history_matrix([eval_set.histories[i] for i in pos], n_items,
-                                          linear.decay, linear.max_history)
-            bias = log_prior_rows(hist @ linear.weights, mcfg.prior_eps, mcfg.prior_keep)
-            return cos + (mcfg.prior_weight / inv_temperature) * torch.as_tensor(bias.toarray())
-        return wrapped
 
-    return prior, scorer
+def _with_prior(fn: Callable[[np.ndarray], torch.Tensor], eval_set: EvalSet,
+                linear: LinearTransitions, mcfg: ModelConfig,
+                inv_temperature: float) -> Callable[[np.ndarray], torch.Tensor]:
+    """``fn``'s cosine rows plus the training prior on the same (cosine) scale."""
+    def wrapped(pos: np.ndarray) -> torch.Tensor:
+        cos = torch.as_tensor(fn(pos)).float()
+        hist = decayed_history_matrix([eval_set.histories[i] for i in pos], linear.n_items,
+                                      linear.decay, linear.max_history)
+        bias = log_prior_rows(hist @ linear.weights, mcfg.prior_eps, mcfg.prior_keep)
+        return cos + (mcfg.prior_weight / inv_temperature) * torch.as_tensor(bias.toarray())
+    return wrapped
 
 
 def _cooccurrence_pairs(seqs: Sequence[np.ndarray], window: int) -> tuple[np.ndarray, np.ndarray]:
