@@ -11,7 +11,10 @@ either order; session neighbours (user-kNN) vote with whole overlapping historie
 where each neighbourhood part is a distribution over the catalog (its non-negative scores
 divided by their sum): item-kNN, user-kNN (session neighbours) and the linear transition model
 (:class:`~ecrec_lib.evaluation.baselines.LinearTransitions`, SLIST). A user for whom user-kNN or
-the linear model has no positive score gives that part's share to item-kNN.
+the linear model has no positive score gives that part's share to item-kNN. A fourth part,
+optional, is the learned candidate ranker (:mod:`ecrec_lib.models.ranker`): LambdaRank over the
+three parts' scores and item side features, trained on each training sequence's last item;
+with share ``c`` the neighbourhood part becomes ``(1 - c) nb(u, i) + c * ranker(u, i)``.
 
 A second kind, the **product of experts** (``kind="product"``), adds the neighbourhood
 evidence in log space instead of mixing probabilities:
@@ -50,6 +53,7 @@ from ecrec_lib.evaluation.baselines import (
     UserKNN,
     tune_item_knn,
 )
+from ecrec_lib.models.ranker import CandidateRanker
 
 log = logging.getLogger(__name__)
 WEIGHT_GRID: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
@@ -61,10 +65,14 @@ PRODUCT_EPS_GRID: tuple[float, ...] = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 BLEND_KINDS = ("mixture", "product")
 USER_SHARE_GRID: tuple[float, ...] = (0.0, 0.3, 0.5, 0.7)  # share of user-kNN in nb(u, .)
 LINEAR_SHARE_GRID: tuple[float, ...] = (0.0, 0.3, 0.5, 0.7, 1.0)  # share of LinearTransitions
+RANKER_SHARE_GRID: tuple[float, ...] = (0.3, 0.5, 0.7, 0.85, 1.0)  # share of the learned ranker
 PARAMS_FILE = "blend.json"
 SIM_FILE = "blend_sim.npz"
 USERS_FILE = "blend_users.npz"
 LINEAR_FILE = "blend_linear.npz"
+# (item-kNN, user-kNN, linear or None) fitted on the training sequences -> (ranker or None, report)
+RankerFit = Callable[[ItemKNN, UserKNN, LinearTransitions | None],
+                     tuple[CandidateRanker | None, dict[str, Any]]]
 
 
 @dataclass
@@ -81,20 +89,25 @@ class CoocBlend:
     eps: float = 1e-4  # product kind: floor added to the neighbourhood probability
     linear: LinearTransitions | None = None
     linear_share: float = 0.0  # b: share of the linear transition model's distribution
+    ranker: CandidateRanker | None = None
+    ranker_share: float = 0.0  # c: share of the learned ranker's distribution
 
     def __post_init__(self) -> None:
         if self.kind not in BLEND_KINDS:
             raise ValueError(f"blend kind must be one of {BLEND_KINDS}, got {self.kind!r}")
         if self.kind == "product" and self.eps <= 0:
             raise ValueError(f"a product blend needs eps > 0 (log of zero), got {self.eps}")
-        shares = (self.user_share, self.linear_share)
+        shares = (self.user_share, self.linear_share, self.ranker_share)
         if min(shares) < 0 or sum(shares) > 1 + 1e-9:
-            raise ValueError(f"the user-kNN and linear shares must be >= 0 and sum to at most 1, "
-                             f"got {self.user_share} and {self.linear_share}")
+            raise ValueError(f"the user-kNN, linear and ranker shares must be >= 0 and sum to at "
+                             f"most 1, got {self.user_share}, {self.linear_share} and "
+                             f"{self.ranker_share}")
+        if self.ranker_share > 0 and (self.ranker is None or self.user_knn is None):
+            raise ValueError("a ranker share > 0 needs the ranker and the user-kNN it reads")
 
     # ------------------------------------------------------------------ scoring
-    def knn_probs(self, histories: Sequence[np.ndarray],
-                  columns: np.ndarray | None = None, n_columns: int = 0) -> torch.Tensor:
+    def knn_probs(self, histories: Sequence[np.ndarray], columns: np.ndarray | None = None,
+                  n_columns: int = 0, anchor_ts: np.ndarray | None = None) -> torch.Tensor:
         """(len(histories), n_items) neighbourhood distribution per user (rows sum to 1): the
         item-kNN distribution, mixed with the user-kNN and linear ones the blend has. ItemKNN adds a
         tiny popularity prior, so a user without co-occurrences gets the popularity
@@ -102,23 +115,37 @@ class CoocBlend:
         gives that part's share to item-kNN.
         ``histories`` hold model item indices. With ``columns`` (model index -> column,
         -1 = absent), the distribution is laid out over ``n_columns`` columns (e.g. a catalog
-        snapshot) and renormalized over the items present there."""
-        p = _row_distribution(self.knn.score(histories), columns, n_columns)
-        parts = []
-        for model, share in ((self.user_knn, self.user_share), (self.linear, self.linear_share)):
-            if model is not None and share > 0:
-                parts.append((_row_distribution(model.score(histories), columns, n_columns), share))
-        return _mix_neighbourhoods(p, parts)
+        snapshot) and renormalized over the items present there. ``anchor_ts``: each user's last
+        event time (epoch seconds), for the learned ranker's time features."""
+        use_ranker = self.ranker is not None and self.ranker_share > 0
+        s_item = self.knn.score(histories)
+        raw = {}
+        for name, model, share in (("user", self.user_knn, self.user_share),
+                                   ("linear", self.linear, self.linear_share)):
+            if model is not None and (share > 0 or use_ranker):
+                raw[name] = (model.score(histories), share)
+        parts = [(_row_distribution(s, columns, n_columns), share)
+                 for s, share in raw.values() if share > 0]
+        if use_ranker:
+            assert self.ranker is not None
+            zeros = np.zeros_like(s_item)
+            dists = [_row_distribution(s, None, 0).numpy() for s in
+                     (s_item, raw["user"][0], raw.get("linear", (zeros, 0.0))[0])]
+            p_rank = self.ranker.probs(histories, *dists, anchor_ts)
+            parts = [(p, share * (1 - self.ranker_share)) for p, share in parts]
+            parts.append((_row_distribution(p_rank, columns, n_columns), self.ranker_share))
+        return _mix_neighbourhoods(_row_distribution(s_item, columns, n_columns), parts)
 
     def mix(self, cos: torch.Tensor, histories: Sequence[np.ndarray],
-            columns: np.ndarray | None = None) -> torch.Tensor:
+            columns: np.ndarray | None = None, anchor_ts: np.ndarray | None = None) -> torch.Tensor:
         """Blended scores on the cosine scale for full rows ``cos`` (n, n_columns); ``columns``
-        as in :meth:`knn_probs` when the columns are not the model's items."""
+        and ``anchor_ts`` as in :meth:`knn_probs`."""
         cos = torch.as_tensor(cos).float().cpu()
         if self.weight <= 0:
             return cos
         return combine(cos, self.inv_temperature, self.weight,
-                       self.knn_probs(histories, columns, cos.shape[1]), self.kind, self.eps)
+                       self.knn_probs(histories, columns, cos.shape[1], anchor_ts), self.kind,
+                       self.eps)
 
     def rescore(self, cand_idx: np.ndarray, cand_cos: np.ndarray, log_z: np.ndarray,
                 histories: Sequence[np.ndarray], columns: np.ndarray | None = None,
@@ -166,15 +193,19 @@ class CoocBlend:
             "user_share": self.user_share if self.user_knn is not None else 0.0,
             "kind": self.kind, "eps": self.eps,
         }
-        if self.user_knn is not None and self.user_share > 0:
+        if self.user_knn is not None:
             sp.save_npz(out / USERS_FILE, self.user_knn.users.tocsr(), compressed=True)
             params["user_knn"] = asdict(self.user_knn)
             files.insert(2, USERS_FILE)
-        if self.linear is not None and self.linear_share > 0:
+        if self.linear is not None:
             sp.save_npz(out / LINEAR_FILE, self.linear.weights, compressed=True)
             params["linear"] = asdict(self.linear)
             params["linear_share"] = self.linear_share
             files.insert(-1, LINEAR_FILE)
+        if self.ranker is not None:
+            names, params["ranker"] = self.ranker.save(out)
+            params["ranker_share"] = self.ranker_share
+            files[-1:-1] = names
         (out / PARAMS_FILE).write_text(json.dumps(params, indent=1))
         return files
 
@@ -203,11 +234,14 @@ class CoocBlend:
             # models saved before SLIS was added were fitted as SLIT alone
             settings = {"slis_weight": 0.0, **params["linear"]}
             linear = LinearTransitions(**settings).with_table(sp.load_npz(root / LINEAR_FILE))
+        # blends saved before the learned ranker have none
+        ranker = CandidateRanker.load(root, params["ranker"]) if params.get("ranker") else None
         # blends saved before the product kind existed are mixtures
         return cls(knn, float(params["weight"]), float(params["inv_temperature"]), user_knn,
                    float(params.get("user_share", 0.0)) if user_knn is not None else 0.0,
                    str(params.get("kind", "mixture")), float(params.get("eps", 1e-4)), linear,
-                   float(params.get("linear_share", 0.0)) if linear is not None else 0.0)
+                   float(params.get("linear_share", 0.0)) if linear is not None else 0.0,
+                   ranker, float(params.get("ranker_share", 0.0)) if ranker is not None else 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return {"weight": self.weight, "inv_temperature": self.inv_temperature,
@@ -215,7 +249,12 @@ class CoocBlend:
                 "kind": self.kind, "eps": self.eps,
                 "user_knn": asdict(self.user_knn) if self.user_knn is not None else None,
                 "linear_share": self.linear_share,
-                "linear": asdict(self.linear) if self.linear is not None else None}
+                "linear": asdict(self.linear) if self.linear is not None else None,
+                "ranker_share": self.ranker_share,
+                "ranker": ({"n_candidates": self.ranker.n_candidates,
+                            "temperature": self.ranker.temperature,
+                            "use_time": self.ranker.use_time}
+                           if self.ranker is not None else None)}
 
 
 def mix_distributions(cos: torch.Tensor, inv_temperature: float, weight: float,
@@ -307,6 +346,9 @@ def fit_blend(
     linear_shares: Sequence[float] = LINEAR_SHARE_GRID,
     cache_floats: int = 400_000_000,
     linear: LinearTransitions | None = None,
+    ranker_fit: RankerFit | None = None,
+    valid_anchor_ts: np.ndarray | None = None,
+    ranker_shares: Sequence[float] = RANKER_SHARE_GRID,
 ) -> tuple[CoocBlend, dict[str, Any]]:
     """Fit item-kNN on ``train_seqs`` (settings picked by validation NDCG@10), user-kNN and the
     linear transition model, then the blend kind, its weight ``w`` (and ``eps`` for the product
@@ -317,8 +359,13 @@ def fit_blend(
     large for it leaves it out with a warning). ``valid_eval(score_fn) -> ndcg@10`` evaluates a
     score function over the validation rows; ``model_scores(pos)`` returns the model's cosine
     rows for those rows. The per-row parts are computed once and reused across the grid when
-    they fit in ``cache_floats`` floats (4 x validation rows x items). ``linear``: a linear
-    model already fitted on ``train_seqs``, used instead of fitting one."""
+    they fit in ``cache_floats`` floats (5 x validation rows x items). ``linear``: a linear
+    model already fitted on ``train_seqs``, used instead of fitting one.
+
+    ``ranker_fit(item_knn, user_knn, linear) -> (ranker or None, report)`` fits the learned
+    ranker from the fitted parts (:func:`ecrec_lib.models.ranker.fit_ranker`); its share ``c``
+    is then searched on ``ranker_shares`` with the best ``a``, ``b`` scaled by ``1 - c``
+    (``valid_anchor_ts``: each validation row's last event time, for its time features)."""
     best_knn = tune_item_knn(train_seqs, n_items, lambda knn: valid_eval(
         lambda pos: torch.as_tensor(knn.score([valid_histories[i] for i in pos]))))
     user_knn = UserKNN().fit(train_seqs, n_items) if any(a > 0 for a in user_shares) else None
@@ -329,8 +376,12 @@ def fit_blend(
             linear = LinearTransitions().fit(train_seqs, n_items)
         except CatalogTooLargeError as exc:
             log.warning("blend without the linear transition model: %s", exc)
-    cacheable = 4 * len(valid_histories) * n_items <= cache_floats
-    Parts = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]
+    ranker, ranker_report = None, None
+    if ranker_fit is not None and user_knn is not None:
+        ranker, ranker_report = ranker_fit(best_knn[1], user_knn, linear)
+    cacheable = 5 * len(valid_histories) * n_items <= cache_floats
+    Parts = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None,
+                  torch.Tensor | None]
     cache: dict[bytes, Parts] = {}
 
     def parts(pos: np.ndarray) -> Parts:
@@ -342,17 +393,27 @@ def fit_blend(
         p_item = _row_distribution(best_knn[1].score(hist), None, 0)
         p_user = _row_distribution(user_knn.score(hist), None, 0) if user_knn is not None else None
         p_lin = _row_distribution(linear.score(hist), None, 0) if linear is not None else None
+        p_rank = None
+        if ranker is not None and p_user is not None:
+            anchors = valid_anchor_ts[pos] if valid_anchor_ts is not None else None
+            p_rank = torch.as_tensor(ranker.probs(
+                hist, p_item.numpy(), p_user.numpy(),
+                p_lin.numpy() if p_lin is not None else np.zeros(p_item.shape, np.float32),
+                anchors))
         if cacheable:
-            cache[key] = (cos, p_item, p_user, p_lin)
-        return cos, p_item, p_user, p_lin
+            cache[key] = (cos, p_item, p_user, p_lin, p_rank)
+        return cos, p_item, p_user, p_lin, p_rank
 
-    def blended(w: float, a: float, b: float, kind: str = "mixture", eps: float = 1e-4
-                ) -> Callable[[np.ndarray], torch.Tensor]:
+    def blended(w: float, a: float, b: float, kind: str = "mixture", eps: float = 1e-4,
+                c: float = 0.0) -> Callable[[np.ndarray], torch.Tensor]:
         def fn(pos: np.ndarray) -> torch.Tensor:
-            cos, p_item, p_user, p_lin = parts(pos)
+            cos, p_item, p_user, p_lin, p_rank = parts(pos)
             if w <= 0:
                 return cos
-            mix = [(p, share) for p, share in ((p_user, a), (p_lin, b)) if p is not None and share > 0]
+            mix = [(p, share * (1 - c)) for p, share in ((p_user, a), (p_lin, b))
+                   if p is not None and share > 0]
+            if c > 0 and p_rank is not None:
+                mix.append((p_rank, c))
             return combine(cos, inv_temperature, w, _mix_neighbourhoods(p_item, mix), kind, eps)
         return fn
 
@@ -381,15 +442,47 @@ def fit_blend(
                     if ndcg > best[0] + 1e-12:
                         best = (ndcg, float(w), a, b, "product", float(eps))
     _, weight, share, lin_share, kind, eps = best
+    rank_share = 0.0
+    if ranker is not None:
+        report["ranker"] = ranker_report
+        report["ranker_valid_ndcg@10"] = valid_eval(lambda pos: parts(pos)[4])
+        best_c = (best[0], weight, kind, eps, 0.0)
+        for c in (float(c) for c in ranker_shares if c > 0):
+            suffix = f"a={share},b={lin_share},c={c}"
+            for w in weights:
+                if w > 0:
+                    ndcg = valid_eval(blended(float(w), share, lin_share, c=c))
+                    report["grid"][f"w={w},{suffix}"] = ndcg
+                    if ndcg > best_c[0] + 1e-12:
+                        best_c = (ndcg, float(w), "mixture", 1e-4, c)
+            for w in product_weights:
+                for e in product_eps:
+                    ndcg = valid_eval(blended(float(w), share, lin_share, "product", float(e), c))
+                    report["grid"][f"product,w={w},eps={e},{suffix}"] = ndcg
+                    if ndcg > best_c[0] + 1e-12:
+                        best_c = (ndcg, float(w), "product", float(e), c)
+        if best_c[4] > 0:
+            best = (best_c[0], best_c[1], share * (1 - best_c[4]), lin_share * (1 - best_c[4]),
+                    best_c[2], best_c[3])
+            _, weight, share, lin_share, kind, eps = best
+            rank_share = best_c[4]
+    elif ranker_report is not None:
+        report["ranker"] = ranker_report
     # the mixture curve at the chosen user share (searched with b = 0 only)
     report["weights"] = {str(w): report["grid"][key] for w in weights
                          if (key := f"w={w},a={share}") in report["grid"]}
     report.update({"weight": weight, "user_share": share, "linear_share": lin_share, "kind": kind,
-                   "eps": eps, "valid_ndcg@10": best[0], "model_valid_ndcg@10": model_alone})
-    log.info("neighbourhood blend: %s, weight %.2f, user-kNN share %.2f, linear share %.2f (valid "
-             "NDCG@10 %.4f; model alone %.4f, item-kNN alone %.4f, user-kNN alone %.4f, linear "
-             "alone %.4f)", kind, weight, share, lin_share, best[0], model_alone, best_knn[0],
+                   "eps": eps, "ranker_share": rank_share, "valid_ndcg@10": best[0],
+                   "model_valid_ndcg@10": model_alone})
+    log.info("neighbourhood blend: %s, weight %.2f, user-kNN share %.2f, linear share %.2f, "
+             "ranker share %.2f (valid NDCG@10 %.4f; model alone %.4f, item-kNN alone %.4f, "
+             "user-kNN alone %.4f, linear alone %.4f, ranker alone %.4f)", kind, weight, share,
+             lin_share, rank_share, best[0], model_alone, best_knn[0],
              report.get("user_knn_valid_ndcg@10", float("nan")),
-             report.get("linear_valid_ndcg@10", float("nan")))
-    return CoocBlend(best_knn[1], weight, inv_temperature, user_knn if share > 0 else None,
-                     share, kind, eps, linear if lin_share > 0 else None, lin_share), report
+             report.get("linear_valid_ndcg@10", float("nan")),
+             report.get("ranker_valid_ndcg@10", float("nan")))
+    keep_parts = rank_share > 0  # the ranker reads every part
+    return CoocBlend(best_knn[1], weight, inv_temperature,
+                     user_knn if share > 0 or keep_parts else None, share, kind, eps,
+                     linear if lin_share > 0 or keep_parts else None, lin_share,
+                     ranker if keep_parts else None, rank_share), report

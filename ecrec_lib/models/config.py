@@ -63,6 +63,9 @@ class ModelConfig:
     cooc_batch_size: int = 1024  # pairs per step
     cooc_blend: bool = True  # after training, mix in an item-kNN distribution with the weight
     # that maximizes validation NDCG@10 (0 = off when it does not help; ecrec_lib.models.blend)
+    ranker: bool = True  # with the blend: also fit the learned candidate ranker (LightGBM
+    # LambdaRank on each training sequence's last item; its share is chosen on validation, 0 when
+    # it does not help; ecrec_lib.models.ranker)
     prior_weight: float = 0.0  # >0: train the softmax as the residual of the linear model
     # (SLIST): its out-of-fold log-probabilities times this weight are added to the training
     # logits and to the validation scores (ecrec_lib.training.prior); 0 = off

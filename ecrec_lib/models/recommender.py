@@ -234,12 +234,15 @@ class TwoTowerRecommender:
         types: Sequence[np.ndarray] | None = None,
         ages_s: Sequence[np.ndarray] | None = None,
         blend: bool = True,
+        anchor_ts: np.ndarray | None = None,
     ) -> torch.Tensor:
         """(len(histories), n_items) scores against the whole training catalog: cosine, or,
         when the model carries a co-occurrence blend and ``blend``, the blended scores (on the
-        cosine scale; see :mod:`ecrec_lib.models.blend`)."""
+        cosine scale; see :mod:`ecrec_lib.models.blend`; ``anchor_ts``: each user's last event
+        time, for the blend's learned ranker)."""
         u = self.user_vectors(histories, types, ages_s)
         cos = u @ self.item_table().T
         if blend and self.blend is not None:
-            return self.blend.mix(cos.cpu(), [np.asarray(h, dtype=np.int64) for h in histories])
+            return self.blend.mix(cos.cpu(), [np.asarray(h, dtype=np.int64) for h in histories],
+                                  anchor_ts=anchor_ts)
         return cos

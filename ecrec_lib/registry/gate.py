@@ -162,7 +162,9 @@ def _holdout_scorer(model: Recommender, holdout: Holdout, users: np.ndarray,
     model_ids = model.item_ids
     cols = pd.Index(holdout.catalog["item_id"].astype(str)).get_indexer(pd.Index(model_ids))
     hist = index_histories(model_ids, [h.item_ids for h in holdout.histories])
-    return lambda pos: blend.mix(users[pos] @ items.T, [hist[p] for p in pos], cols)
+    anchors = np.asarray([float(h.event_times[-1]) if len(h.event_times) else np.nan
+                          for h in holdout.histories], dtype=np.float64)
+    return lambda pos: blend.mix(users[pos] @ items.T, [hist[p] for p in pos], cols, anchors[pos])
 
 
 def evaluate_recommender(model: Recommender, holdout: Holdout) -> dict[str, float]:

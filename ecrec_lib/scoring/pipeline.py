@@ -221,7 +221,7 @@ def _score_batch(
     blend = getattr(model, "blend", None)
     if blend is not None:
         cand, cand_score = blend_candidates(model, blend, items, seqs["item_ids"], users, cand,
-                                            exclude)
+                                            exclude, last_event_times(seqs["event_times"]))
     rec, score = blend_and_cap(
         cand, cand_score, params.k, items.quality, items.popularity_norm,
         items.category_codes, params.weights,
@@ -249,6 +249,14 @@ def _score_batch(
 BLEND_SUB_BATCH = 512  # users per dense kNN row block (n_items floats each)
 
 
+def last_event_times(event_times: pd.Series) -> np.ndarray:
+    """Each user's last event time (epoch seconds; nan without events): the blend's learned
+    ranker measures item activity relative to it."""
+    return np.asarray([float(t[-1]) if t is not None and len(t) else np.nan for t in event_times],
+                      dtype=np.float64)
+
+
+
 def blend_candidates(
     model: Recommender,
     blend: CoocBlend,
@@ -257,6 +265,7 @@ def blend_candidates(
     users: np.ndarray,
     cand: np.ndarray,
     exclude: list[np.ndarray] | None,
+    anchor_ts: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The model's candidate pool plus as many co-occurrence candidates, all re-scored with
     the model's co-occurrence blend (:mod:`ecrec_lib.models.blend`) over the whole catalog.
@@ -276,7 +285,8 @@ def blend_candidates(
     out_score = np.full((len(users), 2 * pool), -np.inf, dtype=np.float64)
     for b0 in range(0, len(users), BLEND_SUB_BATCH):
         rows = slice(b0, min(b0 + BLEND_SUB_BATCH, len(users)))
-        probs = blend.knn_probs(hist[rows], cols, n_cols)  # once for candidates and rescoring
+        anchors = anchor_ts[rows] if anchor_ts is not None else None
+        probs = blend.knn_probs(hist[rows], cols, n_cols, anchors)  # candidates and rescoring
         knn = blend.knn_candidates(hist[rows], pool, cols, n_cols, probs)
         ok = (knn >= 0) & items.in_stock[np.maximum(knn, 0)]
         if exclude is not None:

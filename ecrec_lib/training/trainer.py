@@ -219,15 +219,31 @@ def _eval_side(data: TrainingData | None, eval_set: EvalSet) -> tuple[list | Non
     return types, ages
 
 
+def eval_anchor_times(data: TrainingData | None, eval_set: EvalSet) -> np.ndarray | None:
+    """Each eval row's last history event time (epoch seconds): the learned ranker's "now";
+    None without event times, or when a history is not a prefix of its user's sequence."""
+    if data is None or data.event_times is None:
+        return None
+    out = np.zeros(len(eval_set), dtype=np.float64)
+    for r, (u, h) in enumerate(zip(eval_set.users, eval_set.histories, strict=True)):
+        seq = data.sequences[int(u)]
+        if not len(h) or len(seq) < len(h) or not np.array_equal(seq[:len(h)], h):
+            return None
+        out[r] = data.event_times[int(u)][len(h) - 1]
+    return out
+
+
 def make_score_fn(rec: TwoTowerRecommender, eval_set: EvalSet, data: TrainingData | None = None,
                   blend: bool = True) -> Callable[[np.ndarray], torch.Tensor]:
     types, ages = _eval_side(data, eval_set)
+    anchors = eval_anchor_times(data, eval_set) if blend and rec.blend is not None else None
 
     def score_fn(pos: np.ndarray) -> torch.Tensor:
         hist = [eval_set.histories[i] for i in pos]
         t = [types[i] for i in pos] if types is not None else None
         a = [ages[i] for i in pos] if ages is not None else None
-        return rec.score_histories(hist, t, a, blend=blend).cpu()
+        anchor = anchors[pos] if anchors is not None else None
+        return rec.score_histories(hist, t, a, blend=blend, anchor_ts=anchor).cpu()
 
     return score_fn
 
@@ -577,11 +593,34 @@ def _fit_blend(rec: TwoTowerRecommender, data: TrainingData, train_seqs: Sequenc
     def valid_eval(fn: Callable[[np.ndarray], torch.Tensor]) -> float:
         return evaluate_scores(fn, valid, data.n_items, ks=(10,), batch_size=mcfg.eval_batch_size)["ndcg@10"]
 
+    ranker_fit = None
+    if mcfg.ranker:
+        ranker_fit = _ranker_fit(data, train_seqs, mcfg)
     t0 = time.time()
     blend, report = fit_blend(train_seqs, data.n_items, float(rec.model.inv_temperature.detach()),
-                              valid.histories, valid_eval, model_scores, linear=linear)
+                              valid.histories, valid_eval, model_scores, linear=linear,
+                              ranker_fit=ranker_fit, valid_anchor_ts=eval_anchor_times(data, valid))
     report["seconds"] = round(time.time() - t0, 1)
     return (blend if blend.weight > 0 else None), report
+
+
+def _ranker_fit(data: TrainingData, train_seqs: Sequence[np.ndarray], mcfg: ModelConfig
+                ) -> Callable[..., tuple[Any, dict[str, Any]]]:
+    """The blend's hook that fits the learned ranker from its fitted parts; time features
+    when every training sequence is a prefix of its user's timed sequence."""
+    from ecrec_lib.models.ranker import RankerConfig, fit_ranker
+
+    times = None
+    if data.event_times is not None and len(train_seqs) == len(data.sequences) and all(
+            len(s) <= len(q) and np.array_equal(q[:len(s)], s)
+            for s, q in zip(train_seqs, data.sequences, strict=True)):
+        times = [t[:len(s)] for s, t in zip(train_seqs, data.event_times, strict=True)]
+
+    def fit(item_knn: Any, user_knn: Any, linear: Any) -> tuple[Any, dict[str, Any]]:
+        return fit_ranker(train_seqs, data.n_items, data.item_brand, data.item_category,
+                          (item_knn, user_knn, linear), times, RankerConfig(seed=mcfg.seed))
+
+    return fit
 
 
 def _training_prior(mcfg: ModelConfig, train_seqs: Sequence[np.ndarray], arrays: _SeqArrays,

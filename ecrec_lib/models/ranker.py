@@ -1,0 +1,446 @@
+"""Learned candidate re-ranker: LightGBM LambdaRank over the neighbourhood models' scores and
+item / user side features.
+
+The blend (:mod:`ecrec_lib.models.blend`) mixes the neighbourhood distributions (item-kNN,
+user-kNN, SLIST) with shares fixed per model. A ranker learns *when* each one is right: for
+short or long histories, for a candidate of the same brand or category as the last item, for
+an item that was active around the user's own time. Candidates are the top ``n_candidates``
+items of a fixed log-linear mix of the three distributions (history items excluded); each gets
+the features in :data:`FEATURES`, and a LambdaRank model orders them. The ranker's output is a
+distribution (a softmax of its scores over the candidates at a fitted temperature, zero
+elsewhere) that the blend mixes like its other neighbourhood parts.
+
+Labels without touching validation targets: :func:`fit_ranker` takes each training sequence's
+*last* item as the label, with every neighbourhood part re-fitted on the training sequences
+shortened by that item, so no feature has seen its own label. Validation targets stay for
+choosing the ranker's share in the blend, test targets are never seen. At serving time the
+features come from the parts fitted on the full training sequences (the blend's own).
+
+Time features (days between the user's last event and the candidate's first / last training
+event, the candidate's training events within 7 / 30 / 180 days of the user's last event)
+need event times; without them the ranker is fitted without those features. A ranker fitted
+with them and served without a user's anchor time sees them as missing (LightGBM's missing
+branch), which ranks worse: pass ``anchor_ts``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DAY_S = 86_400.0
+LOCAL_WINDOWS_DAYS = (7, 30, 180)
+BASE_FEATURES = (
+    "p_item", "p_user", "p_linear", "base", "log_p_item", "log_p_user", "log_p_linear",
+    "base_rank", "log_popularity", "history_length", "same_brand_last", "same_category_last",
+    "brand_share", "category_share",
+)
+TIME_FEATURES = ("days_item_last", "days_item_first") + tuple(
+    f"local_pop_{d}d" for d in LOCAL_WINDOWS_DAYS)
+FEATURES = BASE_FEATURES + TIME_FEATURES
+# candidate generation: log p_linear + 0.5 log p_item + 0.3 log p_user (each floored at 1e-3),
+# a fixed mix close to the blend shares chosen on Amazon Beauty
+CANDIDATE_MIX = (("p_linear", 1.0), ("p_item", 0.5), ("p_user", 0.3))
+CANDIDATE_FLOOR = 1e-3
+LOG_FLOOR = 1e-6
+TEMPERATURE_GRID = tuple(float(t) for t in np.geomspace(0.1, 10.0, 21))
+TS_SHIFT = 40  # event key = item << 40 | epoch seconds (2**40 s is 34,000 years)
+RANKER_FILE = "blend_ranker.txt"
+RANKER_SIDE_FILE = "blend_ranker_side.npz"
+
+
+class RankerError(ValueError):
+    """The ranker cannot be fitted or used as asked; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    """How the ranker is fitted (one line of why per field)."""
+
+    n_candidates: int = 100  # items re-ranked per user; the rest get no ranker mass
+    max_rounds: int = 500  # boosting rounds before early stopping on the held-out queries
+    early_stopping: int = 30  # rounds without held-out NDCG@10 gain before stopping
+    learning_rate: float = 0.05
+    num_leaves: int = 31
+    min_data_in_leaf: int = 100  # smooths leaves: most candidates are negatives
+    holdout_fraction: float = 0.1  # training queries kept aside for early stopping + temperature
+    min_queries: int = 200  # fewer labelled queries than this: no ranker (too little to learn)
+    holdout_positions: int = 1  # label the last K training items (one re-fit of the parts each)
+    seed: int = 0
+    threads: int = 0  # LightGBM threads (0: its default, all cores)
+
+    def __post_init__(self) -> None:
+        if self.n_candidates < 10:
+            raise RankerError(f"n_candidates must be >= 10 (NDCG@10 needs 10), got {self.n_candidates}")
+        if not 0.0 < self.holdout_fraction < 0.5:
+            raise RankerError(f"holdout_fraction must be in (0, 0.5), got {self.holdout_fraction}")
+        if min(self.max_rounds, self.early_stopping, self.min_queries, self.holdout_positions) < 1:
+            raise RankerError("max_rounds, early_stopping, min_queries and holdout_positions "
+                              "must be >= 1")
+
+
+def _codes(values: Sequence[str]) -> np.ndarray:
+    """Strings -> int64 codes in first-seen order; "" (unknown) -> -1."""
+    index: dict[str, int] = {}
+    out = np.full(len(values), -1, dtype=np.int64)
+    for i, v in enumerate(values):
+        if v:
+            out[i] = index.setdefault(str(v), len(index))
+    return out
+
+
+@dataclass
+class ItemSide:
+    """Per-item tables the features read, from the training sequences (and their times)."""
+
+    popularity: np.ndarray  # (n_items,) training interactions
+    brand: np.ndarray  # (n_items,) int64 code, -1 unknown
+    category: np.ndarray  # (n_items,) int64 code, -1 unknown
+    event_keys: np.ndarray | None = None  # sorted item << TS_SHIFT | ts of training events
+    first_ts: np.ndarray | None = None  # (n_items,) first training event (nan: none)
+    last_ts: np.ndarray | None = None
+
+    @classmethod
+    def build(cls, train_seqs: Sequence[np.ndarray], n_items: int, brands: Sequence[str],
+              categories: Sequence[str], train_times: Sequence[np.ndarray] | None = None) -> ItemSide:
+        if len(brands) != n_items or len(categories) != n_items:
+            raise RankerError(f"brands and categories need one entry per item ({n_items}), got "
+                              f"{len(brands)} and {len(categories)}")
+        items = np.concatenate([np.asarray(s, dtype=np.int64) for s in train_seqs] or
+                               [np.zeros(0, np.int64)])
+        pop = np.bincount(items, minlength=n_items).astype(np.float64)
+        side = cls(pop, _codes(brands), _codes(categories))
+        if train_times is None:
+            return side
+        if len(train_times) != len(train_seqs) or any(
+                len(t) < len(s) for s, t in zip(train_seqs, train_times, strict=True)):
+            raise RankerError("train_times must hold one time per training item of every sequence")
+        ts = np.concatenate([np.asarray(t, dtype=np.int64)[:len(s)]
+                             for s, t in zip(train_seqs, train_times, strict=True)] or
+                            [np.zeros(0, np.int64)])
+        ts = np.clip(ts, 0, (1 << TS_SHIFT) - 1)
+        side.event_keys = np.sort((items << TS_SHIFT) | ts)
+        first = np.full(n_items, np.inf)
+        last = np.full(n_items, -np.inf)
+        np.minimum.at(first, items, ts.astype(np.float64))
+        np.maximum.at(last, items, ts.astype(np.float64))
+        side.first_ts = np.where(np.isfinite(first), first, np.nan)
+        side.last_ts = np.where(np.isfinite(last), last, np.nan)
+        return side
+
+    @property
+    def has_time(self) -> bool:
+        return self.event_keys is not None
+
+    def local_popularity(self, items: np.ndarray, anchor: np.ndarray, days: float) -> np.ndarray:
+        """Training events of each ``items`` entry within ``days`` of ``anchor`` (same shape)."""
+        assert self.event_keys is not None
+        w = int(days * DAY_S)
+        a = anchor.astype(np.int64)
+        lo = np.searchsorted(self.event_keys, (items << TS_SHIFT) | np.clip(a - w, 0, None))
+        hi = np.searchsorted(self.event_keys, (items << TS_SHIFT) | np.clip(a + w, 0, (1 << TS_SHIFT) - 1),
+                             side="right")
+        return (hi - lo).astype(np.float64)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        out = {"popularity": self.popularity, "brand": self.brand, "category": self.category}
+        if self.has_time:
+            out.update(event_keys=self.event_keys, first_ts=self.first_ts, last_ts=self.last_ts)
+        return out
+
+
+def candidate_scores(p_item: np.ndarray, p_user: np.ndarray, p_linear: np.ndarray) -> np.ndarray:
+    """The fixed log-linear mix that picks the candidates (see :data:`CANDIDATE_MIX`)."""
+    parts = {"p_item": p_item, "p_user": p_user, "p_linear": p_linear}
+    return sum(w * np.log(parts[name] + CANDIDATE_FLOOR) for name, w in CANDIDATE_MIX)
+
+
+def _top_candidates(base: np.ndarray, histories: Sequence[np.ndarray], n: int) -> np.ndarray:
+    """(rows, n) item indices by descending ``base``, history items excluded (modifies base)."""
+    for r, h in enumerate(histories):
+        base[r, np.asarray(h, dtype=np.int64)] = -np.inf
+    n = min(n, base.shape[1])
+    top = np.argpartition(-base, n - 1, axis=1)[:, :n]
+    order = np.argsort(-np.take_along_axis(base, top, 1), axis=1, kind="stable")
+    return np.take_along_axis(top, order, 1)
+
+
+def _share_of(codes: np.ndarray, histories: Sequence[np.ndarray], cands: np.ndarray) -> np.ndarray:
+    """Per (row, candidate): the fraction of the row's history items with the candidate's code."""
+    n_codes = int(codes.max()) + 2 if len(codes) else 1
+    counts = np.zeros((len(histories), n_codes), dtype=np.float32)
+    for r, h in enumerate(histories):
+        if len(h):
+            np.add.at(counts[r], codes[np.asarray(h, dtype=np.int64)] + 1, 1.0)
+            counts[r] /= len(h)
+    counts[:, 0] = 0.0  # unknown codes match nothing
+    return np.take_along_axis(counts, codes[cands] + 1, 1)
+
+
+def candidate_features(side: ItemSide, histories: Sequence[np.ndarray], p_item: np.ndarray,
+                       p_user: np.ndarray, p_linear: np.ndarray, n_candidates: int,
+                       anchor_ts: np.ndarray | None, use_time: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(cands (rows, C), X (rows, C, n_features)) for users with ``histories`` and their
+    neighbourhood distributions over the model's items (rows sum to 1 or are all zero)."""
+    base = candidate_scores(p_item, p_user, p_linear)
+    cands = _top_candidates(base, histories, n_candidates)
+    rows, c = cands.shape
+    take = lambda m: np.take_along_axis(m, cands, 1)  # noqa: E731
+    pi, pu, pl = take(p_item), take(p_user), take(p_linear)
+    last = np.asarray([h[-1] if len(h) else -1 for h in histories], dtype=np.int64)
+    lengths = np.asarray([len(h) for h in histories], dtype=np.float32)
+    same = []
+    for codes in (side.brand, side.category):
+        last_code = np.where(last >= 0, codes[np.maximum(last, 0)], -1)
+        same.append((codes[cands] == last_code[:, None]) & (last_code[:, None] >= 0))
+    cols = [pi, pu, pl, take(base), np.log(pi + LOG_FLOOR), np.log(pu + LOG_FLOOR),
+            np.log(pl + LOG_FLOOR), np.broadcast_to(np.arange(c, dtype=np.float32), (rows, c)),
+            np.log1p(side.popularity[cands]), np.broadcast_to(lengths[:, None], (rows, c)),
+            same[0], same[1], _share_of(side.brand, histories, cands),
+            _share_of(side.category, histories, cands)]
+    if use_time:
+        if anchor_ts is None or not side.has_time:
+            cols += [np.full((rows, c), np.nan)] * len(TIME_FEATURES)
+        else:
+            given = np.asarray(anchor_ts, dtype=np.float64)
+            known = np.isfinite(given)[:, None]  # a user without an anchor: missing features
+            anchor = np.broadcast_to(np.where(known[:, 0], given, 0.0)[:, None], (rows, c))
+            cols += [(side.last_ts[cands] - anchor) / DAY_S, (side.first_ts[cands] - anchor) / DAY_S]
+            cols += [np.log1p(side.local_popularity(cands, anchor, d)) for d in LOCAL_WINDOWS_DAYS]
+            cols[-len(TIME_FEATURES):] = [np.where(known, v, np.nan)
+                                          for v in cols[-len(TIME_FEATURES):]]
+    x = np.stack([np.asarray(v, dtype=np.float32) for v in cols], axis=-1)
+    return cands, x
+
+
+def _softmax_rows(s: np.ndarray, temperature: float) -> np.ndarray:
+    z = s / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@dataclass
+class CandidateRanker:
+    """A fitted LambdaRank model over :data:`FEATURES` (without the time ones when
+    ``use_time`` is False) and the item tables its features read."""
+
+    booster: Any  # lightgbm.Booster
+    side: ItemSide
+    n_candidates: int = 100
+    temperature: float = 1.0  # softmax temperature of the scores (fitted on held-out queries)
+    use_time: bool = True
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return FEATURES if self.use_time else BASE_FEATURES
+
+    def score(self, histories: Sequence[np.ndarray], p_item: np.ndarray, p_user: np.ndarray,
+              p_linear: np.ndarray, anchor_ts: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """(candidates, ranker scores), both (rows, n_candidates)."""
+        cands, x = candidate_features(self.side, histories, p_item, p_user, p_linear,
+                                      self.n_candidates, anchor_ts, self.use_time)
+        if not len(cands):
+            return cands, np.zeros(cands.shape)
+        s = self.booster.predict(x.reshape(-1, x.shape[-1]), num_threads=1)
+        return cands, np.asarray(s, dtype=np.float64).reshape(cands.shape)
+
+    def probs(self, histories: Sequence[np.ndarray], p_item: np.ndarray, p_user: np.ndarray,
+              p_linear: np.ndarray, anchor_ts: np.ndarray | None = None) -> np.ndarray:
+        """(rows, n_items) float32: softmax of the ranker scores over each row's candidates at
+        ``temperature``; zero outside the candidates."""
+        cands, s = self.score(histories, p_item, p_user, p_linear, anchor_ts)
+        out = np.zeros(p_item.shape, dtype=np.float32)
+        if len(cands):
+            np.put_along_axis(out, cands, _softmax_rows(s, self.temperature).astype(np.float32), 1)
+        return out
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, out_dir: str | Path) -> tuple[list[str], dict[str, Any]]:
+        """Write the booster and item tables; returns (file names, params for blend.json)."""
+        out = Path(out_dir)
+        (out / RANKER_FILE).write_text(self.booster.model_to_string())
+        np.savez_compressed(out / RANKER_SIDE_FILE, **self.side.to_arrays())
+        params = {"n_candidates": self.n_candidates, "temperature": self.temperature,
+                  "use_time": self.use_time, "features": list(self.feature_names)}
+        return [RANKER_FILE, RANKER_SIDE_FILE], params
+
+    @classmethod
+    def load(cls, root: str | Path, params: dict[str, Any]) -> CandidateRanker:
+        import lightgbm as lgb
+
+        root = Path(root)
+        for name in (RANKER_FILE, RANKER_SIDE_FILE):
+            if not (root / name).is_file():
+                raise FileNotFoundError(
+                    f"blend.json names a learned ranker but {root / name} is missing: the model "
+                    "artifact is incomplete; re-register the run or restore the file")
+        use_time = bool(params["use_time"])
+        expected = list(FEATURES if use_time else BASE_FEATURES)
+        if list(params.get("features", expected)) != expected:
+            raise RankerError(f"the saved ranker uses features {params.get('features')}, this "
+                              f"ecrec computes {expected}: retrain the model with this version")
+        with np.load(root / RANKER_SIDE_FILE) as z:
+            side = ItemSide(**{k: z[k] for k in z.files})
+        booster = lgb.Booster(model_str=(root / RANKER_FILE).read_text())
+        return cls(booster, side, int(params["n_candidates"]), float(params["temperature"]), use_time)
+
+
+# ---------------------------------------------------------------------- fitting
+@dataclass
+class _Parts:
+    """The neighbourhood models a ranker's features read (fitted on the same sequences)."""
+
+    item_knn: Any
+    user_knn: Any
+    linear: Any | None
+
+    def distributions(self, histories: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+        from ecrec_lib.models.blend import _row_distribution
+
+        n = self.item_knn.n_items
+        out = [_row_distribution(self.item_knn.score(histories), None, 0).numpy(),
+               _row_distribution(self.user_knn.score(histories), None, 0).numpy()]
+        out.append(_row_distribution(self.linear.score(histories), None, 0).numpy()
+                   if self.linear is not None else np.zeros((len(histories), n), np.float32))
+        return tuple(out)
+
+
+def holdout_queries(train_seqs: Sequence[np.ndarray], train_times: Sequence[np.ndarray] | None
+                    ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray | None]:
+    """Each training sequence without its last item, and the queries that item labels:
+    (shortened sequences, query rows, labels, anchor times or None). A sequence of one item
+    gives no query; a label already in its history is skipped (history items are never
+    recommended)."""
+    short = [np.asarray(s, dtype=np.int64)[:-1] for s in train_seqs]
+    rows = np.asarray([u for u, s in enumerate(train_seqs)
+                       if len(s) >= 2 and s[-1] not in s[:-1]], dtype=np.int64)
+    labels = np.asarray([train_seqs[u][-1] for u in rows], dtype=np.int64)
+    anchors = None
+    if train_times is not None:
+        anchors = np.asarray([train_times[u][len(train_seqs[u]) - 2] for u in rows], dtype=np.float64)
+    return short, rows, labels, anchors
+
+
+def _ndcg10(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Mean NDCG@10 of one-hot label rows under ``scores`` (rows, C)."""
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :10]
+    hit = np.take_along_axis(labels, order, 1)
+    return float((hit / np.log2(np.arange(2, 2 + hit.shape[1]))).sum(1).mean()) if len(hit) else 0.0
+
+
+def fit_ranker(train_seqs: Sequence[np.ndarray], n_items: int, brands: Sequence[str],
+               categories: Sequence[str], serving_parts: tuple[Any, Any, Any | None],
+               train_times: Sequence[np.ndarray] | None = None,
+               config: RankerConfig = RankerConfig(),
+               ) -> tuple[CandidateRanker | None, dict[str, Any]]:
+    """Fit the ranker on the training sequences' last items (see the module docstring).
+
+    ``serving_parts`` = (item-kNN, user-kNN, linear or None) fitted on ``train_seqs``: only
+    their settings are copied for the re-fit on the shortened sequences. Returns (None, report)
+    when fewer than ``config.min_queries`` queries have their label among the candidates."""
+    import lightgbm as lgb
+
+    from ecrec_lib.evaluation.baselines import (
+        CatalogTooLargeError,
+        ItemKNN,
+        LinearTransitions,
+        UserKNN,
+    )
+
+    t0 = time.perf_counter()
+    item_knn, user_knn, linear = serving_parts
+    use_time = train_times is not None
+    xs, ys = [], []
+    n_queries = 0
+    seqs, times = list(train_seqs), train_times
+    for _ in range(config.holdout_positions):  # labels: the last, then the one before, ...
+        short, rows, labels, anchors = holdout_queries(seqs, times)
+        n_queries += len(rows)
+        lin = None
+        if linear is not None:
+            try:
+                lin = LinearTransitions(**asdict(linear)).fit(short, n_items)
+            except CatalogTooLargeError as exc:  # serving had one, so this is not expected
+                log.warning("ranker without the linear model: %s", exc)
+        parts = _Parts(ItemKNN(**asdict(item_knn)).fit(short, n_items),
+                       UserKNN(**asdict(user_knn)).fit(short, n_items), lin)
+        times = ([t[:len(s)] for s, t in zip(short, times, strict=True)]
+                 if times is not None else None)
+        side = ItemSide.build(short, n_items, brands, categories, times)
+        for start in range(0, len(rows), 1000):
+            sl = slice(start, start + 1000)
+            hist = [short[u] for u in rows[sl]]
+            cands, x = candidate_features(side, hist, *parts.distributions(hist),
+                                          config.n_candidates,
+                                          anchors[sl] if anchors is not None else None, use_time)
+            y = (cands == labels[sl, None]).astype(np.float32)
+            keep = y.sum(1) > 0
+            xs.append(x[keep])
+            ys.append(y[keep])
+        seqs = short
+    names = FEATURES if use_time else BASE_FEATURES
+    x_all = np.concatenate(xs) if xs else np.zeros((0, config.n_candidates, len(names)))
+    y_all = np.concatenate(ys) if ys else np.zeros((0, config.n_candidates))
+    report: dict[str, Any] = {"queries": int(n_queries), "labelled_in_candidates": int(len(y_all)),
+                              "candidate_recall": float(len(y_all) / max(n_queries, 1)),
+                              "use_time": use_time, "holdout_positions": config.holdout_positions}
+    if len(y_all) < config.min_queries:
+        report["skipped"] = (f"{len(y_all)} training queries with the label among the candidates, "
+                             f"fewer than min_queries={config.min_queries}")
+        log.info("no learned ranker: %s", report["skipped"])
+        return None, report
+    rng = np.random.default_rng(config.seed)
+    hold = np.zeros(len(y_all), dtype=bool)
+    hold[rng.choice(len(y_all), max(1, int(config.holdout_fraction * len(y_all))), replace=False)] = True
+    n_c, n_f = x_all.shape[1], x_all.shape[2]
+
+    def dataset(mask: np.ndarray, ref: Any = None) -> Any:
+        return lgb.Dataset(x_all[mask].reshape(-1, n_f), y_all[mask].reshape(-1),
+                           group=np.full(int(mask.sum()), n_c), reference=ref,
+                           feature_name=list(names),
+                           free_raw_data=True)
+
+    train_set = dataset(~hold)
+    params = {"objective": "lambdarank", "metric": "ndcg", "eval_at": [10],
+              "learning_rate": config.learning_rate, "num_leaves": config.num_leaves,
+              "min_data_in_leaf": config.min_data_in_leaf, "feature_fraction": 0.8,
+              "bagging_fraction": 0.8, "bagging_freq": 1, "lambdarank_truncation_level": 20,
+              "seed": config.seed, "deterministic": True, "verbose": -1,
+              "num_threads": config.threads}
+    booster = lgb.train(params, train_set, num_boost_round=config.max_rounds,
+                        valid_sets=[dataset(hold, train_set)],
+                        callbacks=[lgb.early_stopping(config.early_stopping, verbose=False)])
+    x_h, y_h = x_all[hold], y_all[hold]
+    s_h = booster.predict(x_h.reshape(-1, n_f), num_iteration=booster.best_iteration,
+                          num_threads=1).reshape(y_h.shape)
+    nll = {t: float(-np.log((_softmax_rows(s_h, t) * y_h).sum(1) + 1e-12).mean())
+           for t in TEMPERATURE_GRID}
+    temperature = min(nll, key=nll.__getitem__)
+    if booster.best_iteration and booster.best_iteration < booster.current_iteration():
+        booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=booster.best_iteration))
+    serving_side = ItemSide.build(train_seqs, n_items, brands, categories, train_times)
+    ranker = CandidateRanker(booster, serving_side, config.n_candidates, temperature, use_time)
+    gain = booster.feature_importance("gain")
+    report.update({
+        "rounds": int(booster.current_iteration()), "temperature": temperature,
+        "holdout_ndcg@10_in_candidates": _ndcg10(s_h, y_h),
+        "holdout_base_ndcg@10_in_candidates": _ndcg10(-np.arange(n_c)[None].repeat(len(y_h), 0)
+                                                      .astype(float), y_h),
+        "feature_gain": {n: round(float(g / max(gain.sum(), 1e-12)), 4)
+                         for n, g in zip(ranker.feature_names, gain, strict=True)},
+        "seconds": round(time.perf_counter() - t0, 1)})
+    log.info("learned ranker: %d rounds on %d queries (candidate recall %.3f), held-out NDCG@10 "
+             "within candidates %.4f vs %.4f for the fixed mix, %.0fs", report["rounds"],
+             len(y_all), report["candidate_recall"], report["holdout_ndcg@10_in_candidates"],
+             report["holdout_base_ndcg@10_in_candidates"], report["seconds"])
+    return ranker, report

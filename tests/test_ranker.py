@@ -1,0 +1,261 @@
+"""Learned candidate ranker: item tables, holdout queries, features, fitting on a planted signal,
+and the ranker inside the blend (mixing, artifact round trip, batch scoring)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ecrec_lib.evaluation import ItemKNN, LinearTransitions, UserKNN
+from ecrec_lib.models.blend import CoocBlend, _mix_neighbourhoods, _row_distribution, fit_blend
+from ecrec_lib.models.ranker import (
+    BASE_FEATURES,
+    FEATURES,
+    ItemSide,
+    RankerConfig,
+    RankerError,
+    candidate_features,
+    fit_ranker,
+    holdout_queries,
+)
+
+DAY = 86_400
+
+
+def test_item_side_counts_codes_and_local_popularity() -> None:
+    seqs = [np.array([0, 1, 1]), np.array([2, 1])]
+    times = [np.array([0, 10 * DAY, 40 * DAY]), np.array([5 * DAY, 12 * DAY])]
+    side = ItemSide.build(seqs, 4, ["a", "b", "a", ""], ["x", "", "x", "y"], times)
+    assert side.popularity.tolist() == [1, 3, 1, 0]
+    assert side.brand.tolist() == [0, 1, 0, -1] and side.category.tolist() == [0, -1, 0, 1]
+    assert side.first_ts[1] == 10 * DAY and side.last_ts[1] == 40 * DAY and np.isnan(side.first_ts[3])
+    # item 1 has events on days 10, 12, 40: two within 7 days of day 11, all three within 30
+    got = side.local_popularity(np.array([[1, 1, 3]]), np.array([[11 * DAY] * 3]), 7)
+    assert got.tolist() == [[2, 2, 0]]
+    assert side.local_popularity(np.array([1]), np.array([11 * DAY]), 30).tolist() == [3]
+    assert not ItemSide.build(seqs, 4, ["a"] * 4, ["x"] * 4).has_time
+    with pytest.raises(RankerError, match="one entry per item"):
+        ItemSide.build(seqs, 4, ["a"], ["x"] * 4)
+    with pytest.raises(RankerError, match="one time per training item"):
+        ItemSide.build(seqs, 4, ["a"] * 4, ["x"] * 4, [np.array([0]), np.array([0, 1])])
+
+
+def test_holdout_queries_label_each_last_training_item() -> None:
+    seqs = [np.array([0, 1, 2]), np.array([3]), np.array([4, 5, 4]), np.array([6, 7])]
+    times = [np.array([1, 2, 3]), np.array([1]), np.array([1, 2, 3]), np.array([5, 9])]
+    short, rows, labels, anchors = holdout_queries(seqs, times)
+    assert [s.tolist() for s in short] == [[0, 1], [], [4, 5], [6]]
+    # one-item sequence: no query; label 4 already in its history: skipped
+    assert rows.tolist() == [0, 3] and labels.tolist() == [2, 7]
+    assert anchors.tolist() == [2, 5]  # the time of the last history item
+    assert holdout_queries(seqs, None)[3] is None
+
+
+def test_candidate_features_exclude_history_and_match_brand() -> None:
+    n = 6
+    side = ItemSide.build([np.arange(n)], n, ["a", "a", "b", "b", "", "a"], ["x"] * n,
+                          [np.arange(n) * DAY])
+    rng = np.random.default_rng(0)
+    p = [rng.dirichlet(np.ones(n), size=2).astype(np.float32) for _ in range(3)]
+    hist = [np.array([0, 2]), np.array([5])]
+    cands, x = candidate_features(side, hist, *p, 10, np.array([3.0 * DAY, np.nan]), True)
+    assert cands.shape == (2, 6) and x.shape == (2, 6, len(FEATURES))
+    # history items go last (score -inf): the first n - len(history) are the others
+    assert set(cands[0, :4].tolist()) == {1, 3, 4, 5} and set(cands[1, :5].tolist()) == {0, 1, 2, 3, 4}
+    f = {name: x[..., i] for i, name in enumerate(FEATURES)}
+    last_brand_b = {int(c): v for c, v in zip(cands[0], f["same_brand_last"][0], strict=True)}
+    assert last_brand_b[3] == 1 and last_brand_b[1] == 0 and last_brand_b[4] == 0  # unknown != b
+    share = {int(c): v for c, v in zip(cands[0], f["brand_share"][0], strict=True)}
+    assert share[1] == pytest.approx(0.5) and share[3] == pytest.approx(0.5) and share[4] == 0
+    # the user without an anchor time gets missing time features, not made-up ones
+    assert np.isnan(f["days_item_last"][1]).all() and np.isfinite(f["days_item_last"][0]).all()
+    days = {int(c): v for c, v in zip(cands[0], f["days_item_first"][0], strict=True)}
+    assert days[5] == pytest.approx(2.0)  # item 5 first seen on day 5, the user's anchor is day 3
+    assert candidate_features(side, hist, *p, 10, None, False)[1].shape[-1] == len(BASE_FEATURES)
+
+
+def _brand_walk(n_users: int = 500, n_items: int = 200, n_brands: int = 10, length: int = 7,
+                seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    """Users mostly move to a random item of their last item's brand: too sparse for
+    co-occurrence counts over 200 items, obvious to a brand feature."""
+    rng = np.random.default_rng(seed)
+    brand_of = np.arange(n_items) % n_brands
+    seqs, times = [], []
+    for _ in range(n_users):
+        s = [int(rng.integers(n_items))]
+        while len(s) < length:
+            new = ~np.isin(np.arange(n_items), s)
+            if rng.random() < 0.85:
+                new &= brand_of == brand_of[s[-1]]
+            s.append(int(rng.choice(np.flatnonzero(new))))
+        seqs.append(np.asarray(s, dtype=np.int64))
+        times.append((1_700_000_000 + np.arange(length) * DAY).astype(np.int64))
+    return seqs, times, [f"b{b}" for b in brand_of]
+
+
+def _parts(seqs: list[np.ndarray], n: int) -> tuple[ItemKNN, UserKNN, LinearTransitions]:
+    return (ItemKNN().fit(seqs, n), UserKNN(k=20).fit(seqs, n),
+            LinearTransitions(l2=20.0, keep_per_row=50).fit(seqs, n))
+
+
+def test_fit_ranker_learns_a_signal_the_fixed_mix_misses() -> None:
+    seqs, times, brands = _brand_walk()
+    n = len(brands)
+    cats = ["c"] * n
+    ranker, report = fit_ranker(seqs, n, brands, cats, _parts(seqs, n), times,
+                                RankerConfig(n_candidates=40, min_queries=50, threads=1))
+    assert ranker is not None and ranker.use_time and report["queries"] == len(seqs)
+    assert report["holdout_ndcg@10_in_candidates"] > report["holdout_base_ndcg@10_in_candidates"] + 0.05
+    assert max(report["feature_gain"], key=report["feature_gain"].get) in (
+        "brand_share", "same_brand_last")
+    # probs: a distribution over each row's candidates, zero on history items
+    parts = _parts(seqs, n)
+    hist = [s[:3] for s in seqs[:20]]
+    dists = [_row_distribution(m.score(hist), None, 0).numpy() for m in parts]
+    p = ranker.probs(hist, *dists, np.full(20, 1_700_000_000 + 2.0 * DAY))
+    assert p.shape == (20, n) and np.allclose(p.sum(1), 1.0, atol=1e-5)
+    assert ((p > 0).sum(1) == 40).all()
+    assert all(p[r, h].sum() == 0 for r, h in enumerate(hist))
+    # no times: a ranker without the time features
+    plain, _ = fit_ranker(seqs, n, brands, cats, parts, None,
+                          RankerConfig(n_candidates=40, min_queries=50, threads=1))
+    assert plain is not None and not plain.use_time and plain.feature_names == BASE_FEATURES
+
+
+def test_fit_ranker_skips_when_too_few_labels() -> None:
+    seqs, times, brands = _brand_walk(n_users=30)
+    n = len(brands)
+    ranker, report = fit_ranker(seqs, n, brands, ["c"] * n, _parts(seqs, n), times,
+                                RankerConfig(n_candidates=40, min_queries=200, threads=1))
+    assert ranker is None and "fewer than min_queries=200" in report["skipped"]
+    with pytest.raises(RankerError, match="n_candidates must be >= 10"):
+        RankerConfig(n_candidates=5)
+
+
+@pytest.fixture(scope="module")
+def brand_blend() -> tuple[CoocBlend, list[np.ndarray], int]:
+    seqs, times, brands = _brand_walk()
+    n = len(brands)
+    parts = _parts(seqs, n)
+    ranker, _ = fit_ranker(seqs, n, brands, ["c"] * n, parts, times,
+                           RankerConfig(n_candidates=40, min_queries=50, threads=1))
+    blend = CoocBlend(parts[0], 1.0, 10.0, parts[1], 0.3, "product", 1e-3, parts[2], 0.2,
+                      ranker, 0.5)
+    return blend, seqs, n
+
+
+def test_ranker_share_mixes_into_the_neighbourhood(brand_blend) -> None:
+    blend, seqs, n = brand_blend
+    hist = [s[:4] for s in seqs[:16]]
+    anchors = np.full(16, 1_700_000_000 + 3.0 * DAY)
+    got = blend.knn_probs(hist, anchor_ts=anchors)
+    dists = [_row_distribution(m.score(hist), None, 0) for m in (blend.knn, blend.user_knn, blend.linear)]
+    p_rank = torch.as_tensor(blend.ranker.probs(hist, *(d.numpy() for d in dists), anchors))
+    want = _mix_neighbourhoods(dists[0], [(dists[1], 0.3 * 0.5), (dists[2], 0.2 * 0.5), (p_rank, 0.5)])
+    assert torch.allclose(got, want, atol=1e-6)
+    assert torch.allclose(got.sum(1), torch.ones(16), atol=1e-5)
+    with pytest.raises(ValueError, match="sum to at most 1"):
+        CoocBlend(blend.knn, 1.0, 10.0, blend.user_knn, 0.3, linear=blend.linear, linear_share=0.3,
+                  ranker=blend.ranker, ranker_share=0.5)
+    with pytest.raises(ValueError, match="needs the ranker and the user-kNN"):
+        CoocBlend(blend.knn, 1.0, 10.0, ranker_share=0.5)
+
+
+def test_ranker_blend_round_trip_and_incomplete_artifact(brand_blend, tmp_path: Path) -> None:
+    blend, seqs, n = brand_blend
+    files = blend.save(tmp_path)
+    assert "blend_ranker.txt" in files and all((tmp_path / f).is_file() for f in files)
+    loaded = CoocBlend.load(tmp_path)
+    assert loaded.ranker is not None and loaded.ranker_share == 0.5
+    assert loaded.ranker.temperature == blend.ranker.temperature
+    hist = [s[:5] for s in seqs[:12]]
+    anchors = np.full(12, 1_700_000_000 + 4.0 * DAY)
+    assert torch.allclose(loaded.knn_probs(hist, anchor_ts=anchors),
+                          blend.knn_probs(hist, anchor_ts=anchors), atol=1e-6)
+    assert loaded.to_dict()["ranker"]["use_time"] is True
+    params = json.loads((tmp_path / "blend.json").read_text())
+    params["ranker"]["features"] = ["p_item"]
+    (tmp_path / "blend.json").write_text(json.dumps(params))
+    with pytest.raises(RankerError, match="retrain the model"):
+        CoocBlend.load(tmp_path)
+    (tmp_path / "blend_ranker.txt").unlink()
+    with pytest.raises(FileNotFoundError, match="blend_ranker.txt is missing"):
+        CoocBlend.load(tmp_path)
+
+
+def test_ranker_without_anchor_times_still_scores(brand_blend) -> None:
+    blend, seqs, _ = brand_blend
+    hist = [s[:4] for s in seqs[:8]]
+    p = blend.knn_probs(hist)  # no anchors: time features missing, still a distribution
+    assert torch.isfinite(p).all() and torch.allclose(p.sum(1), torch.ones(8), atol=1e-5)
+
+
+def test_fit_blend_searches_the_ranker_share() -> None:
+    seqs, times, brands = _brand_walk(n_users=600, seed=1)
+    n = len(brands)
+    train = [s[:-2] for s in seqs]
+    train_times = [t[:-2] for t in times]
+    valid_hist = [s[:-2] for s in seqs]
+    valid_tgt = np.asarray([s[-2] for s in seqs])
+    anchors = np.asarray([t[-3] for t in times], dtype=np.float64)
+
+    def valid_eval(fn) -> float:
+        s = np.asarray(fn(np.arange(len(seqs))), dtype=np.float64).copy()
+        for r, h in enumerate(valid_hist):
+            s[r, h] = -np.inf
+        rank = (s >= s[np.arange(len(s)), valid_tgt][:, None]).sum(1) - 1  # pessimistic ties
+        return float(np.where(rank < 10, 1 / np.log2(rank + 2), 0).mean())
+
+    def ranker_fit(item_knn, user_knn, linear):
+        return fit_ranker(train, n, brands, ["c"] * n, (item_knn, user_knn, linear), train_times,
+                          RankerConfig(n_candidates=40, min_queries=50, threads=1))
+
+    flat = lambda pos: torch.zeros(len(pos), n)  # noqa: E731 - a model that knows nothing
+    blend, report = fit_blend(train, n, 10.0, valid_hist, valid_eval, flat,
+                              product_weights=(1.0,), product_eps=(1e-3,), ranker_fit=ranker_fit,
+                              valid_anchor_ts=anchors)
+    assert report["ranker"]["rounds"] >= 1 and "ranker_valid_ndcg@10" in report
+    assert any(",c=" in k for k in report["grid"])
+    # the brand signal is only in the ranker: validation picks it, and the blend serves it
+    assert blend.ranker is not None and blend.ranker_share > 0
+    assert report["valid_ndcg@10"] == max(report["grid"].values())
+    assert blend.user_knn is not None and blend.linear is not None  # the ranker reads them
+
+
+def test_batch_scoring_with_ranker_equals_full_rows(brand_blend) -> None:
+    from ecrec_lib.scoring.pipeline import ItemSpace, blend_candidates
+
+    blend, seqs, n = brand_blend
+    rng = np.random.default_rng(3)
+    dim = 8
+    item_emb = rng.normal(size=(n, dim)).astype(np.float32)
+    item_emb /= np.linalg.norm(item_emb, axis=1, keepdims=True)
+
+    class Model:
+        item_ids = [f"i{k}" for k in range(n)]
+
+    ids = Model.item_ids[::-1]
+    emb = item_emb[::-1].copy()
+    items = ItemSpace(item_ids=np.asarray(ids, dtype=object), emb=emb, in_stock=np.ones(n, bool),
+                      category_codes=np.zeros(n, np.int64), quality=np.zeros(n, np.float32),
+                      popularity_norm=np.zeros(n))
+    hist = [s[:4] for s in seqs[:6]]
+    users = rng.normal(size=(6, dim)).astype(np.float32)
+    cos = users @ emb.T
+    anchors = np.full(6, 1_700_000_000 + 3.0 * DAY)
+    top = np.argsort(-cos, axis=1)[:, :30]
+    cand, score = blend_candidates(Model(), copy.copy(blend), items,
+                                   pd.Series([[f"i{i}" for i in h] for h in hist], dtype=object),
+                                   users, top, None, anchors)
+    cols = items.index_of(Model.item_ids)
+    full = blend.mix(torch.as_tensor(cos), hist, cols, anchors).numpy()
+    for r in range(6):
+        ok = cand[r] >= 0
+        assert np.allclose(score[r][ok], full[r][cand[r][ok]], atol=1e-4)
+        assert cand[r][np.argmax(np.where(ok, score[r], -np.inf))] == np.argmax(full[r])
