@@ -44,8 +44,8 @@ from jobs.common import setup_logging
 
 log = logging.getLogger("benchmark_quality")
 
-ALL_MODELS = ("pop", "itemknn", "userknn", "linear", "sasrec_id", "two_tower")
-DETERMINISTIC = ("pop", "itemknn", "userknn", "linear")  # one run serves every seed
+ALL_MODELS = ("pop", "itemknn", "userknn", "linear", "ranker", "sasrec_id", "two_tower")
+DETERMINISTIC = ("pop", "itemknn", "userknn", "linear", "ranker")  # one run serves every seed
 REPORT_KS = (5, 10, 20)
 REPORT_METRICS = tuple(f"{m}@{k}" for m in ("recall", "ndcg") for k in REPORT_KS)
 BLEND = "two_tower+blend"  # the two-tower run's co-occurrence blend (same training run)
@@ -54,9 +54,10 @@ MODEL_LABELS = {
     "itemknn": "item-kNN",
     "userknn": "user-kNN (session neighbours)",
     "linear": "linear item-item model (SLIST, closed form)",
+    "ranker": "learned ranker over item-kNN, user-kNN, SLIST (LambdaRank)",
     "sasrec_id": "SASRec-style, ID only (full CE)",
     "two_tower": "ecrec two-tower (text + ID)",
-    BLEND: "ecrec two-tower + neighbourhood blend (item-kNN, user-kNN, SLIST)",
+    BLEND: "ecrec two-tower + neighbourhood blend (item-kNN, user-kNN, SLIST, ranker)",
 }
 
 
@@ -117,6 +118,40 @@ def run_fitted(model: Any, data: TrainingData, split: Split, pop: np.ndarray) ->
         "train_seconds": seconds,
         "config": dataclasses.asdict(model),
     }
+
+
+def run_ranker(data: TrainingData, split: Split, pop: np.ndarray) -> dict[str, Any]:
+    """The learned ranker alone (no neural model): item-kNN tuned on validation, user-kNN and
+    SLIST fitted on train, LambdaRank trained on each training sequence's last item
+    (:mod:`ecrec_lib.models.ranker`); test users outside a ranker's candidates score zero."""
+    import torch
+
+    from ecrec_lib.models.ranker import RankerConfig, _Parts, fit_ranker
+    from ecrec_lib.training.trainer import eval_anchor_times
+
+    t0 = time.perf_counter()
+    _, knn = tune_item_knn(split.train, data.n_items, lambda k: _eval(
+        _history_scorer(k.score, split.valid), split.valid, data, pop)["ndcg@10"])
+    parts = _Parts(knn, UserKNN().fit(split.train, data.n_items),
+                   LinearTransitions().fit(split.train, data.n_items)
+                   if data.n_items <= LinearTransitions.max_items else None)
+    times = None
+    if data.event_times is not None:
+        times = [t[:len(s)] for s, t in zip(split.train, data.event_times, strict=True)]
+    ranker, report = fit_ranker(split.train, data.n_items, data.item_brand, data.item_category,
+                                (parts.item_knn, parts.user_knn, parts.linear), times, RankerConfig())
+    seconds = time.perf_counter() - t0
+    if ranker is None:
+        return {"status": f"n/a ({report['skipped']})"}
+    anchors = eval_anchor_times(data, split.test)
+
+    def score(pos: np.ndarray) -> Any:
+        hist = [split.test.histories[i] for i in pos]
+        p = ranker.probs(hist, *parts.distributions(hist), anchors[pos] if anchors is not None else None)
+        return torch.as_tensor(p)
+
+    return {"test": _eval(score, split.test, data, pop), "train_seconds": seconds,
+            "config": {"ranker": {k: v for k, v in report.items() if k != "feature_gain"}}}
 
 
 def run_neural(
@@ -263,6 +298,13 @@ def run_benchmark(
                 runs.append(run_fitted(UserKNN(), data, split, pop))
             elif name == "linear":
                 runs.append(run_fitted(LinearTransitions(), data, split, pop))
+            elif name == "ranker":
+                run = run_ranker(data, split, pop)
+                if "status" in run:
+                    log.warning("model ranker: %s", run["status"])
+                    results[name] = run
+                    break
+                runs.append(run)
             else:
                 runs.append(
                     run_neural(
@@ -279,9 +321,12 @@ def run_benchmark(
                         save_dir,
                     )
                 )
-            log.info("model %s seed %d: %s", name, seed, _fmt_run(runs[-1]))
+            if runs:
+                log.info("model %s seed %d: %s", name, seed, _fmt_run(runs[-1]))
             if name in DETERMINISTIC:
                 break  # deterministic: one run is every seed's run
+        if not runs:  # the model reported why it could not run
+            continue
         results[name] = _summary(runs)
         results[name]["seeds"] = (
             list(seeds) if name not in DETERMINISTIC else ["deterministic"]

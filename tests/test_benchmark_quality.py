@@ -195,6 +195,27 @@ def test_job_baselines_end_to_end(tmp_path: Path, capsys):
     assert "n/a (no items.csv)" in table
 
 
+def test_job_runs_the_learned_ranker_alone(tmp_path: Path, capsys):
+    """The ranker row: LambdaRank over the neighbourhood parts, trained on each training
+    sequence's last item; too few such queries and the row says why instead."""
+    out = tmp_path / "r.json"
+    data_dir = _planted_dataset(tmp_path / "d", with_items=False, n_users=320)
+    argv = ["--data", str(data_dir), "--models", "ranker,pop", "--seeds", "2", "--out", str(out),
+            "--lake", str(tmp_path / "lake")]
+    assert benchmark_quality.main(argv) == 0
+    res = json.loads(out.read_text())
+    ranker = res["models"]["ranker"]
+    assert ranker["seeds"] == ["deterministic"] and ranker["metrics"]["recall@5"]["mean"] > 0.9
+    assert ranker["config"]["ranker"]["labelled_in_candidates"] >= 200
+    assert "learned ranker" in capsys.readouterr().out
+    small = _planted_dataset(tmp_path / "small", with_items=False, n_users=60)
+    argv = ["--data", str(small), "--models", "ranker", "--seeds", "1", "--out", str(out),
+            "--lake", str(tmp_path / "lake")]
+    assert benchmark_quality.main(argv) == 0
+    status = json.loads(out.read_text())["models"]["ranker"]["status"]
+    assert status.startswith("n/a (") and "fewer than min_queries=200" in status
+
+
 def test_job_reports_linear_na_on_a_catalog_above_its_limit(tmp_path: Path, monkeypatch, capsys):
     """A catalog too large for SLIST's dense solve: its row says so, the other models still run."""
     from ecrec_lib.evaluation.baselines import LinearTransitions

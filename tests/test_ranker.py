@@ -110,7 +110,8 @@ def test_fit_ranker_learns_a_signal_the_fixed_mix_misses() -> None:
     cats = ["c"] * n
     ranker, report = fit_ranker(seqs, n, brands, cats, _parts(seqs, n), times,
                                 RankerConfig(n_candidates=40, min_queries=50, threads=1))
-    assert ranker is not None and ranker.use_time and report["queries"] == len(seqs)
+    # two holdout positions by default: each sequence's last and second-to-last training item
+    assert ranker is not None and ranker.use_time and report["queries"] == 2 * len(seqs)
     assert report["holdout_ndcg@10_in_candidates"] > report["holdout_base_ndcg@10_in_candidates"] + 0.05
     assert max(report["feature_gain"], key=report["feature_gain"].get) in (
         "brand_share", "same_brand_last")
