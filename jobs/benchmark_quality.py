@@ -120,10 +120,28 @@ def run_fitted(model: Any, data: TrainingData, split: Split, pop: np.ndarray) ->
     }
 
 
-def run_ranker(data: TrainingData, split: Split, pop: np.ndarray) -> dict[str, Any]:
+def pretrained_text_vectors(data: TrainingData, cache_dir: str | None) -> np.ndarray:
+    """The default pretrained text encoder's item vectors (frozen; read from the cache the
+    two-tower training shares when present)."""
+    from ecrec_lib.models.config import ModelConfig
+    from ecrec_lib.models.text_encoder import (
+        TextEncoder,
+        cached_text_embeddings,
+        resolve_text_model_path,
+    )
+
+    mcfg = ModelConfig()
+    encoder = TextEncoder(resolve_text_model_path(mcfg.text_model_path), "frozen",
+                          mcfg.text_max_length, mcfg.finetune_layers, mcfg.lora_r, mcfg.lora_alpha)
+    return cached_text_embeddings(encoder, data.item_text, cache_dir, mcfg.text_batch_size)
+
+
+def run_ranker(data: TrainingData, split: Split, pop: np.ndarray,
+               text_vectors: np.ndarray | None = None) -> dict[str, Any]:
     """The learned ranker alone (no neural model): item-kNN tuned on validation, user-kNN and
-    SLIST fitted on train, LambdaRank trained on each training sequence's last item
-    (:mod:`ecrec_lib.models.ranker`); test users outside a ranker's candidates score zero."""
+    SLIST fitted on train, LambdaRank trained on each training sequence's last items
+    (:mod:`ecrec_lib.models.ranker`; ``text_vectors``: pretrained item text vectors for its
+    text features); items outside a user's candidates score zero."""
     import torch
 
     from ecrec_lib.models.ranker import RankerConfig, _Parts, fit_ranker
@@ -139,7 +157,8 @@ def run_ranker(data: TrainingData, split: Split, pop: np.ndarray) -> dict[str, A
     if data.event_times is not None:
         times = [t[:len(s)] for s, t in zip(split.train, data.event_times, strict=True)]
     ranker, report = fit_ranker(split.train, data.n_items, data.item_brand, data.item_category,
-                                (parts.item_knn, parts.user_knn, parts.linear), times, RankerConfig())
+                                (parts.item_knn, parts.user_knn, parts.linear), times, RankerConfig(),
+                                text_vectors)
     seconds = time.perf_counter() - t0
     if ranker is None:
         return {"status": f"n/a ({report['skipped']})"}
@@ -299,7 +318,8 @@ def run_benchmark(
             elif name == "linear":
                 runs.append(run_fitted(LinearTransitions(), data, split, pop))
             elif name == "ranker":
-                run = run_ranker(data, split, pop)
+                run = run_ranker(data, split, pop,
+                                 pretrained_text_vectors(data, cache_dir) if has_items else None)
                 if "status" in run:
                     log.warning("model ranker: %s", run["status"])
                     results[name] = run

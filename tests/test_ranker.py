@@ -21,6 +21,7 @@ from ecrec_lib.models.ranker import (
     RankerConfig,
     RankerError,
     candidate_features,
+    feature_names,
     fit_ranker,
     holdout_queries,
 )
@@ -65,10 +66,10 @@ def test_candidate_features_exclude_history_and_match_brand() -> None:
     p = [rng.dirichlet(np.ones(n), size=2).astype(np.float32) for _ in range(3)]
     hist = [np.array([0, 2]), np.array([5])]
     cands, x = candidate_features(side, hist, *p, 10, np.array([3.0 * DAY, np.nan]), True)
-    assert cands.shape == (2, 6) and x.shape == (2, 6, len(FEATURES))
+    assert cands.shape == (2, 6) and x.shape == (2, 6, len(feature_names(False, True)))
     # history items go last (score -inf): the first n - len(history) are the others
     assert set(cands[0, :4].tolist()) == {1, 3, 4, 5} and set(cands[1, :5].tolist()) == {0, 1, 2, 3, 4}
-    f = {name: x[..., i] for i, name in enumerate(FEATURES)}
+    f = {name: x[..., i] for i, name in enumerate(feature_names(False, True))}
     last_brand_b = {int(c): v for c, v in zip(cands[0], f["same_brand_last"][0], strict=True)}
     assert last_brand_b[3] == 1 and last_brand_b[1] == 0 and last_brand_b[4] == 0  # unknown != b
     share = {int(c): v for c, v in zip(cands[0], f["brand_share"][0], strict=True)}
@@ -78,6 +79,24 @@ def test_candidate_features_exclude_history_and_match_brand() -> None:
     days = {int(c): v for c, v in zip(cands[0], f["days_item_first"][0], strict=True)}
     assert days[5] == pytest.approx(2.0)  # item 5 first seen on day 5, the user's anchor is day 3
     assert candidate_features(side, hist, *p, 10, None, False)[1].shape[-1] == len(BASE_FEATURES)
+    with pytest.raises(RankerError, match="item tables have none"):
+        candidate_features(side, hist, *p, 10, None, False, use_text=True)
+
+
+def test_text_features_are_cosines_to_the_last_and_recent_items() -> None:
+    n = 4
+    vecs = np.array([[1, 0], [0, 2], [3, 3], [0, 0]], dtype=np.float32)  # item 3: no text
+    side = ItemSide.build([np.arange(n)], n, [""] * n, [""] * n, text_vectors=vecs)
+    p = [np.full((1, n), 0.25, np.float32)] * 3
+    cands, x = candidate_features(side, [np.array([0, 1])], *p, 10, None, False, use_text=True)
+    f = {name: dict(zip(cands[0].tolist(), x[0, :, i].tolist(), strict=True))
+         for i, name in enumerate(feature_names(True, False))}
+    assert cands[0, 2:].tolist() in ([0, 1], [1, 0])  # a tiny catalog: history items go last
+    assert f["text_sim_last"][2] == pytest.approx(np.sqrt(0.5), abs=1e-3)  # vs item 1 (0, 1)
+    assert f["text_sim_last"][3] == 0.0
+    assert f["text_sim_recent"][2] == pytest.approx(1.0, abs=1e-3)  # mean of (1,0),(0,1)
+    with pytest.raises(RankerError, match="text_vectors must be"):
+        ItemSide.build([np.arange(n)], n, [""] * n, [""] * n, text_vectors=vecs[:3])
 
 
 def _brand_walk(n_users: int = 500, n_items: int = 200, n_brands: int = 10, length: int = 7,
@@ -127,6 +146,15 @@ def test_fit_ranker_learns_a_signal_the_fixed_mix_misses() -> None:
     plain, _ = fit_ranker(seqs, n, brands, cats, parts, None,
                           RankerConfig(n_candidates=40, min_queries=50, threads=1))
     assert plain is not None and not plain.use_time and plain.feature_names == BASE_FEATURES
+    # text vectors (one random unit vector per brand): the text features join and are used
+    rng = np.random.default_rng(1)
+    brand_vec = rng.normal(size=(10, 8))
+    vecs = brand_vec[np.arange(n) % 10] + 0.1 * rng.normal(size=(n, 8))
+    texted, rep = fit_ranker(seqs, n, brands, cats, parts, times,
+                             RankerConfig(n_candidates=40, min_queries=50, threads=1), vecs)
+    assert texted is not None and texted.use_text and rep["use_text"]
+    assert texted.feature_names == feature_names(True, True) == FEATURES
+    assert sum(rep["feature_gain"][k] for k in ("text_sim_last", "text_sim_recent")) > 0
 
 
 def test_fit_ranker_skips_when_too_few_labels() -> None:
@@ -195,6 +223,14 @@ def test_ranker_without_anchor_times_still_scores(brand_blend) -> None:
     hist = [s[:4] for s in seqs[:8]]
     p = blend.knn_probs(hist)  # no anchors: time features missing, still a distribution
     assert torch.isfinite(p).all() and torch.allclose(p.sum(1), torch.ones(8), atol=1e-5)
+    # a list longer than the catalog holds the history items too: they get no mass
+    wide = copy.copy(blend.ranker)
+    wide.n_candidates = 500
+    dists = [_row_distribution(m.score(hist), None, 0).numpy()
+             for m in (blend.knn, blend.user_knn, blend.linear)]
+    q = wide.probs(hist, *dists)
+    assert np.allclose(q.sum(1), 1.0, atol=1e-5) and all(q[r, h].sum() == 0 for r, h in enumerate(hist))
+    assert ((q > 0).sum(1) == q.shape[1] - np.array([len(set(h.tolist())) for h in hist])).all()
 
 
 def test_fit_blend_searches_the_ranker_share() -> None:

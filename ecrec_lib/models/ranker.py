@@ -16,7 +16,9 @@ shortened by that item, so no feature has seen its own label. Validation targets
 choosing the ranker's share in the blend, test targets are never seen. At serving time the
 features come from the parts fitted on the full training sequences (the blend's own).
 
-Time features (days between the user's last event and the candidate's first / last training
+Text features (cosine between the candidate's text vector and the last history item's, and
+the mean of the last five) read the *pretrained* text encoder's item vectors, never the trained
+item tower (which has seen the labels' co-occurrences). Time features (days between the user's last event and the candidate's first / last training
 event, the candidate's training events within 7 / 30 / 180 days of the user's last event)
 need event times; without them the ranker is fitted without those features. A ranker fitted
 with them and served without a user's anchor time sees them as missing (LightGBM's missing
@@ -43,9 +45,17 @@ BASE_FEATURES = (
     "base_rank", "log_popularity", "history_length", "same_brand_last", "same_category_last",
     "brand_share", "category_share",
 )
+TEXT_FEATURES = ("text_sim_last", "text_sim_recent")
 TIME_FEATURES = ("days_item_last", "days_item_first") + tuple(
     f"local_pop_{d}d" for d in LOCAL_WINDOWS_DAYS)
-FEATURES = BASE_FEATURES + TIME_FEATURES
+FEATURES = BASE_FEATURES + TEXT_FEATURES + TIME_FEATURES
+RECENT_ITEMS = 5  # text_sim_recent: cosine to the mean text vector of the last 5 history items
+
+
+def feature_names(use_text: bool, use_time: bool) -> tuple[str, ...]:
+    """The features a ranker computes, in order."""
+    return (BASE_FEATURES + (TEXT_FEATURES if use_text else ())
+            + (TIME_FEATURES if use_time else ()))
 # candidate generation: log p_linear + 0.5 log p_item + 0.3 log p_user (each floored at 1e-3),
 # a fixed mix close to the blend shares chosen on Amazon Beauty
 CANDIDATE_MIX = (("p_linear", 1.0), ("p_item", 0.5), ("p_user", 0.3))
@@ -108,10 +118,12 @@ class ItemSide:
     event_keys: np.ndarray | None = None  # sorted item << TS_SHIFT | ts of training events
     first_ts: np.ndarray | None = None  # (n_items,) first training event (nan: none)
     last_ts: np.ndarray | None = None
+    text: np.ndarray | None = None  # (n_items, d) float16 unit pretrained text vectors
 
     @classmethod
     def build(cls, train_seqs: Sequence[np.ndarray], n_items: int, brands: Sequence[str],
-              categories: Sequence[str], train_times: Sequence[np.ndarray] | None = None) -> ItemSide:
+              categories: Sequence[str], train_times: Sequence[np.ndarray] | None = None,
+              text_vectors: np.ndarray | None = None) -> ItemSide:
         if len(brands) != n_items or len(categories) != n_items:
             raise RankerError(f"brands and categories need one entry per item ({n_items}), got "
                               f"{len(brands)} and {len(categories)}")
@@ -119,6 +131,12 @@ class ItemSide:
                                [np.zeros(0, np.int64)])
         pop = np.bincount(items, minlength=n_items).astype(np.float64)
         side = cls(pop, _codes(brands), _codes(categories))
+        if text_vectors is not None:
+            v = np.asarray(text_vectors, dtype=np.float32)
+            if v.ndim != 2 or v.shape[0] != n_items:
+                raise RankerError(f"text_vectors must be (n_items={n_items}, d), got {v.shape}")
+            side.text = (v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-9)
+                         ).astype(np.float16)
         if train_times is None:
             return side
         if len(train_times) != len(train_seqs) or any(
@@ -141,6 +159,10 @@ class ItemSide:
     def has_time(self) -> bool:
         return self.event_keys is not None
 
+    @property
+    def has_text(self) -> bool:
+        return self.text is not None
+
     def local_popularity(self, items: np.ndarray, anchor: np.ndarray, days: float) -> np.ndarray:
         """Training events of each ``items`` entry within ``days`` of ``anchor`` (same shape)."""
         assert self.event_keys is not None
@@ -155,6 +177,8 @@ class ItemSide:
         out = {"popularity": self.popularity, "brand": self.brand, "category": self.category}
         if self.has_time:
             out.update(event_keys=self.event_keys, first_ts=self.first_ts, last_ts=self.last_ts)
+        if self.has_text:
+            out["text"] = self.text
         return out
 
 
@@ -188,7 +212,8 @@ def _share_of(codes: np.ndarray, histories: Sequence[np.ndarray], cands: np.ndar
 
 def candidate_features(side: ItemSide, histories: Sequence[np.ndarray], p_item: np.ndarray,
                        p_user: np.ndarray, p_linear: np.ndarray, n_candidates: int,
-                       anchor_ts: np.ndarray | None, use_time: bool) -> tuple[np.ndarray, np.ndarray]:
+                       anchor_ts: np.ndarray | None, use_time: bool, use_text: bool = False
+                       ) -> tuple[np.ndarray, np.ndarray]:
     """(cands (rows, C), X (rows, C, n_features)) for users with ``histories`` and their
     neighbourhood distributions over the model's items (rows sum to 1 or are all zero)."""
     base = candidate_scores(p_item, p_user, p_linear)
@@ -207,6 +232,17 @@ def candidate_features(side: ItemSide, histories: Sequence[np.ndarray], p_item: 
             np.log1p(side.popularity[cands]), np.broadcast_to(lengths[:, None], (rows, c)),
             same[0], same[1], _share_of(side.brand, histories, cands),
             _share_of(side.category, histories, cands)]
+    if use_text:
+        if not side.has_text:
+            raise RankerError("this ranker reads text vectors but its item tables have none")
+        text = side.text.astype(np.float32)
+        last_vec = text[np.maximum(last, 0)] * (last >= 0)[:, None]
+        recent = np.stack([text[np.asarray(h[-RECENT_ITEMS:], dtype=np.int64)].mean(0) if len(h)
+                           else np.zeros(text.shape[1], np.float32) for h in histories])
+        recent /= np.maximum(np.linalg.norm(recent, axis=1, keepdims=True), 1e-9)
+        cand_vec = text[cands]
+        cols += [np.einsum("rcd,rd->rc", cand_vec, last_vec),
+                 np.einsum("rcd,rd->rc", cand_vec, recent)]
     if use_time:
         if anchor_ts is None or not side.has_time:
             cols += [np.full((rows, c), np.nan)] * len(TIME_FEATURES)
@@ -223,37 +259,44 @@ def candidate_features(side: ItemSide, histories: Sequence[np.ndarray], p_item: 
 
 
 def _softmax_rows(s: np.ndarray, temperature: float) -> np.ndarray:
+    """Row softmax of ``s / temperature``; -inf entries get 0, an all -inf row is all 0."""
     z = s / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    top = z.max(axis=1, keepdims=True)
+    e = np.exp(z - np.where(np.isfinite(top), top, 0.0))
+    return e / np.maximum(e.sum(axis=1, keepdims=True), 1e-300)
 
 
 @dataclass
 class CandidateRanker:
-    """A fitted LambdaRank model over :data:`FEATURES` (without the time ones when
-    ``use_time`` is False) and the item tables its features read."""
+    """A fitted LambdaRank model over :data:`FEATURES` (without the text ones when
+    ``use_text`` is False, the time ones when ``use_time`` is False) and the item tables its
+    features read."""
 
     booster: Any  # lightgbm.Booster
     side: ItemSide
     n_candidates: int = 100
     temperature: float = 1.0  # softmax temperature of the scores (fitted on held-out queries)
     use_time: bool = True
+    use_text: bool = False
 
     @property
     def feature_names(self) -> tuple[str, ...]:
-        return FEATURES if self.use_time else BASE_FEATURES
+        return feature_names(self.use_text, self.use_time)
 
     def score(self, histories: Sequence[np.ndarray], p_item: np.ndarray, p_user: np.ndarray,
               p_linear: np.ndarray, anchor_ts: np.ndarray | None = None
               ) -> tuple[np.ndarray, np.ndarray]:
         """(candidates, ranker scores), both (rows, n_candidates)."""
         cands, x = candidate_features(self.side, histories, p_item, p_user, p_linear,
-                                      self.n_candidates, anchor_ts, self.use_time)
+                                      self.n_candidates, anchor_ts, self.use_time, self.use_text)
         if not len(cands):
             return cands, np.zeros(cands.shape)
-        s = self.booster.predict(x.reshape(-1, x.shape[-1]), num_threads=1)
-        return cands, np.asarray(s, dtype=np.float64).reshape(cands.shape)
+        s = np.asarray(self.booster.predict(x.reshape(-1, x.shape[-1]), num_threads=1),
+                       dtype=np.float64).reshape(cands.shape)
+        # a catalog smaller than n_candidates fills the list with history items: never ranked
+        for r, h in enumerate(histories):
+            s[r, np.isin(cands[r], h)] = -np.inf
+        return cands, s
 
     def probs(self, histories: Sequence[np.ndarray], p_item: np.ndarray, p_user: np.ndarray,
               p_linear: np.ndarray, anchor_ts: np.ndarray | None = None) -> np.ndarray:
@@ -272,7 +315,8 @@ class CandidateRanker:
         (out / RANKER_FILE).write_text(self.booster.model_to_string())
         np.savez_compressed(out / RANKER_SIDE_FILE, **self.side.to_arrays())
         params = {"n_candidates": self.n_candidates, "temperature": self.temperature,
-                  "use_time": self.use_time, "features": list(self.feature_names)}
+                  "use_time": self.use_time, "use_text": self.use_text,
+                  "features": list(self.feature_names)}
         return [RANKER_FILE, RANKER_SIDE_FILE], params
 
     @classmethod
@@ -285,15 +329,16 @@ class CandidateRanker:
                 raise FileNotFoundError(
                     f"blend.json names a learned ranker but {root / name} is missing: the model "
                     "artifact is incomplete; re-register the run or restore the file")
-        use_time = bool(params["use_time"])
-        expected = list(FEATURES if use_time else BASE_FEATURES)
+        use_time, use_text = bool(params["use_time"]), bool(params.get("use_text", False))
+        expected = list(feature_names(use_text, use_time))
         if list(params.get("features", expected)) != expected:
             raise RankerError(f"the saved ranker uses features {params.get('features')}, this "
                               f"ecrec computes {expected}: retrain the model with this version")
         with np.load(root / RANKER_SIDE_FILE) as z:
             side = ItemSide(**{k: z[k] for k in z.files})
         booster = lgb.Booster(model_str=(root / RANKER_FILE).read_text())
-        return cls(booster, side, int(params["n_candidates"]), float(params["temperature"]), use_time)
+        return cls(booster, side, int(params["n_candidates"]), float(params["temperature"]),
+                   use_time, use_text)
 
 
 # ---------------------------------------------------------------------- fitting
@@ -342,7 +387,7 @@ def _ndcg10(scores: np.ndarray, labels: np.ndarray) -> float:
 def fit_ranker(train_seqs: Sequence[np.ndarray], n_items: int, brands: Sequence[str],
                categories: Sequence[str], serving_parts: tuple[Any, Any, Any | None],
                train_times: Sequence[np.ndarray] | None = None,
-               config: RankerConfig = RankerConfig(),
+               config: RankerConfig = RankerConfig(), text_vectors: np.ndarray | None = None,
                ) -> tuple[CandidateRanker | None, dict[str, Any]]:
     """Fit the ranker on the training sequences' last items (see the module docstring).
 
@@ -360,7 +405,7 @@ def fit_ranker(train_seqs: Sequence[np.ndarray], n_items: int, brands: Sequence[
 
     t0 = time.perf_counter()
     item_knn, user_knn, linear = serving_parts
-    use_time = train_times is not None
+    use_time, use_text = train_times is not None, text_vectors is not None
     xs, ys = [], []
     n_queries = 0
     seqs, times = list(train_seqs), train_times
@@ -377,24 +422,26 @@ def fit_ranker(train_seqs: Sequence[np.ndarray], n_items: int, brands: Sequence[
                        UserKNN(**asdict(user_knn)).fit(short, n_items), lin)
         times = ([t[:len(s)] for s, t in zip(short, times, strict=True)]
                  if times is not None else None)
-        side = ItemSide.build(short, n_items, brands, categories, times)
+        side = ItemSide.build(short, n_items, brands, categories, times, text_vectors)
         for start in range(0, len(rows), 1000):
             sl = slice(start, start + 1000)
             hist = [short[u] for u in rows[sl]]
             cands, x = candidate_features(side, hist, *parts.distributions(hist),
                                           config.n_candidates,
-                                          anchors[sl] if anchors is not None else None, use_time)
+                                          anchors[sl] if anchors is not None else None, use_time,
+                                          use_text)
             y = (cands == labels[sl, None]).astype(np.float32)
             keep = y.sum(1) > 0
             xs.append(x[keep])
             ys.append(y[keep])
         seqs = short
-    names = FEATURES if use_time else BASE_FEATURES
+    names = feature_names(use_text, use_time)
     x_all = np.concatenate(xs) if xs else np.zeros((0, config.n_candidates, len(names)))
     y_all = np.concatenate(ys) if ys else np.zeros((0, config.n_candidates))
     report: dict[str, Any] = {"queries": int(n_queries), "labelled_in_candidates": int(len(y_all)),
                               "candidate_recall": float(len(y_all) / max(n_queries, 1)),
-                              "use_time": use_time, "holdout_positions": config.holdout_positions}
+                              "use_time": use_time, "use_text": use_text,
+                              "holdout_positions": config.holdout_positions}
     if len(y_all) < config.min_queries:
         report["skipped"] = (f"{len(y_all)} training queries with the label among the candidates, "
                              f"fewer than min_queries={config.min_queries}")
@@ -429,8 +476,9 @@ def fit_ranker(train_seqs: Sequence[np.ndarray], n_items: int, brands: Sequence[
     temperature = min(nll, key=nll.__getitem__)
     if booster.best_iteration and booster.best_iteration < booster.current_iteration():
         booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=booster.best_iteration))
-    serving_side = ItemSide.build(train_seqs, n_items, brands, categories, train_times)
-    ranker = CandidateRanker(booster, serving_side, config.n_candidates, temperature, use_time)
+    serving_side = ItemSide.build(train_seqs, n_items, brands, categories, train_times, text_vectors)
+    ranker = CandidateRanker(booster, serving_side, config.n_candidates, temperature, use_time,
+                             use_text)
     gain = booster.feature_importance("gain")
     report.update({
         "rounds": int(booster.current_iteration()), "temperature": temperature,

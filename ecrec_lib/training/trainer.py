@@ -304,7 +304,7 @@ def train_two_tower(
     if len(arrays.lengths) == 0:
         raise ValueError("no training sequence has 2 or more items: nothing to learn from")
     device = resolve_device(mcfg)
-    rec, encoder, _ = build_recommender(data, mcfg, train_seqs, cache_dir)
+    rec, encoder, text_emb = build_recommender(data, mcfg, train_seqs, cache_dir)
     model = rec.model
     n_items = data.n_items
     use_full = mcfg.loss == "full_softmax" or (
@@ -575,16 +575,18 @@ def train_two_tower(
     rec.metadata.update({"best_epoch": best["epoch"], "fingerprint": fingerprint,
                           "model_config": mcfg.to_dict()})
     if mcfg.cooc_blend and valid_eval is not None:
-        rec.blend, report = _fit_blend(rec, data, train_seqs, valid_eval, mcfg, prior_linear)
+        rec.blend, report = _fit_blend(rec, data, train_seqs, valid_eval, mcfg, prior_linear,
+                                       text_emb)
         rec.metadata["blend"] = report
     return TrainResult(rec, history, best["epoch"], best["valid"], fingerprint, resumed_from, data)
 
 
 def _fit_blend(rec: TwoTowerRecommender, data: TrainingData, train_seqs: Sequence[np.ndarray],
                valid: EvalSet, mcfg: ModelConfig, linear: LinearTransitions | None = None,
-               ) -> tuple[Any, dict[str, Any]]:
+               text_emb: np.ndarray | None = None) -> tuple[Any, dict[str, Any]]:
     """Fit the co-occurrence blend on the training sequences; weight chosen on ``valid``
-    (``linear``: the linear model already fitted on them, reused).
+    (``linear``: the linear model already fitted on them, reused; ``text_emb``: the pretrained
+    text encoder's item vectors, for the learned ranker's text features).
     Returns (None, report) when validation prefers the model alone (weight 0)."""
     from ecrec_lib.models.blend import fit_blend
 
@@ -595,7 +597,7 @@ def _fit_blend(rec: TwoTowerRecommender, data: TrainingData, train_seqs: Sequenc
 
     ranker_fit = None
     if mcfg.ranker:
-        ranker_fit = _ranker_fit(data, train_seqs, mcfg)
+        ranker_fit = _ranker_fit(data, train_seqs, mcfg, text_emb)
     t0 = time.time()
     blend, report = fit_blend(train_seqs, data.n_items, float(rec.model.inv_temperature.detach()),
                               valid.histories, valid_eval, model_scores, linear=linear,
@@ -604,10 +606,11 @@ def _fit_blend(rec: TwoTowerRecommender, data: TrainingData, train_seqs: Sequenc
     return (blend if blend.weight > 0 else None), report
 
 
-def _ranker_fit(data: TrainingData, train_seqs: Sequence[np.ndarray], mcfg: ModelConfig
-                ) -> Callable[..., tuple[Any, dict[str, Any]]]:
+def _ranker_fit(data: TrainingData, train_seqs: Sequence[np.ndarray], mcfg: ModelConfig,
+                text_emb: np.ndarray | None = None) -> Callable[..., tuple[Any, dict[str, Any]]]:
     """The blend's hook that fits the learned ranker from its fitted parts; time features
-    when every training sequence is a prefix of its user's timed sequence."""
+    when every training sequence is a prefix of its user's timed sequence, text features with
+    the pretrained text vectors (``text_emb``: never trained on interactions)."""
     from ecrec_lib.models.ranker import RankerConfig, fit_ranker
 
     times = None
@@ -618,7 +621,8 @@ def _ranker_fit(data: TrainingData, train_seqs: Sequence[np.ndarray], mcfg: Mode
 
     def fit(item_knn: Any, user_knn: Any, linear: Any) -> tuple[Any, dict[str, Any]]:
         return fit_ranker(train_seqs, data.n_items, data.item_brand, data.item_category,
-                          (item_knn, user_knn, linear), times, RankerConfig(seed=mcfg.seed))
+                          (item_knn, user_knn, linear), times, RankerConfig(seed=mcfg.seed),
+                          text_emb)
 
     return fit
 
