@@ -296,3 +296,38 @@ def test_batch_scoring_with_ranker_equals_full_rows(brand_blend) -> None:
         ok = cand[r] >= 0
         assert np.allclose(score[r][ok], full[r][cand[r][ok]], atol=1e-4)
         assert cand[r][np.argmax(np.where(ok, score[r], -np.inf))] == np.argmax(full[r])
+
+
+def test_trainer_fits_the_ranker_into_the_blend(tmp_path: Path) -> None:
+    """train_two_tower: the ranker is fitted from the blend's parts with the pretrained text
+    vectors and event times, reported, and (when validation gives it a share) served from the
+    saved artifact."""
+    from ecrec_lib.evaluation import leave_one_out
+    from ecrec_lib.models.artifact import load_recommender_dir, save_recommender
+    from ecrec_lib.training.trainer import ModelConfig, make_score_fn, train_two_tower
+    from tests.helpers_two_tower import make_tiny_bert
+
+    from ecrec_lib.training.data import TrainingData
+
+    seqs, times, brands = _brand_walk(n_users=400, seed=2)
+    n = len(brands)
+    data = TrainingData(item_ids=[f"it{k}" for k in range(n)],
+                        item_text=[f"thing {k} | {b}" for k, b in enumerate(brands)],
+                        item_category=["c"] * n, item_brand=brands,
+                        user_keys=[f"u{u}" for u in range(len(seqs))], sequences=seqs,
+                        event_types=[np.full(len(s), 4, np.int64) for s in seqs], event_times=times)
+    train, valid, test = leave_one_out(data.sequences)
+    mcfg = ModelConfig(text_model_path=make_tiny_bert(tmp_path / "bert"), dim=16, n_heads=2,
+                       n_layers=1, max_seq_len=8, batch_size=32, epochs=1, device="cpu")
+    res = train_two_tower(data, mcfg, train, valid, progress=False)
+    report = res.model.metadata["blend"]["ranker"]
+    assert report["use_text"] and report["use_time"] and report["queries"] > 300
+    assert "ranker_valid_ndcg@10" in res.model.metadata["blend"]
+    blend = res.model.blend
+    # the brand signal is the ranker's: validation gives it a share
+    assert blend is not None and blend.ranker is not None and blend.ranker_share > 0
+    loaded = load_recommender_dir(save_recommender(res.model, tmp_path / "m"))
+    assert loaded.blend.ranker is not None and loaded.blend.ranker.use_text
+    rows = np.arange(10)
+    want = make_score_fn(res.model, test, data)(rows)
+    assert torch.allclose(make_score_fn(loaded, test, data)(rows), want, atol=1e-4)
