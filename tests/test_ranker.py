@@ -304,10 +304,9 @@ def test_trainer_fits_the_ranker_into_the_blend(tmp_path: Path) -> None:
     saved artifact."""
     from ecrec_lib.evaluation import leave_one_out
     from ecrec_lib.models.artifact import load_recommender_dir, save_recommender
+    from ecrec_lib.training.data import TrainingData
     from ecrec_lib.training.trainer import ModelConfig, make_score_fn, train_two_tower
     from tests.helpers_two_tower import make_tiny_bert
-
-    from ecrec_lib.training.data import TrainingData
 
     seqs, times, brands = _brand_walk(n_users=400, seed=2)
     n = len(brands)
