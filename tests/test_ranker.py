@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -208,6 +209,10 @@ def test_ranker_blend_round_trip_and_incomplete_artifact(brand_blend, tmp_path: 
     assert torch.allclose(loaded.knn_probs(hist, anchor_ts=anchors),
                           blend.knn_probs(hist, anchor_ts=anchors), atol=1e-6)
     assert loaded.to_dict()["ranker"]["use_time"] is True
+    # Spark scoring broadcasts the model: the blend (LightGBM booster included) pickles
+    unpickled = pickle.loads(pickle.dumps(blend))
+    assert torch.allclose(unpickled.knn_probs(hist, anchor_ts=anchors),
+                          blend.knn_probs(hist, anchor_ts=anchors), atol=1e-6)
     params = json.loads((tmp_path / "blend.json").read_text())
     params["ranker"]["features"] = ["p_item"]
     (tmp_path / "blend.json").write_text(json.dumps(params))
@@ -300,8 +305,8 @@ def test_batch_scoring_with_ranker_equals_full_rows(brand_blend) -> None:
 
 def test_trainer_fits_the_ranker_into_the_blend(tmp_path: Path) -> None:
     """train_two_tower: the ranker is fitted from the blend's parts with the pretrained text
-    vectors and event times, reported, and (when validation gives it a share) served from the
-    saved artifact."""
+    vectors and event times, reported, given a share on validation, and served from the saved
+    artifact."""
     from ecrec_lib.evaluation import leave_one_out
     from ecrec_lib.models.artifact import load_recommender_dir, save_recommender
     from ecrec_lib.training.data import TrainingData
