@@ -128,9 +128,8 @@ class CoocBlend:
                  for s, share in raw.values() if share > 0]
         if use_ranker:
             assert self.ranker is not None
-            zeros = np.zeros_like(s_item)
-            dists = [_row_distribution(s, None, 0).numpy() for s in
-                     (s_item, raw["user"][0], raw.get("linear", (zeros, 0.0))[0])]
+            dists = [None if s is None else _row_distribution(s, None, 0).numpy() for s in
+                     (s_item, raw["user"][0], raw.get("linear", (None, 0.0))[0])]
             p_rank = self.ranker.probs(histories, *dists, anchor_ts)
             parts = [(p, share * (1 - self.ranker_share)) for p, share in parts]
             parts.append((_row_distribution(p_rank, columns, n_columns), self.ranker_share))
@@ -397,8 +396,7 @@ def fit_blend(
         if ranker is not None and p_user is not None:
             anchors = valid_anchor_ts[pos] if valid_anchor_ts is not None else None
             p_rank = torch.as_tensor(ranker.probs(
-                hist, p_item.numpy(), p_user.numpy(),
-                p_lin.numpy() if p_lin is not None else np.zeros(p_item.shape, np.float32),
+                hist, p_item.numpy(), p_user.numpy(), p_lin.numpy() if p_lin is not None else None,
                 anchors))
         if cacheable:
             cache[key] = (cos, p_item, p_user, p_lin, p_rank)
@@ -443,8 +441,9 @@ def fit_blend(
                         best = (ndcg, float(w), a, b, "product", float(eps))
     _, weight, share, lin_share, kind, eps = best
     rank_share = 0.0
-    if ranker is not None:
+    if ranker_report is not None:
         report["ranker"] = ranker_report
+    if ranker is not None:
         report["ranker_valid_ndcg@10"] = valid_eval(lambda pos: parts(pos)[4])
         best_c = (best[0], weight, kind, eps, 0.0)
         for c in (float(c) for c in ranker_shares if c > 0):
@@ -466,8 +465,6 @@ def fit_blend(
                     best_c[2], best_c[3])
             _, weight, share, lin_share, kind, eps = best
             rank_share = best_c[4]
-    elif ranker_report is not None:
-        report["ranker"] = ranker_report
     # the mixture curve at the chosen user share (searched with b = 0 only)
     report["weights"] = {str(w): report["grid"][key] for w in weights
                          if (key := f"w={w},a={share}") in report["grid"]}

@@ -211,11 +211,14 @@ def _share_of(codes: np.ndarray, histories: Sequence[np.ndarray], cands: np.ndar
 
 
 def candidate_features(side: ItemSide, histories: Sequence[np.ndarray], p_item: np.ndarray,
-                       p_user: np.ndarray, p_linear: np.ndarray, n_candidates: int,
+                       p_user: np.ndarray, p_linear: np.ndarray | None, n_candidates: int,
                        anchor_ts: np.ndarray | None, use_time: bool, use_text: bool = False
                        ) -> tuple[np.ndarray, np.ndarray]:
     """(cands (rows, C), X (rows, C, n_features)) for users with ``histories`` and their
-    neighbourhood distributions over the model's items (rows sum to 1 or are all zero)."""
+    neighbourhood distributions over the model's items (rows sum to 1 or are all zero;
+    ``p_linear`` None: no linear model, all zero)."""
+    if p_linear is None:
+        p_linear = np.zeros_like(p_item)
     base = candidate_scores(p_item, p_user, p_linear)
     cands = _top_candidates(base, histories, n_candidates)
     rows, c = cands.shape
@@ -284,7 +287,7 @@ class CandidateRanker:
         return feature_names(self.use_text, self.use_time)
 
     def score(self, histories: Sequence[np.ndarray], p_item: np.ndarray, p_user: np.ndarray,
-              p_linear: np.ndarray, anchor_ts: np.ndarray | None = None
+              p_linear: np.ndarray | None, anchor_ts: np.ndarray | None = None
               ) -> tuple[np.ndarray, np.ndarray]:
         """(candidates, ranker scores), both (rows, n_candidates)."""
         cands, x = candidate_features(self.side, histories, p_item, p_user, p_linear,
@@ -299,7 +302,7 @@ class CandidateRanker:
         return cands, s
 
     def probs(self, histories: Sequence[np.ndarray], p_item: np.ndarray, p_user: np.ndarray,
-              p_linear: np.ndarray, anchor_ts: np.ndarray | None = None) -> np.ndarray:
+              p_linear: np.ndarray | None, anchor_ts: np.ndarray | None = None) -> np.ndarray:
         """(rows, n_items) float32: softmax of the ranker scores over each row's candidates at
         ``temperature``; zero outside the candidates."""
         cands, s = self.score(histories, p_item, p_user, p_linear, anchor_ts)
@@ -350,15 +353,15 @@ class _Parts:
     user_knn: Any
     linear: Any | None
 
-    def distributions(self, histories: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+    def distributions(self, histories: Sequence[np.ndarray]
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(p_item, p_user, p_linear or None) over the model's items."""
         from ecrec_lib.models.blend import _row_distribution
 
-        n = self.item_knn.n_items
-        out = [_row_distribution(self.item_knn.score(histories), None, 0).numpy(),
-               _row_distribution(self.user_knn.score(histories), None, 0).numpy()]
-        out.append(_row_distribution(self.linear.score(histories), None, 0).numpy()
-                   if self.linear is not None else np.zeros((len(histories), n), np.float32))
-        return tuple(out)
+        def dist(model: Any) -> np.ndarray | None:
+            return None if model is None else _row_distribution(model.score(histories), None, 0).numpy()
+
+        return dist(self.item_knn), dist(self.user_knn), dist(self.linear)
 
 
 def holdout_queries(train_seqs: Sequence[np.ndarray], train_times: Sequence[np.ndarray] | None
