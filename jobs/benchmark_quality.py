@@ -166,7 +166,8 @@ def run_ranker(data: TrainingData, split: Split, pop: np.ndarray,
 
     def score(pos: np.ndarray) -> Any:
         hist = [split.test.histories[i] for i in pos]
-        p = ranker.probs(hist, *parts.distributions(hist), anchors[pos] if anchors is not None else None)
+        p = ranker.probs(hist, *parts.distributions(hist), anchors[pos] if anchors is not None else None,
+                         parts.last_item_tables)
         return torch.as_tensor(p)
 
     return {"test": _eval(score, split.test, data, pop), "train_seconds": seconds,

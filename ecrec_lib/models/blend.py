@@ -130,7 +130,8 @@ class CoocBlend:
             assert self.ranker is not None
             dists = [None if s is None else _row_distribution(s, None, 0).numpy() for s in
                      (s_item, raw["user"][0], raw.get("linear", (None, 0.0))[0])]
-            p_rank = self.ranker.probs(histories, *dists, anchor_ts)
+            p_rank = self.ranker.probs(histories, *dists, anchor_ts, (
+                self.knn.sim, self.linear.weights if self.linear is not None else None))
             parts = [(p, share * (1 - self.ranker_share)) for p, share in parts]
             parts.append((_row_distribution(p_rank, columns, n_columns), self.ranker_share))
         return _mix_neighbourhoods(_row_distribution(s_item, columns, n_columns), parts)
@@ -397,7 +398,7 @@ def fit_blend(
             anchors = valid_anchor_ts[pos] if valid_anchor_ts is not None else None
             p_rank = torch.as_tensor(ranker.probs(
                 hist, p_item.numpy(), p_user.numpy(), p_lin.numpy() if p_lin is not None else None,
-                anchors))
+                anchors, (best_knn[1].sim, linear.weights if linear is not None else None)))
         if cacheable:
             cache[key] = (cos, p_item, p_user, p_lin, p_rank)
         return cos, p_item, p_user, p_lin, p_rank

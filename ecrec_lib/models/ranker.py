@@ -45,23 +45,31 @@ BASE_FEATURES = (
     "base_rank", "log_popularity", "history_length", "same_brand_last", "same_category_last",
     "brand_share", "category_share",
 )
+# the candidate's similarity to the last history item alone, in the item-kNN and linear
+# (SLIST) item-item tables, and its brand's / category's training popularity
+LAST_ITEM_FEATURES = ("sim_item_last", "sim_linear_last")
+GROUP_FEATURES = ("log_brand_popularity", "log_category_popularity")
 TEXT_FEATURES = ("text_sim_last", "text_sim_recent")
 TIME_FEATURES = ("days_item_last", "days_item_first") + tuple(
     f"local_pop_{d}d" for d in LOCAL_WINDOWS_DAYS)
-FEATURES = BASE_FEATURES + TEXT_FEATURES + TIME_FEATURES
+FEATURES = BASE_FEATURES + LAST_ITEM_FEATURES + GROUP_FEATURES + TEXT_FEATURES + TIME_FEATURES
 RECENT_ITEMS = 5  # text_sim_recent: cosine to the mean text vector of the last 5 history items
 
 
 def feature_names(use_text: bool, use_time: bool) -> tuple[str, ...]:
-    """The features a ranker computes, in order."""
-    return (BASE_FEATURES + (TEXT_FEATURES if use_text else ())
-            + (TIME_FEATURES if use_time else ()))
+    """The features a ranker fitted now computes, in order (a saved ranker keeps its own list:
+    :attr:`CandidateRanker.features`)."""
+    return (BASE_FEATURES + LAST_ITEM_FEATURES + GROUP_FEATURES
+            + (TEXT_FEATURES if use_text else ()) + (TIME_FEATURES if use_time else ()))
+
+
 # candidate generation: log p_linear + 0.5 log p_item + 0.3 log p_user (each floored at 1e-3),
 # a fixed mix close to the blend shares chosen on Amazon Beauty
 CANDIDATE_MIX = (("p_linear", 1.0), ("p_item", 0.5), ("p_user", 0.3))
 CANDIDATE_FLOOR = 1e-3
 LOG_FLOOR = 1e-6
 TEMPERATURE_GRID = tuple(float(t) for t in np.geomspace(0.1, 10.0, 21))
+TIE_BREAK = 1e-3  # score units: spread over the candidates in their fixed-mix order
 TS_SHIFT = 40  # event key = item << 40 | epoch seconds (2**40 s is 34,000 years)
 RANKER_FILE = "blend_ranker.txt"
 RANKER_SIDE_FILE = "blend_ranker_side.npz"
@@ -210,32 +218,73 @@ def _share_of(codes: np.ndarray, histories: Sequence[np.ndarray], cands: np.ndar
     return np.take_along_axis(counts, codes[cands] + 1, 1)
 
 
+def _row_at(table: Any, rows: np.ndarray, cands: np.ndarray) -> np.ndarray:
+    """(len(rows), C) entries ``table[rows[r], cands[r, :]]`` of a sparse item x item table;
+    a row index < 0 (no history) gives zeros."""
+    out = np.zeros(cands.shape, dtype=np.float32)
+    has = rows >= 0
+    if has.any():
+        dense = np.asarray(table[rows[has]].todense(), dtype=np.float32)
+        out[has] = np.take_along_axis(dense, cands[has], 1)
+    return out
+
+
+def _group_popularity(codes: np.ndarray, popularity: np.ndarray, cands: np.ndarray) -> np.ndarray:
+    """log1p of the training popularity summed over each candidate's brand (or category);
+    nan for an unknown code."""
+    known = codes >= 0
+    totals = np.bincount(codes[known], popularity[known], minlength=int(codes.max()) + 1
+                         if known.any() else 1)
+    c = codes[cands]
+    return np.where(c >= 0, np.log1p(totals[np.maximum(c, 0)]), np.nan)
+
+
 def candidate_features(side: ItemSide, histories: Sequence[np.ndarray], p_item: np.ndarray,
                        p_user: np.ndarray, p_linear: np.ndarray | None, n_candidates: int,
-                       anchor_ts: np.ndarray | None, use_time: bool, use_text: bool = False
+                       anchor_ts: np.ndarray | None, names: Sequence[str],
+                       last_item_tables: tuple[Any, Any] | None = None,
                        ) -> tuple[np.ndarray, np.ndarray]:
-    """(cands (rows, C), X (rows, C, n_features)) for users with ``histories`` and their
+    """(cands (rows, C), X (rows, C, len(names))) for users with ``histories`` and their
     neighbourhood distributions over the model's items (rows sum to 1 or are all zero;
-    ``p_linear`` None: no linear model, all zero)."""
+    ``p_linear`` None: no linear model, all zero). ``names`` picks the features, in order, from
+    :data:`FEATURES`; the :data:`LAST_ITEM_FEATURES` read ``last_item_tables`` = (item-kNN
+    similarity, linear weights or None), the sparse item x item tables of the same parts."""
+    unknown = sorted(set(names) - set(FEATURES))
+    if unknown:
+        raise RankerError(f"unknown ranker features {unknown}: this ecrec computes {list(FEATURES)}")
     if p_linear is None:
         p_linear = np.zeros_like(p_item)
     base = candidate_scores(p_item, p_user, p_linear)
     cands = _top_candidates(base, histories, n_candidates)
     rows, c = cands.shape
     take = lambda m: np.take_along_axis(m, cands, 1)  # noqa: E731
+    want = set(names)
     pi, pu, pl = take(p_item), take(p_user), take(p_linear)
     last = np.asarray([h[-1] if len(h) else -1 for h in histories], dtype=np.int64)
     lengths = np.asarray([len(h) for h in histories], dtype=np.float32)
-    same = []
-    for codes in (side.brand, side.category):
+    cols: dict[str, Any] = {
+        "p_item": pi, "p_user": pu, "p_linear": pl, "base": take(base),
+        "log_p_item": np.log(pi + LOG_FLOOR), "log_p_user": np.log(pu + LOG_FLOOR),
+        "log_p_linear": np.log(pl + LOG_FLOOR),
+        "base_rank": np.broadcast_to(np.arange(c, dtype=np.float32), (rows, c)),
+        "log_popularity": np.log1p(side.popularity[cands]),
+        "history_length": np.broadcast_to(lengths[:, None], (rows, c))}
+    for kind, codes in (("brand", side.brand), ("category", side.category)):
         last_code = np.where(last >= 0, codes[np.maximum(last, 0)], -1)
-        same.append((codes[cands] == last_code[:, None]) & (last_code[:, None] >= 0))
-    cols = [pi, pu, pl, take(base), np.log(pi + LOG_FLOOR), np.log(pu + LOG_FLOOR),
-            np.log(pl + LOG_FLOOR), np.broadcast_to(np.arange(c, dtype=np.float32), (rows, c)),
-            np.log1p(side.popularity[cands]), np.broadcast_to(lengths[:, None], (rows, c)),
-            same[0], same[1], _share_of(side.brand, histories, cands),
-            _share_of(side.category, histories, cands)]
-    if use_text:
+        cols[f"same_{kind}_last"] = (codes[cands] == last_code[:, None]) & (last_code[:, None] >= 0)
+        if f"{kind}_share" in want:
+            cols[f"{kind}_share"] = _share_of(codes, histories, cands)
+        if f"log_{kind}_popularity" in want:
+            cols[f"log_{kind}_popularity"] = _group_popularity(codes, side.popularity, cands)
+    if want & set(LAST_ITEM_FEATURES):
+        if last_item_tables is None:
+            raise RankerError("this ranker reads the last item's item-kNN and linear similarities: "
+                              "pass last_item_tables=(item_knn.sim, linear.weights or None)")
+        item_sim, linear_sim = last_item_tables
+        cols["sim_item_last"] = _row_at(item_sim, last, cands)
+        cols["sim_linear_last"] = (_row_at(linear_sim, last, cands) if linear_sim is not None
+                                   else np.zeros((rows, c), np.float32))
+    if want & set(TEXT_FEATURES):
         if not side.has_text:
             raise RankerError("this ranker reads text vectors but its item tables have none")
         text = side.text.astype(np.float32)
@@ -244,20 +293,24 @@ def candidate_features(side: ItemSide, histories: Sequence[np.ndarray], p_item: 
                            else np.zeros(text.shape[1], np.float32) for h in histories])
         recent /= np.maximum(np.linalg.norm(recent, axis=1, keepdims=True), 1e-9)
         cand_vec = text[cands]
-        cols += [np.einsum("rcd,rd->rc", cand_vec, last_vec),
-                 np.einsum("rcd,rd->rc", cand_vec, recent)]
-    if use_time:
+        cols["text_sim_last"] = np.einsum("rcd,rd->rc", cand_vec, last_vec)
+        cols["text_sim_recent"] = np.einsum("rcd,rd->rc", cand_vec, recent)
+    if want & set(TIME_FEATURES):
         if anchor_ts is None or not side.has_time:
-            cols += [np.full((rows, c), np.nan)] * len(TIME_FEATURES)
+            cols.update({n: np.full((rows, c), np.nan) for n in TIME_FEATURES})
         else:
             given = np.asarray(anchor_ts, dtype=np.float64)
             known = np.isfinite(given)[:, None]  # a user without an anchor: missing features
             anchor = np.broadcast_to(np.where(known[:, 0], given, 0.0)[:, None], (rows, c))
-            cols += [(side.last_ts[cands] - anchor) / DAY_S, (side.first_ts[cands] - anchor) / DAY_S]
-            cols += [np.log1p(side.local_popularity(cands, anchor, d)) for d in LOCAL_WINDOWS_DAYS]
-            cols[-len(TIME_FEATURES):] = [np.where(known, v, np.nan)
-                                          for v in cols[-len(TIME_FEATURES):]]
-    x = np.stack([np.asarray(v, dtype=np.float32) for v in cols], axis=-1)
+            cols["days_item_last"] = (side.last_ts[cands] - anchor) / DAY_S
+            cols["days_item_first"] = (side.first_ts[cands] - anchor) / DAY_S
+            for d in LOCAL_WINDOWS_DAYS:
+                cols[f"local_pop_{d}d"] = np.log1p(side.local_popularity(cands, anchor, d))
+            for n in TIME_FEATURES:
+                cols[n] = np.where(known, cols[n], np.nan)
+    x = np.empty((rows, c, len(names)), dtype=np.float32)
+    for j, n in enumerate(names):
+        x[:, :, j] = cols[n]
     return cands, x
 
 
@@ -271,41 +324,52 @@ def _softmax_rows(s: np.ndarray, temperature: float) -> np.ndarray:
 
 @dataclass
 class CandidateRanker:
-    """A fitted LambdaRank model over :data:`FEATURES` (without the text ones when
-    ``use_text`` is False, the time ones when ``use_time`` is False) and the item tables its
-    features read."""
+    """A fitted LambdaRank model over ``features`` (names from :data:`FEATURES`, in the
+    booster's column order) and the item tables its features read."""
 
     booster: Any  # lightgbm.Booster
     side: ItemSide
     n_candidates: int = 100
     temperature: float = 1.0  # softmax temperature of the scores (fitted on held-out queries)
-    use_time: bool = True
-    use_text: bool = False
+    features: tuple[str, ...] = feature_names(False, True)
+
+    @property
+    def use_time(self) -> bool:
+        return bool(set(self.features) & set(TIME_FEATURES))
+
+    @property
+    def use_text(self) -> bool:
+        return bool(set(self.features) & set(TEXT_FEATURES))
 
     @property
     def feature_names(self) -> tuple[str, ...]:
-        return feature_names(self.use_text, self.use_time)
+        return tuple(self.features)
 
     def score(self, histories: Sequence[np.ndarray], p_item: np.ndarray, p_user: np.ndarray,
-              p_linear: np.ndarray | None, anchor_ts: np.ndarray | None = None
-              ) -> tuple[np.ndarray, np.ndarray]:
-        """(candidates, ranker scores), both (rows, n_candidates)."""
+              p_linear: np.ndarray | None, anchor_ts: np.ndarray | None = None,
+              last_item_tables: tuple[Any, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(candidates, ranker scores), both (rows, n_candidates); ``last_item_tables``: the
+        (item-kNN similarity, linear weights or None) tables of the parts behind the p's."""
         cands, x = candidate_features(self.side, histories, p_item, p_user, p_linear,
-                                      self.n_candidates, anchor_ts, self.use_time, self.use_text)
+                                      self.n_candidates, anchor_ts, self.features,
+                                      last_item_tables)
         if not len(cands):
             return cands, np.zeros(cands.shape)
         s = np.asarray(self.booster.predict(x.reshape(-1, x.shape[-1]), num_threads=1),
                        dtype=np.float64).reshape(cands.shape)
+        # ties (a booster of few trees scores many candidates alike) go by the candidate order
+        s -= TIE_BREAK * np.arange(cands.shape[1]) / cands.shape[1]
         # a catalog smaller than n_candidates fills the list with history items: never ranked
         for r, h in enumerate(histories):
             s[r, np.isin(cands[r], h)] = -np.inf
         return cands, s
 
     def probs(self, histories: Sequence[np.ndarray], p_item: np.ndarray, p_user: np.ndarray,
-              p_linear: np.ndarray | None, anchor_ts: np.ndarray | None = None) -> np.ndarray:
+              p_linear: np.ndarray | None, anchor_ts: np.ndarray | None = None,
+              last_item_tables: tuple[Any, Any] | None = None) -> np.ndarray:
         """(rows, n_items) float32: softmax of the ranker scores over each row's candidates at
         ``temperature``; zero outside the candidates."""
-        cands, s = self.score(histories, p_item, p_user, p_linear, anchor_ts)
+        cands, s = self.score(histories, p_item, p_user, p_linear, anchor_ts, last_item_tables)
         out = np.zeros(p_item.shape, dtype=np.float32)
         if len(cands):
             np.put_along_axis(out, cands, _softmax_rows(s, self.temperature).astype(np.float32), 1)
@@ -319,7 +383,7 @@ class CandidateRanker:
         np.savez_compressed(out / RANKER_SIDE_FILE, **self.side.to_arrays())
         params = {"n_candidates": self.n_candidates, "temperature": self.temperature,
                   "use_time": self.use_time, "use_text": self.use_text,
-                  "features": list(self.feature_names)}
+                  "features": list(self.features)}
         return [RANKER_FILE, RANKER_SIDE_FILE], params
 
     @classmethod
@@ -332,16 +396,22 @@ class CandidateRanker:
                 raise FileNotFoundError(
                     f"blend.json names a learned ranker but {root / name} is missing: the model "
                     "artifact is incomplete; re-register the run or restore the file")
-        use_time, use_text = bool(params["use_time"]), bool(params.get("use_text", False))
-        expected = list(feature_names(use_text, use_time))
-        if list(params.get("features", expected)) != expected:
-            raise RankerError(f"the saved ranker uses features {params.get('features')}, this "
-                              f"ecrec computes {expected}: retrain the model with this version")
+        features = tuple(params.get("features") or (  # saved before the list was kept
+            BASE_FEATURES + (TEXT_FEATURES if params.get("use_text") else ())
+            + (TIME_FEATURES if params.get("use_time") else ())))
+        unknown = sorted(set(features) - set(FEATURES))
+        if unknown:
+            raise RankerError(f"the saved ranker uses features {unknown} that this ecrec does not "
+                              f"compute: retrain the model with this version")
         with np.load(root / RANKER_SIDE_FILE) as z:
             side = ItemSide(**{k: z[k] for k in z.files})
         booster = lgb.Booster(model_str=(root / RANKER_FILE).read_text())
+        if booster.num_feature() != len(features):
+            raise RankerError(f"{root / RANKER_FILE} has {booster.num_feature()} features, "
+                              f"blend.json names {len(features)}: the artifact is inconsistent; "
+                              "re-register the run")
         return cls(booster, side, int(params["n_candidates"]), float(params["temperature"]),
-                   use_time, use_text)
+                   features)
 
 
 # ---------------------------------------------------------------------- fitting
@@ -362,6 +432,11 @@ class _Parts:
             return None if model is None else _row_distribution(model.score(histories), None, 0).numpy()
 
         return dist(self.item_knn), dist(self.user_knn), dist(self.linear)
+
+    @property
+    def last_item_tables(self) -> tuple[Any, Any]:
+        """(item-kNN similarity, linear weights or None): what the last-item features read."""
+        return self.item_knn.sim, None if self.linear is None else self.linear.weights
 
 
 def holdout_queries(train_seqs: Sequence[np.ndarray], train_times: Sequence[np.ndarray] | None
@@ -409,6 +484,7 @@ def fit_ranker(train_seqs: Sequence[np.ndarray], n_items: int, brands: Sequence[
     t0 = time.perf_counter()
     item_knn, user_knn, linear = serving_parts
     use_time, use_text = train_times is not None, text_vectors is not None
+    names = feature_names(use_text, use_time)
     xs, ys = [], []
     n_queries = 0
     seqs, times = list(train_seqs), train_times
@@ -431,14 +507,13 @@ def fit_ranker(train_seqs: Sequence[np.ndarray], n_items: int, brands: Sequence[
             hist = [short[u] for u in rows[sl]]
             cands, x = candidate_features(side, hist, *parts.distributions(hist),
                                           config.n_candidates,
-                                          anchors[sl] if anchors is not None else None, use_time,
-                                          use_text)
+                                          anchors[sl] if anchors is not None else None, names,
+                                          parts.last_item_tables)
             y = (cands == labels[sl, None]).astype(np.float32)
             keep = y.sum(1) > 0
             xs.append(x[keep])
             ys.append(y[keep])
         seqs = short
-    names = feature_names(use_text, use_time)
     x_all = np.concatenate(xs) if xs else np.zeros((0, config.n_candidates, len(names)))
     y_all = np.concatenate(ys) if ys else np.zeros((0, config.n_candidates))
     report: dict[str, Any] = {"queries": int(n_queries), "labelled_in_candidates": int(len(y_all)),
@@ -480,8 +555,7 @@ def fit_ranker(train_seqs: Sequence[np.ndarray], n_items: int, brands: Sequence[
     if booster.best_iteration and booster.best_iteration < booster.current_iteration():
         booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=booster.best_iteration))
     serving_side = ItemSide.build(train_seqs, n_items, brands, categories, train_times, text_vectors)
-    ranker = CandidateRanker(booster, serving_side, config.n_candidates, temperature, use_time,
-                             use_text)
+    ranker = CandidateRanker(booster, serving_side, config.n_candidates, temperature, names)
     gain = booster.feature_importance("gain")
     report.update({
         "rounds": int(booster.current_iteration()), "temperature": temperature,
