@@ -337,7 +337,7 @@ def test_trainer_fits_the_ranker_into_the_blend(tmp_path: Path) -> None:
     from ecrec_lib.training.trainer import ModelConfig, make_score_fn, train_two_tower
     from tests.helpers_two_tower import make_tiny_bert
 
-    seqs, times, brands = _brand_walk(n_users=800, seed=2)
+    seqs, times, brands = _brand_walk(n_users=800, n_items=400, seed=2)
     n = len(brands)
     data = TrainingData(item_ids=[f"it{k}" for k in range(n)],
                         item_text=[f"thing {k} | {b}" for k, b in enumerate(brands)],

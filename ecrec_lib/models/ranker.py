@@ -86,7 +86,7 @@ class RankerConfig:
     n_candidates: int = 100  # items re-ranked per user; the rest get no ranker mass
     max_rounds: int = 500  # boosting rounds before early stopping on the held-out queries
     early_stopping: int = 30  # rounds without held-out NDCG@10 gain before stopping
-    learning_rate: float = 0.05
+    learning_rate: float = 0.03  # 0.05 stopped at 93 rounds, 0.03 at 177: valid NDCG@10 +1.3%
     num_leaves: int = 31
     min_data_in_leaf: int = 100  # smooths leaves: most candidates are negatives
     holdout_fraction: float = 0.1  # training queries kept aside for early stopping + temperature
