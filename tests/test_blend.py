@@ -20,7 +20,14 @@ from ecrec_lib.evaluation import (
     leave_one_out,
 )
 from ecrec_lib.models.artifact import load_recommender_dir, save_recommender
-from ecrec_lib.models.blend import WEIGHT_GRID, CoocBlend, fit_blend, log_partition
+from ecrec_lib.models.blend import (
+    WEIGHT_GRID,
+    CoocBlend,
+    _mix_neighbourhoods,
+    combine,
+    fit_blend,
+    log_partition,
+)
 from ecrec_lib.scoring.pipeline import ItemSpace, blend_candidates
 from ecrec_lib.training.trainer import ModelConfig, train_two_tower
 from tests.helpers_two_tower import make_tiny_bert, synthetic_data
@@ -373,3 +380,16 @@ def test_score_users_serves_the_blend(trained_with_blend) -> None:
         want = [data.item_ids[i] for i in np.argsort(-full[r], kind="stable")[:3]]
         got = out[out.user_key == f"u{r}"].sort_values("rank")["item_id"].tolist()
         assert got == want
+
+
+def test_shares_summing_to_one_never_make_a_negative_probability() -> None:
+    """0.3 * (1 - 0.85) + 0.7 * (1 - 0.85) + 0.85 leaves p_item a rounding residue below zero
+    in float32; where the other parts are zero the mix must stay >= 0 (log -> NaN otherwise)."""
+    p_item = torch.tensor([[0.5, 0.5, 0.0]])
+    p_user = torch.tensor([[0.0, 0.0, 1.0]])
+    p_lin = torch.tensor([[0.0, 0.0, 1.0]])
+    p_rank = torch.tensor([[0.0, 0.0, 1.0]])
+    c = 0.85
+    mix = _mix_neighbourhoods(p_item, [(p_user, 0.3 * (1 - c)), (p_lin, 0.7 * (1 - c)), (p_rank, c)])
+    assert (mix >= 0).all() and torch.allclose(mix.sum(1), torch.ones(1))
+    assert torch.isfinite(combine(torch.zeros(1, 3), 4.0, 0.5, mix, "mixture", 1e-4)).all()

@@ -130,6 +130,11 @@ def test_beyond_accuracy_literal():
     assert m["novelty@10"] == pytest.approx(
         np.mean([-math.log2((p + 1) / total) for p in range(10)])
     )
+    # validation passes skip the top-10 lists: the same rank metrics, nothing else
+    fast = evaluate_scores(_fixed(scores), ev, 12, ks=(10,), item_popularity=pop,
+                           item_categories=cats, beyond_accuracy=False)
+    assert fast == {k: v for k, v in m.items() if k in fast}
+    assert set(fast) == {"recall@10", "ndcg@10", "mrr@10", "n_eval"}
 
 
 def test_bad_inputs():

@@ -132,13 +132,16 @@ def evaluate_scores(
     batch_size: int = 256,
     item_popularity: np.ndarray | None = None,
     item_categories: Sequence[Any] | np.ndarray | None = None,
+    beyond_accuracy: bool = True,
 ) -> dict[str, float]:
     """Full-ranking metrics of ``score_fn`` over ``eval_set``.
 
     ``score_fn(positions)`` returns (len(positions), n_items) scores (numpy or torch) for the
     eval-set rows at ``positions``. Returns recall/ndcg/mrr@k for each k, coverage@10,
     diversity@10 (when ``item_categories``), novelty@10 and popularity_bias@10 (when
-    ``item_popularity``), and ``n_eval``.
+    ``item_popularity``), and ``n_eval``. ``beyond_accuracy=False`` skips the top-10 lists the
+    beyond-accuracy figures need (about half the cost of a validation pass) and returns only
+    the rank metrics and ``n_eval``.
     """
     if len(eval_set) == 0:
         raise ValueError("eval_set is empty: no user has enough interactions to evaluate")
@@ -171,6 +174,8 @@ def evaluate_scores(
         tgt = eval_set.targets[pos]
         mask_history(scores, [eval_set.histories[i] for i in pos], tgt)
         ranks[pos] = target_ranks(scores, tgt)
+        if not beyond_accuracy:
+            continue
         top = top_k(scores, BEYOND_K)
         recommended[top.ravel()] = True
         if codes is not None:
@@ -181,6 +186,9 @@ def evaluate_scores(
 
     n = len(eval_set)
     out = metrics_from_ranks(ranks, ks)
+    if not beyond_accuracy:
+        out["n_eval"] = float(n)
+        return out
     out[f"coverage@{BEYOND_K}"] = float(recommended.sum() / n_items)
     if codes is not None:
         out[f"diversity@{BEYOND_K}"] = div_sum / n

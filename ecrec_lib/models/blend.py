@@ -297,7 +297,9 @@ def _mix_neighbourhoods(p_item: torch.Tensor,
         has = (p.sum(1, keepdim=True) > 0).to(p_item.dtype) * share
         acc += has * p
         rest -= has
-    return acc + rest * p_item
+    # shares summing to 1 leave a rounding residue (-3e-8 in float32): a negative p_item share
+    # would make p slightly negative where the other parts are zero, and log(p) NaN
+    return acc + rest.clamp_(min=0.0) * p_item
 
 
 def _row_distribution(scores: np.ndarray, columns: np.ndarray | None, n_columns: int) -> torch.Tensor:
@@ -403,69 +405,100 @@ def fit_blend(
             cache[key] = (cos, p_item, p_user, p_lin, p_rank)
         return cos, p_item, p_user, p_lin, p_rank
 
-    def blended(w: float, a: float, b: float, kind: str = "mixture", eps: float = 1e-4,
-                c: float = 0.0) -> Callable[[np.ndarray], torch.Tensor]:
-        def fn(pos: np.ndarray) -> torch.Tensor:
-            cos, p_item, p_user, p_lin, p_rank = parts(pos)
-            if w <= 0:
-                return cos
+    # the grid's neighbourhood mix depends on (a, b, c) only and its log on eps too: the grid is
+    # evaluated grouped by them and each is kept for the current group (one validation-sized
+    # tensor each), so the (w, eps) sweep costs one log per eps instead of one per setting
+    held: dict[str, tuple[Any, dict[bytes, torch.Tensor]]] = {}
+
+    def held_value(slot: str, group: Any, pos: np.ndarray,
+                   compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if not cacheable:
+            return compute()
+        if slot not in held or held[slot][0] != group:
+            held[slot] = (group, {})
+        key = np.asarray(pos, dtype=np.int64).tobytes()
+        if key not in held[slot][1]:
+            held[slot][1][key] = compute()
+        return held[slot][1][key]
+
+    def neighbourhood(pos: np.ndarray, a: float, b: float, c: float) -> torch.Tensor:
+        def compute() -> torch.Tensor:
+            _, p_item, p_user, p_lin, p_rank = parts(pos)
             mix = [(p, share * (1 - c)) for p, share in ((p_user, a), (p_lin, b))
                    if p is not None and share > 0]
             if c > 0 and p_rank is not None:
                 mix.append((p_rank, c))
-            return combine(cos, inv_temperature, w, _mix_neighbourhoods(p_item, mix), kind, eps)
+            return _mix_neighbourhoods(p_item, mix)
+        return held_value("nb", (a, b, c), pos, compute)
+
+    def blended(w: float, a: float, b: float, kind: str = "mixture", eps: float = 1e-4,
+                c: float = 0.0) -> Callable[[np.ndarray], torch.Tensor]:
+        def fn(pos: np.ndarray) -> torch.Tensor:
+            cos = parts(pos)[0]
+            if w <= 0:
+                return cos
+            if kind == "product":  # product_of_experts, with the log held per eps
+                log_nb = held_value("log", (a, b, c, eps), pos,
+                                    lambda: torch.log(neighbourhood(pos, a, b, c) + eps))
+                return cos + (w / inv_temperature) * log_nb
+            return combine(cos, inv_temperature, w, neighbourhood(pos, a, b, c), kind, eps)
         return fn
+
+    Setting = tuple[float, float, float, str, float, float]  # w, a, b, kind, eps, c
+
+    def search(settings: list[tuple[str, Setting]], best: tuple[float, Setting]
+               ) -> tuple[float, Setting]:
+        """Evaluate ``settings`` (grid key, setting) grouped for the held tensors; the best
+        is the first in the given order to beat ``best`` (as a plain loop would pick)."""
+        got: dict[str, float] = {}
+        for key, (w, a, b, kind, eps, c) in sorted(
+                settings, key=lambda ks: (ks[1][5], ks[1][1], ks[1][2], ks[1][3], ks[1][4], ks[1][0])):
+            got[key] = model_alone if w <= 0 else valid_eval(blended(w, a, b, kind, eps, c))
+        for key, setting in settings:
+            report["grid"][key] = got[key]
+            if got[key] > best[0] + 1e-12:
+                best = (got[key], setting)
+        return best
 
     report: dict[str, Any] = {"knn_valid_ndcg@10": best_knn[0], "grid": {}}
     for name, part in (("user_knn", user_knn), ("linear", linear)):
         if part is not None:
             report[f"{name}_valid_ndcg@10"] = valid_eval(
                 lambda pos, part=part: torch.as_tensor(part.score([valid_histories[i] for i in pos])))
-    best: tuple[float, float, float, float, str, float] = (-1.0, 0.0, 0.0, 0.0, "mixture", 1e-4)
     model_alone = valid_eval(blended(0.0, 0.0, 0.0))
     b_grid = [float(b) for b in linear_shares if b <= 0 or linear is not None]
+    grid: list[tuple[str, Setting]] = []
     for a in (float(a) for a in user_shares):
         for b in (b for b in b_grid if a + b <= 1 + 1e-9):
             suffix = f"a={a}" if b <= 0 else f"a={a},b={b}"  # b = 0 keys as before the linear part
             # the mixture kind only without the linear part: the product won every Beauty seed
             # (sessions 4, 5, 10), and the grid's cost grows with each share combination
-            for w in weights if b <= 0 else ():
-                ndcg = model_alone if w <= 0 else valid_eval(blended(float(w), a, b))
-                report["grid"][f"w={w},{suffix}"] = ndcg
-                if ndcg > best[0] + 1e-12:
-                    best = (ndcg, float(w), a, b, "mixture", 1e-4)
-            for w in product_weights:
-                for eps in product_eps:
-                    ndcg = valid_eval(blended(float(w), a, b, "product", float(eps)))
-                    report["grid"][f"product,w={w},eps={eps},{suffix}"] = ndcg
-                    if ndcg > best[0] + 1e-12:
-                        best = (ndcg, float(w), a, b, "product", float(eps))
-    _, weight, share, lin_share, kind, eps = best
+            grid += [(f"w={w},{suffix}", (float(w), a, b, "mixture", 1e-4, 0.0))
+                     for w in (weights if b <= 0 else ())]
+            grid += [(f"product,w={w},eps={eps},{suffix}", (float(w), a, b, "product", float(eps), 0.0))
+                     for w in product_weights for eps in product_eps]
+    best_score, (weight, share, lin_share, kind, eps, _) = search(
+        grid, (-1.0, (0.0, 0.0, 0.0, "mixture", 1e-4, 0.0)))
+    best = (best_score, weight, share, lin_share, kind, eps)
     rank_share = 0.0
     if ranker_report is not None:
         report["ranker"] = ranker_report
     if ranker is not None:
         report["ranker_valid_ndcg@10"] = valid_eval(lambda pos: parts(pos)[4])
-        best_c = (best[0], weight, kind, eps, 0.0)
+        grid = []
         for c in (float(c) for c in ranker_shares if c > 0):
             suffix = f"a={share},b={lin_share},c={c}"
-            for w in weights:
-                if w > 0:
-                    ndcg = valid_eval(blended(float(w), share, lin_share, c=c))
-                    report["grid"][f"w={w},{suffix}"] = ndcg
-                    if ndcg > best_c[0] + 1e-12:
-                        best_c = (ndcg, float(w), "mixture", 1e-4, c)
-            for w in product_weights:
-                for e in product_eps:
-                    ndcg = valid_eval(blended(float(w), share, lin_share, "product", float(e), c))
-                    report["grid"][f"product,w={w},eps={e},{suffix}"] = ndcg
-                    if ndcg > best_c[0] + 1e-12:
-                        best_c = (ndcg, float(w), "product", float(e), c)
-        if best_c[4] > 0:
-            best = (best_c[0], best_c[1], share * (1 - best_c[4]), lin_share * (1 - best_c[4]),
-                    best_c[2], best_c[3])
+            grid += [(f"w={w},{suffix}", (float(w), share, lin_share, "mixture", 1e-4, c))
+                     for w in weights if w > 0]
+            grid += [(f"product,w={w},eps={e},{suffix}", (float(w), share, lin_share, "product",
+                                                         float(e), c))
+                     for w in product_weights for e in product_eps]
+        best_c, setting = search(grid, (best[0], (weight, share, lin_share, kind, eps, 0.0)))
+        if setting[5] > 0:
+            rank_share = setting[5]
+            best = (best_c, setting[0], share * (1 - rank_share), lin_share * (1 - rank_share),
+                    setting[3], setting[4])
             _, weight, share, lin_share, kind, eps = best
-            rank_share = best_c[4]
     # the mixture curve at the chosen user share (searched with b = 0 only)
     report["weights"] = {str(w): report["grid"][key] for w in weights
                          if (key := f"w={w},a={share}") in report["grid"]}

@@ -16,6 +16,10 @@ shortened by that item, so no feature has seen its own label. Validation targets
 choosing the ranker's share in the blend, test targets are never seen. At serving time the
 features come from the parts fitted on the full training sequences (the blend's own).
 
+Last-item features read the candidate's entry in the last history item's row of the item-kNN
+similarity and the linear (SLIST) weights: the parts' distributions mix the whole history, these
+isolate the newest step. Brand and category popularity (training interactions summed over the
+candidate's brand, its category) tell a big brand's item from a niche one's.
 Text features (cosine between the candidate's text vector and the last history item's, and
 the mean of the last five) read the *pretrained* text encoder's item vectors, never the trained
 item tower (which has seen the labels' co-occurrences). Time features (days between the user's last event and the candidate's first / last training

@@ -535,7 +535,8 @@ def train_two_tower(
             fn = make_score_fn(rec, valid_eval, data)
             if prior_linear is not None:
                 fn = _with_prior(fn, valid_eval, prior_linear, mcfg, float(model.inv_temperature.detach()))
-            m = evaluate_scores(fn, valid_eval, n_items, ks=(10,), batch_size=mcfg.eval_batch_size)
+            m = evaluate_scores(fn, valid_eval, n_items, ks=(10,), batch_size=mcfg.eval_batch_size,
+                                beyond_accuracy=False)
             row["valid_ndcg@10"] = m["ndcg@10"]
             row["valid_recall@10"] = m["recall@10"]
             row["eval_seconds"] = time.time() - t1
@@ -593,7 +594,8 @@ def _fit_blend(rec: TwoTowerRecommender, data: TrainingData, train_seqs: Sequenc
     model_scores = make_score_fn(rec, valid, data, blend=False)
 
     def valid_eval(fn: Callable[[np.ndarray], torch.Tensor]) -> float:
-        return evaluate_scores(fn, valid, data.n_items, ks=(10,), batch_size=mcfg.eval_batch_size)["ndcg@10"]
+        return evaluate_scores(fn, valid, data.n_items, ks=(10,), batch_size=mcfg.eval_batch_size,
+                               beyond_accuracy=False)["ndcg@10"]
 
     ranker_fit = None
     if mcfg.ranker:
