@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,8 +39,12 @@ from ecrec_lib.evaluation import (
     popularity_scores,
 )
 from ecrec_lib.evaluation.baselines import KNN_GRID, LinearTransitions, UserKNN, tune_item_knn
+from ecrec_lib.models.config import ModelConfig
 from ecrec_lib.training.data import TrainingData
 from jobs.common import setup_logging
+
+if TYPE_CHECKING:
+    from ecrec_lib.models.blend import Neighbourhood
 
 log = logging.getLogger("benchmark_quality")
 
@@ -120,48 +124,74 @@ def run_fitted(model: Any, data: TrainingData, split: Split, pop: np.ndarray) ->
     }
 
 
-def pretrained_text_vectors(data: TrainingData, cache_dir: str | None) -> np.ndarray:
-    """The default pretrained text encoder's item vectors (frozen; read from the cache the
-    two-tower training shares when present)."""
-    from ecrec_lib.models.config import ModelConfig
+def pretrained_text_vectors(data: TrainingData, cache_dir: str | None,
+                            mcfg: ModelConfig | None = None) -> np.ndarray:
+    """The pretrained text encoder's item vectors (``mcfg``'s, else the default; frozen; read
+    from the cache the two-tower training shares when present)."""
     from ecrec_lib.models.text_encoder import (
         TextEncoder,
         cached_text_embeddings,
         resolve_text_model_path,
     )
 
-    mcfg = ModelConfig()
+    mcfg = mcfg or ModelConfig()
     encoder = TextEncoder(resolve_text_model_path(mcfg.text_model_path), "frozen",
                           mcfg.text_max_length, mcfg.finetune_layers, mcfg.lora_r, mcfg.lora_alpha)
     return cached_text_embeddings(encoder, data.item_text, cache_dir, mcfg.text_batch_size)
 
 
+def model_config(name: str, seed: int, device: str, epochs: int | None,
+                 overrides: dict[str, Any]) -> ModelConfig:
+    """The two-tower trainer's config for ``name`` (``sasrec_id``: ID only, no side features,
+    no blend)."""
+    values: dict[str, Any] = {"seed": seed, "device": device, "use_text": name == "two_tower"}
+    if name == "sasrec_id":
+        values.update(use_side=False, init_id_from_text=False, cooc_blend=False)
+    if epochs is not None:
+        values["epochs"] = epochs
+    values.update(overrides)
+    return ModelConfig.from_dict({**ModelConfig().to_dict(), **values})
+
+
+def valid_rows(split: Split, valid_users: int) -> EvalSet:
+    """The validation rows the neural models early-stop on and the blend is fitted on: a fixed
+    random sample of ``valid_users`` users when 0 < valid_users < all."""
+    valid = split.valid
+    if 0 < valid_users < len(valid):
+        rows = np.sort(np.random.default_rng(12345).choice(len(valid), valid_users, replace=False))
+        valid = valid.subset(rows)
+    return valid
+
+
+def fit_shared_neighbourhood(data: TrainingData, split: Split, mcfg: ModelConfig,
+                             valid_users: int, cache_dir: str | None,
+                             has_items: bool) -> Neighbourhood:
+    """The neighbourhood parts of the two-tower blend (item-kNN, user-kNN, SLIST, the learned
+    ranker), fitted once by the trainer's own function: none depends on the neural model, so
+    every seed's blend and the ranker row use this one fit (its time is reported once, as the
+    ranker row's)."""
+    from ecrec_lib.training.trainer import fit_blend_neighbourhood
+
+    text = pretrained_text_vectors(data, cache_dir, mcfg) if has_items else None
+    return fit_blend_neighbourhood(data, mcfg, split.train, valid_rows(split, valid_users), text)
+
+
 def run_ranker(data: TrainingData, split: Split, pop: np.ndarray,
-               text_vectors: np.ndarray | None = None) -> dict[str, Any]:
-    """The learned ranker alone (no neural model): item-kNN tuned on validation, user-kNN and
-    SLIST fitted on train, LambdaRank trained on each training sequence's last items
-    (:mod:`ecrec_lib.models.ranker`; ``text_vectors``: pretrained item text vectors for its
-    text features); items outside a user's candidates score zero."""
+               nb: Neighbourhood) -> dict[str, Any]:
+    """The learned ranker alone (no neural model), from the shared neighbourhood fit: item-kNN
+    tuned on validation, user-kNN and SLIST fitted on train, LambdaRank trained on each training
+    sequence's last items (:mod:`ecrec_lib.models.ranker`); items outside a user's candidates
+    score zero."""
     import torch
 
-    from ecrec_lib.models.ranker import RankerConfig, _Parts, fit_ranker
+    from ecrec_lib.models.ranker import _Parts
     from ecrec_lib.training.trainer import eval_anchor_times
 
-    t0 = time.perf_counter()
-    _, knn = tune_item_knn(split.train, data.n_items, lambda k: _eval(
-        _history_scorer(k.score, split.valid), split.valid, data, pop)["ndcg@10"])
-    parts = _Parts(knn, UserKNN().fit(split.train, data.n_items),
-                   LinearTransitions().fit(split.train, data.n_items)
-                   if data.n_items <= LinearTransitions.max_items else None)
-    times = None
-    if data.event_times is not None:
-        times = [t[:len(s)] for s, t in zip(split.train, data.event_times, strict=True)]
-    ranker, report = fit_ranker(split.train, data.n_items, data.item_brand, data.item_category,
-                                (parts.item_knn, parts.user_knn, parts.linear), times, RankerConfig(),
-                                text_vectors)
-    seconds = time.perf_counter() - t0
-    if ranker is None:
-        return {"status": f"n/a ({report['skipped']})"}
+    if nb.ranker is None:
+        why = (nb.ranker_report or {}).get("skipped", "the ranker is switched off (ranker=false)")
+        return {"status": f"n/a ({why})"}
+    ranker = nb.ranker
+    parts = _Parts(nb.item_knn, nb.user_knn, nb.linear)
     anchors = eval_anchor_times(data, split.test)
 
     def score(pos: np.ndarray) -> Any:
@@ -170,7 +200,8 @@ def run_ranker(data: TrainingData, split: Split, pop: np.ndarray,
                          parts.last_item_tables)
         return torch.as_tensor(p)
 
-    return {"test": _eval(score, split.test, data, pop), "train_seconds": seconds,
+    report = nb.ranker_report or {}
+    return {"test": _eval(score, split.test, data, pop), "train_seconds": nb.seconds,
             "config": {"ranker": {k: v for k, v in report.items() if k != "feature_gain"}}}
 
 
@@ -186,28 +217,22 @@ def run_neural(
     cache_dir: str | None,
     valid_users: int = 0,
     save_dir: str | None = None,
+    neighbourhood: Neighbourhood | None = None,
 ) -> dict[str, Any]:
     """Train the platform's two-tower model (``use_text`` False for the ID-only model).
 
     ``valid_users`` > 0 early-stops on a fixed random sample of that many validation users
     (cheaper epochs on CPU); test always covers every user. ``save_dir``: also write the trained
-    model (blend included) there as a loadable artifact, ``<save_dir>/<name>_seed<seed>``."""
-    from ecrec_lib.models.config import ModelConfig
+    model (blend included) there as a loadable artifact, ``<save_dir>/<name>_seed<seed>``.
+    ``neighbourhood``: the blend's parts fitted once for every seed (its time is not counted
+    here)."""
     from ecrec_lib.training.trainer import train_two_tower
 
-    values: dict[str, Any] = {"seed": seed, "device": device, "use_text": name == "two_tower"}
-    if name == "sasrec_id":
-        values.update(use_side=False, init_id_from_text=False, cooc_blend=False)
-    if epochs is not None:
-        values["epochs"] = epochs
-    values.update(overrides)
-    mcfg = ModelConfig.from_dict({**ModelConfig().to_dict(), **values})
-    valid = split.valid
-    if 0 < valid_users < len(valid):
-        rows = np.sort(np.random.default_rng(12345).choice(len(valid), valid_users, replace=False))
-        valid = valid.subset(rows)
+    mcfg = model_config(name, seed, device, epochs, overrides)
+    valid = valid_rows(split, valid_users)
     t0 = time.perf_counter()
-    result = train_two_tower(data, mcfg, split.train, valid, progress=False, cache_dir=cache_dir)
+    result = train_two_tower(data, mcfg, split.train, valid, progress=False, cache_dir=cache_dir,
+                             neighbourhood=neighbourhood)
     seconds = time.perf_counter() - t0
     test = _eval(result.score_fn(split.test, blend=False), split.test, data, pop)
     blend = result.model.blend
@@ -295,6 +320,20 @@ def run_benchmark(
     # Popularity over training data only, so beyond-accuracy figures do not peek at targets.
     pop = popularity_scores(train, data.n_items)
     results: dict[str, Any] = {}
+    shared: dict[bool, Neighbourhood] = {}
+
+    def neighbourhood(ranker_row: bool = False) -> Neighbourhood:
+        """The one neighbourhood fit of the run (a second one only for the ranker row when the
+        overrides switch the blend's ranker off)."""
+        mcfg = model_config("two_tower", seeds[0], device, epochs, overrides or {})
+        if ranker_row and not mcfg.ranker:
+            mcfg = dataclasses.replace(mcfg, ranker=True)
+        if mcfg.ranker not in shared:
+            log.info("fitting the neighbourhood parts once for the ranker row and every seed")
+            shared[mcfg.ranker] = fit_shared_neighbourhood(data, split, mcfg, valid_users,
+                                                           cache_dir, has_items)
+        return shared[mcfg.ranker]
+
     for name in models:
         if name == "two_tower" and not has_items:
             results[name] = {"status": "n/a (no items.csv)"}
@@ -319,8 +358,7 @@ def run_benchmark(
             elif name == "linear":
                 runs.append(run_fitted(LinearTransitions(), data, split, pop))
             elif name == "ranker":
-                run = run_ranker(data, split, pop,
-                                 pretrained_text_vectors(data, cache_dir) if has_items else None)
+                run = run_ranker(data, split, pop, neighbourhood(ranker_row=True))
                 if "status" in run:
                     log.warning("model ranker: %s", run["status"])
                     results[name] = run
@@ -340,6 +378,8 @@ def run_benchmark(
                         cache_dir,
                         valid_users,
                         save_dir,
+                        neighbourhood() if name == "two_tower" and model_config(
+                            name, seed, device, epochs, overrides or {}).cooc_blend else None,
                     )
                 )
             if runs:
@@ -370,6 +410,9 @@ def run_benchmark(
             "has_items_csv": has_items,
         },
         "models": results,
+        # fitted once for the ranker row and every seed's blend; not in the two-tower's time
+        "neighbourhood_seconds": {"with_ranker" if k else "without_ranker": round(v.seconds, 1)
+                                  for k, v in shared.items()},
     }
 
 

@@ -260,7 +260,7 @@ def test_job_neural_models_learn_the_pattern(tmp_path: Path, capsys):
             "--data",
             str(data_dir),
             "--models",
-            "pop,sasrec_id,two_tower",
+            "pop,ranker,sasrec_id,two_tower",
             "--seeds",
             "1",
             "--epochs",
@@ -292,6 +292,13 @@ def test_job_neural_models_learn_the_pattern(tmp_path: Path, capsys):
     assert chosen["weight"] in grid and chosen["user_share"] in USER_SHARE_GRID
     assert "+ neighbourhood blend" in capsys.readouterr().out
     assert chosen["linear_share"] in LINEAR_SHARE_GRID
+    # one neighbourhood fit serves the ranker row and the blend (it does not depend on the seed)
+    assert chosen["ranker"] == res["models"]["ranker"]["config"]["ranker"] | {
+        "feature_gain": chosen["ranker"]["feature_gain"]}
+    assert list(res["neighbourhood_seconds"]) == ["with_ranker"]
+    assert chosen["neighbourhood_seconds"] == res["neighbourhood_seconds"]["with_ranker"]
+    assert res["models"]["ranker"]["train_seconds"]["mean"] == pytest.approx(
+        res["neighbourhood_seconds"]["with_ranker"], abs=0.1)
     # --save-models: each seed's model is a loadable artifact that ranks as it did in the run
     saved = {name: res["models"][name]["saved_to"][0] for name in ("sasrec_id", "two_tower")}
     assert saved["two_tower"] == str(tmp_path / "models" / "two_tower_seed0")

@@ -15,7 +15,13 @@ import scipy.sparse as sp
 import torch
 
 from ecrec_lib.evaluation import ItemKNN, LinearTransitions, UserKNN
-from ecrec_lib.models.blend import CoocBlend, _mix_neighbourhoods, _row_distribution, fit_blend
+from ecrec_lib.models.blend import (
+    CoocBlend,
+    _mix_neighbourhoods,
+    _row_distribution,
+    fit_blend,
+    fit_neighbourhood,
+)
 from ecrec_lib.models.ranker import (
     FEATURES,
     TEXT_FEATURES,
@@ -292,6 +298,18 @@ def test_fit_blend_searches_the_ranker_share() -> None:
     assert blend.ranker is not None and blend.ranker_share > 0
     assert report["valid_ndcg@10"] == max(report["grid"].values())
     assert blend.user_knn is not None and blend.linear is not None  # the ranker reads them
+    # parts fitted once (the benchmark's seeds share them): the same choices as a fresh fit,
+    # with the given parts served and no ranker fitted again
+    nb = fit_neighbourhood(train, n, valid_hist, valid_eval, ranker_fit=ranker_fit)
+    again, report_again = fit_blend(train, n, 10.0, valid_hist, valid_eval, flat,
+                                    product_weights=(1.0,), product_eps=(1e-3,),
+                                    ranker_fit=_never, valid_anchor_ts=anchors, neighbourhood=nb)
+    assert report_again["grid"] == report["grid"] and again.ranker is nb.ranker
+    assert again.knn is nb.item_knn and nb.seconds > 0
+
+
+def _never(*_: object) -> None:
+    raise AssertionError("fit_blend refitted a part it was given")
 
 
 def test_batch_scoring_with_ranker_equals_full_rows(brand_blend) -> None:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -73,6 +74,54 @@ LINEAR_FILE = "blend_linear.npz"
 # (item-kNN, user-kNN, linear or None) fitted on the training sequences -> (ranker or None, report)
 RankerFit = Callable[[ItemKNN, UserKNN, LinearTransitions | None],
                      tuple[CandidateRanker | None, dict[str, Any]]]
+
+
+@dataclass
+class Neighbourhood:
+    """The blend's neighbourhood parts fitted on the training sequences: everything in a blend
+    that does not depend on the neural model, so one fit can serve several models trained on
+    the same split (the benchmark's seeds). ``knn_valid_ndcg``: tuned item-kNN's validation
+    NDCG@10; ``ranker_report``: the ranker fit's report, or None when no ranker was asked for."""
+
+    item_knn: ItemKNN
+    knn_valid_ndcg: float
+    user_knn: UserKNN | None
+    linear: LinearTransitions | None
+    ranker: CandidateRanker | None
+    ranker_report: dict[str, Any] | None
+    seconds: float
+
+
+def fit_neighbourhood(
+    train_seqs: Sequence[np.ndarray],
+    n_items: int,
+    valid_histories: Sequence[np.ndarray],
+    valid_eval: Callable[[Callable[[np.ndarray], torch.Tensor]], float],
+    user_knn: bool = True,
+    linear: LinearTransitions | bool = True,
+    ranker_fit: RankerFit | None = None,
+) -> Neighbourhood:
+    """Item-kNN tuned on validation NDCG@10, user-kNN (``user_knn``), the linear transition
+    model (``linear``: True fits it, a fitted model is reused; a catalog too large for it
+    leaves it out with a warning) and the learned ranker (``ranker_fit``, needs user-kNN), all
+    fitted on ``train_seqs``; ``valid_eval`` as in :func:`fit_blend`."""
+    t0 = time.perf_counter()
+    knn_score, item_knn = tune_item_knn(train_seqs, n_items, lambda knn: valid_eval(
+        lambda pos: torch.as_tensor(knn.score([valid_histories[i] for i in pos]))))
+    users = UserKNN().fit(train_seqs, n_items) if user_knn else None
+    lin: LinearTransitions | None = None
+    if linear is not True and linear is not False:
+        lin = linear
+    elif linear:
+        try:
+            lin = LinearTransitions().fit(train_seqs, n_items)
+        except CatalogTooLargeError as exc:
+            log.warning("blend without the linear transition model: %s", exc)
+    ranker, ranker_report = None, None
+    if ranker_fit is not None and users is not None:
+        ranker, ranker_report = ranker_fit(item_knn, users, lin)
+    return Neighbourhood(item_knn, knn_score, users, lin, ranker, ranker_report,
+                         time.perf_counter() - t0)
 
 
 @dataclass
@@ -351,6 +400,7 @@ def fit_blend(
     ranker_fit: RankerFit | None = None,
     valid_anchor_ts: np.ndarray | None = None,
     ranker_shares: Sequence[float] = RANKER_SHARE_GRID,
+    neighbourhood: Neighbourhood | None = None,
 ) -> tuple[CoocBlend, dict[str, Any]]:
     """Fit item-kNN on ``train_seqs`` (settings picked by validation NDCG@10), user-kNN and the
     linear transition model, then the blend kind, its weight ``w`` (and ``eps`` for the product
@@ -367,20 +417,24 @@ def fit_blend(
     ``ranker_fit(item_knn, user_knn, linear) -> (ranker or None, report)`` fits the learned
     ranker from the fitted parts (:func:`ecrec_lib.models.ranker.fit_ranker`); its share ``c``
     is then searched on ``ranker_shares`` with the best ``a``, ``b`` scaled by ``1 - c``
-    (``valid_anchor_ts``: each validation row's last event time, for its time features)."""
-    best_knn = tune_item_knn(train_seqs, n_items, lambda knn: valid_eval(
-        lambda pos: torch.as_tensor(knn.score([valid_histories[i] for i in pos]))))
-    user_knn = UserKNN().fit(train_seqs, n_items) if any(a > 0 for a in user_shares) else None
-    if not any(b > 0 for b in linear_shares):
-        linear = None
-    elif linear is None:
-        try:
-            linear = LinearTransitions().fit(train_seqs, n_items)
-        except CatalogTooLargeError as exc:
-            log.warning("blend without the linear transition model: %s", exc)
-    ranker, ranker_report = None, None
-    if ranker_fit is not None and user_knn is not None:
-        ranker, ranker_report = ranker_fit(best_knn[1], user_knn, linear)
+    (``valid_anchor_ts``: each validation row's last event time, for its time features).
+
+    ``neighbourhood``: parts already fitted on the same ``train_seqs`` and validation rows
+    (:func:`fit_neighbourhood`), used as they are instead of fitting any (``linear`` and
+    ``ranker_fit`` are then ignored; a part it lacks is left out of the grid)."""
+    if neighbourhood is None:
+        neighbourhood = fit_neighbourhood(
+            train_seqs, n_items, valid_histories, valid_eval,
+            user_knn=any(a > 0 for a in user_shares),
+            linear=(linear if linear is not None else True) if any(b > 0 for b in linear_shares)
+            else False,
+            ranker_fit=ranker_fit)
+    best_knn = (neighbourhood.knn_valid_ndcg, neighbourhood.item_knn)
+    user_knn = neighbourhood.user_knn if any(a > 0 for a in user_shares) else None
+    linear = neighbourhood.linear if any(b > 0 for b in linear_shares) else None
+    ranker, ranker_report = neighbourhood.ranker, neighbourhood.ranker_report
+    if user_knn is None:
+        ranker = None  # the ranker reads every part
     cacheable = 5 * len(valid_histories) * n_items <= cache_floats
     Parts = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None,
                   torch.Tensor | None]

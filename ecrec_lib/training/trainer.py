@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -50,6 +50,9 @@ from ecrec_lib.models.two_tower import TwoTowerModel
 from ecrec_lib.training.data import TrainingData, data_fingerprint
 from ecrec_lib.training.losses import catalog_cross_entropy
 from ecrec_lib.training.prior import batch_prior, log_prior_rows, out_of_fold_prior
+
+if TYPE_CHECKING:
+    from ecrec_lib.models.blend import Neighbourhood
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +288,7 @@ def train_two_tower(
     cache_dir: str | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     stop_after_epochs: int | None = None,
+    neighbourhood: Neighbourhood | None = None,
 ) -> TrainResult:
     """Train on ``train_seqs`` (item-index sequences, e.g. leave_one_out's train part);
     early-stop on ``valid`` NDCG@10 and return the best weights.
@@ -293,6 +297,8 @@ def train_two_tower(
     same config and data resumes from it. ``cache_dir``: where frozen text embeddings are
     cached. ``on_epoch`` gets each epoch's history row (MLflow logging). ``stop_after_epochs``
     ends this call early without finishing (simulates an interruption; for tests).
+    ``neighbourhood``: the blend's parts already fitted on ``train_seqs`` and ``valid``
+    (:func:`fit_blend_neighbourhood`, the same for every seed), reused instead of refitted.
     Raises :class:`NaNLossError` when the loss is not finite.
     """
     data.validate()
@@ -577,35 +583,60 @@ def train_two_tower(
                           "model_config": mcfg.to_dict()})
     if mcfg.cooc_blend and valid_eval is not None:
         rec.blend, report = _fit_blend(rec, data, train_seqs, valid_eval, mcfg, prior_linear,
-                                       text_emb)
+                                       text_emb, neighbourhood)
         rec.metadata["blend"] = report
     return TrainResult(rec, history, best["epoch"], best["valid"], fingerprint, resumed_from, data)
 
 
 def _fit_blend(rec: TwoTowerRecommender, data: TrainingData, train_seqs: Sequence[np.ndarray],
                valid: EvalSet, mcfg: ModelConfig, linear: LinearTransitions | None = None,
-               text_emb: np.ndarray | None = None) -> tuple[Any, dict[str, Any]]:
+               text_emb: np.ndarray | None = None, neighbourhood: Neighbourhood | None = None,
+               ) -> tuple[Any, dict[str, Any]]:
     """Fit the co-occurrence blend on the training sequences; weight chosen on ``valid``
     (``linear``: the linear model already fitted on them, reused; ``text_emb``: the pretrained
-    text encoder's item vectors, for the learned ranker's text features).
+    text encoder's item vectors, for the learned ranker's text features; ``neighbourhood``:
+    the parts already fitted, reused).
     Returns (None, report) when validation prefers the model alone (weight 0)."""
     from ecrec_lib.models.blend import fit_blend
 
     model_scores = make_score_fn(rec, valid, data, blend=False)
+    valid_eval = _blend_valid_eval(valid, data, mcfg)
+    if neighbourhood is None:
+        neighbourhood = fit_blend_neighbourhood(data, mcfg, train_seqs, valid, text_emb, linear)
+    t0 = time.time()
+    blend, report = fit_blend(train_seqs, data.n_items, float(rec.model.inv_temperature.detach()),
+                              valid.histories, valid_eval, model_scores,
+                              valid_anchor_ts=eval_anchor_times(data, valid),
+                              neighbourhood=neighbourhood)
+    report["seconds"] = round(time.time() - t0 + neighbourhood.seconds, 1)
+    report["neighbourhood_seconds"] = round(neighbourhood.seconds, 1)
+    return (blend if blend.weight > 0 else None), report
 
+
+def _blend_valid_eval(valid: EvalSet, data: TrainingData, mcfg: ModelConfig
+                      ) -> Callable[[Callable[[np.ndarray], torch.Tensor]], float]:
     def valid_eval(fn: Callable[[np.ndarray], torch.Tensor]) -> float:
         return evaluate_scores(fn, valid, data.n_items, ks=(10,), batch_size=mcfg.eval_batch_size,
                                beyond_accuracy=False)["ndcg@10"]
+    return valid_eval
 
-    ranker_fit = None
-    if mcfg.ranker:
-        ranker_fit = _ranker_fit(data, train_seqs, mcfg, text_emb)
-    t0 = time.time()
-    blend, report = fit_blend(train_seqs, data.n_items, float(rec.model.inv_temperature.detach()),
-                              valid.histories, valid_eval, model_scores, linear=linear,
-                              ranker_fit=ranker_fit, valid_anchor_ts=eval_anchor_times(data, valid))
-    report["seconds"] = round(time.time() - t0, 1)
-    return (blend if blend.weight > 0 else None), report
+
+def fit_blend_neighbourhood(data: TrainingData, mcfg: ModelConfig, train_seqs: Sequence[np.ndarray],
+                            valid: EvalSet, text_emb: np.ndarray | None = None,
+                            linear: LinearTransitions | None = None) -> Neighbourhood:
+    """The blend's neighbourhood parts (item-kNN tuned on ``valid``, user-kNN, the linear
+    model, and the learned ranker when ``mcfg.ranker``), exactly as :func:`train_two_tower`
+    fits them after training; none depends on the neural model, so one fit serves every model
+    trained on the same split (pass it as ``train_two_tower(..., neighbourhood=)``).
+    ``text_emb``: the pretrained text encoder's item vectors (the ranker's text features);
+    ``linear``: the linear model already fitted on ``train_seqs``, reused."""
+    from ecrec_lib.models.blend import fit_neighbourhood
+
+    return fit_neighbourhood(train_seqs, data.n_items, valid.histories,
+                             _blend_valid_eval(valid, data, mcfg),
+                             linear=linear if linear is not None else True,
+                             ranker_fit=_ranker_fit(data, train_seqs, mcfg, text_emb)
+                             if mcfg.ranker else None)
 
 
 def _ranker_fit(data: TrainingData, train_seqs: Sequence[np.ndarray], mcfg: ModelConfig,
