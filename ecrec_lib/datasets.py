@@ -189,6 +189,7 @@ def load_csv_dataset(data_dir: str | Path) -> tuple[TrainingData, bool]:
         user_keys=[str(u) for u in users],
         sequences=seqs,
         event_times=event_times,
+        item_category_path=list(cat_paths),
     )
     data.validate()
     return data, has_items

@@ -24,7 +24,10 @@ from ecrec_lib.models.blend import (
 )
 from ecrec_lib.models.ranker import (
     FEATURES,
+    PATH_FEATURES,
+    PATH_LEVELS,
     TEXT_FEATURES,
+    TEXT_MAX_FEATURES,
     ItemSide,
     RankerConfig,
     RankerError,
@@ -32,9 +35,12 @@ from ecrec_lib.models.ranker import (
     feature_names,
     fit_ranker,
     holdout_queries,
+    path_codes,
 )
 
 DAY = 86_400
+# one booster, early patience: the tests check behaviour, not the last bit of quality
+FAST = RankerConfig(n_candidates=40, min_queries=50, threads=1, boosters=1, early_stopping=30)
 
 
 def test_item_side_counts_codes_and_local_popularity() -> None:
@@ -120,6 +126,37 @@ def test_text_features_are_cosines_to_the_last_and_recent_items() -> None:
     assert f["text_sim_recent"][2] == pytest.approx(1.0, abs=1e-3)  # mean of (1,0),(0,1)
     with pytest.raises(RankerError, match="text_vectors must be"):
         ItemSide.build([np.arange(n)], n, [""] * n, [""] * n, text_vectors=vecs[:3])
+    # the highest cosine to any recent history item: item 2 is (1, 1) / sqrt 2 from both
+    cands, x = candidate_features(side, [np.array([0, 1]), np.array([2])], *(
+        np.full((2, n), 0.25, np.float32) for _ in range(3)), 10, None, TEXT_MAX_FEATURES)
+    best = dict(zip(cands[0].tolist(), x[0, :, 0].tolist(), strict=True))
+    assert best[2] == pytest.approx(np.sqrt(0.5), abs=1e-3) and best[3] == 0.0
+    assert dict(zip(cands[1].tolist(), x[1, :, 0].tolist(), strict=True))[0] == pytest.approx(
+        np.sqrt(0.5), abs=1e-3)
+
+
+def test_path_features_count_shared_levels_and_the_leaf_share() -> None:
+    paths = ["Makeup > Nails > Polish", "Makeup > Nails > Polish", "Makeup > Nails > Files",
+             "Makeup > Eyes", "Hair", ""]
+    n = len(paths)
+    codes = path_codes(paths, n)
+    assert codes[0].tolist() == codes[1].tolist() and codes[5].tolist() == [-1] * PATH_LEVELS
+    assert (codes[2, :2] == codes[0, :2]).all() and codes[2, 2] != codes[0, 2]
+    with pytest.raises(RankerError, match="one entry per item"):
+        path_codes(paths[:2], n)
+    side = ItemSide.build([np.arange(n)], n, [""] * n, [""] * n, category_paths=paths)
+    p = [np.full((1, n), 1 / n, np.float32)] * 3
+    cands, x = candidate_features(side, [np.array([3, 0])], *p, 10, None, PATH_FEATURES)
+    f = {name: dict(zip(cands[0].tolist(), x[0, :, i].tolist(), strict=True))
+         for i, name in enumerate(PATH_FEATURES)}
+    # the last item is 0 (Makeup > Nails > Polish)
+    assert [f["path_depth_last"][i] for i in (1, 2, 4, 5)] == [3, 2, 0, 0]
+    # half the history (item 0) has item 1's leaf path; none has item 2's; unknown matches none
+    assert f["path_share"][1] == pytest.approx(0.5) and f["path_share"][2] == 0
+    assert f["path_share"][5] == 0
+    with pytest.raises(RankerError, match="category paths but its item tables have none"):
+        candidate_features(ItemSide.build([np.arange(n)], n, [""] * n, [""] * n),
+                           [np.array([0])], *p, 10, None, PATH_FEATURES)
 
 
 def _brand_walk(n_users: int = 500, n_items: int = 200, n_brands: int = 10, length: int = 7,
@@ -151,7 +188,7 @@ def test_fit_ranker_learns_a_signal_the_fixed_mix_misses() -> None:
     n = len(brands)
     cats = ["c"] * n
     ranker, report = fit_ranker(seqs, n, brands, cats, _parts(seqs, n), times,
-                                RankerConfig(n_candidates=40, min_queries=50, threads=1))
+                                FAST)
     # two holdout positions by default: each sequence's last and second-to-last training item
     assert ranker is not None and ranker.use_time and report["queries"] == 2 * len(seqs)
     # the brand walk caps what anyone can learn (20 same-brand items to pick from): the ranker
@@ -170,17 +207,27 @@ def test_fit_ranker_learns_a_signal_the_fixed_mix_misses() -> None:
     assert all(p[r, h].sum() == 0 for r, h in enumerate(hist))
     # no times: a ranker without the time features
     plain, _ = fit_ranker(seqs, n, brands, cats, parts, None,
-                          RankerConfig(n_candidates=40, min_queries=50, threads=1))
+                          FAST)
     assert plain is not None and not plain.use_time and plain.feature_names == feature_names(False, False)
     # text vectors (one random unit vector per brand): the text features join and are used
     rng = np.random.default_rng(1)
     brand_vec = rng.normal(size=(10, 8))
     vecs = brand_vec[np.arange(n) % 10] + 0.1 * rng.normal(size=(n, 8))
     texted, rep = fit_ranker(seqs, n, brands, cats, parts, times,
-                             RankerConfig(n_candidates=40, min_queries=50, threads=1), vecs)
+                             FAST, vecs)
     assert texted is not None and texted.use_text and rep["use_text"]
-    assert texted.feature_names == feature_names(True, True) == FEATURES
+    assert texted.feature_names == feature_names(True, True)
     assert sum(rep["feature_gain"][k] for k in ("text_sim_last", "text_sim_recent")) > 0
+    # category paths: the path features join; boosters are averaged, each reported
+    paths = [f"b{i % 10} > s{i % 20}" for i in range(n)]
+    pathed, rep = fit_ranker(seqs, n, brands, cats, parts, times,
+                             RankerConfig(n_candidates=40, min_queries=50, threads=1, boosters=2, early_stopping=30),
+                             vecs, paths)
+    assert pathed is not None and pathed.feature_names == feature_names(True, True, True) == FEATURES
+    assert rep["use_path"] and len(pathed.boosters) == 2 and len(rep["rounds_per_booster"]) == 2
+    assert rep["feature_gain"]["path_depth_last"] + rep["feature_gain"]["path_share"] > 0
+    with pytest.raises(RankerError, match="boosters must be >= 1"):
+        RankerConfig(boosters=0)
 
 
 def test_fit_ranker_skips_when_too_few_labels() -> None:
@@ -199,7 +246,7 @@ def brand_blend() -> tuple[CoocBlend, list[np.ndarray], int]:
     n = len(brands)
     parts = _parts(seqs, n)
     ranker, _ = fit_ranker(seqs, n, brands, ["c"] * n, parts, times,
-                           RankerConfig(n_candidates=40, min_queries=50, threads=1))
+                           RankerConfig(n_candidates=40, min_queries=50, threads=1, early_stopping=30, boosters=3))
     blend = CoocBlend(parts[0], 1.0, 10.0, parts[1], 0.3, "product", 1e-3, parts[2], 0.2,
                       ranker, 0.5)
     return blend, seqs, n
@@ -248,6 +295,17 @@ def test_ranker_blend_round_trip_and_incomplete_artifact(brand_blend, tmp_path: 
     (tmp_path / "blend.json").write_text(json.dumps(params))
     with pytest.raises(RankerError, match="artifact is inconsistent"):
         CoocBlend.load(tmp_path)
+    # every booster is saved; one missing is named
+    assert len(blend.ranker.boosters) == 3 and "blend_ranker_2.txt" in files
+    params["ranker"]["features"] = list(blend.ranker.features)
+    (tmp_path / "blend.json").write_text(json.dumps(params))
+    (tmp_path / "blend_ranker_2.txt").unlink()
+    with pytest.raises(FileNotFoundError, match="blend_ranker_2.txt is missing"):
+        CoocBlend.load(tmp_path)
+    # an artifact from before the ensemble (no "boosters" key) holds one booster
+    del params["ranker"]["boosters"]
+    (tmp_path / "blend.json").write_text(json.dumps(params))
+    assert len(CoocBlend.load(tmp_path).ranker.boosters) == 1
     (tmp_path / "blend_ranker.txt").unlink()
     with pytest.raises(FileNotFoundError, match="blend_ranker.txt is missing"):
         CoocBlend.load(tmp_path)
@@ -286,7 +344,7 @@ def test_fit_blend_searches_the_ranker_share() -> None:
 
     def ranker_fit(item_knn, user_knn, linear):
         return fit_ranker(train, n, brands, ["c"] * n, (item_knn, user_knn, linear), train_times,
-                          RankerConfig(n_candidates=40, min_queries=50, threads=1))
+                          FAST)
 
     flat = lambda pos: torch.zeros(len(pos), n)  # noqa: E731 - a model that knows nothing
     blend, report = fit_blend(train, n, 10.0, valid_hist, valid_eval, flat,
@@ -364,9 +422,11 @@ def test_trainer_fits_the_ranker_into_the_blend(tmp_path: Path) -> None:
                         event_types=[np.full(len(s), 4, np.int64) for s in seqs], event_times=times)
     train, valid, test = leave_one_out(data.sequences)
     mcfg = ModelConfig(text_model_path=make_tiny_bert(tmp_path / "bert"), dim=16, n_heads=2,
-                       n_layers=1, max_seq_len=8, batch_size=32, epochs=1, device="cpu")
+                       n_layers=1, max_seq_len=8, batch_size=32, epochs=1, device="cpu",
+                       ranker_boosters=2)
     res = train_two_tower(data, mcfg, train, valid, progress=False)
     report = res.model.metadata["blend"]["ranker"]
+    assert len(report["rounds_per_booster"]) == 2
     assert report["use_text"] and report["use_time"] and report["queries"] > 300
     assert "ranker_valid_ndcg@10" in res.model.metadata["blend"]
     blend = res.model.blend

@@ -66,6 +66,8 @@ class ModelConfig:
     ranker: bool = True  # with the blend: also fit the learned candidate ranker (LightGBM
     # LambdaRank on each training sequence's last item; its share is chosen on validation, 0 when
     # it does not help; ecrec_lib.models.ranker)
+    ranker_boosters: int = 4  # LightGBM models the ranker averages (each with its own held-out
+    # split and seed): steadier than one, whose early stop the split's noise moves
     prior_weight: float = 0.0  # >0: train the softmax as the residual of the linear model
     # (SLIST): its out-of-fold log-probabilities times this weight are added to the training
     # logits and to the validation scores (ecrec_lib.training.prior); 0 = off
@@ -103,7 +105,8 @@ class ModelConfig:
             raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
-        for name in ("dim", "n_layers", "n_heads", "max_seq_len", "epochs", "batch_size"):
+        for name in ("dim", "n_layers", "n_heads", "max_seq_len", "epochs", "batch_size",
+                     "ranker_boosters"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
         if self.prior_weight < 0 or self.prior_eps <= 0 or self.prior_keep < 1:

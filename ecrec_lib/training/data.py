@@ -24,6 +24,8 @@ class TrainingData:
     event_times: list[np.ndarray] | None = None  # int64 epoch seconds aligned with sequences
     query_pairs: list[tuple[str, int, float]] = field(default_factory=list)  # (query, item index, weight)
     data_window: tuple[str, str] | None = None  # first and last ds of the data
+    # category path per item, levels joined by " > " ("" unknown); empty list: none known
+    item_category_path: list[str] = field(default_factory=list)
 
     @property
     def n_items(self) -> int:
@@ -33,6 +35,8 @@ class TrainingData:
         """Raise ValueError with a readable message when the data cannot be trained on."""
         if len(self.item_text) != self.n_items or len(self.item_category) != self.n_items:
             raise ValueError("item_text / item_category must have one entry per item_id")
+        if self.item_category_path and len(self.item_category_path) != self.n_items:
+            raise ValueError("item_category_path must be empty or have one entry per item_id")
         if len(self.user_keys) != len(self.sequences):
             raise ValueError("user_keys and sequences must have the same length")
         for seq in self.sequences:
@@ -103,6 +107,8 @@ def build_training_data(
         cat.get("category", pd.Series([None] * len(cat))),
         cat.get("category_path", pd.Series([None] * len(cat))), strict=True)]
     brands = [b if isinstance(b, str) else "" for b in cat.get("brand", pd.Series([None] * len(cat)))]
+    paths = [p if isinstance(p, str) else "" for p in cat.get("category_path",
+                                                               pd.Series([None] * len(cat)))]
     stats = BuildStats(n_catalog_items=len(item_ids), n_users_in=len(sequences))
     missing: dict[str, int] = {}
 
@@ -156,6 +162,7 @@ def build_training_data(
         event_times=times,
         query_pairs=pairs,
         data_window=data_window,
+        item_category_path=paths,
     )
     data.validate()
     return data, stats

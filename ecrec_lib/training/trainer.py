@@ -654,8 +654,8 @@ def _ranker_fit(data: TrainingData, train_seqs: Sequence[np.ndarray], mcfg: Mode
 
     def fit(item_knn: Any, user_knn: Any, linear: Any) -> tuple[Any, dict[str, Any]]:
         return fit_ranker(train_seqs, data.n_items, data.item_brand, data.item_category,
-                          (item_knn, user_knn, linear), times, RankerConfig(seed=mcfg.seed),
-                          text_emb)
+                          (item_knn, user_knn, linear), times, RankerConfig(seed=mcfg.seed, boosters=mcfg.ranker_boosters),
+                          text_emb)  # no category paths: measured neutral (BENCHMARKS.md s. 17)
 
     return fit
 
