@@ -313,6 +313,8 @@ def run_benchmark(
     save_dir: str | None = None,
 ) -> dict[str, Any]:
     """All requested models over all seeds; a JSON-serializable result."""
+    import torch
+
     train, valid, test = leave_one_out(data.sequences)
     if len(test) == 0:
         raise DatasetError("no user has 3 or more interactions: nothing to evaluate")
@@ -330,8 +332,13 @@ def run_benchmark(
             mcfg = dataclasses.replace(mcfg, ranker=True)
         if mcfg.ranker not in shared:
             log.info("fitting the neighbourhood parts once for the ranker row and every seed")
-            shared[mcfg.ranker] = fit_shared_neighbourhood(data, split, mcfg, valid_users,
-                                                           cache_dir, has_items)
+            nb = fit_shared_neighbourhood(data, split, mcfg, valid_users, cache_dir, has_items)
+            if nb.ranker is not None:
+                # every seed's blend scores the same validation and test batches with this one
+                # ranker: each batch is scored once, with every torch thread (same scores)
+                nb.ranker.remember_scores()
+                nb.ranker.predict_threads = torch.get_num_threads()
+            shared[mcfg.ranker] = nb
         return shared[mcfg.ranker]
 
     for name in models:

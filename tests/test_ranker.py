@@ -437,3 +437,31 @@ def test_trainer_fits_the_ranker_into_the_blend(tmp_path: Path) -> None:
     rows = np.arange(10)
     want = make_score_fn(res.model, test, data)(rows)
     assert torch.allclose(make_score_fn(loaded, test, data)(rows), want, atol=1e-4)
+
+
+def test_remembered_scores_skip_recomputing_and_threads_change_nothing(brand_blend) -> None:
+    blend, seqs, _ = brand_blend
+    ranker = copy.copy(blend.ranker)
+    hist = [s[:4] for s in seqs[:20]]
+    anchors = np.full(20, 1_700_000_000 + 3.0 * DAY)
+    dists = [_row_distribution(m.score(hist), None, 0).numpy()
+             for m in (blend.knn, blend.user_knn, blend.linear)]
+    tables = (blend.knn.sim, blend.linear.weights)
+    cands, s = ranker.score(hist, *dists, anchors, tables)
+    threaded = copy.copy(ranker)
+    threaded.predict_threads = 2
+    assert np.array_equal(threaded.score(hist, *dists, anchors, tables)[1], s)
+    ranker.remember_scores()
+    assert np.array_equal(ranker.score(hist, *dists, anchors, tables)[1], s)
+    # a remembered batch is not recomputed: other distributions give the same answer
+    flat = [np.full_like(d, 1.0 / d.shape[1]) for d in dists]
+    c2, s2 = ranker.score([h.astype(np.int32) for h in hist], *flat, anchors, tables)
+    assert np.array_equal(c2, cands) and np.array_equal(s2, s)
+    s2[:] = 0  # callers get copies: the memo cannot be corrupted through them
+    assert np.array_equal(ranker.score(hist, *flat, anchors, tables)[1], s)
+    # other anchors or histories are another batch
+    assert not np.array_equal(ranker.score(hist, *flat, anchors + 90 * DAY, tables)[1], s)
+    assert not np.array_equal(ranker.score(hist[::-1], *flat, anchors, tables)[1], s[::-1])
+    assert pickle.loads(pickle.dumps(ranker))._memo is None
+    ranker.remember_scores(False)
+    assert not np.array_equal(ranker.score(hist, *flat, anchors, tables)[1], s)

@@ -31,10 +31,11 @@ branch), which ranks worse: pass ``anchor_ts``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -402,6 +403,32 @@ class CandidateRanker:
     n_candidates: int = 100
     temperature: float = 1.0  # softmax temperature of the scores (fitted on held-out queries)
     features: tuple[str, ...] = feature_names(False, True)
+    # runtime only, never saved: LightGBM prediction threads (0: OpenMP's default, every core;
+    # scores are the same for any count) and the batch memo of remember_scores()
+    predict_threads: int = field(default=1, compare=False)
+    _memo: dict[bytes, tuple[np.ndarray, np.ndarray]] | None = field(
+        default=None, init=False, repr=False, compare=False)
+
+    def remember_scores(self, on: bool = True) -> None:
+        """Keep each scored batch's (candidates, scores), keyed by its histories and anchor
+        times, so a batch scored again is returned without recomputing its features and
+        predictions (``on=False`` drops them). Only sound while the parts that give ``score``
+        its ``p_item``, ``p_user`` and ``p_linear`` stay the same: one fitted neighbourhood shared by
+        several blends, as the quality benchmark's seeds share it."""
+        self._memo = {} if on else None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_memo": None}  # a pickled ranker (Spark broadcast) travels light
+
+    @staticmethod
+    def _batch_key(histories: Sequence[np.ndarray], anchor_ts: np.ndarray | None) -> bytes:
+        h = hashlib.blake2b(digest_size=20)
+        h.update(np.asarray([len(x) for x in histories], dtype=np.int64).tobytes())
+        for x in histories:
+            h.update(np.asarray(x, dtype=np.int64).tobytes())
+        if anchor_ts is not None:
+            h.update(b"t" + np.asarray(anchor_ts, dtype=np.float64).tobytes())
+        return h.digest()
 
     @property
     def use_time(self) -> bool:
@@ -420,13 +447,27 @@ class CandidateRanker:
               last_item_tables: tuple[Any, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(candidates, ranker scores), both (rows, n_candidates); ``last_item_tables``: the
         (item-kNN similarity, linear weights or None) tables of the parts behind the p's."""
+        key = None
+        if self._memo is not None:
+            key = self._batch_key(histories, anchor_ts)
+            if key in self._memo:
+                cands, s = self._memo[key]
+                return cands.copy(), s.copy()
+        cands, s = self._score(histories, p_item, p_user, p_linear, anchor_ts, last_item_tables)
+        if key is not None and self._memo is not None:
+            self._memo[key] = (cands.copy(), s.copy())
+        return cands, s
+
+    def _score(self, histories: Sequence[np.ndarray], p_item: np.ndarray, p_user: np.ndarray,
+               p_linear: np.ndarray | None, anchor_ts: np.ndarray | None,
+               last_item_tables: tuple[Any, Any] | None) -> tuple[np.ndarray, np.ndarray]:
         cands, x = candidate_features(self.side, histories, p_item, p_user, p_linear,
                                       self.n_candidates, anchor_ts, self.features,
                                       last_item_tables)
         if not len(cands):
             return cands, np.zeros(cands.shape)
         flat = x.reshape(-1, x.shape[-1])
-        s = np.mean([np.asarray(b.predict(flat, num_threads=1), dtype=np.float64)
+        s = np.mean([np.asarray(b.predict(flat, num_threads=self.predict_threads), dtype=np.float64)
                      for b in self.boosters], axis=0).reshape(cands.shape)
         # ties (a booster of few trees scores many candidates alike) go by the candidate order
         s -= TIE_BREAK * np.arange(cands.shape[1]) / cands.shape[1]
