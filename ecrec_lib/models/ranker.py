@@ -447,16 +447,15 @@ class CandidateRanker:
               last_item_tables: tuple[Any, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(candidates, ranker scores), both (rows, n_candidates); ``last_item_tables``: the
         (item-kNN similarity, linear weights or None) tables of the parts behind the p's."""
-        key = None
-        if self._memo is not None:
-            key = self._batch_key(histories, anchor_ts)
-            if key in self._memo:
-                cands, s = self._memo[key]
-                return cands.copy(), s.copy()
-        cands, s = self._score(histories, p_item, p_user, p_linear, anchor_ts, last_item_tables)
-        if key is not None and self._memo is not None:
-            self._memo[key] = (cands.copy(), s.copy())
-        return cands, s
+        memo = self._memo
+        if memo is None:
+            return self._score(histories, p_item, p_user, p_linear, anchor_ts, last_item_tables)
+        key = self._batch_key(histories, anchor_ts)
+        if key not in memo:
+            memo[key] = self._score(histories, p_item, p_user, p_linear, anchor_ts,
+                                    last_item_tables)
+        cands, s = memo[key]
+        return cands.copy(), s.copy()  # callers may write into them; the memo stays intact
 
     def _score(self, histories: Sequence[np.ndarray], p_item: np.ndarray, p_user: np.ndarray,
                p_linear: np.ndarray | None, anchor_ts: np.ndarray | None,
