@@ -36,6 +36,7 @@ from ecrec_lib.models.ranker import (
     fit_ranker,
     holdout_queries,
     path_codes,
+    time_context,
 )
 
 DAY = 86_400
@@ -68,8 +69,33 @@ def test_holdout_queries_label_each_last_training_item() -> None:
     assert [s.tolist() for s in short] == [[0, 1], [], [4, 5], [6]]
     # one-item sequence: no query; label 4 already in its history: skipped
     assert rows.tolist() == [0, 3] and labels.tolist() == [2, 7]
-    assert anchors.tolist() == [2, 5]  # the time of the last history item
+    # each history's time context: its last time, the one before, its events in the last day
+    assert anchors[:, 0].tolist() == [2, 5] and anchors[0, 1:].tolist() == [1, 2]
+    assert np.isnan(anchors[1, 1]) and anchors[1, 2] == 1  # a one-item history: no previous time
     assert holdout_queries(seqs, None)[3] is None
+
+
+def test_time_context_and_session_features_read_the_users_pace() -> None:
+    t0 = 1_700_000_000.0
+    ctx = time_context([np.array([t0, t0 + 3 * DAY, t0 + 3.5 * DAY, t0 + 3.9 * DAY]),
+                        np.array([t0]), np.array([]), None])
+    assert ctx[0].tolist() == [t0 + 3.9 * DAY, t0 + 3.5 * DAY, 3]  # 3 events within the last day
+    assert ctx[1, 0] == t0 and np.isnan(ctx[1, 1]) and ctx[1, 2] == 1
+    assert np.isnan(ctx[2:]).all()  # no times: every entry missing
+    n = 5
+    side = ItemSide.build([np.arange(n)], n, ["a"] * n, ["x"] * n, [t0 + np.arange(n) * DAY])
+    p = [np.full((2, n), 1 / n, np.float32)] * 3
+    names = feature_names(False, True)
+    hist = [np.array([0, 1]), np.array([2])]
+    tables = (sp.csr_matrix((n, n), dtype=np.float32), None)
+    _, x = candidate_features(side, hist, *p, 10, ctx[:2], names, tables)
+    f = {name: x[..., i] for i, name in enumerate(names)}
+    assert np.allclose(f["gap_prev_days"][0], np.log1p(0.4)) and np.isnan(f["gap_prev_days"][1]).all()
+    assert (f["events_last_day"][0] == 3).all() and (f["events_last_day"][1] == 1).all()
+    # a plain array of last times still scores: the time features are there, the pace missing
+    _, x1 = candidate_features(side, hist, *p, 10, ctx[:2, 0], names, tables)
+    assert np.array_equal(x1[..., names.index("days_item_last")], f["days_item_last"])
+    assert np.isnan(x1[..., names.index("gap_prev_days")]).all()
 
 
 def test_candidate_features_exclude_history_and_match_brand() -> None:

@@ -65,8 +65,12 @@ PATH_FEATURES = ("path_depth_last", "path_share")
 TEXT_MAX_FEATURES = ("text_sim_max",)
 TIME_FEATURES = ("days_item_last", "days_item_first") + tuple(
     f"local_pop_{d}d" for d in LOCAL_WINDOWS_DAYS)
+# the user's pace, from the history's own event times (a time context, :func:`time_context`):
+# log days since the previous event, and the events in the day up to the last one (session 19:
+# valid NDCG@10 +.0004, test +.0008 on Beauty, 4-booster lab mean)
+SESSION_FEATURES = ("gap_prev_days", "events_last_day")
 FEATURES = (BASE_FEATURES + LAST_ITEM_FEATURES + GROUP_FEATURES + TEXT_FEATURES
-            + TEXT_MAX_FEATURES + TIME_FEATURES + PATH_FEATURES)
+            + TEXT_MAX_FEATURES + TIME_FEATURES + PATH_FEATURES + SESSION_FEATURES)
 RECENT_ITEMS = 5  # text_sim_recent: cosine to the mean text vector of the last 5 history items
 MAX_ITEMS = 10  # text_sim_max: over the last 10 history items
 PATH_LEVELS = 4  # category path prefixes kept (depth 1..4; deeper levels are rare)
@@ -77,7 +81,8 @@ def feature_names(use_text: bool, use_time: bool, use_path: bool = False) -> tup
     :attr:`CandidateRanker.features`)."""
     return (BASE_FEATURES + LAST_ITEM_FEATURES + GROUP_FEATURES
             + (TEXT_FEATURES + TEXT_MAX_FEATURES if use_text else ())
-            + (TIME_FEATURES if use_time else ()) + (PATH_FEATURES if use_path else ()))
+            + (TIME_FEATURES if use_time else ()) + (PATH_FEATURES if use_path else ())
+            + (SESSION_FEATURES if use_time else ()))
 
 
 # candidate generation: log p_linear + 0.5 log p_item + 0.3 log p_user (each floored at 1e-3),
@@ -234,6 +239,23 @@ def path_codes(category_paths: Sequence[str], n_items: int) -> np.ndarray:
     return out
 
 
+def time_context(event_times: Sequence[np.ndarray | None]) -> np.ndarray:
+    """Each history's time context, the ranker's "now" (rows, 3): the last event's time (epoch
+    seconds), the previous event's time, and the events within a day up to the last one (NaN
+    where a history has too few or no times). Pass it as ``anchor_ts``; a plain (rows,) array
+    of last times still works, with the :data:`SESSION_FEATURES` missing."""
+    out = np.full((len(event_times), 3), np.nan, dtype=np.float64)
+    for r, t in enumerate(event_times):
+        if t is None or not len(t):
+            continue
+        t = np.asarray(t, dtype=np.float64)
+        out[r, 0] = t[-1]
+        if len(t) >= 2:
+            out[r, 1] = t[-2]
+        out[r, 2] = float((t >= t[-1] - DAY_S + 1).sum())
+    return out
+
+
 def candidate_scores(p_item: np.ndarray, p_user: np.ndarray, p_linear: np.ndarray) -> np.ndarray:
     """The fixed log-linear mix that picks the candidates (see :data:`CANDIDATE_MIX`)."""
     parts = {"p_item": p_item, "p_user": p_user, "p_linear": p_linear}
@@ -366,11 +388,19 @@ def candidate_features(side: ItemSide, histories: Sequence[np.ndarray], p_item: 
         cols["path_depth_last"] = np.cumprod(same, axis=2).sum(2).astype(np.float32)
         leaf = _leaf_codes(side.path)
         cols["path_share"] = _share_of(leaf, histories, cands)
+    context = None if anchor_ts is None else np.asarray(anchor_ts, dtype=np.float64)
+    if context is not None and context.ndim == 1:
+        context = np.stack([context, np.full_like(context, np.nan), np.full_like(context, np.nan)], 1)
+    if want & set(SESSION_FEATURES):
+        gap, recent = ((np.full(rows, np.nan), np.full(rows, np.nan)) if context is None else
+                       (np.log1p(np.maximum(context[:, 0] - context[:, 1], 0.0) / DAY_S), context[:, 2]))
+        cols["gap_prev_days"] = np.broadcast_to(gap[:, None], (rows, c))
+        cols["events_last_day"] = np.broadcast_to(recent[:, None], (rows, c))
     if want & set(TIME_FEATURES):
-        if anchor_ts is None or not side.has_time:
+        if context is None or not side.has_time:
             cols.update({n: np.full((rows, c), np.nan) for n in TIME_FEATURES})
         else:
-            given = np.asarray(anchor_ts, dtype=np.float64)
+            given = context[:, 0]
             known = np.isfinite(given)[:, None]  # a user without an anchor: missing features
             anchor = np.broadcast_to(np.where(known[:, 0], given, 0.0)[:, None], (rows, c))
             cols["days_item_last"] = (side.last_ts[cands] - anchor) / DAY_S
@@ -432,7 +462,7 @@ class CandidateRanker:
 
     @property
     def use_time(self) -> bool:
-        return bool(set(self.features) & set(TIME_FEATURES))
+        return bool(set(self.features) & set(TIME_FEATURES + SESSION_FEATURES))
 
     @property
     def use_text(self) -> bool:
@@ -562,7 +592,8 @@ class _Parts:
 def holdout_queries(train_seqs: Sequence[np.ndarray], train_times: Sequence[np.ndarray] | None
                     ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray | None]:
     """Each training sequence without its last item, and the queries that item labels:
-    (shortened sequences, query rows, labels, anchor times or None). A sequence of one item
+    (shortened sequences, query rows, labels, the histories' :func:`time_context` or None).
+    A sequence of one item
     gives no query; a label already in its history is skipped (history items are never
     recommended)."""
     short = [np.asarray(s, dtype=np.int64)[:-1] for s in train_seqs]
@@ -571,7 +602,7 @@ def holdout_queries(train_seqs: Sequence[np.ndarray], train_times: Sequence[np.n
     labels = np.asarray([train_seqs[u][-1] for u in rows], dtype=np.int64)
     anchors = None
     if train_times is not None:
-        anchors = np.asarray([train_times[u][len(train_seqs[u]) - 2] for u in rows], dtype=np.float64)
+        anchors = time_context([np.asarray(train_times[u])[:len(train_seqs[u]) - 1] for u in rows])
     return short, rows, labels, anchors
 
 

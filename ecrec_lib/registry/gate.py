@@ -158,12 +158,12 @@ def _holdout_scorer(model: Recommender, holdout: Holdout, users: np.ndarray,
     if blend is None:
         return lambda pos: users[pos] @ items.T
     from ecrec_lib.models.blend import index_histories
+    from ecrec_lib.models.ranker import time_context
 
     model_ids = model.item_ids
     cols = pd.Index(holdout.catalog["item_id"].astype(str)).get_indexer(pd.Index(model_ids))
     hist = index_histories(model_ids, [h.item_ids for h in holdout.histories])
-    anchors = np.asarray([float(h.event_times[-1]) if len(h.event_times) else np.nan
-                          for h in holdout.histories], dtype=np.float64)
+    anchors = time_context([h.event_times for h in holdout.histories])
     return lambda pos: blend.mix(users[pos] @ items.T, [hist[p] for p in pos], cols, anchors[pos])
 
 

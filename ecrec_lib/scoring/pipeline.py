@@ -250,10 +250,12 @@ BLEND_SUB_BATCH = 512  # users per dense kNN row block (n_items floats each)
 
 
 def last_event_times(event_times: pd.Series) -> np.ndarray:
-    """Each user's last event time (epoch seconds; nan without events): the blend's learned
-    ranker measures item activity relative to it."""
-    return np.asarray([float(t[-1]) if t is not None and len(t) else np.nan for t in event_times],
-                      dtype=np.float64)
+    """Each user's time context (:func:`~ecrec_lib.models.ranker.time_context`: last event time,
+    the one before, the events in the last day; nan without events): the blend's learned ranker
+    measures item activity and the user's pace relative to it."""
+    from ecrec_lib.models.ranker import time_context
+
+    return time_context(list(event_times))
 
 
 

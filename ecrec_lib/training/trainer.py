@@ -223,17 +223,20 @@ def _eval_side(data: TrainingData | None, eval_set: EvalSet) -> tuple[list | Non
 
 
 def eval_anchor_times(data: TrainingData | None, eval_set: EvalSet) -> np.ndarray | None:
-    """Each eval row's last history event time (epoch seconds): the learned ranker's "now";
-    None without event times, or when a history is not a prefix of its user's sequence."""
+    """Each eval row's time context (:func:`~ecrec_lib.models.ranker.time_context`: its last
+    history event time, the one before, the events in the last day): the learned ranker's
+    "now"; None without event times, or when a history is not a prefix of its user's sequence."""
+    from ecrec_lib.models.ranker import time_context
+
     if data is None or data.event_times is None:
         return None
-    out = np.zeros(len(eval_set), dtype=np.float64)
-    for r, (u, h) in enumerate(zip(eval_set.users, eval_set.histories, strict=True)):
+    times = []
+    for u, h in zip(eval_set.users, eval_set.histories, strict=True):
         seq = data.sequences[int(u)]
         if not len(h) or len(seq) < len(h) or not np.array_equal(seq[:len(h)], h):
             return None
-        out[r] = data.event_times[int(u)][len(h) - 1]
-    return out
+        times.append(data.event_times[int(u)][:len(h)])
+    return time_context(times)
 
 
 def make_score_fn(rec: TwoTowerRecommender, eval_set: EvalSet, data: TrainingData | None = None,
