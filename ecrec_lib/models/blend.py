@@ -417,7 +417,7 @@ def fit_blend(
     ``ranker_fit(item_knn, user_knn, linear) -> (ranker or None, report)`` fits the learned
     ranker from the fitted parts (:func:`ecrec_lib.models.ranker.fit_ranker`); its share ``c``
     is then searched on ``ranker_shares`` with the best ``a``, ``b`` scaled by ``1 - c``
-    (``valid_anchor_ts``: each validation row's last event time, for its time features).
+    (``valid_anchor_ts``: each validation row's time context, :func:`ranker.time_context`).
 
     ``neighbourhood``: parts already fitted on the same ``train_seqs`` and validation rows
     (:func:`fit_neighbourhood`), used as they are instead of fitting any (``linear`` and

@@ -26,7 +26,9 @@ item tower (which has seen the labels' co-occurrences). Time features (days betw
 event, the candidate's training events within 7 / 30 / 180 days of the user's last event)
 need event times; without them the ranker is fitted without those features. A ranker fitted
 with them and served without a user's anchor time sees them as missing (LightGBM's missing
-branch), which ranks worse: pass ``anchor_ts``.
+branch), which ranks worse: pass ``anchor_ts``. Pace features (log days between the history's
+last two events, its events in the last day) read the user's own times: pass ``anchor_ts`` as
+:func:`time_context`; a plain array of last event times leaves them missing.
 """
 
 from __future__ import annotations
