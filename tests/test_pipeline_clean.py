@@ -246,3 +246,39 @@ def test_clean_text_fast_path_matches_the_regex_rule(spark) -> None:
     want = [None if v is None else (re.sub(r"[ \t\n\x0b\f\r]+", " ", v).strip(" ") or None)
             for v in values]
     assert got == want
+
+
+def test_classification_reads_the_cached_normalized_parse(spark, lake_dir: Path) -> None:
+    """The job caches the parse with normalized copies (``_n_<field>``) beside the raw fields;
+    a plain parse gives the same clean and quarantined rows, and the raw fields stay raw."""
+    from ecrec_lib.pipeline import clean as C
+
+    write_raw(lake_dir, "events", DS, [
+        event(" e1 ", user=" u1 ", device=" MOBILE ", country="de "),
+        event("e2", etype=" CLICK ", item_id="i9"),  # unknown item
+        event("e3", etype="view", user=None),  # missing user
+        event("e1", t=f"{DS}T23:59:00+00:00"),  # a second e1 (duplicate id after trimming)
+        "{not json",
+    ])
+    path = str(lake_dir / "raw" / "events" / f"ds={DS}")
+    plain = C._parse(spark, path, S.RAW_EVENT_FIELDS, "events")
+    normalized = C.normalize_events(plain).cache()
+    catalog = spark.createDataFrame([("i1",)], "item_id string")
+    cfg = cfg_for(lake_dir)
+
+    def outputs(parsed: Any) -> tuple[list[Any], list[Any]]:
+        keyed = C.key_events(C.classify_events(parsed, catalog, DS, cfg), KEY, parsed)
+        clean, quarantine = C.event_outputs(keyed)
+        return sorted(map(tuple, clean.collect())), sorted(map(str, quarantine.collect()))
+
+    try:
+        raw = {r["event_id"]: r for r in normalized.where("not _malformed").collect()}
+        assert raw[" e1 "]["_n_event_id"] == "e1" and raw[" e1 "]["device"] == " MOBILE "
+        assert (raw[" e1 "]["_n_device"], raw[" e1 "]["_n_country"]) == ("mobile", "DE")
+        assert raw["e2"]["_n_event_type"] == "click"
+        clean, quarantine = outputs(normalized)
+        assert (clean, quarantine) == outputs(plain)
+        assert len(clean) == 1 and clean[0][2] == user_key_py(KEY, "u1")  # e1, once
+        assert len(quarantine) == 3  # unknown item, missing user, malformed line
+    finally:
+        normalized.unpersist()
