@@ -527,7 +527,7 @@ def run_clean(spark: SparkSession, cfg: EcrecConfig, ds: str, key: bytes | None 
     ``ops/reconciliation/ds=D/events.json`` with ``"status": "no_data"``.
 
     Spark actions per dataset (the cost on small clusters is per job, not per row): the parsed
-    lines are cached once; one aggregate gives input rows + field presence, one the unknown
+    lines are cached once (events with their normalized fields beside the raw ones); one aggregate gives input rows + field presence, one the unknown
     fields; the classified + pseudonymized rows are cached once and feed one reason-count
     aggregate and the clean and quarantine writes; staged row counts come from Parquet footers.
     The events are parsed and counted on a second thread while the catalog is cleaned (the
