@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import socket
 import sys
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -21,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from ecrec_lib.deploy.airflow_api import AirflowApi, run_id_for, wait_for
 from tests.e2e_support import generate
-from tests.test_airflow_ui import Api
 
 pytestmark = [pytest.mark.topology, pytest.mark.e2e, pytest.mark.slow, pytest.mark.postgres]
 
@@ -80,63 +79,31 @@ def topo(tmp_path: Path, postgres_url: str) -> Iterator:
         assert not left, f"processes left running after prod-down: {left}"
 
 
-def _login(topo) -> Api:  # noqa: ANN001 - a Topology
-    api = Api(topo.airflow_url)
+def _login(topo) -> AirflowApi:  # noqa: ANN001 - a Topology
+    api = AirflowApi(topo.airflow_url)
     password = json.loads(topo.path("airflow", "passwords", "passwords.json").read_text())["admin"]
-    status, body = api.call("POST", "/auth/token", {"username": "admin", "password": password})
-    assert status in (200, 201), body
-    api.token = body["access_token"]
+    api.login("admin", password)
     return api
-
-
-def _wait(what: str, predicate, timeout: float, every: float = 5.0):  # noqa: ANN001, ANN202
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def _failed_task_logs(api: Api, run_id: str) -> str:
-    _, tis = api.call("GET", f"/api/v2/dags/ecrec_nightly/dagRuns/{run_id}/taskInstances")
-    lines = []
-    for t in tis.get("task_instances", []) if isinstance(tis, dict) else []:
-        lines.append(f"{t['task_id']}: {t['state']}")
-        if t["state"] == "failed":
-            _, text = api.call(
-                "GET", f"/api/v2/dags/ecrec_nightly/dagRuns/{run_id}/taskInstances/"
-                f"{t['task_id']}/logs/{max(t.get('try_number') or 1, 1)}?full_content=true")
-            lines.append(str(text)[-4000:])
-    return "\n".join(lines)
 
 
 def test_two_nights_on_the_process_topology(topo) -> None:  # noqa: ANN001 - a Topology
     env = topo.ecrec_env()
     generate(env, NIGHTS[0], days=len(NIGHTS), users=300, items=120)
     api = _login(topo)
-    _wait("the DAG processor to register ecrec_nightly",
-          lambda: api.call("GET", "/api/v2/dags/ecrec_nightly")[0] == 200, 300)
-    status, body = api.call("PATCH", "/api/v2/dags/ecrec_nightly", {"is_paused": False})
-    assert status == 200 and body["is_paused"] is False, body
+    wait_for("the DAG processor to register ecrec_nightly",
+             lambda: api.call("GET", "/api/v2/dags/ecrec_nightly")[0] == 200, 300)
+    api.set_paused("ecrec_nightly", False)
 
     timings = {}
     for ds in NIGHTS:
-        run_id = f"topology_{ds}"
-        status, body = api.call("POST", "/api/v2/dags/ecrec_nightly/dagRuns",
-                                {"dag_run_id": run_id, "logical_date": f"{ds}T00:00:00Z"})
-        assert status == 200, body
-
-        def finished(run_id: str = run_id) -> str | None:
-            _, run = api.call("GET", f"/api/v2/dags/ecrec_nightly/dagRuns/{run_id}")
-            state = run.get("state") if isinstance(run, dict) else None
-            return state if state in ("success", "failed") else None
-
-        state = _wait(f"night {ds}", finished, RUN_TIMEOUT_S, every=10)
-        assert state == "success", f"night {ds} failed:\n" + _failed_task_logs(api, run_id)
-        _, tis = api.call("GET", f"/api/v2/dags/ecrec_nightly/dagRuns/{run_id}/taskInstances")
-        timings[ds] = {t["task_id"]: t.get("duration") for t in tis["task_instances"]}
+        run_id = run_id_for("ecrec_nightly", ds)
+        api.trigger("ecrec_nightly", run_id, ds)
+        state = wait_for(f"night {ds}", lambda r=run_id: (s := api.run_state("ecrec_nightly", r))
+                         in ("success", "failed") and s, RUN_TIMEOUT_S, every=10)
+        assert state == "success", f"night {ds} failed:\n" + api.failure_report(
+            "ecrec_nightly", run_id)
+        timings[ds] = {t["task_id"]: t.get("duration")
+                       for t in api.task_instances("ecrec_nightly", run_id)}
     print("task durations (s):", json.dumps(timings, indent=1), file=sys.stderr)
 
     # Spark: the Spark jobs ran on the standalone master, through spark-submit.
