@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: clean-venv setup demo test test-fast lint airflow mlflow browser clean bench-pipeline bench-scoring bench-quality
+.PHONY: clean-venv setup demo test test-fast lint airflow mlflow browser clean bench-pipeline bench-scoring bench-quality prod-up prod-down
 
 setup: $(STAMP)
 
@@ -46,6 +46,14 @@ airflow: setup
 mlflow: setup
 	$(BIN)/python -m jobs.mlflow_ui
 
+# The production topology as processes on 127.0.0.1 (README "Production"): Spark standalone,
+# an MLflow server and Airflow on PostgreSQL, the warehouse on PostgreSQL.
+prod-up: setup
+	$(BIN)/python scripts/prod.py up
+
+prod-down:
+	$(BIN)/python scripts/prod.py down
+
 bench-pipeline: setup
 	$(BIN)/python -m jobs.bench_pipeline --events 1000000
 
@@ -60,4 +68,4 @@ clean-venv:
 	rm -rf $(VENV)
 
 clean:
-	rm -rf lake mlruns warehouse .airflow demo_out test-artifacts
+	rm -rf lake mlruns warehouse .airflow demo_out test-artifacts prod

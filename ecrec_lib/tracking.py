@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -47,15 +48,23 @@ def configure_mlflow(tracking_uri: str, experiment: str, artifact_root: str = ""
         mlflow.set_registry_uri(registry_uri)
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
-        location = None
-        if artifact_root:
-            location = (Path(artifact_root).resolve().as_uri() if "://" not in artifact_root
-                        else artifact_root)
+        location = artifact_location(artifact_root, experiment) if artifact_root else None
         exp_id = mlflow.create_experiment(experiment, artifact_location=location)
     else:
         exp_id = exp.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
+
+
+def artifact_location(root: str, experiment: str) -> str:
+    """Where experiment ``experiment`` keeps its artifacts under ``root``.
+
+    ``root`` is a local folder (made absolute) or any URI with a scheme: ``s3://...``, or
+    ``mlflow-artifacts:/`` for the store a tracking server serves (``--serve-artifacts``).
+    """
+    # A scheme (two letters at least, so a Windows drive is a path) means a URI.
+    base = root if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:", root) else Path(root).resolve().as_uri()
+    return f"{base.rstrip('/')}/{experiment}"
 
 
 def _ensure_sqlite_dir(uri: str) -> None:

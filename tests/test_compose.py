@@ -228,14 +228,16 @@ def test_mlflow_uri_matches_service(compose: dict) -> None:
     port = cmd[cmd.index("--port") + 1]
     backend = urlparse(cmd[cmd.index("--backend-store-uri") + 1])
     assert backend.hostname == "postgres" and backend.path == "/mlflow"
-    artifacts = cmd[cmd.index("--default-artifact-root") + 1]
+    # The server stores artifacts on its volume and serves them: jobs upload over HTTP.
+    assert "--serve-artifacts" in cmd
+    artifacts = cmd[cmd.index("--artifacts-destination") + 1]
+    assert _mounts(services["mlflow"]).get(artifacts) == "mlartifacts"
     for name in (*AIRFLOW_SERVICES, "spark-worker"):
         env = _env(services[name])
         uri = urlparse(env["ECREC_MLFLOW_TRACKING_URI"])
         assert (uri.hostname, str(uri.port)) == ("mlflow", port)
         assert uri.hostname in cmd[cmd.index("--allowed-hosts") + 1].split(",")
-        # Artifacts are written straight to the shared volume by the training job.
-        assert _mounts(services[name]).get(artifacts) == "mlartifacts"
+        assert env["ECREC_MLFLOW_ARTIFACT_ROOT"].startswith("mlflow-artifacts:")
     assert f"{port}:{port}" in services["mlflow"]["ports"]
 
 

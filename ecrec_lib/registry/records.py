@@ -21,6 +21,7 @@ import pandas as pd
 
 from ecrec_lib.config import EcrecConfig
 from ecrec_lib.lake import Lake, is_local
+from ecrec_lib.tracking import artifact_location
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -129,9 +130,8 @@ def ensure_experiment(client: MlflowClient, cfg: EcrecConfig, name: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    root = cfg.mlflow_artifact_root
-    location = Path(root).resolve().as_uri() if is_local(root) else root.rstrip("/")
-    return client.create_experiment(name, artifact_location=f"{location}/{name}")
+    return client.create_experiment(
+        name, artifact_location=artifact_location(cfg.mlflow_artifact_root, name))
 
 
 def promotion_experiment(cfg: EcrecConfig) -> str:

@@ -1,0 +1,1 @@
+"""Deployment: the production topology run as local processes (the docker-compose twin)."""
