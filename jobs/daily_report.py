@@ -20,6 +20,7 @@ from typing import Any
 
 from ecrec_lib.config import EcrecConfig, add_config_args, config_from_args
 from ecrec_lib.lake import SCORES, Lake, parse_ds
+from ecrec_lib.privacy.secrets import redact_url
 from jobs.common import setup_logging
 
 log = logging.getLogger("jobs.daily_report")
@@ -197,7 +198,7 @@ def render(report: dict[str, Any]) -> str:
 def _registry_lines(cfg: EcrecConfig) -> list[str]:
     uri = cfg.registry_uri
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        return [f"registry {uri}: no database yet"]
+        return [f"registry {redact_url(uri)}: no database yet"]
     from ecrec_lib.registry.client import RegistryError, aliases_by_version, connect, list_versions
 
     try:
@@ -206,7 +207,7 @@ def _registry_lines(cfg: EcrecConfig) -> list[str]:
         return [f"registry not reachable: {exc}"]
     name = cfg.registered_model_name
     aliases = aliases_by_version(client, name)
-    out = [f"registered model {name} ({uri}):"]
+    out = [f"registered model {name} ({redact_url(uri)}):"]
     for mv in list_versions(client, name):
         run = client.get_run(mv.run_id)
         ndcg = run.data.metrics.get("test.two_tower.ndcg_at_10")
