@@ -42,7 +42,7 @@ _SECRET_KEY = re.compile(r"password|passwd|secret|token(?!iz)|credential|api_?ke
 # libpq/ODBC style ``password=...`` and ``token: ...`` outside URLs.
 _KV = re.compile(
     r"(?P<key>\b[\w.\-]*(?:password|passwd|pwd|secret|token(?!iz)|api_?key)[\w.\-]*)"
-    r"(?P<sep>\s*[=:]\s*)(?P<val>\"[^\"]*\"|'[^']*'|[^\s,;&'\"]+)",
+    r"(?P<sep>['\"]?\s*[=:]\s*)(?P<val>\"[^\"]*\"|'[^']*'|[^\s,;&'\"]+)",
     re.IGNORECASE,
 )
 _BEARER = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=\-]{8,}")
