@@ -123,3 +123,20 @@ def test_task_log_and_failure_of_a_job_hold_no_password(tmp_path: Path,
     assert "cannot connect to postgresql://ecrec:***@db:5432/warehouse" in logged
     assert PW not in logged and PW not in str(err.value)
     assert "--warehouse-url postgresql://ecrec:***@db" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("query", "kind"),
+    [
+        ("nail polish", None), ("iphone 15 pro 256gb", None), ("55 inch tv 2024", None),
+        ("jane.doe@example.com", "email"), ("mail me at a.b@shop.co.uk", "email"),
+        ("10.0.0.12", "ip"), ("+49 171 2345678", "phone"), ("(030) 123-4567", "phone"),
+        ("4111 1111 1111 1111", "card"), ("4111-1111-1111-1111", "card"),
+    ],
+)
+def test_query_pii_kind(query: str, kind: str | None) -> None:
+    from ecrec_lib.privacy.queries import hold_back_reason, query_pii_kind
+
+    assert query_pii_kind(query) == kind
+    assert hold_back_reason(query, 100, 5) == (f"pii_{kind}" if kind else None)
+    assert hold_back_reason(query, 4, 5) == (f"pii_{kind}" if kind else "below_k")
