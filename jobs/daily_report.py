@@ -3,8 +3,9 @@
     python -m jobs.daily_report --ds 2024-01-02 [--lake ./lake] [--config F]
     python -m jobs.daily_report --summary            # one line per reported ds + registry
 
-Gathers what the night's jobs recorded under ``ops/`` (reconciliation, training decision,
-training summary, promotion decision, scoring summary, feedback), counts the rows of the
+Gathers what the night's jobs recorded under ``ops/`` (reconciliation, search queries held
+back for privacy, training decision, training summary, promotion decision, scoring summary,
+feedback), counts the rows of the
 lake score partitions and of the warehouse tables for ``ds``, writes
 ``ops/report/ds=D/report.md`` and ``report.json`` and prints the Markdown (it lands in
 the Airflow task log). Missing pieces are reported as missing, never invented.
@@ -27,6 +28,7 @@ log = logging.getLogger("jobs.daily_report")
 
 OPS_SOURCES = {
     "reconciliation": ("events.json", "catalog.json"),
+    "privacy": ("search_queries.json",),  # written by build_features
     "training_decision": ("decision.json",),
     "training": ("summary.json",),
     "promotion": ("decision.json",),
@@ -150,6 +152,22 @@ def render(report: dict[str, Any]) -> str:
             lines.append(f"- {name}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in scalars.items()))
         else:
             lines.append(f"- {name}: missing")
+
+    lines += ["", "## Privacy", ""]
+    pq = ops.get("privacy")
+    if pq:
+        pii = _pick(pq, "queries_pii") or {}
+        lines.append(
+            f"- search queries in the window: {_fmt(_pick(pq, 'queries_total'))}, published "
+            f"{_fmt(_pick(pq, 'queries_published'))}; held back: "
+            f"{_fmt(_pick(pq, 'queries_below_k'))} issued by fewer than "
+            f"{_fmt(_pick(pq, 'min_query_users'))} users, "
+            f"{sum(v for v in pii.values() if isinstance(v, int))} shaped like personal data "
+            f"({', '.join(f'{k}={v}' for k, v in pii.items())}); "
+            f"{_fmt(_pick(pq, 'searches_held_back'))} searches not published"
+        )
+    else:
+        lines.append("- search queries: missing (build_features did not run for this ds)")
 
     lines += ["", "## Model", ""]
     dec = ops["training_decision"]

@@ -28,7 +28,7 @@ def scored_lake(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("wh") / "lake"
     for ds in (DS, DS2):
         write_tiny_lake(root, ds)
-        cfg = load_config(None, env={}, lake_root=str(root), n_related=5)
+        cfg = load_config(None, env={}, lake_root=str(root), n_related=5, min_query_users=1)
         score_topk.run(cfg, ds, FakeRecommender(CATALOG, version="7" if ds == DS else "8"),
                        "7" if ds == DS else "8", k=5)
     return root
