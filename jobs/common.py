@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from ecrec_lib.config import EcrecConfig
@@ -28,6 +29,17 @@ def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, handlers=[handler], force=True)
     for noisy in ("great_expectations", "py4j", "urllib3", "alembic", "mlflow.store", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def spark_auth_conf(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``spark.authenticate`` settings when a shared secret is configured, else none.
+
+    Spark redacts ``*.secret`` values in its UI and logs (``spark.redaction.regex``).
+    """
+    secret = secret_from_env(SPARK_AUTH_SECRET_ENV, env)
+    if not secret:
+        return {}
+    return {"spark.authenticate": "true", "spark.authenticate.secret": secret}
 
 
 def spark_session(cfg: EcrecConfig, app_name: str, master: str | None = None) -> SparkSession:
@@ -57,10 +69,8 @@ def spark_session(cfg: EcrecConfig, app_name: str, master: str | None = None) ->
         # caches are MEMORY_AND_DISK, so a cache larger than storage memory spills.
         .config("spark.sql.inMemoryColumnarStorage.compressed", "false")
     )
-    secret = secret_from_env(SPARK_AUTH_SECRET_ENV)
-    if secret:
-        builder = builder.config("spark.authenticate", "true").config(
-            "spark.authenticate.secret", secret)
+    for key, value in spark_auth_conf().items():
+        builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark

@@ -140,3 +140,13 @@ def test_query_pii_kind(query: str, kind: str | None) -> None:
     assert query_pii_kind(query) == kind
     assert hold_back_reason(query, 100, 5) == (f"pii_{kind}" if kind else None)
     assert hold_back_reason(query, 4, 5) == (f"pii_{kind}" if kind else "below_k")
+
+
+def test_spark_jobs_authenticate_when_a_secret_is_set(tmp_path: Path) -> None:
+    from jobs.common import SPARK_AUTH_SECRET_ENV, spark_auth_conf
+
+    assert spark_auth_conf({}) == {}
+    f = tmp_path / "spark_secret"
+    f.write_text(PW)
+    for env in ({SPARK_AUTH_SECRET_ENV: PW}, {f"{SPARK_AUTH_SECRET_ENV}_FILE": str(f)}):
+        assert spark_auth_conf(env) == {"spark.authenticate": "true", "spark.authenticate.secret": PW}
