@@ -7,7 +7,10 @@ result down explicitly.
 
 Secrets (the pseudonymization key) are *not* fields of the config: they are
 resolved by :func:`resolve_pseudonymization_key` from the environment, a key file
-or an Airflow connection, and never written or logged.
+or an Airflow connection, and never written or logged. Fields that may carry a
+credential (``warehouse_url``, ``mlflow_tracking_uri``) can be read from a file
+(``ECREC_<FIELD>_FILE``) and are redacted by ``to_dict()``, ``repr`` and every
+:class:`ConfigError` (:mod:`ecrec_lib.privacy.secrets`).
 """
 
 from __future__ import annotations
@@ -19,18 +22,24 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from ecrec_lib.privacy.secrets import redact, redact_text
+
 ENV_PREFIX = "ECREC_"
 CONFIG_FILE_ENV = "ECREC_CONFIG"
 PSEUDO_KEY_ENV = "ECREC_PSEUDO_KEY"
 PSEUDO_KEY_FILE_ENV = "ECREC_PSEUDO_KEY_FILE"
 PSEUDO_KEY_CONN_ID = "ecrec_pseudonymization"
+FILE_ENV_SUFFIX = "_FILE"  # ECREC_<FIELD>_FILE: the field's value is the named file's content
 
 
 class ConfigError(ValueError):
-    """Bad configuration: the message names the key and how to fix it."""
+    """Bad configuration: the message names the key and how to fix it (credentials redacted)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact_text(message))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class EcrecConfig:
     """Every tunable of the platform, with its embedded (single-machine) default.
 
@@ -105,9 +114,19 @@ class EcrecConfig:
     # --- feedback loop ---------------------------------------------------------
     feedback_drop_threshold: float = 0.5  # hit rate below (1 - this) x 7-day mean fails
 
+    # --- privacy ---------------------------------------------------------------
+    # A search query reaches search_pairs / query_topk only when this many distinct users
+    # issued it in the window (k-anonymity); PII-shaped queries never do.
+    min_query_users: int = 5
+
     def to_dict(self) -> dict[str, Any]:
-        """All fields as plain values (safe to log: contains no secret)."""
-        return dataclasses.asdict(self)
+        """All fields as plain values, credentials in URLs redacted: safe to log and to send
+        to MLflow. Use the attributes themselves to connect."""
+        return redact(dataclasses.asdict(self))
+
+    def __repr__(self) -> str:
+        body = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
+        return f"EcrecConfig({body})"
 
     @property
     def registry_uri(self) -> str:
@@ -167,8 +186,13 @@ def load_config(
 
     for name in types:
         key = ENV_PREFIX + name.upper()
-        if key in env and env[key] != "":
+        file_key = key + FILE_ENV_SUFFIX
+        if env.get(key, "") != "" and env.get(file_key, "") != "":
+            raise ConfigError(f"both {key} and {file_key} are set; set only one of them")
+        if env.get(key, "") != "":
             values[name] = env[key]
+        elif env.get(file_key, "") != "":
+            values[name] = _read_value_file(file_key, Path(env[file_key]))
 
     for name, value in overrides.items():
         if value is None:
@@ -181,6 +205,21 @@ def load_config(
     cfg = EcrecConfig(**coerced)
     _validate(cfg)
     return cfg
+
+
+def _read_value_file(variable: str, path: Path) -> str:
+    """A config value kept in a file (a Docker/Kubernetes secret): its content, stripped."""
+    if not path.is_file():
+        raise ConfigError(f"{variable} points to {path}, which does not exist; mount the file or "
+                          f"unset {variable}")
+    try:
+        value = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{variable}: cannot read {path} ({exc.strerror}); check its "
+                          "permissions") from None
+    if not value:
+        raise ConfigError(f"{variable} points to {path}, which is empty")
+    return value
 
 
 def _read_yaml(path: Path, types: Mapping[str, type]) -> dict[str, Any]:
@@ -220,7 +259,8 @@ def _validate(cfg: EcrecConfig) -> None:
                 f"the DuckDB file name '{stem}.duckdb' equals warehouse_schema '{stem}', which makes "
                 "DuckDB table names ambiguous; rename the file (e.g. warehouse.duckdb) or the schema"
             )
-    for name in ("lookback_days", "max_seq_len", "top_k", "embedding_dim", "batch_size", "epochs"):
+    for name in ("lookback_days", "max_seq_len", "top_k", "embedding_dim", "batch_size", "epochs",
+                 "min_query_users"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"config key '{name}' must be positive, got {getattr(cfg, name)}")
 

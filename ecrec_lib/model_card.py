@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ecrec_lib.privacy.secrets import redact_text
+
 DEFAULT_LIMITATIONS = (
     "Trained on implicit feedback (views, clicks, carts, purchases) of a short lookback window: "
     "tastes older than the window are invisible to it.",
@@ -194,4 +196,5 @@ def render_model_card(
 
     lines += ["", "## Known limitations", ""]
     lines += [f"- {item}" for item in limitations]
-    return "\n".join(lines) + "\n"
+    # The card is the version's public description: no credential from a logged config.
+    return redact_text("\n".join(lines) + "\n")

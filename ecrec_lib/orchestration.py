@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ecrec_lib.privacy.secrets import redact_text
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Jobs that build a SparkSession and may therefore run through spark-submit.
@@ -138,7 +140,9 @@ def run_job(
     """
     out = logger or log
     cmd = job_command(job, ds, python=python, **flags)
-    out.info("running: %s (cwd=%s)", " ".join(cmd), REPO_ROOT)
+    # Job output reaches the Airflow task log (readable by every UI user): no credential may
+    # pass, whether a flag carries one or a library prints one.
+    out.info("running: %s (cwd=%s)", redact_text(" ".join(cmd)), REPO_ROOT)
     lines: deque[str] = deque(maxlen=2000)
     proc = subprocess.Popen(
         cmd,
@@ -152,13 +156,14 @@ def run_job(
     assert proc.stdout is not None
     try:
         for raw in proc.stdout:
-            line = raw.rstrip("\n")
+            line = redact_text(raw.rstrip("\n"))
             lines.append(line)
             out.info("[%s] %s", job, line)
     finally:
         returncode = proc.wait()
     if returncode != 0:
-        raise JobFailed(job, ds or "-", returncode, error_tail(list(lines)), cmd[3:])
+        raise JobFailed(job, ds or "-", returncode, error_tail(list(lines)),
+                        [redact_text(a) for a in cmd[3:]])
     out.info("job '%s' finished for ds=%s", job, ds)
     return list(lines)
 

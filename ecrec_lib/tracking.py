@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ecrec_lib.privacy.secrets import redact
+
 log = logging.getLogger(__name__)
 
 MAX_PARAM_CHARS = 500  # MLflow's limit on a param value
@@ -30,8 +32,8 @@ def git_commit(repo_dir: str | Path | None = None) -> str:
 
 
 def flatten_params(prefix: str, values: Mapping[str, Any]) -> dict[str, str]:
-    """``{prefix.key: str(value)}`` clipped to MLflow's param length."""
-    return {f"{prefix}.{k}": str(v)[:MAX_PARAM_CHARS] for k, v in values.items()}
+    """``{prefix.key: str(value)}`` clipped to MLflow's param length, credentials redacted."""
+    return {f"{prefix}.{k}": str(v)[:MAX_PARAM_CHARS] for k, v in redact(dict(values)).items()}
 
 
 def configure_mlflow(tracking_uri: str, experiment: str, artifact_root: str = "",
@@ -77,16 +79,22 @@ def training_run(run_name: str | None, tags: Mapping[str, str] | None = None) ->
     """An MLflow run tagged with the git commit; marked FAILED when the body raises."""
     import mlflow
 
-    all_tags = {"git_commit": git_commit(), **(tags or {})}
+    all_tags = redact({"git_commit": git_commit(), **(tags or {})})
     with mlflow.start_run(run_name=run_name, tags=all_tags) as run:
         yield run
 
 
 def log_run_config(ecrec_cfg: Mapping[str, Any], model_cfg: Mapping[str, Any],
                    data_facts: Mapping[str, Any]) -> None:
-    """Full configs as params + JSON artifacts; data window/fingerprint/counts as params."""
+    """Full configs as params + JSON artifacts; data window/fingerprint/counts as params.
+
+    Every value goes through :func:`ecrec_lib.privacy.secrets.redact` first, whatever the
+    caller passed: MLflow is readable by everyone who can read the experiment.
+    """
     import mlflow
 
+    ecrec_cfg, model_cfg, data_facts = redact(dict(ecrec_cfg)), redact(dict(model_cfg)), \
+        redact(dict(data_facts))
     mlflow.log_params({**flatten_params("cfg", ecrec_cfg), **flatten_params("model", model_cfg),
                        **flatten_params("data", data_facts)})
     mlflow.log_dict(dict(ecrec_cfg), "config/ecrec_config.json")

@@ -8,24 +8,38 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from ecrec_lib.config import EcrecConfig
+from ecrec_lib.privacy.secrets import RedactingFormatter, secret_from_env
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+# Shared secret of a Spark standalone cluster started with spark.authenticate=true
+# (docker-compose.yaml); ECREC_SPARK_AUTH_SECRET_FILE names a file holding it instead.
+SPARK_AUTH_SECRET_ENV = "ECREC_SPARK_AUTH_SECRET"
+
 
 def setup_logging(level: int = logging.INFO) -> None:
-    """Plain timestamped logs on stderr; quiet the chattiest libraries."""
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
+    """Plain timestamped logs on stderr, credentials redacted; quiet the chattiest libraries."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     for noisy in ("great_expectations", "py4j", "urllib3", "alembic", "mlflow.store", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def spark_auth_conf(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``spark.authenticate`` settings when a shared secret is configured, else none.
+
+    Spark redacts ``*.secret`` values in its UI and logs (``spark.redaction.regex``).
+    """
+    secret = secret_from_env(SPARK_AUTH_SECRET_ENV, env)
+    if not secret:
+        return {}
+    return {"spark.authenticate": "true", "spark.authenticate.secret": secret}
 
 
 def spark_session(cfg: EcrecConfig, app_name: str, master: str | None = None) -> SparkSession:
@@ -55,6 +69,8 @@ def spark_session(cfg: EcrecConfig, app_name: str, master: str | None = None) ->
         # caches are MEMORY_AND_DISK, so a cache larger than storage memory spills.
         .config("spark.sql.inMemoryColumnarStorage.compressed", "false")
     )
+    for key, value in spark_auth_conf().items():
+        builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark

@@ -3,8 +3,9 @@
     python -m jobs.daily_report --ds 2024-01-02 [--lake ./lake] [--config F]
     python -m jobs.daily_report --summary            # one line per reported ds + registry
 
-Gathers what the night's jobs recorded under ``ops/`` (reconciliation, training decision,
-training summary, promotion decision, scoring summary, feedback), counts the rows of the
+Gathers what the night's jobs recorded under ``ops/`` (reconciliation, search queries held
+back for privacy, training decision, training summary, promotion decision, scoring summary,
+feedback), counts the rows of the
 lake score partitions and of the warehouse tables for ``ds``, writes
 ``ops/report/ds=D/report.md`` and ``report.json`` and prints the Markdown (it lands in
 the Airflow task log). Missing pieces are reported as missing, never invented.
@@ -20,12 +21,14 @@ from typing import Any
 
 from ecrec_lib.config import EcrecConfig, add_config_args, config_from_args
 from ecrec_lib.lake import SCORES, Lake, parse_ds
+from ecrec_lib.privacy.secrets import redact_url
 from jobs.common import setup_logging
 
 log = logging.getLogger("jobs.daily_report")
 
 OPS_SOURCES = {
     "reconciliation": ("events.json", "catalog.json"),
+    "privacy": ("search_queries.json",),  # written by build_features
     "training_decision": ("decision.json",),
     "training": ("summary.json",),
     "promotion": ("decision.json",),
@@ -150,6 +153,22 @@ def render(report: dict[str, Any]) -> str:
         else:
             lines.append(f"- {name}: missing")
 
+    lines += ["", "## Privacy", ""]
+    pq = ops.get("privacy")
+    if pq:
+        pii = _pick(pq, "queries_pii") or {}
+        lines.append(
+            f"- search queries in the window: {_fmt(_pick(pq, 'queries_total'))}, published "
+            f"{_fmt(_pick(pq, 'queries_published'))}; held back: "
+            f"{_fmt(_pick(pq, 'queries_below_k'))} issued by fewer than "
+            f"{_fmt(_pick(pq, 'min_query_users'))} users, "
+            f"{sum(v for v in pii.values() if isinstance(v, int))} shaped like personal data "
+            f"({', '.join(f'{k}={v}' for k, v in pii.items())}); "
+            f"{_fmt(_pick(pq, 'searches_held_back'))} searches not published"
+        )
+    else:
+        lines.append("- search queries: missing (build_features did not run for this ds)")
+
     lines += ["", "## Model", ""]
     dec = ops["training_decision"]
     lines.append(
@@ -197,7 +216,7 @@ def render(report: dict[str, Any]) -> str:
 def _registry_lines(cfg: EcrecConfig) -> list[str]:
     uri = cfg.registry_uri
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        return [f"registry {uri}: no database yet"]
+        return [f"registry {redact_url(uri)}: no database yet"]
     from ecrec_lib.registry.client import RegistryError, aliases_by_version, connect, list_versions
 
     try:
@@ -206,7 +225,7 @@ def _registry_lines(cfg: EcrecConfig) -> list[str]:
         return [f"registry not reachable: {exc}"]
     name = cfg.registered_model_name
     aliases = aliases_by_version(client, name)
-    out = [f"registered model {name} ({uri}):"]
+    out = [f"registered model {name} ({redact_url(uri)}):"]
     for mv in list_versions(client, name):
         run = client.get_run(mv.run_id)
         ndcg = run.data.metrics.get("test.two_tower.ndcg_at_10")

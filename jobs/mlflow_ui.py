@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from ecrec_lib.config import add_config_args, config_from_args
+from ecrec_lib.privacy.secrets import redact_text, redact_url
 
 
 def server_command(tracking_uri: str, artifact_root: str, host: str, port: int) -> list[str]:
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(args)
     uri = cfg.mlflow_tracking_uri
     if uri.startswith(("http://", "https://")):
-        print(f"MLflow runs as a server already: open {uri} in a browser")
+        print(f"MLflow runs as a server already: open {redact_url(uri)} in a browser")
         return 0
     if uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
@@ -54,10 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     if "://" not in artifact_root:
         artifact_root = str(Path(artifact_root).resolve())
     cmd = server_command(uri, artifact_root, args.host, args.port)
-    print(f"MLflow UI on http://{args.host}:{args.port} (backend {uri}); Ctrl-C to stop",
+    print(f"MLflow UI on http://{args.host}:{args.port} (backend {redact_url(uri)}); Ctrl-C to stop",
           flush=True)
     if args.dry_run:
-        print(" ".join(cmd))
+        print(redact_text(" ".join(cmd)))
         return 0
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
                MLFLOW_DISABLE_TELEMETRY="true")

@@ -22,6 +22,7 @@ import pandas as pd
 from ecrec_lib.config import EcrecConfig, add_config_args, config_from_args
 from ecrec_lib.lake import Lake, parse_ds
 from ecrec_lib.models.api import Recommender
+from ecrec_lib.privacy.secrets import redact_text
 from ecrec_lib.warehouse import Warehouse, WarehouseError, connect
 from jobs.common import setup_logging
 
@@ -187,10 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(cfg, args)
     except (NotFoundError, WarehouseError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return 1
     except RuntimeError as exc:  # e.g. no champion for a live query
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return 2
     return 0
 

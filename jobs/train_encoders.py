@@ -93,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
 def _bad_input_errors() -> tuple[type[BaseException], ...]:
     from ecrec_lib.models.artifact import ArtifactError
     from ecrec_lib.models.text_encoder import TextModelError
+    from ecrec_lib.training.trainer import CheckpointError
 
-    return (TrainingInputError, TextModelError, ArtifactError)
+    return (TrainingInputError, TextModelError, ArtifactError, CheckpointError)
 
 
 def run(cfg: EcrecConfig, ds: str, run_name: str | None = None, register: bool = True,

@@ -44,6 +44,9 @@ def pipeline_env(root: Path, **extra: str) -> dict[str, str]:
         ECREC_SPARK_DRIVER_MEMORY="1g",
         ECREC_TOP_K="20",
         ECREC_N_QUERIES="20",
+        # 300 generated users: no query of a day reaches the default k of 5 distinct users
+        # (the demo's 2000 do); 2 keeps the k-anonymity filter at work.
+        ECREC_MIN_QUERY_USERS="2",
         SPARK_LOCAL_IP="127.0.0.1",
         GX_ANALYTICS_ENABLED="False",
         MLFLOW_DISABLE_TELEMETRY="true",

@@ -15,13 +15,17 @@ import yaml
 
 from ecrec_lib.config import PSEUDO_KEY_FILE_ENV, EcrecConfig, load_config
 from ecrec_lib.orchestration import RETRIES_ENV, SPARK_CONN_ID, SPARK_SUBMIT_ENV
+from jobs.common import SPARK_AUTH_SECRET_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "docker-compose.yaml"
 DOCKERFILE = REPO / "docker" / "Dockerfile"
 INIT_SQL = REPO / "docker" / "postgres" / "init.sql"
-ENV = {"POSTGRES_PASSWORD": "pw", "AIRFLOW_JWT_SECRET": "j" * 40}
-NON_FIELD_ECREC_KEYS = {PSEUDO_KEY_FILE_ENV, SPARK_SUBMIT_ENV, RETRIES_ENV}
+ENV = {"POSTGRES_PASSWORD": "pw", "AIRFLOW_JWT_SECRET": "j" * 40, "MLFLOW_ADMIN_PASSWORD": "mlpw",
+       "MLFLOW_FLASK_SECRET_KEY": "f" * 40, "SPARK_AUTH_SECRET": "s" * 40}
+REQUIRED_SECRETS = tuple(ENV)
+NON_FIELD_ECREC_KEYS = {PSEUDO_KEY_FILE_ENV, SPARK_SUBMIT_ENV, RETRIES_ENV, SPARK_AUTH_SECRET_ENV}
+MLFLOW_AUTH_INI = REPO / "docker" / "mlflow" / "basic_auth.ini"
 TOP_LEVEL = {"name", "services", "volumes", "networks", "secrets", "configs"}
 SERVICE_KEYS = {
     "image", "build", "command", "entrypoint", "environment", "volumes", "ports", "healthcheck",
@@ -83,6 +87,16 @@ def _env(service: dict) -> dict[str, str]:
     return {k: str(v) for k, v in env.items()}
 
 
+def _ports(service: dict) -> list[tuple[str, str, str]]:
+    """(bind address, host port, container port) of every published port."""
+    out = []
+    for port in service.get("ports", []):
+        m = re.fullmatch(r"(?:([\d.]+|\[[0-9a-f:]+\]):)?(\d+):(\d+)", port)
+        assert m, f"port {port!r} is not [ADDRESS:]HOST:CONTAINER"
+        out.append((m.group(1) or "0.0.0.0", m.group(2), m.group(3)))
+    return out
+
+
 def _mounts(service: dict) -> dict[str, str]:
     """container path -> source for every volume entry."""
     out = {}
@@ -124,9 +138,7 @@ def test_structure_is_valid(compose: dict) -> None:
             if cond == "service_healthy":
                 assert "healthcheck" in services[dep], f"{name} waits for {dep}'s health, " \
                     f"but {dep} has no healthcheck"
-        for port in svc.get("ports", []):
-            assert re.fullmatch(r"\d+:\d+", port), f"{name}: port {port!r} is not HOST:CONTAINER"
-            host_ports.append(port.split(":")[0])
+        host_ports += [host for _, host, _ in _ports(svc)]
         if "healthcheck" in svc:
             assert svc["healthcheck"]["test"][0] in {"CMD", "CMD-SHELL"}
     assert len(host_ports) == len(set(host_ports)), f"host port used twice: {host_ports}"
@@ -147,8 +159,9 @@ def test_structure_is_valid(compose: dict) -> None:
 
 
 def test_required_variable_is_enforced() -> None:
-    with pytest.raises(InterpolationError, match="AIRFLOW_JWT_SECRET"):
-        load_compose({"POSTGRES_PASSWORD": "pw"})
+    for secret in REQUIRED_SECRETS:
+        with pytest.raises(InterpolationError, match=secret):
+            load_compose({k: v for k, v in ENV.items() if k != secret})
     assert interpolate("a${X:-d}b$$", {}) == "ad" + "b$"
 
 
@@ -162,7 +175,7 @@ def test_expected_services(compose: dict) -> None:
         assert services[name]["depends_on"]["airflow-init"]["condition"] == \
             "service_completed_successfully"
         assert "healthcheck" in services[name], f"{name} has no healthcheck"
-    assert services["airflow-apiserver"]["ports"] == ["8080:8080"]
+    assert _ports(services["airflow-apiserver"]) == [("127.0.0.1", "8080", "8080")]
     assert "/api/v2/monitor/health" in " ".join(services["airflow-apiserver"]["healthcheck"]["test"])
 
 
@@ -201,7 +214,7 @@ def test_spark_master_url_matches_service(compose: dict) -> None:
     host = cmd[cmd.index("--host") + 1]
     assert host == "spark-master"
     expected = f"spark://spark-master:{port}"
-    assert f"{port}:{port}" in services["spark-master"]["ports"]
+    assert ("127.0.0.1", port, port) in _ports(services["spark-master"])
     assert services["spark-worker"]["command"][-1] == expected
     for name in AIRFLOW_SERVICES:
         env = _env(services[name])
@@ -238,7 +251,7 @@ def test_mlflow_uri_matches_service(compose: dict) -> None:
         assert (uri.hostname, str(uri.port)) == ("mlflow", port)
         assert uri.hostname in cmd[cmd.index("--allowed-hosts") + 1].split(",")
         assert env["ECREC_MLFLOW_ARTIFACT_ROOT"].startswith("mlflow-artifacts:")
-    assert f"{port}:{port}" in services["mlflow"]["ports"]
+    assert ("127.0.0.1", port, port) in _ports(services["mlflow"])
 
 
 def test_databases_exist_for_every_postgres_url(compose: dict) -> None:
@@ -282,3 +295,56 @@ def test_dockerfile_installs_java17_and_requirements() -> None:
     assert "PYTHONPATH=/opt/ecrec" in text
     dockerignore = (REPO / ".dockerignore").read_text().split()
     assert ".venv" in dockerignore and "lake" in dockerignore
+
+
+def test_published_ports_bind_loopback_unless_overridden(compose: dict) -> None:
+    for name, svc in compose["services"].items():
+        for address, host, _ in _ports(svc):
+            assert address == "127.0.0.1", f"{name} publishes port {host} on {address}"
+    wide = load_compose({**ENV, "ECREC_BIND": "0.0.0.0"})
+    assert ("0.0.0.0", "8080", "8080") in _ports(wide["services"]["airflow-apiserver"])
+
+
+def test_no_password_has_a_default() -> None:
+    text = COMPOSE.read_text()
+    # ${VAR:-default} on a secret would start the stack with a guessable password.
+    for var in re.findall(r"\$\{(\w*(?:PASSWORD|SECRET|KEY)\w*):?-", text):
+        pytest.fail(f"{var} has a default value in docker-compose.yaml; make it required (:?)")
+    for secret in REQUIRED_SECRETS:
+        assert f"${{{secret}:?" in text, f"{secret} is not required"
+
+
+def test_mlflow_runs_with_basic_auth_and_jobs_log_in(compose: dict) -> None:
+    import configparser
+
+    services = compose["services"]
+    cmd = services["mlflow"]["command"]
+    assert cmd[cmd.index("--app-name") + 1] == "basic-auth"
+    env = _env(services["mlflow"])
+    ini_path = env["MLFLOW_AUTH_CONFIG_PATH"]
+    assert _mounts(services["mlflow"])[ini_path] == "./docker/mlflow/basic_auth.ini"
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == ENV["MLFLOW_ADMIN_PASSWORD"]
+    assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == ENV["MLFLOW_FLASK_SECRET_KEY"]
+    ini = configparser.ConfigParser()
+    ini.read(MLFLOW_AUTH_INI)
+    assert ini["mlflow"]["default_permission"] == "NO_PERMISSIONS"
+    assert "admin_password" not in ini["mlflow"], "the admin password must not live in the repo"
+    db = Path(ini["mlflow"]["database_uri"].removeprefix("sqlite:///"))
+    assert any(db.is_relative_to(p) for p, src in _mounts(services["mlflow"]).items()
+               if not src.startswith(".")), f"auth database {db} is not on a volume"
+    assert 'mlflow[auth]' in DOCKERFILE.read_text(), "the image lacks the basic-auth extra"
+    for name in (*AIRFLOW_SERVICES, "spark-worker"):
+        job_env = _env(services[name])
+        assert job_env["MLFLOW_TRACKING_USERNAME"] == ini["mlflow"]["admin_username"]
+        assert job_env["MLFLOW_TRACKING_PASSWORD"] == ENV["MLFLOW_ADMIN_PASSWORD"]
+
+
+def test_spark_authenticates_with_the_shared_secret(compose: dict) -> None:
+    services = compose["services"]
+    secret = ENV["SPARK_AUTH_SECRET"]
+    for name, var in (("spark-master", "SPARK_MASTER_OPTS"), ("spark-worker", "SPARK_WORKER_OPTS")):
+        opts = _env(services[name])[var].split()
+        assert "-Dspark.authenticate=true" in opts, name
+        assert f"-Dspark.authenticate.secret={secret}" in opts, name
+    for name in AIRFLOW_SERVICES:
+        assert _env(services[name])[SPARK_AUTH_SECRET_ENV] == secret

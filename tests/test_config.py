@@ -216,3 +216,66 @@ def test_duckdb_file_named_like_schema_is_refused() -> None:
     with pytest.raises(ConfigError, match="ambiguous"):
         load_config(env={"ECREC_WAREHOUSE_URL": "duckdb:///./w/ecrec.duckdb"})
     assert load_config(env={}).warehouse_url.endswith("/warehouse.duckdb")
+
+
+PG_PASSWORD = "pg-Pa55word-xyz"
+PG_URL = f"postgresql://ecrec:{PG_PASSWORD}@warehouse-db:5432/ecrec"
+
+
+def test_to_dict_and_repr_redact_credentials() -> None:
+    cfg = load_config(env={"ECREC_WAREHOUSE_URL": PG_URL,
+                           "ECREC_MLFLOW_TRACKING_URI": f"https://ml:{PG_PASSWORD}@mlflow/?token=t0k"})
+    assert cfg.warehouse_url == PG_URL  # the attribute is what the jobs connect with
+    shown = cfg.to_dict()
+    assert shown["warehouse_url"] == "postgresql://ecrec:***@warehouse-db:5432/ecrec"
+    assert shown["mlflow_tracking_uri"] == "https://ml:***@mlflow/?token=***"
+    assert PG_PASSWORD not in str(shown) and PG_PASSWORD not in repr(cfg) and "t0k" not in repr(cfg)
+    assert shown["top_k"] == cfg.top_k and set(shown) == set(EcrecConfig.__dataclass_fields__)
+
+
+def test_config_errors_redact_credentials(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="warehouse_url must start with") as err:
+        load_config(env={"ECREC_WAREHOUSE_URL": f"mysql://ecrec:{PG_PASSWORD}@db/ecrec"})
+    assert PG_PASSWORD not in str(err.value) and "mysql://ecrec:***@db/ecrec" in str(err.value)
+    bad = yaml_file(tmp_path, f"warehouse_url: postgresql://u:{PG_PASSWORD}@h/d\ntop_k: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML") as err:
+        load_config(bad, env={})
+    assert PG_PASSWORD not in str(err.value)
+
+
+def test_field_from_file(tmp_path: Path) -> None:
+    """ECREC_<FIELD>_FILE: a Docker/Kubernetes secret holds the whole value."""
+    secret = tmp_path / "warehouse_url"
+    secret.write_text(PG_URL + "\n")
+    cfg = load_config(env={"ECREC_WAREHOUSE_URL_FILE": str(secret), "ECREC_TOP_K_FILE": ""})
+    assert cfg.warehouse_url == PG_URL
+    # the file is read like any ECREC_ value: typed, and explicit overrides still win
+    (tmp_path / "k").write_text("42")
+    assert load_config(env={"ECREC_TOP_K_FILE": str(tmp_path / "k")}).top_k == 42
+    assert load_config(env={"ECREC_WAREHOUSE_URL_FILE": str(secret)},
+                       warehouse_url="duckdb:///x/w.duckdb").warehouse_url == "duckdb:///x/w.duckdb"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"ECREC_WAREHOUSE_URL": PG_URL, "ECREC_WAREHOUSE_URL_FILE": "{file}"},
+         "both ECREC_WAREHOUSE_URL and ECREC_WAREHOUSE_URL_FILE are set"),
+        ({"ECREC_WAREHOUSE_URL_FILE": "{missing}"}, "ECREC_WAREHOUSE_URL_FILE points to .* does not exist"),
+        ({"ECREC_WAREHOUSE_URL_FILE": "{empty}"}, "which is empty"),
+    ],
+)
+def test_field_file_errors(tmp_path: Path, env: dict[str, str], message: str) -> None:
+    (tmp_path / "file").write_text(PG_URL)
+    (tmp_path / "empty").write_text("  \n")
+    paths = {"file": tmp_path / "file", "missing": tmp_path / "missing", "empty": tmp_path / "empty"}
+    env = {k: v.format(**paths) for k, v in env.items()}
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(env=env)
+    assert PG_PASSWORD not in str(err.value)
+
+
+def test_min_query_users_must_be_positive() -> None:
+    assert EcrecConfig().min_query_users == 5
+    with pytest.raises(ConfigError, match="min_query_users"):
+        load_config(env={"ECREC_MIN_QUERY_USERS": "0"})

@@ -175,6 +175,40 @@ def test_artifact_corruption_and_incompleteness_raise(trained, tmp_path: Path) -
         load_recommender_dir(d3)
 
 
+def _rewrite_manifest(d: Path, change) -> None:  # noqa: ANN001
+    manifest = json.loads((d / "manifest.json").read_text())
+    change(manifest["files"])
+    (d / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("escape", ["../outside.json", "/etc/hostname", "sub/../../outside.json"])
+def test_manifest_naming_files_outside_the_artifact_is_refused(trained, tmp_path: Path,
+                                                               escape: str) -> None:
+    _, res, _ = trained
+    d = save_recommender(res.model, tmp_path / "m")
+    outside = tmp_path / "outside.json"
+    outside.write_text("{}")
+    digest = __import__("hashlib").sha256(outside.read_bytes()).hexdigest()
+    _rewrite_manifest(d, lambda files: files.update({escape: digest}))
+    with pytest.raises(ArtifactError, match="points outside the artifact folder"):
+        load_recommender_dir(d)
+
+
+def test_links_out_of_the_artifact_and_unlisted_files_are_refused(trained, tmp_path: Path) -> None:
+    _, res, _ = trained
+    d = save_recommender(res.model, tmp_path / "m")
+    secret = tmp_path / "secret.json"
+    secret.write_bytes((d / "vocab.json").read_bytes())  # same bytes: the sha256 still matches
+    (d / "vocab.json").unlink()
+    (d / "vocab.json").symlink_to(secret)
+    with pytest.raises(ArtifactError, match=r"vocab.json is a link to .*outside the artifact"):
+        load_recommender_dir(d)
+    d2 = save_recommender(res.model, tmp_path / "m2")
+    (d2 / "text_encoder" / "pytorch_model.bin").write_bytes(b"not listed")
+    with pytest.raises(ArtifactError, match=r"does not list: \['text_encoder/pytorch_model.bin'\]"):
+        load_recommender_dir(d2)
+
+
 def _mlflow(tmp_path: Path) -> None:
     import mlflow
 

@@ -39,7 +39,10 @@ def test_clean_and_features_on_local_cluster(tmp_path: Path, spark) -> None:
     key_file = tmp_path / "key"
     key_file.write_text(KEY)
     env = {k: v for k, v in os.environ.items() if k != "ECREC_PSEUDO_KEY"}
-    env.update(ECREC_PSEUDO_KEY_FILE=str(key_file), PYTHONPATH=str(REPO), ECREC_SPARK_DRIVER_MEMORY="1g")
+    # 150 users over 2 days: hardly any query reaches the default k of 5 distinct users, and
+    # this test checks that every feature table gets rows (k-anonymity: test_pipeline_features).
+    env.update(ECREC_PSEUDO_KEY_FILE=str(key_file), PYTHONPATH=str(REPO), ECREC_SPARK_DRIVER_MEMORY="1g",
+               ECREC_MIN_QUERY_USERS="1")
 
     for ds in ("2024-01-01", "2024-01-02"):
         run_job(["jobs.clean_events", "--ds", ds, "--lake", str(lake), "--master", MASTER], env)

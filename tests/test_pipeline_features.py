@@ -56,6 +56,7 @@ def events_by_day() -> dict[str, list[tuple]]:
             ev("8", "u2", "view", "c", ts(3, 9), session="s9"),
             ev("9", "u2", "view", "a", ts(3, 9, 1), session="s9"),
             ev("10", "u2", "add_to_cart", "a", ts(3, 9, 2), session="s9", quantity=1),
+            ev("11", "u2", "search", None, ts(3, 8, 30), session="s9", query="jane.doe@example.com"),
         ],
     }
 
@@ -75,7 +76,8 @@ def test_run_features_tables_and_contracts(spark, lake_dir: Path) -> None:
     from ecrec_lib.pipeline.features import run_features
 
     write_lake(spark, lake_dir, events_by_day(), catalog_rows())
-    result = run_features(spark, cfg_for(lake_dir), DS, lookback_days=3)
+    # Tiny fixture: one user per query, so k-anonymity is lowered to 1 through the config.
+    result = run_features(spark, cfg_for(lake_dir, min_query_users=1), DS, lookback_days=3)
     assert result.days_missing == ["2024-01-02"] and result.days_present == ["2024-01-01", DS]
 
     def table(name: str) -> list[dict[str, Any]]:
@@ -120,6 +122,11 @@ def test_run_features_tables_and_contracts(spark, lake_dir: Path) -> None:
 
     pairs = table("search_pairs")
     assert pairs == [{"query": "red polish", "item_id": "b", "clicks": 1, "purchases": 1, "n": 2}]
+    privacy = json.loads((lake_dir / "ops/privacy" / f"ds={DS}" / "search_queries.json").read_text())
+    assert privacy["queries_total"] == 2 and privacy["queries_published"] == 1
+    assert privacy["queries_pii"]["email"] == 1 and privacy["searches_held_back"] == 1
+    assert "jane.doe" not in json.dumps(privacy)  # counts only, never a query
+    assert result.query_privacy == privacy
 
     cooc = {(r["item_id"], r["other_item_id"]): r["count"] for r in table("item_cooccurrence")}
     # u1 [a, b, b] -> (a,b) twice within 3 steps; u2 [c, a, a] -> (c,a) twice
@@ -185,3 +192,41 @@ def test_user_sequences_order_ties_and_latest_context(spark) -> None:
     assert u["last_event_time"] == t + 5 * ms
     assert (u["country"], u["device"]) == ("IT", None)  # newest: (t + 5 ms, e3)
     assert out["v"]["item_ids"] == ["x"] and out["v"]["n_events"] == 1
+
+
+def test_search_pairs_publish_only_k_anonymous_queries_without_pii(spark, lake_dir: Path) -> None:
+    """A query reaches search_pairs only when min_query_users distinct users issued it and it
+    is not shaped like an email, phone or card number, however many users typed it."""
+    from ecrec_lib.pipeline.features import (
+        build_feature_tables,
+        query_privacy_report,
+        query_publication,
+    )
+
+    rows = []
+    searches = {"red polish": ["u1", "u2", "u3"],  # 3 distinct users: published with k=3
+                "blue polish": ["u1", "u1", "u2"],  # 2 distinct users (3 searches): held back
+                "jane.doe@example.com": ["u1", "u2", "u3", "u4"],  # email-shaped: never
+                "+49 171 2345678": ["u1", "u2", "u3"],
+                "4111 1111 1111 1111": ["u1", "u2", "u3"]}
+    n = 0
+    for q, users in searches.items():
+        for u in users:
+            n += 1
+            session = f"s{n}"
+            rows += [ev(f"{n}s", u, "search", None, ts(3, 8, n % 60), session=session, query=q),
+                     ev(f"{n}c", u, "click", "b", ts(3, 9, n % 60), session=session)]
+    events = spark.createDataFrame(rows, CLEAN_EVENT_DDL)
+    catalog = spark.createDataFrame(catalog_rows(), CATALOG_DDL)
+    tables = build_feature_tables(events, catalog, DS, 1, cfg_for(lake_dir, min_query_users=3))
+    pairs = {r["query"]: r["clicks"] for r in tables["search_pairs"].collect()}
+    assert pairs == {"red polish": 3}
+
+    report = query_privacy_report(query_publication(events, 3), DS, 3)
+    assert report["queries_total"] == 5 and report["queries_published"] == 1
+    assert report["queries_below_k"] == 1
+    assert report["queries_pii"] == {"email": 1, "ip": 0, "card": 1, "phone": 1}
+    assert report["searches_held_back"] == 3 + 4 + 3 + 3
+    # with k=2 the two-user query is published too; the PII-shaped ones still are not
+    tables = build_feature_tables(events, catalog, DS, 1, cfg_for(lake_dir, min_query_users=2))
+    assert {r["query"] for r in tables["search_pairs"].collect()} == {"red polish", "blue polish"}

@@ -19,7 +19,7 @@ def published(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("rec")
     write_tiny_lake(root / "lake")
-    cfg = load_config(None, env={}, lake_root=str(root / "lake"), n_related=5,
+    cfg = load_config(None, env={}, lake_root=str(root / "lake"), n_related=5, min_query_users=1,
                       warehouse_url=f"duckdb:///{root}/wh.duckdb")
     score_topk.run(cfg, DS, FakeRecommender(CATALOG), "7", k=5)
     assert publish_scores.run(cfg, DS)

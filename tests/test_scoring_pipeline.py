@@ -24,7 +24,8 @@ def scored(lake_dir: Path):
 
     torch.set_num_threads(1)
     write_tiny_lake(lake_dir)
-    cfg = load_config(None, env={}, lake_root=str(lake_dir), n_related=5)
+    # Tiny fixture: one or two users per query, so k-anonymity is lowered through the config.
+    cfg = load_config(None, env={}, lake_root=str(lake_dir), n_related=5, min_query_users=1)
     summary = score_topk.run(cfg, DS, FakeRecommender(CATALOG), "7", k=5)
     tables = {t: read_table(t, Lake(str(lake_dir)), DS) for t in TABLE_COLUMNS}
     return cfg, summary, tables
@@ -104,6 +105,29 @@ def test_query_topk_uses_most_frequent_queries(scored):
     q = tables["query_topk"]
     assert set(q["query"]) == {"nail polish", "hair oil", "face cream"}
     assert set(q[q["query"] == "nail polish"].head(3)["item_id"]) == {"i01", "i02", "i03"}
+
+
+def test_query_topk_publishes_only_k_anonymous_queries_without_pii(lake_dir: Path) -> None:
+    """With min_query_users=2 the one-user query is held back; an email-shaped query is held
+    back however many users typed it."""
+    import torch
+
+    from tests.scoring_support import _event
+
+    torch.set_num_threads(1)
+    write_tiny_lake(lake_dir)
+    email = [_event(u, "search", None, "jane.doe@example.com", "DE", "mobile", 20 + i)
+             for i, u in enumerate(("u_nails", "u_hair", "u_mixed"))]
+    events = pd.concat([EVENTS, pd.DataFrame(email)], ignore_index=True)
+    part = lake_dir / "clean" / "events" / f"ds={DS}"
+    for f in part.glob("*.parquet"):
+        f.unlink()
+    events.to_parquet(part / "part-0.parquet", index=False)
+    cfg = load_config(None, env={}, lake_root=str(lake_dir), min_query_users=2)
+    score_topk.run(cfg, DS, FakeRecommender(CATALOG), "7", k=5)
+    q = read_table("query_topk", Lake(str(lake_dir)), DS)
+    # nail polish and hair oil: 2 users each; face cream: 1 user; the email: PII
+    assert set(q["query"]) == {"nail polish", "hair oil"}
 
 
 def test_summary_json(scored):

@@ -10,9 +10,11 @@ stopped at the end and no process of the topology may be left.
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import sys
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -55,8 +57,12 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=30) as resp:
+def _json(url: str, auth: tuple[str, str] | None = None) -> dict:
+    req = urllib.request.Request(url)
+    if auth:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        req.add_header("Authorization", f"Basic {token}")
+    with urllib.request.urlopen(req, timeout=30) as resp:
         return json.load(resp)
 
 
@@ -116,12 +122,15 @@ def test_two_nights_on_the_process_topology(topo) -> None:  # noqa: ANN001 - a T
     from ecrec_lib.config import load_config
 
     cfg = load_config(env=env)
+    auth = (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"])
+    with pytest.raises(urllib.error.HTTPError, match="401"):  # basic auth, as in compose
+        _json(f"{topo.mlflow_url}/api/2.0/mlflow/experiments/search?max_results=1")
     model = _json(f"{topo.mlflow_url}/api/2.0/mlflow/registered-models/get?name="
-                  f"{cfg.registered_model_name}")["registered_model"]
+                  f"{cfg.registered_model_name}", auth)["registered_model"]
     aliases = {a["alias"]: a["version"] for a in model.get("aliases", [])}
     assert "champion" in aliases, model
     versions = _json(f"{topo.mlflow_url}/api/2.0/mlflow/model-versions/search?filter="
-                     f"name%3D%27{cfg.registered_model_name}%27")["model_versions"]
+                     f"name%3D%27{cfg.registered_model_name}%27", auth)["model_versions"]
     assert versions and all(v["source"] for v in versions)
     champion = next(v for v in versions if v["version"] == aliases["champion"])
     assert champion["source"].startswith(("mlflow-artifacts:", "models:/")), champion["source"]

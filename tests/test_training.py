@@ -265,3 +265,39 @@ def test_cpu_bf16_warns_on_a_cpu_without_native_bf16(tiny_bert: str, monkeypatch
         with caplog.at_level("WARNING", logger="ecrec_lib.training.trainer"):
             train_two_tower(data, mcfg, train, valid, progress=False)
         assert any("cpu_bf16=false" in r.getMessage() for r in caplog.records) is warned
+
+
+class _CreatesFile:
+    """Unpickling this object creates a file: the harm a crafted checkpoint could do."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):  # noqa: ANN204
+        return (open, (str(self.path), "w"))
+
+
+def test_checkpoint_that_would_run_code_is_refused(tiny_bert: str, tmp_path: Path) -> None:
+    from ecrec_lib.training.trainer import CheckpointError, _checkpoint_key
+
+    data = synthetic_data(n_items=20, n_users=40)
+    train, valid, _ = leave_one_out(data.sequences)
+    mcfg = small_cfg(tiny_bert, epochs=1)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    marker = tmp_path / "pwned"
+    # The right key, so only the safe loader stands between the file and the training task.
+    torch.save({"key": _checkpoint_key(mcfg, data_fingerprint(data)), "epoch": _CreatesFile(marker)},
+               ckpt / "last.pt")
+    with pytest.raises(CheckpointError, match=r"not loaded.*rm .*last\.pt"):
+        train_two_tower(data, mcfg, train, valid, progress=False, checkpoint_dir=str(ckpt))
+    assert not marker.exists()
+
+
+def test_checkpoint_holds_only_tensors_and_plain_data(tiny_bert: str, tmp_path: Path) -> None:
+    data = synthetic_data(n_items=20, n_users=40)
+    train, valid, _ = leave_one_out(data.sequences)
+    train_two_tower(data, small_cfg(tiny_bert, epochs=1), train, valid, progress=False,
+                    checkpoint_dir=str(tmp_path))
+    state = torch.load(tmp_path / "last.pt", weights_only=True)  # raises on anything else
+    assert state["epoch"] == 1 and isinstance(state["history"][0]["loss"], float)

@@ -28,7 +28,7 @@ def scored_lake(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("wh") / "lake"
     for ds in (DS, DS2):
         write_tiny_lake(root, ds)
-        cfg = load_config(None, env={}, lake_root=str(root), n_related=5)
+        cfg = load_config(None, env={}, lake_root=str(root), n_related=5, min_query_users=1)
         score_topk.run(cfg, ds, FakeRecommender(CATALOG, version="7" if ds == DS else "8"),
                        "7" if ds == DS else "8", k=5)
     return root
@@ -182,3 +182,13 @@ def test_each_contract_violation_blocks_publication(table, violation, scored_lak
     err = capfd.readouterr().err
     assert "output contract failed, nothing published" in err
     pd.testing.assert_frame_equal(_all(cfg, table), before)
+
+
+def test_connection_error_names_the_url_without_its_password() -> None:
+    from ecrec_lib.warehouse.backend import WarehouseError
+
+    password = "Pg-S3cret-77"
+    with pytest.raises(WarehouseError, match="cannot connect to PostgreSQL warehouse") as err:
+        connect(f"postgresql://ecrec:{password}@127.0.0.1:1/warehouse", "ecrec")
+    assert password not in str(err.value)
+    assert "postgresql://ecrec:***@127.0.0.1:1/warehouse" in str(err.value)

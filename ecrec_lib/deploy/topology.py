@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -131,6 +132,9 @@ class Topology:
             ECREC_AIRFLOW_HOME=str(self.path("airflow")),
             ECREC_PSEUDO_KEY_FILE=str(self.path("secrets", "pseudo_key")),
             ECREC_SPARK_SUBMIT="1",
+            ECREC_SPARK_AUTH_SECRET=self._secret("spark_auth_secret"),
+            MLFLOW_TRACKING_USERNAME="admin",
+            MLFLOW_TRACKING_PASSWORD=self._secret("mlflow_admin_password"),
             ECREC_TASK_RETRIES="2",
             # Drivers run in the Airflow task processes on this host; executors on the worker
             # must call back to a reachable address and use the same interpreter.
@@ -183,9 +187,22 @@ class Topology:
         return path.read_text().strip()
 
 
+def _mlflow_auth_config(topo: Topology) -> Path:
+    """compose's basic_auth.ini with its user database moved under the topology root."""
+    text = (REPO_ROOT / "docker" / "mlflow" / "basic_auth.ini").read_text()
+    db = topo.path("mlflow-auth", "basic_auth.db")
+    text = re.sub(r"(?m)^database_uri = .*$", f"database_uri = sqlite:///{db}", text)
+    path = topo.path("mlflow-auth", "basic_auth.ini")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
 def services(topo: Topology) -> list[Service]:
     """Every long-running process, in start order."""
     spark_class = str(VENV_BIN / "spark-class")
+    spark_auth = ("-Dspark.authenticate=true "
+                  f"-Dspark.authenticate.secret={topo.ecrec_env()['ECREC_SPARK_AUTH_SECRET']}")
     py = sys.executable
     airflow = str(VENV_BIN / "airflow")
     base = topo.ecrec_env()
@@ -201,7 +218,7 @@ def services(topo: Topology) -> list[Service]:
             name="spark-master",
             argv=(spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
                   "--port", str(topo.ports.spark), "--webui-port", str(topo.ports.spark_ui)),
-            env=base,
+            env={**base, "SPARK_MASTER_OPTS": spark_auth},
             ports={7077: topo.ports.spark, 8080: topo.ports.spark_ui},
             image="apache/spark:4.3.0-scala2.13-java17-python3-ubuntu",
             ready_url=f"{topo.spark_ui_url}/json/",
@@ -211,7 +228,8 @@ def services(topo: Topology) -> list[Service]:
             argv=(spark_class, "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
                   "--cores", "2", "--memory", "4g", "--webui-port", str(topo.ports.worker_ui),
                   topo.spark_master),
-            env={**base, "SPARK_WORKER_DIR": str(topo.path("spark-worker"))},
+            env={**base, "SPARK_WORKER_DIR": str(topo.path("spark-worker")),
+                 "SPARK_WORKER_OPTS": spark_auth},
             ports={8082: topo.ports.worker_ui},
             volumes={"lake": str(topo.path("lake")), "mlartifacts": str(topo.path("mlartifacts"))},
             ready_url=f"http://127.0.0.1:{topo.ports.worker_ui}/json/",
@@ -219,14 +237,19 @@ def services(topo: Topology) -> list[Service]:
         Service(
             name="mlflow",
             argv=(py, "-m", "mlflow", "server", "--host", "127.0.0.1",
-                  "--port", str(topo.ports.mlflow),
+                  "--port", str(topo.ports.mlflow), "--app-name", "basic-auth",
                   "--backend-store-uri", topo.db_url("mlflow", driver="psycopg"),
                   "--artifacts-destination", str(topo.path("mlartifacts")), "--serve-artifacts",
                   "--workers", "1"),
             env={**topo.base_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-                 "MLFLOW_DISABLE_TELEMETRY": "true"},
+                 "MLFLOW_DISABLE_TELEMETRY": "true",
+                 "MLFLOW_AUTH_CONFIG_PATH": str(_mlflow_auth_config(topo)),
+                 "MLFLOW_AUTH_ADMIN_USERNAME": "admin",
+                 "MLFLOW_AUTH_ADMIN_PASSWORD": topo.ecrec_env()["MLFLOW_TRACKING_PASSWORD"],
+                 "MLFLOW_FLASK_SERVER_SECRET_KEY": topo._secret("mlflow_flask_secret_key")},
             ports={5000: topo.ports.mlflow},
-            volumes={"mlartifacts": str(topo.path("mlartifacts"))},
+            volumes={"mlartifacts": str(topo.path("mlartifacts")),
+                     "mlflow-auth": str(topo.path("mlflow-auth"))},
             ready_url=f"{topo.mlflow_url}/health",
         ),
         Service(

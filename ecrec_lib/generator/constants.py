@@ -20,6 +20,10 @@ P_VIEW_CATEGORY = 0.25  # anywhere in the session's top-level category
 P_POOL_BRAND = 0.35  # within a subcategory: the user's preferred brand of that category
 P_POOL_TIER = 0.30  # within a subcategory: the user's price tier
 P_SEARCH_NOUN_POOL = 0.5  # search sessions: views matching the query's noun
+# Query shapes (ecrec_lib.generator.sessions._query): bare noun, adjective + noun, brand + noun,
+# material + noun, noun + variant, subcategory name. Broad queries dominate real search logs;
+# they are the head queries that enough distinct users issue to be published (min_query_users).
+QUERY_TEMPLATE_WEIGHTS = (0.25, 0.08, 0.08, 0.08, 0.06, 0.45)
 
 # --- popularity and catalog --------------------------------------------------------------
 ZIPF_EXPONENT = 1.0  # item weight = rank ** -ZIPF_EXPONENT over a random global ranking

@@ -193,7 +193,7 @@ def simulate_day(
 
     # Queries: words of the target item and its subcategory, lower case as typed.
     q_sess = np.flatnonzero(s_search)
-    templates = rng.integers(0, 6, len(q_sess))
+    templates = rng.choice(len(K.QUERY_TEMPLATE_WEIGHTS), len(q_sess), p=K.QUERY_TEMPLATE_WEIGHTS)
     caps = rng.random(len(q_sess))
     queries = [
         _query(catalog, int(target[s]), int(t), float(c))

@@ -5,7 +5,9 @@ encoder reference or weights, cached item text embeddings, the item matrix, and 
 ``manifest.json`` with the sha256 of every file) and logs it as a custom
 ``mlflow.pyfunc`` model with a signature. ``load_recommender(model_uri)`` verifies the
 manifest and returns a :class:`~ecrec_lib.models.api.Recommender`; a corrupted or
-incomplete artifact raises :class:`ArtifactError` saying which file is wrong.
+incomplete artifact raises :class:`ArtifactError` saying which file is wrong. Nothing is read
+before the manifest checks pass: every file listed, none unlisted, no name or link leading
+out of the artifact folder; weights load with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -98,10 +100,32 @@ def _write_recommender(rec: TwoTowerRecommender, out: Path) -> None:
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
 
+def _member(root: Path, name: str) -> Path:
+    """The file ``name`` of the manifest, refused when it leads out of the artifact folder."""
+    rel = Path(name)
+    if not name or rel.is_absolute() or ".." in rel.parts or "\\" in name:
+        raise ArtifactError(
+            f"model artifact at {root}: manifest entry {name!r} points outside the artifact "
+            "folder (an absolute path or '..'); ecrec never writes such a manifest, so the "
+            "artifact is refused; re-train and re-log the model"
+        )
+    path = root / rel
+    target = path.resolve()
+    if not target.is_relative_to(root.resolve()):
+        raise ArtifactError(
+            f"model artifact at {root}: {name} is a link to {target}, outside the artifact "
+            "folder; the artifact is refused; re-train and re-log the model"
+        )
+    return path
+
+
 def verify_artifact_dir(path: str | Path) -> dict[str, Any]:
-    """Check the manifest: every listed file present with its sha256. Returns the manifest."""
+    """Check the manifest: every listed file inside the folder and present with its sha256,
+    no file that it does not list. Returns the manifest."""
     root = Path(path)
     mpath = root / MANIFEST
+    if mpath.is_symlink():
+        raise ArtifactError(f"model artifact at {root}: {MANIFEST} is a link; the artifact is refused")
     if not mpath.is_file():
         raise ArtifactError(
             f"model artifact at {root} has no {MANIFEST}: it is incomplete or not an ecrec "
@@ -115,11 +139,22 @@ def verify_artifact_dir(path: str | Path) -> dict[str, Any]:
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(f"model artifact at {root} has format {manifest.get('format_version')}, "
                             f"this code reads format {FORMAT_VERSION}")
+    if not isinstance(files, dict):
+        raise ArtifactError(f"model artifact at {root}: {MANIFEST} 'files' must map names to sha256")
     missing = [name for name in REQUIRED_FILES if name not in files]
     if missing:
         raise ArtifactError(f"model artifact at {root} is incomplete: manifest lacks {missing}")
+    members = {name: _member(root, name) for name in files}
+    unlisted = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                      if (p.is_file() or p.is_symlink()) and p != mpath
+                      and p.relative_to(root).as_posix() not in files)
+    if unlisted:
+        raise ArtifactError(
+            f"model artifact at {root} holds files its {MANIFEST} does not list: {unlisted[:10]}; "
+            "they were added after the model was saved, so the artifact is refused"
+        )
     for name, digest in files.items():
-        f = root / name
+        f = members[name]
         if not f.is_file():
             raise ArtifactError(f"model artifact at {root} is incomplete: file {name} is missing")
         if _sha256(f) != digest:

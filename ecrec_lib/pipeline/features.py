@@ -21,7 +21,11 @@ rates fall back to their smoothed priors, ``search_pairs`` is empty with the rig
                        (ties: alphabetical), price band of the user's mean catalog price vs. the
                        catalog price terciles.
 * ``search_pairs``     each click/purchase is attributed to the latest search earlier in the same
-                       (user, session); counts per (normalized query, item).
+                       (user, session); counts per (normalized query, item). Only k-anonymous
+                       queries: issued by at least ``cfg.min_query_users`` distinct users in the
+                       window and not shaped like an email, IP, phone or card number
+                       (:mod:`ecrec_lib.privacy.queries`); what was held back is counted in
+                       ``ops/privacy/ds=D/search_queries.json`` (counts only, never a query).
 * ``item_cooccurrence`` items at most ``COOC_WINDOW`` steps apart in a user's sequence (the
                        user_sequences arrays: sessions are unreliable on real data), symmetric
                        counts, top ``cfg.max_cooccurrence_per_item`` partners per item.
@@ -33,12 +37,13 @@ import datetime as dt
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ecrec_lib import schema as S
 from ecrec_lib.config import EcrecConfig
 from ecrec_lib.lake import FEATURES, Lake, ds_range, parse_ds
 from ecrec_lib.pipeline import io
+from ecrec_lib.privacy import queries as Q
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -47,6 +52,7 @@ log = logging.getLogger(__name__)
 
 COOC_WINDOW = 3  # pair items at most this many steps apart in a user's sequence
 TRENDING_PSEUDO_COUNT = 1.0  # events/day added to both sides of the trending ratio
+QUERY_PRIVACY_FILE = "search_queries.json"  # under ops/privacy/ds=D/
 
 
 @dataclass
@@ -55,6 +61,7 @@ class FeatureResult:
     days_present: list[str]
     days_missing: list[str]
     row_counts: dict[str, int] = field(default_factory=dict)
+    query_privacy: dict[str, Any] = field(default_factory=dict)
 
 
 def _end_of_day(ds: str) -> dt.datetime:
@@ -202,7 +209,52 @@ def user_profiles(events: DataFrame, items: DataFrame, catalog: DataFrame, ds: s
     )
 
 
-def search_pairs(events: DataFrame, catalog: DataFrame) -> DataFrame:
+def query_publication(events: DataFrame, min_users: int) -> DataFrame:
+    """One row per distinct search query of ``events``: ``n_users`` (distinct users who issued
+    it), ``n_searches`` and ``hold_back`` (null when the query may be published, else
+    ``pii_<kind>`` or ``below_k``; the same rules as :func:`ecrec_lib.privacy.queries.hold_back_reason`)."""
+    from pyspark.sql import functions as F
+
+    q = F.col("query")
+    card_like = F.length(F.regexp_replace(F.regexp_extract(q, Q.LONG_NUMBER_PATTERN, 0), r"\D", "")) \
+        >= Q.CARD_MIN_DIGITS
+    reason = (
+        F.when(q.rlike(Q.EMAIL_PATTERN), F.lit("pii_email"))
+        .when(q.rlike(Q.IPV4_PATTERN), F.lit("pii_ip"))
+        .when(q.rlike(Q.LONG_NUMBER_PATTERN), F.when(card_like, "pii_card").otherwise("pii_phone"))
+        .when(F.col("n_users") < min_users, F.lit("below_k"))
+    )
+    return (
+        events.where((F.col("event_type") == "search") & q.isNotNull())
+        .groupBy("query")
+        .agg(F.countDistinct("user_key").alias("n_users"),
+             F.count(F.lit(1)).cast("long").alias("n_searches"))
+        .withColumn("hold_back", reason)
+    )
+
+
+def query_privacy_report(publication: DataFrame, ds: str, min_users: int) -> dict[str, Any]:
+    """What :func:`query_publication` held back, as counts (never a query's text)."""
+    from pyspark.sql import functions as F
+
+    rows = (publication.groupBy("hold_back")
+            .agg(F.count(F.lit(1)).alias("queries"), F.sum("n_searches").alias("searches"))
+            .collect())
+    by = {r["hold_back"]: (int(r["queries"]), int(r["searches"] or 0)) for r in rows}
+    held = {k: v for k, v in by.items() if k is not None}
+    return {
+        "ds": ds,
+        "min_query_users": min_users,
+        "queries_total": sum(v[0] for v in by.values()),
+        "queries_published": by.get(None, (0, 0))[0],
+        "queries_below_k": by.get("below_k", (0, 0))[0],
+        "queries_pii": {kind: by.get(f"pii_{kind}", (0, 0))[0] for kind in Q.PII_KINDS},
+        "searches_held_back": sum(v[1] for v in held.values()),
+    }
+
+
+def search_pairs(events: DataFrame, catalog: DataFrame, min_query_users: int) -> DataFrame:
+    """(query, item) click/purchase counts for the queries :func:`query_publication` allows."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -215,9 +267,11 @@ def search_pairs(events: DataFrame, catalog: DataFrame) -> DataFrame:
     attributed = rel.withColumn("query", F.last("q", ignorenulls=True).over(w)).where(
         F.col("event_type").isin("click", "purchase") & F.col("query").isNotNull()
     )
+    allowed = query_publication(events, min_query_users).where(F.col("hold_back").isNull())
     items = catalog.select("item_id")
     return (
-        attributed.join(F.broadcast(items), "item_id", "inner")
+        attributed.join(allowed.select("query"), "query", "left_semi")
+        .join(F.broadcast(items), "item_id", "inner")
         .groupBy("query", "item_id")
         .agg(
             F.count(F.when(F.col("event_type") == "click", 1)).cast("long").alias("clicks"),
@@ -282,7 +336,7 @@ def build_feature_tables(events: DataFrame, catalog: DataFrame, ds: str, days_pr
         "user_sequences": seq,
         "item_stats": item_stats(items, catalog, ds, days_present, cfg),
         "user_profiles": user_profiles(events, items, catalog, ds),
-        "search_pairs": search_pairs(events, catalog),
+        "search_pairs": search_pairs(events, catalog, cfg.min_query_users),
         "item_cooccurrence": item_cooccurrence(seq, cfg.max_cooccurrence_per_item),
     }
 
@@ -351,6 +405,11 @@ def run_features(spark: SparkSession, cfg: EcrecConfig, ds: str,
             raise
         for name in FEATURES:
             io.publish(spark, lake.features(name, ds))
+        # Counts of the queries search_pairs held back, for the night's report.
+        privacy = query_privacy_report(query_publication(events, cfg.min_query_users), ds,
+                                       cfg.min_query_users)
+        io.write_json(spark, f"{lake.ops('privacy', ds)}/{QUERY_PRIVACY_FILE}", privacy)
+        result.query_privacy = privacy
     finally:
         for df in (*shared, events, catalog):
             df.unpersist()

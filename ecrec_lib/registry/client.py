@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ecrec_lib.config import EcrecConfig
+from ecrec_lib.privacy.secrets import redact_text
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -49,7 +50,11 @@ KEY_METRICS = (
 
 
 class RegistryError(RuntimeError):
-    """The registry cannot do what was asked; the message says why and how to fix it."""
+    """The registry cannot do what was asked; the message says why and how to fix it
+    (credentials in URIs redacted)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact_text(message))
 
 
 class RegistryUnreachableError(RegistryError):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ecrec_lib.config import EcrecConfig
 from ecrec_lib.model_card import render_model_card
+from ecrec_lib.privacy.secrets import redact_text
 from ecrec_lib.registry import client as reg
 from ecrec_lib.registry import records
 
@@ -322,7 +323,8 @@ def run_gate(
         except InvalidArtifactError as exc:
             d.decision = INVALID_ARTIFACT
             d.reasons.append(f"{role}: {exc}")
-            client.set_model_version_tag(name, str(mv.version), "artifact_invalid", str(exc)[:5000])
+            client.set_model_version_tag(name, str(mv.version), "artifact_invalid",
+                                          redact_text(str(exc))[:5000])
             _record_gate(client, cfg, d)
             raise
         del model  # one model in memory at a time

@@ -21,6 +21,7 @@ import pandas as pd
 
 from ecrec_lib.config import EcrecConfig
 from ecrec_lib.lake import Lake, is_local
+from ecrec_lib.privacy.secrets import redact, redact_text
 from ecrec_lib.tracking import artifact_location
 
 if TYPE_CHECKING:
@@ -142,7 +143,7 @@ def _flat_params(record: Mapping[str, Any]) -> dict[str, str]:
     out = {}
     for key, value in record.items():
         if isinstance(value, str | int | float | bool) or value is None:
-            out[key] = str(value)[:6000]
+            out[key] = redact_text(str(value))[:6000]
     return out
 
 
@@ -171,7 +172,8 @@ def log_decision_run(
             for key, value in values.items():
                 safe = key.replace("@", "_at_")
                 client.log_metric(run_id, f"{model}.{safe}", float(value))
-        client.log_text(run_id, json.dumps(record, indent=2, sort_keys=True), "decision.json")
+        client.log_text(run_id, json.dumps(redact(dict(record)), indent=2, sort_keys=True),
+                        "decision.json")
     finally:
         client.set_terminated(run_id, "FINISHED")
     return run_id

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from ecrec_lib.config import EcrecConfig
 from ecrec_lib.lake import Lake, is_local, parse_ds
 from ecrec_lib.models.api import Recommender, UserHistory
+from ecrec_lib.privacy.queries import hold_back_reason
 from ecrec_lib.schema import ITEM_RELATED_COLUMNS, QUERY_TOPK_COLUMNS, USER_TOPK_COLUMNS
 from ecrec_lib.scoring import cold_start
 from ecrec_lib.scoring.rerank import BlendWeights, blend_and_cap, normalized_popularity, reasons
@@ -50,6 +51,7 @@ class ScoringParams:
     precision: str = "fp32"
     n_related: int = 20
     n_queries: int = 200
+    min_query_users: int = 5  # k-anonymity of published queries (EcrecConfig.min_query_users)
 
     @classmethod
     def from_config(cls, cfg: EcrecConfig, k: int | None = None, **kw: object) -> ScoringParams:
@@ -62,6 +64,7 @@ class ScoringParams:
             device=cfg.device,
             n_related=cfg.n_related,
             n_queries=cfg.n_queries,
+            min_query_users=cfg.min_query_users,
             **kw,  # type: ignore[arg-type]
         )
 
@@ -350,14 +353,26 @@ def item_related(
     )[list(ITEM_RELATED_COLUMNS)]
 
 
-def top_queries(events: pd.DataFrame | None, n: int) -> list[str]:
-    """The day's n most frequent normalized search queries (ties: alphabetical)."""
+def top_queries(events: pd.DataFrame | None, n: int, min_users: int) -> list[str]:
+    """The day's n most frequent normalized search queries (ties: alphabetical) among those
+    that may be published: issued by at least ``min_users`` distinct users and not shaped like
+    personal data (:func:`ecrec_lib.privacy.queries.hold_back_reason`, the rule search_pairs
+    follows too)."""
     if events is None or events.empty or "query" not in events.columns:
         return []
-    q = events.loc[(events["event_type"] == "search") & events["query"].notna(), "query"]
-    q = q.astype(str).str.strip()
-    counts = q[q != ""].value_counts()
-    counts = counts.rename_axis("query").reset_index(name="n")
+    searches = events.loc[(events["event_type"] == "search") & events["query"].notna(),
+                          ["query", "user_key"]]
+    searches = searches.assign(query=searches["query"].astype(str).str.strip())
+    searches = searches[searches["query"] != ""]
+    counts = searches.groupby("query").agg(n=("user_key", "size"), users=("user_key", "nunique"))
+    reasons = pd.Series([hold_back_reason(q, int(u), min_users)
+                         for q, u in zip(counts.index, counts["users"], strict=True)],
+                        index=counts.index, dtype=object)
+    if reasons.notna().any():
+        # Counts only: a held-back query must not reach the logs either.
+        log.info("query_topk: %d of %d queries held back (%s)", int(reasons.notna().sum()),
+                 len(counts), reasons.value_counts().to_dict())
+    counts = counts[reasons.isna()].reset_index()
     counts = counts.sort_values(["n", "query"], ascending=[False, True], kind="stable")
     return counts["query"].head(n).tolist()
 
@@ -430,7 +445,8 @@ def score_all(
     related = item_related(ds, items, inputs.cooccurrence, params)
     timings["item_related_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    queries = query_topk(ds, model, items, top_queries(inputs.events, params.n_queries), params)
+    queries = query_topk(ds, model, items,
+                         top_queries(inputs.events, params.n_queries, params.min_query_users), params)
     timings["query_topk_s"] = time.perf_counter() - t
     tables = {
         "user_topk": user_topk,

@@ -20,13 +20,16 @@ Every prefix of every training sequence predicts its next item in one pass (caus
 transformer), and the softmax runs over the whole catalog for the valid positions only, in
 cache-sized chunks (:func:`ecrec_lib.training.losses.catalog_cross_entropy`). Reproducible:
 same seed and data -> same loss history on CPU; an interrupted run resumes from
-``checkpoint_dir/last.pt`` to the same result.
+``checkpoint_dir/last.pt`` to the same result. The checkpoint holds only tensors and plain
+containers and is read with ``torch.load(weights_only=True)``: whoever can write to the lake
+must not be able to run code in the training task through a crafted pickle.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import pickle
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +60,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "CheckpointError",
     "ModelConfig",
     "NaNLossError",
     "TrainResult",
@@ -70,6 +74,38 @@ CHECKPOINT_NAME = "last.pt"
 
 class NaNLossError(FloatingPointError):
     """The loss became NaN/inf: training stopped and nothing may be registered."""
+
+
+class CheckpointError(RuntimeError):
+    """A training checkpoint holds something other than tensors and plain data: not loaded."""
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as tensors and plain Python containers and scalars only (numpy scalars become
+    Python numbers), so that ``torch.load(weights_only=True)`` reads it back."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.array(value))
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"training checkpoint {path} holds objects other than tensors and plain data, so "
+            "this trainer did not write it (or it was altered); it is not loaded, because "
+            f"unpickling it could run code ({str(exc).splitlines()[0][:200]}). Find out who "
+            f"wrote it, then delete it to train from scratch: rm {path}"
+        ) from None
 
 
 @dataclass
@@ -359,7 +395,7 @@ def train_two_tower(
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
     key = _checkpoint_key(mcfg, fingerprint)
     if ckpt_path is not None and ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        state = _load_checkpoint(ckpt_path, device)
         if state.get("key") == key:
             model.load_state_dict(state["model"])
             if trainable_text and state.get("text") is not None:
@@ -563,12 +599,12 @@ def train_two_tower(
         if ckpt_path is not None:
             ckpt_path.parent.mkdir(parents=True, exist_ok=True)
             tmp = ckpt_path.with_suffix(".tmp")
-            torch.save({
+            torch.save(_plain({
                 "key": key, "epoch": epoch, "model": _state_copy(model),
                 "text": _state_copy(encoder) if trainable_text else None,
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "history": history, "best": best, "bad_epochs": bad_epochs,
-            }, tmp)
+            }), tmp)
             tmp.replace(ckpt_path)  # atomic: an interruption never leaves half a checkpoint
         if valid_eval is not None and bad_epochs >= mcfg.patience:
             log.info("early stop after epoch %d (best epoch %d)", epoch, best["epoch"])

@@ -16,11 +16,17 @@ from typing import Any
 
 import pandas as pd
 
+from ecrec_lib.privacy.secrets import redact_text
+
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class WarehouseError(RuntimeError):
-    """The warehouse cannot be reached or used; the message names the URL and the fix."""
+    """The warehouse cannot be reached or used; the message names the URL (credentials
+    redacted) and the fix."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact_text(message))
 
 
 def ident(name: str) -> str:
@@ -148,7 +154,7 @@ class PostgresWarehouse(Warehouse):
             self.con = psycopg.connect(url, autocommit=True, connect_timeout=10)
         except psycopg.Error as exc:
             raise WarehouseError(
-                f"cannot connect to PostgreSQL warehouse {_redact(url)}: {exc}; check "
+                f"cannot connect to PostgreSQL warehouse {url}: {exc}; check "
                 "warehouse_url (ECREC_WAREHOUSE_URL) and that the server is running"
             ) from None
 
@@ -186,10 +192,6 @@ class PostgresWarehouse(Warehouse):
 
     def close(self) -> None:
         self.con.close()
-
-
-def _redact(url: str) -> str:
-    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
 
 
 def connect(url: str, schema: str, read_only: bool = False) -> Warehouse:
