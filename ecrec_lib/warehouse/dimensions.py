@@ -87,10 +87,11 @@ NIGHT_COMMENTS = {
 SCORE_COMMENTS = {
     "user_topk": "Ranking score, non-increasing with rank; compare only within one user's list "
     "of one night. two_tower rows: the model's cosine similarity (-1..1) with the co-occurrence "
-    "blend added in log space (tau*log terms: the product-of-experts blend pushes items without "
-    "co-occurrence evidence below -1, the mixture lifts co-bought items above 1), plus "
-    "0.05 x conversion rate and 0.05 x normalized popularity; it is unbounded, typically "
-    "about -3..2. Trending rows (cold start): the trending score of the trending table (> 0).",
+    "blend added on the same scale (tau*log terms), plus 0.05 x conversion rate and 0.05 x "
+    "normalized popularity. It is unbounded: the product-of-experts blend pulls items with "
+    "little co-occurrence evidence below their cosine (top-100 scores down to about -1.7 to "
+    "-2), the mixture lifts co-bought items above 1 (up to about 1 + tau*log(catalog size), "
+    "about 1.1-1.2 in practice). Trending rows (cold start): the trending score (> 0).",
     "item_related": "Similarity of the related item to item_id: cosine similarity of the item "
     "embeddings (-1..1) + 0.1 x normalized co-occurrence count (0..1), so -1..1.1; "
     "non-increasing with rank.",
