@@ -203,7 +203,7 @@ def ecrec_nightly() -> None:
 
     @task
     def report() -> None:
-        """Write ops/report/ds=<ds>/report.md|json and print it here."""
+        """Write ops/report/ds=<ds>/report.md|json|html (plots; also logged to MLflow) and print it."""
         _run("daily_report")
 
     decision = decide_training()

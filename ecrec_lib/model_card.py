@@ -136,6 +136,12 @@ def render_model_card(
     ]
     if decision:
         lines.append(f"- **Promotion decision**: {decision}")
+    if holdout:
+        # First: the side-by-side comparison on the newest data is what a reviewer decides on.
+        lines += ["", "## Promotion gate: newest holdout", ""]
+        names = list(holdout)
+        hkeys = sorted({k for m in holdout.values() for k in m})
+        lines += _table(["metric", *names], [[k, *(holdout[n].get(k) for n in names)] for k in hkeys])
     lines += ["", "## Data window", ""]
     if data_window:
         lines += _table(["key", "value"], sorted(data_window.items()))
@@ -174,12 +180,6 @@ def render_model_card(
             lines += ["", "There was no champion when this version was registered."]
     else:
         lines.append("The training run logged no test metrics.")
-
-    if holdout:
-        lines += ["", "## Promotion gate: newest holdout", ""]
-        names = list(holdout)
-        hkeys = sorted({k for m in holdout.values() for k in m})
-        lines += _table(["metric", *names], [[k, *(holdout[n].get(k) for n in names)] for k in hkeys])
 
     lines += ["", "## Cold start", ""]
     if cold_start_metrics:

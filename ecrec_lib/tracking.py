@@ -17,6 +17,14 @@ from ecrec_lib.privacy.secrets import redact
 log = logging.getLogger(__name__)
 
 MAX_PARAM_CHARS = 500  # MLflow's limit on a param value
+NOTE_TAG = "mlflow.note.content"  # what the MLflow UI shows as an experiment's description
+TRAINING_EXPERIMENT_DESCRIPTION = (
+    "ecrec training runs: one per nightly `train_encoders` (run name `train-<ds>`), with the "
+    "full config, the data window and fingerprint, per-epoch curves, the test-split metrics "
+    "against popularity and item-kNN, and the logged two-tower model. A registered run carries "
+    "the tag `registered_model_version` and its model card; the promotion gate's runs (in the "
+    "`-promotion` experiment) are its children (tag `latest_decision_run_id`)."
+)
 
 
 def git_commit(repo_dir: str | Path | None = None) -> str:
@@ -37,10 +45,12 @@ def flatten_params(prefix: str, values: Mapping[str, Any]) -> dict[str, str]:
 
 
 def configure_mlflow(tracking_uri: str, experiment: str, artifact_root: str = "",
-                     registry_uri: str = "") -> str:
+                     registry_uri: str = "",
+                     description: str = TRAINING_EXPERIMENT_DESCRIPTION) -> str:
     """Point MLflow at ``tracking_uri`` and make sure ``experiment`` exists; returns its id.
 
     A new experiment stores artifacts under ``artifact_root`` when given (local dir or URI).
+    ``description`` is set when the experiment has none (one edited in the UI stays).
     """
     import mlflow
 
@@ -54,6 +64,8 @@ def configure_mlflow(tracking_uri: str, experiment: str, artifact_root: str = ""
         exp_id = mlflow.create_experiment(experiment, artifact_location=location)
     else:
         exp_id = exp.experiment_id
+    if description and not (exp is not None and (exp.tags or {}).get(NOTE_TAG)):
+        mlflow.MlflowClient().set_experiment_tag(exp_id, NOTE_TAG, description)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 

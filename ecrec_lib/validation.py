@@ -1,12 +1,17 @@
 """Run Great Expectations (1.x) suites on Spark DataFrames and enforce their severities.
 
 * :func:`run_suite` validates a pyspark DataFrame with an ephemeral GX context and the Spark
-  datasource (no GX project on disk): ``BOOLEAN_ONLY`` for the whole suite, then ``SUMMARY``
-  (a few unexpected values) for the failed expectations only.
+  datasource (no GX project on disk): ``BASIC`` without examples for the whole suite (observed
+  values and unexpected counts of every expectation), then ``SUMMARY`` (a few unexpected
+  values) for the failed expectations only.
 * Each expectation's ``meta["severity"]`` is ``critical`` (default when absent) or ``warning``.
 * :func:`store_outcome` writes ``results.json`` (the full GX result) and ``index.html`` (a
   small self-contained report rendered here: GX 1.x's Data Docs need a file-backed context and
   a checkpoint action, too heavy for every nightly suite) under ``ops/validation/ds=D/<dataset>/``.
+  Example values of personal-data columns (the raw user id, PII fields, and the pseudonym
+  column, which holds whatever a broken upstream put there) are withheld from both.
+* :func:`write_index` writes ``ops/validation/index.html``: every stored suite run, by day
+  and dataset, linking to its page.
 * :func:`enforce` logs warnings and raises :class:`DataContractError` with a readable summary
   (expectation, column, observed value, offending examples) when a critical one failed.
 """
@@ -19,7 +24,9 @@ import json
 import logging
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -28,6 +35,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_EXAMPLES = 5
+# Columns whose example values never go to the stored pages: the raw id and PII fields
+# (schema.PII_FIELDS), and user_key, which holds whatever a broken upstream wrote into it.
+SENSITIVE_COLUMNS = frozenset({"user_id", "user_key", "ip", "email", "user_agent", "phone",
+                               "name", "address"})
+WITHHELD = "[withheld: personal-data column]"
 _PRELOAD: threading.Thread | None = None  # see preload_in_background
 
 
@@ -185,10 +197,11 @@ def run_suite(df: DataFrame, suite: Any, dataset: str, ds: str | None = None) ->
     """Validate ``df`` against ``suite`` (a ``gx.ExpectationSuite``); never raises on failures.
 
     Two passes, same verdicts as one SUMMARY run: the whole suite first with
-    ``result_format=BOOLEAN_ONLY`` (GX then skips the per-expectation queries for unexpected
-    values, which on Spark cost a full scan each), then only the failed expectations again with
-    ``SUMMARY`` for the readable message (observed value, counts, examples). Passing
-    expectations therefore carry no ``observed`` value in the stored result.
+    ``result_format=BASIC`` and ``partial_unexpected_count=0``, then only the failed expectations
+    again with ``SUMMARY`` for the readable message (examples). BASIC returns the observed value
+    and unexpected count GX computed for the verdict anyway (BOOLEAN_ONLY drops them, leaving the
+    pages empty); with a count of 0 its per-expectation query for unexpected values is a
+    ``LIMIT 0``, which Spark answers without reading the data.
     """
     import great_expectations as gx
 
@@ -202,7 +215,9 @@ def run_suite(df: DataFrame, suite: Any, dataset: str, ds: str | None = None) ->
     batch_def = asset.add_batch_definition_whole_dataframe(f"{dataset}_whole")
     suite = context.suites.add_or_update(suite)
     batch = batch_def.get_batch(batch_parameters={"dataframe": df})
-    result = batch.validate(suite, result_format={"result_format": "BOOLEAN_ONLY"})
+    result = batch.validate(
+        suite, result_format={"result_format": "BASIC", "partial_unexpected_count": 0}
+    )
     results = list(result.results)
     failed = [i for i, r in enumerate(results) if not r.success]
     if failed:
@@ -235,31 +250,76 @@ def _cfg_key(cfg: Any) -> str:
     return json.dumps([cfg.type, kwargs, cfg.meta or {}], sort_keys=True, default=str)
 
 
+def _gx_column(res: Mapping[str, Any]) -> str | None:
+    return ((res.get("expectation_config") or {}).get("kwargs") or {}).get("column")
+
+
+def redacted(outcome: SuiteOutcome) -> SuiteOutcome:
+    """A copy without example values of :data:`SENSITIVE_COLUMNS` (what the stored pages get).
+
+    Counts and percentages stay; the values (``examples``, GX's ``partial_unexpected_*``
+    lists, a listed observed value) are replaced by :data:`WITHHELD`.
+    """
+    results = []
+    for r in outcome.results:
+        if r.column in SENSITIVE_COLUMNS:
+            observed = r.observed if isinstance(r.observed, int | float | bool) else (
+                None if r.observed is None else WITHHELD)
+            r = replace(r, examples=[WITHHELD] if r.examples else [], observed=observed,
+                        details=None)
+        results.append(r)
+    gx_result = copy.deepcopy(outcome.gx_result)
+    for res in gx_result.get("results", []):
+        if _gx_column(res) in SENSITIVE_COLUMNS:
+            body = res.get("result") or {}
+            for key in ("partial_unexpected_list", "partial_unexpected_counts",
+                        "partial_unexpected_index_list", "unexpected_list", "details"):
+                if key in body:
+                    body[key] = [WITHHELD]
+            if "observed_value" in body and not isinstance(body["observed_value"],
+                                                           int | float | bool | None):
+                body["observed_value"] = WITHHELD
+    return SuiteOutcome(outcome.dataset, outcome.ds, results, gx_result)
+
+
+def _observed_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=str)[:300]
+    return str(value)
+
+
 def render_html(outcome: SuiteOutcome) -> str:
-    """A self-contained HTML report of one suite run (Data Docs-like, no JS)."""
+    """A self-contained HTML report of one suite run (Data Docs-like, no JS).
+
+    Render :func:`redacted` outcomes only: the page shows example values as they are.
+    """
     esc = html.escape
     status = "PASSED" if outcome.success else "FAILED"
     rows = []
     for r in sorted(outcome.results, key=lambda r: (r.success, r.severity != "critical")):
         cls = "ok" if r.success else ("crit" if r.severity != "warning" else "warn")
-        observed = r.error or (r.observed if r.observed is not None else "")
+        observed = r.error or _observed_text(r.observed)
         unexpected = "" if r.unexpected_count is None else f"{r.unexpected_count} ({r.unexpected_percent or 0:.2f}%)"
         kwargs = {k: v for k, v in r.kwargs.items() if k not in {"column"}}
         rows.append(
             f"<tr class='{cls}'><td>{'✔' if r.success else '✘'}</td><td>{esc(r.severity)}</td>"
             f"<td>{esc(r.expectation)}</td><td>{esc(str(r.column or ''))}</td>"
             f"<td><code>{esc(json.dumps(kwargs, default=str))}</code></td>"
-            f"<td>{esc(str(observed))}</td><td>{esc(unexpected)}</td>"
+            f"<td>{esc(observed)}</td><td>{esc(unexpected)}</td>"
             f"<td><code>{esc(json.dumps(r.examples, default=str))}</code></td><td>{esc(r.why)}</td></tr>"
         )
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{esc(outcome.dataset)} ds={esc(str(outcome.ds))}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px;vertical-align:top}}
-tr.crit{{background:#fdd}}tr.warn{{background:#ffe9b3}}tr.ok{{background:#efe}}</style></head>
-<body><h1>Validation: {esc(outcome.dataset)} &mdash; ds={esc(str(outcome.ds))} &mdash; {status}</h1>
+<style>{_CSS}</style></head>
+<body><p><a href="../../index.html">&larr; all validation runs</a></p>
+<h1>Validation: {esc(outcome.dataset)} &mdash; ds={esc(str(outcome.ds))} &mdash; {status}</h1>
 <p>{len(outcome.results)} expectations, {len(outcome.critical_failures)} critical failure(s),
-{len(outcome.warnings)} warning(s). Full result: <a href="results.json">results.json</a>.</p>
+{len(outcome.warnings)} warning(s). Full result: <a href="results.json">results.json</a>.
+Example values of personal-data columns are withheld.</p>
 <table><tr><th></th><th>severity</th><th>expectation</th><th>column</th><th>arguments</th>
 <th>observed</th><th>unexpected</th><th>examples</th><th>why</th></tr>
 {''.join(rows)}
@@ -267,12 +327,100 @@ tr.crit{{background:#fdd}}tr.warn{{background:#ffe9b3}}tr.ok{{background:#efe}}<
 """
 
 
+_CSS = """body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}
+td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px;vertical-align:top}
+tr.crit,td.crit{background:#fdd}tr.warn,td.warn{background:#ffe9b3}tr.ok,td.ok{background:#efe}"""
+
+
 def store_outcome(spark: SparkSession, outcome: SuiteOutcome, out_dir: str) -> None:
-    """Write ``results.json`` and ``index.html`` for one suite run under ``out_dir``."""
+    """Write ``results.json`` and ``index.html`` for one suite run under ``out_dir``
+    (personal-data example values withheld, see :func:`redacted`)."""
     from ecrec_lib.pipeline.io import write_json, write_text
 
-    write_json(spark, f"{out_dir}/results.json", outcome.to_dict())
-    write_text(spark, f"{out_dir}/index.html", render_html(outcome))
+    safe = redacted(outcome)
+    write_json(spark, f"{out_dir}/results.json", safe.to_dict())
+    write_text(spark, f"{out_dir}/index.html", render_html(safe))
+
+
+# ------------------------------------------------------------------ the index across days
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One stored suite run, as the index shows it."""
+
+    ds: str
+    dataset: str
+    success: bool
+    n_expectations: int
+    critical_failures: int
+    warnings: int
+    rows: int | None  # observed row count, when the suite checks it
+
+
+def index_entry(ds: str, dataset: str, stored: Mapping[str, Any]) -> IndexEntry:
+    """An index entry from a stored ``results.json``."""
+    rows = next((r.get("observed") for r in stored.get("results", [])
+                 if r.get("expectation") == "expect_table_row_count_to_be_between"
+                 and isinstance(r.get("observed"), int)), None)
+    return IndexEntry(ds, dataset, bool(stored.get("success")), int(stored.get("n_expectations", 0)),
+                      int(stored.get("critical_failures", 0)), int(stored.get("warnings", 0)), rows)
+
+
+def render_index(entries: list[IndexEntry]) -> str:
+    """``ops/validation/index.html``: days (newest first) x datasets, each cell linking to its
+    page, with the verdict, failures, warnings and row count."""
+    esc = html.escape
+    days = sorted({e.ds for e in entries}, reverse=True)
+    datasets = sorted({e.dataset for e in entries})
+    cell = {(e.ds, e.dataset): e for e in entries}
+    head = "".join(f"<th>{esc(d)}</th>" for d in datasets)
+    body = []
+    for day in days:
+        tds = []
+        for name in datasets:
+            e = cell.get((day, name))
+            if e is None:
+                tds.append("<td></td>")
+                continue
+            cls = "ok" if e.success and not e.warnings else ("warn" if e.success else "crit")
+            verdict = "passed" if e.success else f"FAILED ({e.critical_failures} critical)"
+            extra = f", {e.warnings} warning(s)" if e.warnings else ""
+            rows = f"<br>{e.rows:,} rows" if e.rows is not None else ""
+            tds.append(f"<td class='{cls}'><a href='ds={esc(day)}/{esc(name)}/index.html'>"
+                       f"{verdict}</a>{extra}{rows}</td>")
+        body.append(f"<tr><th>{esc(day)}</th>{''.join(tds)}</tr>")
+    n_failed = sum(not e.success for e in entries)
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>ecrec data validation</title><style>{_CSS}</style></head>
+<body><h1>Data validation: every suite run</h1>
+<p>{len(entries)} suite runs over {len(days)} day(s) and {len(datasets)} dataset(s);
+{n_failed} failed. Each cell links to the run's page.</p>
+<table><tr><th>ds</th>{head}</tr>
+{''.join(body)}
+</table></body></html>
+"""
+
+
+def write_index(validation_root: str | Path) -> Path:
+    """Scan ``<root>/ds=*/<dataset>/results.json`` and write ``<root>/index.html`` atomically
+    (local lake only); returns its path."""
+    root = Path(str(validation_root).removeprefix("file://"))
+    entries = []
+    for path in sorted(root.glob("ds=*/*/results.json")):
+        try:
+            stored = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON ({exc}); re-run the job that wrote it "
+                             "or delete the file") from None
+        entries.append(index_entry(path.parent.parent.name.removeprefix("ds="),
+                                   path.parent.name, stored))
+    root.mkdir(parents=True, exist_ok=True)
+    out = root / "index.html"
+    tmp = root / ".index.html.tmp"
+    tmp.write_text(render_index(entries))
+    tmp.replace(out)
+    return out
 
 
 def enforce(outcome: SuiteOutcome) -> None:

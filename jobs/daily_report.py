@@ -1,14 +1,18 @@
 """The nightly run's report: rows per table, model versions and decisions, key metrics.
 
-    python -m jobs.daily_report --ds 2024-01-02 [--lake ./lake] [--config F]
+    python -m jobs.daily_report --ds 2024-01-02 [--nights 14] [--no-mlflow] [--lake ./lake]
     python -m jobs.daily_report --summary            # one line per reported ds + registry
 
 Gathers what the night's jobs recorded under ``ops/`` (reconciliation, search queries held
 back for privacy, training decision, training summary, promotion decision, scoring summary,
 feedback), counts the rows of the
 lake score partitions and of the warehouse tables for ``ds``, writes
-``ops/report/ds=D/report.md`` and ``report.json`` and prints the Markdown (it lands in
-the Airflow task log). Missing pieces are reported as missing, never invented.
+``ops/report/ds=D/report.md``, ``report.json`` and ``report.html`` (plots of the last
+``--nights`` nights: quarantine by reason, feedback metrics, drift, model metric by version,
+embedded so the file stands alone; :mod:`ecrec_lib.reporting`), refreshes the validation
+index ``ops/validation/index.html``, logs the three files to an MLflow run ``report-<ds>``
+in ``<experiment>-reports`` and prints the Markdown (it lands in the Airflow task log).
+Missing pieces are reported as missing, never invented.
 """
 
 from __future__ import annotations
@@ -280,11 +284,56 @@ def summary(cfg: EcrecConfig) -> str:
     return "\n".join(lines)
 
 
+def log_report_run(cfg: EcrecConfig, ds: str, files: list[Path]) -> str:
+    """Log the report files to the run ``report-<ds>`` of ``<experiment>-reports`` (the same
+    run when the night is re-reported); returns its id. Raises RegistryError when MLflow's
+    store cannot be reached."""
+    from mlflow.tracking import MlflowClient
+
+    from ecrec_lib.registry.client import check_reachable
+    from ecrec_lib.registry.records import ensure_experiment
+    from ecrec_lib.reporting import REPORT_EXPERIMENT_DESCRIPTION, REPORT_EXPERIMENT_SUFFIX
+
+    check_reachable(cfg.mlflow_tracking_uri)
+    client = MlflowClient(tracking_uri=cfg.mlflow_tracking_uri)
+    exp_id = ensure_experiment(client, cfg, cfg.mlflow_experiment + REPORT_EXPERIMENT_SUFFIX,
+                               REPORT_EXPERIMENT_DESCRIPTION)
+    found = client.search_runs([exp_id], f"tags.ds = '{ds}'", max_results=1)
+    run_id = found[0].info.run_id if found else client.create_run(
+        exp_id, run_name=f"report-{ds}", tags={"ds": ds}).info.run_id
+    status = "FAILED"
+    try:
+        for path in files:
+            client.log_artifact(run_id, str(path))
+        status = "FINISHED"
+    finally:
+        client.set_terminated(run_id, status)
+    return run_id
+
+
+def write_html_report(cfg: EcrecConfig, report: dict[str, Any], markdown: str, nights: int,
+                      out_dir: Path) -> Path:
+    """report.html (atomically) and the validation index; returns the report's path."""
+    from ecrec_lib.reporting import collect_history, render_html
+    from ecrec_lib.validation import write_index
+
+    page = render_html(report, collect_history(cfg, report["ds"], nights), markdown)
+    tmp = out_dir / ".report.html.tmp"
+    tmp.write_text(page)
+    tmp.replace(out_dir / "report.html")
+    write_index(Lake(cfg.lake_root).dataset("ops", "validation"))
+    return out_dir / "report.html"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ds", help="logical date YYYY-MM-DD to report on")
     parser.add_argument("--summary", action="store_true",
                         help="print one line per reported ds plus the registry, write nothing")
+    parser.add_argument("--nights", type=int, default=14,
+                        help="nights ending at --ds shown in the HTML report's trend plots")
+    parser.add_argument("--no-mlflow", action="store_true",
+                        help="do not log the report files to MLflow")
     add_config_args(parser)
     args = parser.parse_args(argv)
     setup_logging()
@@ -299,11 +348,24 @@ def main(argv: list[str] | None = None) -> int:
     text = render(report)
     out_dir = Path(Lake(cfg.lake_root).ops("report", args.ds))
     out_dir.mkdir(parents=True, exist_ok=True)
+    if args.nights < 1:
+        parser.error(f"--nights must be at least 1, got {args.nights}")
     for name, body in (("report.json", json.dumps(report, indent=2, default=str)),
                        ("report.md", text)):
         tmp = out_dir / f".{name}.tmp"
         tmp.write_text(body)
         tmp.replace(out_dir / name)
+    html_path = write_html_report(cfg, report, text, args.nights, out_dir)
+    if not args.no_mlflow:
+        from ecrec_lib.registry.client import RegistryError
+
+        try:
+            run_id = log_report_run(cfg, args.ds, [html_path, out_dir / "report.md",
+                                                  out_dir / "report.json"])
+            log.info("report logged to MLflow run %s", run_id)
+        except RegistryError as exc:
+            # The night's data is published by now; a report not in MLflow is said, not fatal.
+            log.warning("report written to %s but not logged to MLflow: %s", out_dir, exc)
     print(text, flush=True)
     return 0
 

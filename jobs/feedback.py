@@ -181,6 +181,10 @@ def replace_partition(cfg: EcrecConfig, table: str, ds: str, df: pd.DataFrame) -
             wh.execute(f"DELETE FROM {wh.fq(table)} WHERE ds = %s", [parse_ds(ds)])
             if len(frame):
                 wh.insert_dataframe(table, frame)
+        from ecrec_lib.warehouse.dimensions import FEEDBACK_TABLE_COMMENTS, comment_feedback_table
+
+        if table in FEEDBACK_TABLE_COMMENTS:
+            comment_feedback_table(wh, table)  # BI users read the table's meaning in their client
     log.info("warehouse %s.%s: replaced ds=%s with %d rows", cfg.warehouse_schema, table, ds,
              len(frame))
 

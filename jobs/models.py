@@ -54,8 +54,11 @@ def version_rows(
             "aliases": sorted(set(mv.aliases or []) | set((aliases or {}).get(str(mv.version), []))),
             "ds": tags.get("ds", ""),
             "metrics": {k: tags[f"metric.{k}"] for k in LIST_METRICS if f"metric.{k}" in tags},
-            "decisions": {k.removeprefix("promotion_decision_"): v for k, v in sorted(tags.items())
-                          if k.startswith("promotion_decision_")},
+            # The latest decision only; every decision is in ops/promotion/promotion_log.jsonl.
+            "decisions": ({tags.get("promotion_ds") or "manual": tags["promotion_decision"]}
+                          if tags.get("promotion_decision") else {}),
+            "training_run": tags.get("training_run") or (mv.run_id or ""),
+            "decision_run_id": tags.get("decision_run_id", ""),
             "champion_since": tags.get("champion_since", ""),
             "artifact_invalid": "artifact_invalid" in tags,
         })

@@ -5,7 +5,9 @@
 Runs the output contracts (Great Expectations, expectations/score_tables.py) on
 scores/<table>/ds=D/; on any failure exits 1 with the reasons and publishes nothing. Otherwise
 loads staging tables and swaps the ds partition of every table in one transaction, refreshes
-the ``<table>_latest`` views and drops partitions older than cfg.warehouse_retention_days.
+the ``<table>_latest`` views and drops partitions older than cfg.warehouse_retention_days. The
+same transaction merges clean/catalog/ds=D into the ``items`` dimension and records the night
+in ``published_nights`` (docs/bi.md shows what an analyst reads).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ecrec_lib.scoring.pipeline import ScoringInputError, purchased_items, read_
 from ecrec_lib.scoring.tables import TABLE_COLUMNS, read_table
 from ecrec_lib.validation import DataContractError
 from ecrec_lib.warehouse import PublishError, WarehouseError, connect, publish
+from ecrec_lib.warehouse.dimensions import items_frame
 from jobs.common import setup_logging
 
 log = logging.getLogger("jobs.publish_scores")
@@ -63,8 +66,15 @@ def run(cfg: EcrecConfig, ds: str, k: int | None = None) -> dict[str, int]:
         exclude_purchased=bool(summary.get("exclude_purchased", cfg.exclude_purchased)),
     )
     validate_tables(tables, ctx)
+    catalog = read_partition(lake.clean("catalog", ds), True, "clean/catalog",
+                             "run the clean job for this ds first")
+    assert catalog is not None
+    try:
+        items = items_frame(catalog, ds)
+    except ValueError as exc:
+        raise PublishError(str(exc)) from None
     with connect(cfg.warehouse_url, cfg.warehouse_schema) as wh:
-        return publish(wh, tables, ds, cfg.warehouse_retention_days)
+        return publish(wh, tables, ds, cfg.warehouse_retention_days, items=items)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,14 @@ def test_every_suite_builds_with_severities() -> None:
 @pytest.mark.spark
 def test_clean_events_suite_failures_are_readable(spark, tmp_path: Path, caplog) -> None:
     from ecrec_lib.schema import CLEAN_EVENT_COLUMNS
-    from ecrec_lib.validation import DataContractError, enforce, run_suite, store_outcome
+    from ecrec_lib.validation import (
+        WITHHELD,
+        DataContractError,
+        enforce,
+        run_suite,
+        store_outcome,
+        write_index,
+    )
 
     ddl = ("event_id string, event_time timestamp, user_key string, session_id string, "
            "event_type string, item_id string, query string, position long, price double, "
@@ -70,12 +77,33 @@ def test_clean_events_suite_failures_are_readable(spark, tmp_path: Path, caplog)
     assert "observed=12" in msg and "previous partition (100 rows" in msg
     assert tuple(bad_df.columns) == CLEAN_EVENT_COLUMNS
 
-    store_outcome(spark, outcome, str(tmp_path / "clean_events"))
-    stored = json.loads((tmp_path / "clean_events" / "results.json").read_text())
+    # Pages in the lake's layout: ops/validation/ds=D/<dataset>/, two days.
+    root = tmp_path / "validation"
+    bad_dir, ok_dir = root / f"ds={DS}" / "clean_events", root / "ds=2023-12-31" / "clean_events"
+    store_outcome(spark, outcome, str(bad_dir))
+    store_outcome(spark, run_suite(ok_df, SUITES["clean_events"](SuiteContext(ds=DS, prev_rows=9)),
+                                   "clean_events", "2023-12-31"), str(ok_dir))
+    stored = json.loads((bad_dir / "results.json").read_text())
     assert stored["success"] is False and stored["critical_failures"] == 5
     assert stored["gx_result"]["success"] is False
-    page = (tmp_path / "clean_events" / "index.html").read_text()
+    page = (bad_dir / "index.html").read_text()
     assert "FAILED" in page and "expect_column_values_to_match_regex" in page
+    # Observed values and unexpected counts are filled for passing expectations too.
+    by_key = {(r["expectation"], r["column"]): r for r in stored["results"]}
+    assert by_key[("expect_table_row_count_to_be_between", None)]["observed"] == 12
+    passing = [r for r in stored["results"] if r["success"]]
+    assert passing and all(r["observed"] is not None or r["unexpected_count"] is not None
+                           for r in passing)
+    assert by_key[("expect_column_values_to_not_be_null", "event_id")]["unexpected_count"] == 0
+    assert "<td>12</td>" in page and "<td>0 (0.00%)</td>" in page
+    # A pseudonym column's bad value is an email here: withheld from the page and the JSON.
+    for text in (page, (bad_dir / "results.json").read_text()):
+        assert "alice@example.com" not in text and WITHHELD in text
+    assert "-5.0" in page  # other columns keep their examples
+    index = write_index(root).read_text()
+    assert index.index(DS) < index.index("2023-12-31")  # newest first
+    assert f"ds={DS}/clean_events/index.html" in index and "FAILED (5 critical)" in index
+    assert "ds=2023-12-31/clean_events/index.html" in index and "9 rows" in index
 
 
 @pytest.mark.spark

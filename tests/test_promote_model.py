@@ -139,7 +139,7 @@ def test_first_model_becomes_champion_when_it_beats_popularity(env, logged):
         d["metrics"]["challenger"]["ndcg@10"])
     assert run.data.params["challenger_version"] == v
     mv = client.get_model_version(cfg.registered_model_name, v)
-    assert mv.tags[f"promotion_decision_{DS}"] == "promoted"
+    assert (mv.tags["promotion_decision"], mv.tags["promotion_ds"]) == ("promoted", DS)
     assert mv.tags["champion_action"] == "gate"
     assert "## Promotion gate: newest holdout" in mv.description  # card re-rendered
     lines = [r for r in records.read_promotion_log(cfg) if r["model"] == cfg.registered_model_name]
@@ -147,6 +147,61 @@ def test_first_model_becomes_champion_when_it_beats_popularity(env, logged):
     # An Airflow retry of the same ds keeps the promotion instead of rewriting it.
     assert promote_model.main(["--ds", DS]) == 0
     assert decision_file(cfg)["decision"] == "promoted"
+    assert len(decision_runs(client, cfg, "promoted")) == 1
+
+
+def test_gate_run_links_training_runs_versions_and_one_decisions_log(env, logged, root):
+    """Traceability in MLflow: gate run <-> training runs <-> versions, one decisions log."""
+    import re
+
+    client, cfg = env
+    name = cfg.registered_model_name
+    reg_kwargs = {"ds": DS, "metrics": {"test_ndcg_10": 0.1}, "fingerprint": "fp"}
+    med_run, med_uri = logged["medium"]
+    good_run, good_uri = logged["good"]
+    v_med = promotion.register_with_card(client, cfg, run_id=med_run, model_uri=med_uri,
+                                         **reg_kwargs)
+    reg.set_champion(client, name, v_med, action="manual", by="t", reason="seed champion")
+    v_good = promotion.register_with_card(client, cfg, run_id=good_run, model_uri=good_uri,
+                                          **reg_kwargs)
+    assert promote_model.main(["--ds", DS]) == 0
+
+    (run,) = decision_runs(client, cfg, "promoted")
+    gate_id = run.info.run_id
+    tags = run.data.tags
+    assert tags["mlflow.parentRunId"] == good_run  # a child of the challenger's training run
+    assert (tags["challenger_version"], tags["champion_version"]) == (v_good, v_med)
+    assert (tags["challenger_training_run"], tags["champion_training_run"]) == (good_run, med_run)
+    assert run.data.params["decision_run_id"] == gate_id
+    assert decision_file(cfg)["decision_run_id"] == gate_id
+    for version, run_id in ((v_good, good_run), (v_med, med_run)):
+        mv = client.get_model_version(name, version)
+        assert mv.run_id == run_id and mv.source and mv.tags["training_run"] == run_id
+        assert mv.tags["decision_run_id"] == gate_id
+        assert not [k for k in mv.tags if DS in k], "no per-ds tag keys"
+    assert client.get_run(good_run).data.tags["registered_model_version"] == f"{name}/{v_good}"
+    assert client.get_run(good_run).data.tags["latest_decision_run_id"] == gate_id
+    # One decisions log, on the gate run and in the lake, holding this decision.
+    path = client.download_artifacts(gate_id, records.DECISIONS_ARTIFACT, str(root))
+    logged_lines = [json.loads(x) for x in Path(path).read_text().splitlines()]
+    assert logged_lines == records.model_decisions(cfg)
+    assert logged_lines[-1]["decision_run_id"] == gate_id
+    assert logged_lines[-1]["decision"] == "promoted"
+    # @challenger leaves the new champion; the history and descriptions read as text.
+    assert reg.get_alias_version(client, name, reg.CHALLENGER) is None
+    assert reg.resolve_champion(cfg, client)[0] == v_good
+    model = client.get_registered_model(name)
+    history = json.loads(model.tags[reg.HISTORY_TAG])
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", h["at"]) for h in history)
+    assert "Champion history" in model.description
+    assert f"| {v_good} | {v_med} | gate |" in model.description
+    for exp_name in (cfg.mlflow_experiment, records.promotion_experiment(cfg)):
+        assert client.get_experiment_by_name(exp_name).tags.get(records.NOTE_TAG)
+    card = client.get_model_version(name, v_good).description
+    assert card.index("## Promotion gate: newest holdout") < card.index("## Data window")
+    # A retry of the ds after @challenger was removed keeps the decision, adds no run.
+    assert promote_model.main(["--ds", DS]) == 0
+    assert decision_file(cfg)["decision_run_id"] == gate_id
     assert len(decision_runs(client, cfg, "promoted")) == 1
 
 
@@ -161,7 +216,7 @@ def test_first_model_worse_than_popularity_is_not_promoted(env, logged):
     assert d["metrics"]["challenger"]["ndcg@10"] == 0.0  # all ties rank the target last
     assert "popularity baseline" in d["reasons"]
     assert client.get_model_version(cfg.registered_model_name, v).tags[
-        f"promotion_decision_{DS}"] == "rejected"
+        "promotion_decision"] == "rejected"
 
 
 def test_better_challenger_promoted_worse_one_rejected_and_rerun_replaces_the_line(env, logged):
@@ -174,7 +229,7 @@ def test_better_challenger_promoted_worse_one_rejected_and_rerun_replaces_the_li
     d = decision_file(cfg)
     assert d["decision"] == "promoted" and reg.resolve_champion(cfg, client)[0] == v_good
     assert d["metrics"]["challenger"]["ndcg@10"] > d["metrics"]["champion"]["ndcg@10"]
-    assert client.get_model_version(name, v_med).tags[f"promotion_role_{DS}"] == "champion"
+    assert client.get_model_version(name, v_med).tags["promotion_role"] == "champion"
 
     # The older, worse model comes back as challenger: evaluated, not promoted, exit 0.
     assert register(env, logged, "medium") == v_med
@@ -182,7 +237,7 @@ def test_better_challenger_promoted_worse_one_rejected_and_rerun_replaces_the_li
     d = decision_file(cfg)
     assert d["decision"] == "rejected" and reg.resolve_champion(cfg, client)[0] == v_good
     assert "<= champion" in d["reasons"]
-    assert client.get_model_version(name, v_med).tags[f"promotion_decision_{DS}"] == "rejected"
+    assert client.get_model_version(name, v_med).tags["promotion_decision"] == "rejected"
     assert len(decision_runs(client, cfg, "rejected")) == 1
     # Same ds twice: one gate line in the cumulative log, the latest decision.
     lines = [r for r in records.read_promotion_log(cfg) if r["model"] == name]

@@ -362,6 +362,18 @@ def test_resolve_champion_without_champion_then_honors_a_hand_moved_alias(client
     assert [h.action for h in history] == ["gate", "external", "rollback"]
 
 
+def test_history_reads_epoch_seconds_as_iso_dates(client_cfg, logged):
+    client, cfg = client_cfg
+    name = cfg.registered_model_name
+    v = reg.register_challenger(cfg, *logged["a"], DS, {}, "fp", commit="x", client=client)
+    assert client.get_registered_model(name).description.startswith(reg.MODEL_DESCRIPTION)
+    legacy = [{"version": v, "action": "gate", "at": 1709600000.0, "by": "g", "reason": "r"}]
+    client.set_registered_model_tag(name, reg.HISTORY_TAG, json.dumps(legacy))
+    client.set_registered_model_alias(name, reg.CHAMPION, v)
+    (entry,) = reg.read_history(client, name)
+    assert entry.at == "2024-03-05T00:53:20Z"
+
+
 def test_rollback_walks_back_and_fails_clearly_at_the_first_champion(client_cfg, logged):
     client, cfg = client_cfg
     name = cfg.registered_model_name

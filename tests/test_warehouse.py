@@ -13,7 +13,7 @@ import pytest
 from ecrec_lib.config import EcrecConfig, load_config
 from ecrec_lib.lake import Lake
 from ecrec_lib.scoring.tables import TABLE_COLUMNS, read_table, write_atomic
-from ecrec_lib.warehouse import PublishError, connect, partitions, publish
+from ecrec_lib.warehouse import PublishError, connect, dimensions, partitions, publish
 from jobs import publish_scores, score_topk
 from tests.scoring_support import CATALOG, DS, FakeRecommender, write_tiny_lake
 
@@ -90,29 +90,120 @@ def test_retention_deletes_old_partitions(cfg):
         assert partitions(wh, "trending") == [DS2]
 
 
-def test_comments_on_tables_and_columns(cfg):
+def _relation_comment(wh, name: str) -> str | None:
+    if wh.kind == "duckdb":
+        return wh.scalar(
+            "SELECT comment FROM (SELECT schema_name, table_name AS name, comment FROM "
+            "duckdb_tables() UNION ALL SELECT schema_name, view_name, comment FROM "
+            "duckdb_views()) r WHERE schema_name = %s AND name = %s", [wh.schema, name])
+    return wh.scalar(
+        "SELECT obj_description(c.oid, 'pg_class') FROM pg_class c JOIN pg_namespace n "
+        "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s", [wh.schema, name])
+
+
+def test_comments_on_every_table_view_and_column(cfg):
+    from jobs import feedback
+
     assert publish_scores.main(_args(cfg, DS)) == 0
+    result = feedback.compute(cfg, DS2)
+    feedback.replace_partition(cfg, feedback.METRICS_TABLE, DS2, result["metrics"])
+    feedback.replace_partition(cfg, feedback.DRIFT_TABLE, DS2, result["drift"])
     with connect(cfg.warehouse_url, cfg.warehouse_schema) as wh:
+        relations = wh.query(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
+            [wh.schema])["table_name"].tolist()
+        expected = {*TABLE_COLUMNS, *(t + "_latest" for t in TABLE_COLUMNS),
+                    *(t + "_named" for t in TABLE_COLUMNS), "items", "published_nights",
+                    "metrics_daily", "drift_daily"}
+        assert expected <= set(relations)
+        for name in expected:
+            assert _relation_comment(wh, name), f"{name} has no comment"
+            comments = wh.column_comments(name)
+            assert comments and all(comments.values()), (name, comments)
         for table, cols in TABLE_COLUMNS.items():
-            comments = wh.column_comments(table)
-            assert set(comments) == set(cols)
-            assert all(comments[c] for c in cols), comments
+            assert set(wh.column_comments(table)) == set(cols)
         assert "because you viewed" in wh.column_comments("user_topk")["reason_item_id"]
+        # Each score says what it is: the blend's user_topk score is not a cosine in -1..1.
+        scores = {t: wh.column_comments(t)["score"] for t in TABLE_COLUMNS}
+        assert len(set(scores.values())) == len(scores)
+        assert "unbounded" in scores["user_topk"] and "-1..1" in scores["query_topk"]
+
+
+def _relation(cfg: EcrecConfig, name: str, order: str) -> pd.DataFrame:
+    with connect(cfg.warehouse_url, cfg.warehouse_schema) as wh:
+        return wh.query(f"SELECT * FROM {wh.fq(name)} ORDER BY {order}")
 
 
 def test_failure_inside_the_transaction_rolls_back(cfg):
     assert publish_scores.main(_args(cfg, DS)) == 0
     before = {t: _all(cfg, t) for t in TABLE_COLUMNS}
+    items_before = _relation(cfg, "items", "item_id")
+    nights_before = _relation(cfg, "published_nights", "ds")
     tables = {t: read_table(t, Lake(cfg.lake_root), DS2) for t in TABLE_COLUMNS}
+    items = dimensions.items_frame(CATALOG.assign(title="changed"), DS2)
     with connect(cfg.warehouse_url, cfg.warehouse_schema) as wh:
         # trending's main table loses a column: its INSERT fails after user_topk's succeeded
         wh.execute(f"ALTER TABLE {wh.fq('trending')} RENAME COLUMN score TO score_old")
         with pytest.raises(Exception):  # noqa: B017 - the engine's own error
-            publish(wh, tables, DS2, retention_days=14)
+            publish(wh, tables, DS2, retention_days=14, items=items)
         wh.execute(f"ALTER TABLE {wh.fq('trending')} RENAME COLUMN score_old TO score")
         assert not wh.relation_exists("user_topk__staging")
+        assert not wh.relation_exists("items__staging")
     for t in TABLE_COLUMNS:
         pd.testing.assert_frame_equal(_all(cfg, t), before[t])
+    # The dimension and the nights log are part of the same all-or-nothing night.
+    pd.testing.assert_frame_equal(_relation(cfg, "items", "item_id"), items_before)
+    pd.testing.assert_frame_equal(_relation(cfg, "published_nights", "ds"), nights_before)
+
+
+def test_items_dimension_named_views_and_published_nights(cfg):
+    assert publish_scores.main(_args(cfg, DS)) == 0
+    items = _relation(cfg, "items", "item_id")
+    assert list(items["item_id"]) == list(CATALOG["item_id"])
+    assert list(items["title"]) == list(CATALOG["title"])
+    assert list(items["category_path"]) == list(CATALOG["category_path"])
+    assert {str(pd.Timestamp(d).date()) for d in items["first_seen"]} == {DS}
+    # Night DS2: one item renamed, one gone from the catalog, one new.
+    cat2 = CATALOG[CATALOG["item_id"] != "i12"].copy()
+    cat2.loc[cat2["item_id"] == "i01", "title"] = "red nail polish 2.0"
+    cat2 = pd.concat([cat2, CATALOG.iloc[[0]].assign(item_id="i99", title="new lamp")])
+    tables2 = {t: read_table(t, Lake(cfg.lake_root), DS2) for t in TABLE_COLUMNS}
+    with connect(cfg.warehouse_url, cfg.warehouse_schema) as wh:
+        publish(wh, tables2, DS2, 14, items=dimensions.items_frame(cat2, DS2))
+        # A backfill of the older night must not bring back its older title.
+        tables1 = {t: read_table(t, Lake(cfg.lake_root), DS) for t in TABLE_COLUMNS}
+        publish(wh, tables1, DS, 14, items=dimensions.items_frame(CATALOG, DS))
+    items = _relation(cfg, "items", "item_id").set_index("item_id")
+    day = {k: str(pd.Timestamp(v).date()) for k, v in items["first_seen"].items()}
+    last = {k: str(pd.Timestamp(v).date()) for k, v in items["last_seen"].items()}
+    assert items.loc["i01", "title"] == "red nail polish 2.0"
+    assert (day["i01"], last["i01"]) == (DS, DS2)
+    assert (day["i12"], last["i12"]) == (DS, DS)  # kept, last seen on DS
+    assert (day["i99"], last["i99"]) == (DS2, DS2)
+    named = _relation(cfg, "user_topk_named", "ds, user_key, rank")
+    assert len(named) == len(_all(cfg, "user_topk"))
+    assert named["item_title"].notna().all()
+    assert (named["item_title"] == named["item_id"].map(items["title"])).all()
+    with_reason = named[named["reason_item_id"].notna()]
+    assert len(with_reason) and with_reason["reason_item_title"].notna().all()
+    related = _relation(cfg, "item_related_named", "ds, item_id, rank")
+    assert (related["source_title"] == related["item_id"].map(items["title"])).all()
+    nights = _relation(cfg, "published_nights", "ds")
+    assert [str(pd.Timestamp(d).date()) for d in nights["ds"]] == [DS, DS2]
+    assert list(nights["model_version"]) == ["7", "8"]
+    assert list(nights["items_rows"]) == [len(CATALOG), len(cat2)]
+    assert list(nights["user_topk_rows"]) == [len(tables1["user_topk"]), len(tables2["user_topk"])]
+
+
+def test_published_scores_stay_in_the_ranges_their_comments_state(cfg):
+    """The fake model's cosine scores against the ranges written in the score comments."""
+    assert publish_scores.main(_args(cfg, DS)) == 0
+    ranges = {"query_topk": (-1.0, 1.0), "item_related": (-1.0, 1.1), "trending": (0.0, None)}
+    for table, (lo, hi) in ranges.items():
+        scores = _all(cfg, table)["score"]
+        assert scores.min() >= lo - 1e-6, table
+        assert hi is None or scores.max() <= hi + 1e-6, table
+        assert f"{lo:g}".lstrip("-") in dimensions.SCORE_COMMENTS[table]
 
 
 def test_staging_check_blocks_duplicate_keys(cfg):

@@ -7,8 +7,9 @@ MLflow UI; every function here re-reads it, so a hand move is honored by the nex
 
 The champion history is a JSON list kept in the registered-model tag ``champion_history``;
 each entry says which version became champion, how (``gate`` | ``manual`` | ``rollback`` |
-``external``: moved outside ecrec, e.g. in the UI), when, by whom and why. Replaying it as a
-stack (rollback pops) gives the previous champion.
+``external``: moved outside ecrec, e.g. in the UI), when (ISO 8601, UTC), by whom and why.
+Replaying it as a stack (rollback pops) gives the previous champion. The registered model's
+description repeats the newest entries as a table, so the MLflow UI shows them readably.
 """
 
 from __future__ import annotations
@@ -38,6 +39,16 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 HISTORY_TAG = "champion_history"
 MAX_HISTORY = 200  # entries kept in the tag (the promotion log keeps everything)
+HISTORY_ROWS_SHOWN = 20  # champion changes listed in the registered model's description
+MODEL_DESCRIPTION = (
+    "ecrec's two-tower recommender (item, query and user-profile encoders over a shared "
+    "MiniLM text model, with a co-occurrence blend and a learned ranker). Nightly batch "
+    "scoring serves the version aliased `@champion`; `@challenger` is the newest registered "
+    "candidate until the promotion gate decides on it. Each version links to its training run "
+    "(tag `training_run`) and its latest gate run (tag `decision_run_id`); every decision is "
+    "in the gate run's `decisions.jsonl` and the lake's `ops/promotion/promotion_log.jsonl`. "
+    "Promote or roll back by hand with `python -m jobs.models`."
+)
 # Training metrics copied onto the version as tags, so the registry UI shows them.
 KEY_METRICS = (
     "test_ndcg_10",
@@ -71,7 +82,7 @@ class HistoryEntry:
 
     version: str
     action: str  # gate | manual | rollback | external
-    at: float  # epoch seconds, wall clock: when the alias was moved
+    at: str  # ISO 8601 UTC ("2024-03-05T02:10:00Z"), wall clock: when the alias was moved
     by: str
     reason: str
     ds: str = ""
@@ -87,6 +98,18 @@ class HistoryEntry:
             "ds": self.ds,
             "previous": self.previous,
         }
+
+
+def iso_utc(epoch_s: float | None = None) -> str:
+    """``2024-03-05T02:10:00Z``: the one timestamp format ecrec writes to MLflow and the lake."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if epoch_s is None else epoch_s))
+
+
+def _as_iso(value: Any) -> str:
+    """History entries written before the ISO format carried epoch seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return iso_utc(float(value))
+    return str(value)
 
 
 # ------------------------------------------------------------------ connection
@@ -304,6 +327,8 @@ def register_challenger(
     tags = version_tags(ds, fingerprint, commit, metrics)
     tags["model_uri"] = model_uri
     tags["run_id"] = run_id
+    tags["training_run"] = run_id
+    ensure_registered_model(client, name)
     try:
         mv = mlflow.register_model(model_uri, name, await_registration_for=60, tags=tags)
     except Exception as exc:  # noqa: BLE001 - re-raised with the URI and the fix
@@ -312,6 +337,8 @@ def register_challenger(
             f"{exc}; check that the training run logged its model (ops/training summary)"
         ) from exc
     client.set_registered_model_alias(name, CHALLENGER, mv.version)
+    # The run page then names the version it became (MLflow shows run tags, not the reverse link).
+    client.set_tag(run_id, "registered_model_version", f"{name}/{mv.version}")
     log.info("registered %s version %s from run %s as %s", name, mv.version, run_id, CHALLENGER)
     return str(mv.version)
 
@@ -332,7 +359,11 @@ def read_history(client: MlflowClient, name: str) -> list[HistoryEntry]:
             f"the '{HISTORY_TAG}' tag of {name!r} is not valid JSON; fix or delete the tag in "
             "the MLflow UI (the promotion log under ops/promotion keeps the full history)"
         ) from None
-    return [HistoryEntry(**{k: v for k, v in it.items() if k in HistoryEntry.__annotations__}) for it in items]
+    return [
+        HistoryEntry(**{k: _as_iso(v) if k == "at" else v
+                        for k, v in it.items() if k in HistoryEntry.__annotations__})
+        for it in items
+    ]
 
 
 def champion_stack(history: list[HistoryEntry]) -> list[str]:
@@ -352,6 +383,35 @@ def champion_stack(history: list[HistoryEntry]) -> list[str]:
 def _write_history(client: MlflowClient, name: str, history: list[HistoryEntry]) -> None:
     kept = history[-MAX_HISTORY:]
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps([e.to_dict() for e in kept]))
+    client.update_registered_model(name, description=model_description(kept))
+
+
+def model_description(history: list[HistoryEntry]) -> str:
+    """The registered model's description: what it is, then its newest champion changes."""
+    lines = [MODEL_DESCRIPTION, "", "## Champion history (newest first)", ""]
+    if not history:
+        return "\n".join([*lines, "No version has been champion yet."]) + "\n"
+    lines += ["| when (UTC) | version | previous | action | by | ds | reason |", "|---|---|---|---|---|---|---|"]
+    for e in reversed(history[-HISTORY_ROWS_SHOWN:]):
+        reason = e.reason.replace("|", "/").replace("\n", " ")[:300]
+        lines.append(f"| {e.at} | {e.version} | {e.previous or '-'} | {e.action} | {e.by} | "
+                     f"{e.ds or '-'} | {reason} |")
+    return "\n".join(lines) + "\n"
+
+
+def ensure_registered_model(client: MlflowClient, name: str) -> None:
+    """Create ``name`` with its description, or give an existing one a missing description."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        client.create_registered_model(name, description=model_description([]))
+        return
+    if not model.description:
+        client.update_registered_model(name, description=model_description(read_history(client, name)))
 
 
 def sync_history(client: MlflowClient, name: str) -> list[HistoryEntry]:
@@ -367,7 +427,7 @@ def sync_history(client: MlflowClient, name: str) -> list[HistoryEntry]:
         entry = HistoryEntry(
             version=str(current.version),
             action="external",
-            at=time.time(),
+            at=iso_utc(),
             by="unknown (alias moved outside ecrec, e.g. in the MLflow UI)",
             reason="alias found on this version",
             previous=stack[-1] if stack else "",
@@ -393,7 +453,7 @@ def set_champion(
     entry = HistoryEntry(
         version=str(version),
         action=action,
-        at=time.time(),
+        at=iso_utc(),
         by=by,
         reason=reason,
         ds=ds,
@@ -401,7 +461,7 @@ def set_champion(
     )
     client.set_registered_model_alias(name, CHAMPION, str(version))
     _write_history(client, name, [*history, entry])
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry.at))
+    stamp = entry.at
     for key, value in {
         "champion_since": stamp,
         "champion_action": action,

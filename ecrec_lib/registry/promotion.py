@@ -1,14 +1,15 @@
 """Registration with a model card, the promotion gate, and manual promote/rollback.
 
-Every decision — automatic or by hand — leaves the same three traces: tags on the versions,
-a line in the lake's promotion log, and an MLflow run in ``<experiment>-promotion``.
+Every decision — automatic or by hand — leaves the same three traces: a fixed set of tags on
+the versions (latest decision, reason, ds, ``decision_run_id``), a line in the lake's promotion
+log, and an MLflow run in ``<experiment>-promotion`` whose ``decisions.jsonl`` holds the whole
+log. A gate run is a child of the challenger's training run and names both versions.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ REJECTED = "rejected"
 INVALID_ARTIFACT = "invalid_artifact"
 MANUAL_PROMOTE = "manual_promote"
 ROLLBACK = "rollback"
+CARD_INPUTS_ARTIFACT = "model_card_inputs.json"  # on the training run; the gate re-renders from it
 
 
 class InvalidArtifactError(reg.RegistryError):
@@ -140,13 +142,26 @@ def register_with_card(
     )
     records.log_model_card(client, name, version, run_id, card)
     # Kept so the gate can re-render the card with its holdout table.
-    client.set_model_version_tag(name, version, "card_inputs", json.dumps({
+    client.log_text(run_id, json.dumps({
         "data_window": dict(data_window or {}),
         "metrics": {k: float(v) for k, v in metrics.items()},
         "previous_champion": previous,
         "cold_start_metrics": dict(cold_start_metrics or {}),
-    }))
+    }, indent=1, default=str), CARD_INPUTS_ARTIFACT)
     return version
+
+
+def _card_inputs(client: MlflowClient, run_id: str) -> dict[str, Any]:
+    """What registration rendered the card from ({} when the version was registered without
+    a card, e.g. by ``train_encoders`` directly)."""
+    if not run_id or CARD_INPUTS_ARTIFACT not in {f.path for f in client.list_artifacts(run_id)}:
+        return {}
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(run_id, CARD_INPUTS_ARTIFACT, tmp)
+        return json.loads(Path(path).read_text())
 
 
 def update_card_after_gate(
@@ -158,7 +173,7 @@ def update_card_after_gate(
 ) -> None:
     """Re-render the challenger's card with the gate's side-by-side holdout evaluation."""
     name = cfg.registered_model_name
-    inputs = json.loads((mv.tags or {}).get("card_inputs", "{}"))
+    inputs = _card_inputs(client, mv.run_id or "")
     run_params = client.get_run(mv.run_id).data.params if mv.run_id else {}
     card = render_model_card(
         model_name=name,
@@ -223,30 +238,62 @@ class GateDecision:
             "margin": cfg.promotion_margin,
             "by": "promotion-gate",
             "decision_run_id": self.decision_run_id,
-            "at": time.time(),
+            "at": reg.iso_utc(),
         }
 
 
+def _training_run(client: MlflowClient, name: str, version: str) -> str:
+    return (client.get_model_version(name, version).run_id or "") if version else ""
+
+
+def set_decision_tags(client: MlflowClient, name: str, version: str, *, decision: str, reason: str,
+                      ds: str, role: str, decision_run_id: str) -> None:
+    """The version's fixed decision tags: overwritten by each decision, never one key per ds
+    (the history is in the promotion log and the decision runs)."""
+    for key, value in {
+        "promotion_decision": decision,
+        "promotion_reason": reason[:5000],
+        "promotion_ds": ds,
+        "promotion_role": role,
+        "decision_run_id": decision_run_id,
+    }.items():
+        client.set_model_version_tag(name, version, key, value)
+
+
 def _record_gate(client: MlflowClient, cfg: EcrecConfig, d: GateDecision) -> str:
-    """Decision run, version tags, decision.json and log line; returns the decision.json path."""
+    """Decision run (child of the challenger's training run), version tags, decision.json and
+    the log line; returns the decision.json path."""
     name = cfg.registered_model_name
     record = d.record(cfg)
     params = {k: v for k, v in record.items() if k not in ("metrics", "guardrails", "holdout")}
     params.update({f"guardrail_{k}": v for k, v in d.guardrails.items()})
-    d.decision_run_id = records.log_decision_run(client, cfg, params, d.metrics)
-    record["decision_run_id"] = d.decision_run_id
+    runs = {role: _training_run(client, name, v) for role, v in
+            (("challenger", d.challenger_version), ("champion", d.champion_version))}
+    tags = {"challenger_version": d.challenger_version, "champion_version": d.champion_version,
+            "new_champion_version": d.new_champion_version,
+            "challenger_training_run": runs["challenger"],
+            "champion_training_run": runs["champion"]}
+    written: dict[str, str] = {}
+
+    def persist(full: dict[str, Any]) -> None:
+        record["decision_run_id"] = full["decision_run_id"]
+        written["path"] = records.write_gate_decision(cfg, record)
+
+    d.decision_run_id = records.log_decision_run(
+        client, cfg, params, d.metrics, parent_run_id=runs["challenger"], tags=tags, persist=persist
+    )
+    reason = "; ".join(d.reasons)
     for version, role in ((d.challenger_version, "challenger"), (d.champion_version, "champion")):
         if not version:
             continue
-        client.set_model_version_tag(name, version, f"promotion_decision_{d.ds}", d.decision)
-        client.set_model_version_tag(name, version, f"promotion_role_{d.ds}", role)
-        client.set_model_version_tag(
-            name, version, f"promotion_reason_{d.ds}", "; ".join(d.reasons)[:5000]
-        )
+        set_decision_tags(client, name, version, decision=d.decision, reason=reason, ds=d.ds,
+                          role=role, decision_run_id=d.decision_run_id)
         ndcg = d.metrics.get(role, {}).get("ndcg@10")
         if ndcg is not None:
-            client.set_model_version_tag(name, version, f"holdout_ndcg_10_{d.ds}", f"{ndcg:.6f}")
-    return records.write_gate_decision(cfg, record)
+            client.set_model_version_tag(name, version, "holdout_ndcg_10", f"{ndcg:.6f}")
+    if runs["challenger"]:
+        client.set_tag(runs["challenger"], "latest_decision_run_id", d.decision_run_id)
+    return written["path"]
 
 
 def _earlier_promotion(cfg: EcrecConfig, ds: str, version: str) -> GateDecision | None:
@@ -287,6 +334,12 @@ def run_gate(
     current = str(champion.version) if champion else ""
     d = GateDecision(ds=ds, decision=NO_CHALLENGER, champion_version=current,
                      new_champion_version=current)
+    if challenger is None and current:
+        # The gate removes @challenger when it promotes: a retry of that ds keeps the decision.
+        earlier = _earlier_promotion(cfg, ds, current)
+        if earlier is not None:
+            log.info("ds=%s already promoted version %s; decision kept", ds, current)
+            return earlier
     if challenger is None:
         d.reasons.append(
             f"registered model {name!r} has no '{reg.CHALLENGER}' alias: nothing to evaluate "
@@ -339,6 +392,8 @@ def run_gate(
         d.new_champion_version = d.challenger_version
         reg.set_champion(client, name, d.challenger_version, action="gate",
                          by="promotion-gate", reason="; ".join(verdict.reasons), ds=ds)
+        # The champion is no longer a candidate: @challenger names only an undecided version.
+        client.delete_registered_model_alias(name, reg.CHALLENGER)
     else:
         d.decision = REJECTED
         d.new_champion_version = d.champion_version
@@ -365,11 +420,18 @@ def _record_manual(
         "reason": entry.reason,
         "at": entry.at,
     }
-    record["decision_run_id"] = records.log_decision_run(client, cfg, record)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(entry.at))
-    client.set_model_version_tag(name, entry.version, f"manual_{decision}_{stamp}",
-                                 f"by {entry.by}: {entry.reason}"[:5000])
-    records.append_promotion_log(cfg, record)
+    def persist(full: dict[str, Any]) -> None:
+        record["decision_run_id"] = full["decision_run_id"]
+        records.append_promotion_log(cfg, record)
+
+    records.log_decision_run(
+        client, cfg, record, parent_run_id=_training_run(client, name, entry.version),
+        tags={"new_champion_version": entry.version, "champion_version": entry.previous},
+        persist=persist,
+    )
+    set_decision_tags(client, name, entry.version, decision=decision,
+                      reason=f"by {entry.by}: {entry.reason}", ds="", role="new_champion",
+                      decision_run_id=record["decision_run_id"])
     return record
 
 

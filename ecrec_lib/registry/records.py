@@ -4,8 +4,10 @@
   replaced when the ds is re-run).
 - ``ops/promotion/promotion_log.jsonl``: every decision and manual action, one JSON line
   each; gate lines are keyed by ds, so re-running a ds replaces its line instead of adding one.
-- an MLflow run per decision in the ``<experiment>-promotion`` experiment, and tags on the
-  versions involved.
+- an MLflow run per decision in the ``<experiment>-promotion`` experiment (a child of the
+  challenger's training run), holding the decision and ``decisions.jsonl``: the model's whole
+  promotion log as it stood after this decision; and a fixed set of tags on the versions
+  involved (latest decision, reason, ds, decision run).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +33,15 @@ log = logging.getLogger(__name__)
 
 LOG_FILE = "promotion_log.jsonl"
 DECISION_FILE = "decision.json"
+DECISIONS_ARTIFACT = "decisions.jsonl"
+NOTE_TAG = "mlflow.note.content"  # what the MLflow UI shows as an experiment's description
+PROMOTION_EXPERIMENT_DESCRIPTION = (
+    "One run per promotion decision of ecrec's registered model: the nightly gate "
+    "(challenger vs. champion vs. popularity on the newest holdout) and manual promote / "
+    "rollback (`python -m jobs.models`). Each gate run is a child of the challenger's training "
+    "run, names both versions and their training runs in its tags, and holds "
+    "`decisions.jsonl`: every decision on the model so far."
+)
 
 
 # ------------------------------------------------------------------ file helpers
@@ -126,13 +137,24 @@ def write_gate_decision(cfg: EcrecConfig, record: Mapping[str, Any]) -> str:
 # ------------------------------------------------------------------ MLflow records
 
 
-def ensure_experiment(client: MlflowClient, cfg: EcrecConfig, name: str) -> str:
-    """The id of experiment ``name``, created with its artifacts under mlflow_artifact_root."""
+def ensure_experiment(
+    client: MlflowClient, cfg: EcrecConfig, name: str, description: str = ""
+) -> str:
+    """The id of experiment ``name``, created with its artifacts under mlflow_artifact_root.
+
+    ``description`` is set when the experiment has none (a description edited in the UI stays).
+    """
     exp = client.get_experiment_by_name(name)
     if exp is not None:
-        return exp.experiment_id
-    return client.create_experiment(
-        name, artifact_location=artifact_location(cfg.mlflow_artifact_root, name))
+        exp_id = exp.experiment_id
+        has_note = bool((exp.tags or {}).get(NOTE_TAG))
+    else:
+        exp_id = client.create_experiment(
+            name, artifact_location=artifact_location(cfg.mlflow_artifact_root, name))
+        has_note = False
+    if description and not has_note:
+        client.set_experiment_tag(exp_id, NOTE_TAG, description)
+    return exp_id
 
 
 def promotion_experiment(cfg: EcrecConfig) -> str:
@@ -147,35 +169,63 @@ def _flat_params(record: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+def model_decisions(cfg: EcrecConfig) -> list[dict[str, Any]]:
+    """The promotion-log lines of the config's registered model, oldest first."""
+    return [r for r in read_promotion_log(cfg) if r.get("model") == cfg.registered_model_name]
+
+
 def log_decision_run(
     client: MlflowClient,
     cfg: EcrecConfig,
     record: Mapping[str, Any],
     metrics: Mapping[str, Mapping[str, float]] | None = None,
+    *,
+    parent_run_id: str = "",
+    tags: Mapping[str, str] | None = None,
+    persist: Callable[[dict[str, Any]], None] | None = None,
 ) -> str:
-    """One finished MLflow run holding a decision: params, both models' metrics, tags."""
-    exp_id = ensure_experiment(client, cfg, promotion_experiment(cfg))
+    """One finished MLflow run holding a decision; returns its id.
+
+    The run is a child of ``parent_run_id`` (the challenger's training run) when given. The
+    record gets the run's id as ``decision_run_id``; ``persist`` then writes it to the lake,
+    and the model's promotion log as it stands afterwards is logged as ``decisions.jsonl``.
+    A failure marks the run FAILED and propagates.
+    """
+    exp_id = ensure_experiment(client, cfg, promotion_experiment(cfg),
+                               PROMOTION_EXPERIMENT_DESCRIPTION)
     name = f"{record.get('kind', 'decision')}-{record.get('ds') or record.get('event_id')}"
-    tags = {
+    run_tags = {
         "decision": str(record["decision"]),
         "kind": str(record.get("kind", "")),
         "ds": str(record.get("ds", "")),
         "by": str(record.get("by", "")),
+        "model": cfg.registered_model_name,
         "mlflow.runName": name,
+        **dict(tags or {}),
     }
-    run = client.create_run(exp_id, tags=tags, run_name=name)
+    if parent_run_id:
+        run_tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(exp_id, tags=run_tags, run_name=name)
     run_id = run.info.run_id
+    full = {**record, "decision_run_id": run_id}
+    status = "FAILED"
     try:
-        for key, value in _flat_params(record).items():
+        for key, value in _flat_params(full).items():
             client.log_param(run_id, key, value)
         for model, values in (metrics or {}).items():
             for key, value in values.items():
                 safe = key.replace("@", "_at_")
                 client.log_metric(run_id, f"{model}.{safe}", float(value))
-        client.log_text(run_id, json.dumps(redact(dict(record)), indent=2, sort_keys=True),
+        client.log_text(run_id, json.dumps(redact(full), indent=2, sort_keys=True),
                         "decision.json")
+        if persist is not None:
+            persist(full)
+        lines = model_decisions(cfg)
+        client.log_text(run_id, "".join(json.dumps(redact(r), sort_keys=True) + "\n"
+                                        for r in lines), DECISIONS_ARTIFACT)
+        status = "FINISHED"
     finally:
-        client.set_terminated(run_id, "FINISHED")
+        client.set_terminated(run_id, status)
     return run_id
 
 

@@ -1,10 +1,14 @@
 """Atomic publication of the score tables into the warehouse.
 
-1. ``ensure_schema``: schema, main tables, ``<table>_latest`` views, COMMENT ON everything.
-2. Load every table into ``<table>__staging`` and check it there (row count, ds, key columns).
+1. ``ensure_schema``: schema, main tables, ``<table>_latest`` and ``<table>_named`` views, the
+   ``items`` dimension and ``published_nights`` (:mod:`ecrec_lib.warehouse.dimensions`),
+   COMMENT ON everything.
+2. Load every table (and the night's catalog items) into ``<table>__staging`` and check it
+   there (row count, ds, key columns).
 3. ONE transaction for all tables: delete the ds partition from the main table, insert from
-   staging, delete partitions older than the retention. Readers see the whole night or none
-   of it (PostgreSQL MVCC; DuckDB's single-writer transactions).
+   staging, delete partitions older than the retention, merge the items, record the night in
+   ``published_nights``. Readers see the whole night or none of it (PostgreSQL MVCC; DuckDB's
+   single-writer transactions).
 Any failure before the commit leaves the published data exactly as it was.
 """
 
@@ -18,6 +22,7 @@ import pandas as pd
 
 from ecrec_lib.lake import parse_ds
 from ecrec_lib.scoring.tables import LIST_KEYS, TABLE_COLUMNS
+from ecrec_lib.warehouse import dimensions
 from ecrec_lib.warehouse.backend import Warehouse, ident
 
 log = logging.getLogger(__name__)
@@ -41,8 +46,7 @@ COLUMN_COMMENTS = {
     "user_key": "Pseudonymized user id (HMAC of the shop's user id); never the raw id.",
     "rank": "Position in the list, 1 = best; 1..K without gaps.",
     "item_id": "Catalog item id (recommended item; in item_related: the source item).",
-    "score": "Ranking score, non-increasing with rank. user_topk: cosine similarity + quality "
-    "and popularity blend; query/item tables: cosine similarity; trending: trend strength.",
+    # Each table's score is a different quantity: see dimensions.SCORE_COMMENTS.
     "reason_item_id": "The user's history item most similar to the recommendation "
     "('because you viewed X'); NULL for cold-start users.",
     "strategy": "How the list was made: two_tower (personalized model), segment_trending "
@@ -64,7 +68,8 @@ def _col_type(col: str) -> str:
 
 
 def ensure_schema(wh: Warehouse) -> None:
-    """Create schema, tables, latest views and comments (idempotent)."""
+    """Create schema, tables, latest and named views, items, published_nights and comments
+    (idempotent)."""
     wh.execute(f"CREATE SCHEMA IF NOT EXISTS {ident(wh.schema)}")
     for table, cols in TABLE_COLUMNS.items():
         ddl = ", ".join(f"{ident(c)} {_col_type(c)} NOT NULL" if c != "reason_item_id"
@@ -80,7 +85,10 @@ def ensure_schema(wh: Warehouse) -> None:
             + _lit(f"Rows of {table} for its newest ds. " + TABLE_COMMENTS[table])
         )
         for c in cols:
-            wh.execute(f"COMMENT ON COLUMN {wh.fq(table)}.{ident(c)} IS " + _lit(COLUMN_COMMENTS[c]))
+            text = dimensions.SCORE_COMMENTS[table] if c == "score" else COLUMN_COMMENTS[c]
+            for relation in (table, table + "_latest"):
+                wh.execute(f"COMMENT ON COLUMN {wh.fq(relation)}.{ident(c)} IS " + _lit(text))
+    dimensions.ensure_dimensions(wh, TABLE_COMMENTS, COLUMN_COMMENTS)
 
 
 def _lit(text: str) -> str:
@@ -125,9 +133,18 @@ def _check_staging(wh: Warehouse, table: str, staging: str, expected_rows: int, 
 
 
 def publish(
-    wh: Warehouse, tables: Mapping[str, pd.DataFrame], ds: str, retention_days: int
+    wh: Warehouse,
+    tables: Mapping[str, pd.DataFrame],
+    ds: str,
+    retention_days: int,
+    *,
+    items: pd.DataFrame | None = None,
 ) -> dict[str, int]:
-    """Publish the ds partition of every table in one transaction; returns rows per table."""
+    """Publish the ds partition of every table in one transaction; returns rows per table.
+
+    ``items`` (:func:`dimensions.items_frame` of the night's clean catalog) is merged into the
+    ``items`` dimension in the same transaction; the night is recorded in ``published_nights``.
+    """
     unknown = set(tables) - set(TABLE_COLUMNS)
     if unknown:
         raise PublishError(f"unknown score tables {sorted(unknown)}")
@@ -138,12 +155,17 @@ def publish(
         for table, df in tables.items():
             staged[table] = _load_staging(wh, table, df, ds)
             problems += _check_staging(wh, table, staged[table], len(df), ds)
+        if items is not None:
+            staged[dimensions.ITEMS] = dimensions.load_items_staging(wh, items)
+            problems += dimensions.check_items_staging(wh, staged[dimensions.ITEMS], len(items))
         if problems:
             raise PublishError("staging checks failed: " + "; ".join(problems))
         day = parse_ds(ds)
         cutoff = day - dt.timedelta(days=retention_days)
+        rows = {t: int(len(df)) for t, df in tables.items()}
         with wh.transaction():
-            for table, staging in staged.items():
+            for table in tables:
+                staging = staged[table]
                 cols = ", ".join(ident(c) for c in TABLE_COLUMNS[table])
                 wh.execute(f"DELETE FROM {wh.fq(table)} WHERE ds = %s", [day])
                 wh.execute(
@@ -151,10 +173,15 @@ def publish(
                 )
                 if retention_days > 0:
                     wh.execute(f"DELETE FROM {wh.fq(table)} WHERE ds <= %s", [cutoff])
+            if items is not None:
+                dimensions.merge_items(wh, staged[dimensions.ITEMS], ds)
+            dimensions.record_night(
+                wh, ds, rows, None if items is None else len(items),
+                dimensions.served_versions(tables.get("user_topk", pd.DataFrame())),
+            )
     finally:
         for staging in staged.values():
             wh.execute(f"DROP TABLE IF EXISTS {wh.fq(staging)}")
-    rows = {t: int(len(df)) for t, df in tables.items()}
     log.info("published ds=%s to %s schema %s: %s", ds, wh.kind, wh.schema, rows)
     return rows
 
