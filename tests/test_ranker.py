@@ -4,6 +4,7 @@ and the ranker inside the blend (mixing, artifact round trip, batch scoring)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import pickle
 from pathlib import Path
@@ -51,10 +52,15 @@ def test_item_side_counts_codes_and_local_popularity() -> None:
     assert side.popularity.tolist() == [1, 3, 1, 0]
     assert side.brand.tolist() == [0, 1, 0, -1] and side.category.tolist() == [0, -1, 0, 1]
     assert side.first_ts[1] == 10 * DAY and side.last_ts[1] == 40 * DAY and np.isnan(side.first_ts[3])
-    # item 1 has events on days 10, 12, 40: two within 7 days of day 11, all three within 30
+    # item 1 has events on days 10, 12, 40: only day 10 is in the 7 (or 30) days up to day 11;
+    # days 12 and 40 are after that "now" and never count
     got = side.local_popularity(np.array([[1, 1, 3]]), np.array([[11 * DAY] * 3]), 7)
-    assert got.tolist() == [[2, 2, 0]]
-    assert side.local_popularity(np.array([1]), np.array([11 * DAY]), 30).tolist() == [3]
+    assert got.tolist() == [[1, 1, 0]]
+    assert side.local_popularity(np.array([1]), np.array([11 * DAY]), 30).tolist() == [1]
+    assert side.local_popularity(np.array([1]), np.array([40 * DAY]), 28).tolist() == [2]
+    assert side.count_until(np.array([1, 1, 0]), np.array([9 * DAY, 12 * DAY, 0])).tolist() == [0, 2, 1]
+    last = side.last_until(np.array([1, 1, 3]), np.array([11 * DAY, 50 * DAY, 50 * DAY]))
+    assert last[:2].tolist() == [10 * DAY, 40 * DAY] and np.isnan(last[2])
     assert not ItemSide.build(seqs, 4, ["a"] * 4, ["x"] * 4).has_time
     with pytest.raises(RankerError, match="one entry per item"):
         ItemSide.build(seqs, 4, ["a"], ["x"] * 4)
@@ -94,7 +100,7 @@ def test_time_context_and_session_features_read_the_users_pace() -> None:
     assert (f["events_last_day"][0] == 3).all() and (f["events_last_day"][1] == 1).all()
     # a plain array of last times still scores: the time features are there, the pace missing
     _, x1 = candidate_features(side, hist, *p, 10, ctx[:2, 0], names, tables)
-    assert np.array_equal(x1[..., names.index("days_item_last")], f["days_item_last"])
+    assert np.array_equal(x1[..., names.index("days_item_last")], f["days_item_last"], equal_nan=True)
     assert np.isnan(x1[..., names.index("gap_prev_days")]).all()
 
 
@@ -118,15 +124,21 @@ def test_candidate_features_exclude_history_and_match_brand() -> None:
     share = {int(c): v for c, v in zip(cands[0], f["brand_share"][0], strict=True)}
     assert share[1] == pytest.approx(0.5) and share[3] == pytest.approx(0.5) and share[4] == 0
     # the user without an anchor time gets missing time features, not made-up ones
-    assert np.isnan(f["days_item_last"][1]).all() and np.isfinite(f["days_item_last"][0]).all()
+    assert np.isnan(f["days_item_last"][1]).all()
+    # item i's one event is on day i: items seen by now (day 3) have a last event, later ones none
+    assert (np.isfinite(f["days_item_last"][0]) == (cands[0] <= 3)).all()
     days = {int(c): v for c, v in zip(cands[0], f["days_item_first"][0], strict=True)}
-    assert days[5] == pytest.approx(2.0)  # item 5 first seen on day 5, the user's anchor is day 3
+    assert days[1] == pytest.approx(-2.0)  # item 1 first seen on day 1, the user's now is day 3
+    assert np.isnan(days[5])  # item 5's first event (day 5) is after now: not seen yet
     # the last item's own row of each item x item table: user 0's last item is 2, user 1's is 5
     assert f["sim_item_last"][0].tolist() == (12 + cands[0]).tolist()
     assert f["sim_linear_last"][1].tolist() == (-(30 + cands[1])).tolist()
-    # brand popularity: brand a = items 0, 1, 5 (one event each); unknown brand: missing
+    # brand popularity up to now (day 3): brand a = items 0, 1, 5 on days 0, 1, 5 -> 2 events;
+    # unknown brand: missing; the user without a time context counts all 3
     bpop = {int(c): v for c, v in zip(cands[0], f["log_brand_popularity"][0], strict=True)}
-    assert bpop[1] == pytest.approx(np.log1p(3)) and np.isnan(bpop[4])
+    assert bpop[1] == pytest.approx(np.log1p(2)) and np.isnan(bpop[4])
+    bpop1 = {int(c): v for c, v in zip(cands[1], f["log_brand_popularity"][1], strict=True)}
+    assert bpop1[1] == pytest.approx(np.log1p(3))
     no_linear = candidate_features(side, hist, *p, 10, None, names, (item_sim, None))[1]
     assert (no_linear[..., names.index("sim_linear_last")] == 0).all()
     assert candidate_features(side, hist, *p, 10, None, ("p_item", "base_rank"))[1].shape[-1] == 2
@@ -491,3 +503,32 @@ def test_remembered_scores_skip_recomputing_and_threads_change_nothing(brand_ble
     assert pickle.loads(pickle.dumps(ranker))._memo is None
     ranker.remember_scores(False)
     assert not np.array_equal(ranker.score(hist, *flat, anchors, tables)[1], s)
+
+
+def test_a_future_event_changes_no_feature_and_no_score(brand_blend) -> None:
+    """Events after a row's now (its time context) are invisible to every feature: planting
+    training events after it, for the very candidates the rows rank, changes nothing."""
+    blend, seqs, n = brand_blend
+    ranker = blend.ranker
+    _, times, brands = _brand_walk()
+    hist = [s[:4] for s in seqs[:30]]
+    context = time_context([t[:4] for t in times[:30]])  # now = day 3 of the walk
+    dists = [_row_distribution(m.score(hist), None, 0).numpy()
+             for m in (blend.knn, blend.user_knn, blend.linear)]
+    tables = (blend.knn.sim, blend.linear.weights)
+    cands, x = candidate_features(ranker.side, hist, *dists, 40, context, ranker.features, tables)
+    planted = np.unique(cands[:, :10])
+    later = (context[0, 0] + DAY * np.arange(1, len(planted) + 1)).astype(np.int64)
+    future = ItemSide.build([*seqs, planted], n, brands, ["c"] * n, [*times, later])
+    assert future.popularity.sum() == ranker.side.popularity.sum() + len(planted)
+    cands_f, x_f = candidate_features(future, hist, *dists, 40, context, ranker.features, tables)
+    assert np.array_equal(cands_f, cands)
+    assert np.array_equal(x_f, x, equal_nan=True)
+    before = ranker.score(hist, *dists, context, tables)[1]
+    after = dataclasses.replace(ranker, side=future).score(hist, *dists, context, tables)[1]
+    assert np.array_equal(after, before)
+    # the same events planted before now do change the features: the test can fail
+    earlier = (context[0, 0] - DAY * np.arange(1, len(planted) + 1)).astype(np.int64)
+    past = ItemSide.build([*seqs, planted], n, brands, ["c"] * n, [*times, earlier])
+    assert not np.array_equal(candidate_features(past, hist, *dists, 40, context,
+                                                 ranker.features, tables)[1], x, equal_nan=True)

@@ -22,10 +22,16 @@ isolate the newest step. Brand and category popularity (training interactions su
 candidate's brand, its category) tell a big brand's item from a niche one's.
 Text features (cosine between the candidate's text vector and the last history item's, and
 the mean of the last five) read the *pretrained* text encoder's item vectors, never the trained
-item tower (which has seen the labels' co-occurrences). Time features (days between the user's last event and the candidate's first / last training
-event, the candidate's training events within 7 / 30 / 180 days of the user's last event)
-need event times; without them the ranker is fitted without those features. A ranker fitted
-with them and served without a user's anchor time sees them as missing (LightGBM's missing
+item tower (which has seen the labels' co-occurrences).
+
+Every count and time a feature reads is causal: it comes from training events at or before the
+row's "now", the last event of its :func:`time_context` (a nightly run has no later events;
+leave-one-out training holds other users' later events, which must not leak in). Time features
+are the days between now and the candidate's first / last training event up to now, and its
+training events in the 7 / 30 / 180 days up to now; popularity and brand / category popularity
+also count the events up to now. They need event times; without them the ranker is fitted
+without the time features and counts read the whole training window. A ranker fitted with time
+features and served without a user's time context sees them as missing (LightGBM's missing
 branch), which ranks worse: pass ``anchor_ts``. Pace features (log days between the history's
 last two events, its events in the last day) read the user's own times: pass ``anchor_ts`` as
 :func:`time_context`; a plain array of last event times leaves them missing.
@@ -206,15 +212,73 @@ class ItemSide:
     def has_path(self) -> bool:
         return self.path is not None
 
-    def local_popularity(self, items: np.ndarray, anchor: np.ndarray, days: float) -> np.ndarray:
-        """Training events of each ``items`` entry within ``days`` of ``anchor`` (same shape)."""
+    def _at_or_before(self, items: np.ndarray, anchor: np.ndarray) -> np.ndarray:
+        """Index into ``event_keys`` one past each ``items`` entry's last event at or before
+        ``anchor`` (same shape; anchors are epoch seconds)."""
         assert self.event_keys is not None
+        a = np.clip(np.asarray(anchor, dtype=np.int64), 0, (1 << TS_SHIFT) - 1)
+        return np.searchsorted(self.event_keys, (items << TS_SHIFT) | a, side="right")
+
+    def _item_start(self, items: np.ndarray) -> np.ndarray:
+        """Index into ``event_keys`` of each ``items`` entry's first event."""
+        assert self.event_keys is not None
+        return np.searchsorted(self.event_keys, items << TS_SHIFT)
+
+    def count_until(self, items: np.ndarray, anchor: np.ndarray) -> np.ndarray:
+        """Training events of each ``items`` entry at or before ``anchor`` (same shape)."""
+        return (self._at_or_before(items, anchor) - self._item_start(items)).astype(np.float64)
+
+    def local_popularity(self, items: np.ndarray, anchor: np.ndarray, days: float) -> np.ndarray:
+        """Training events of each ``items`` entry in the ``days`` up to ``anchor`` (same
+        shape): never one after the anchor, which a nightly run could not have seen."""
         w = int(days * DAY_S)
-        a = anchor.astype(np.int64)
-        lo = np.searchsorted(self.event_keys, (items << TS_SHIFT) | np.clip(a - w, 0, None))
-        hi = np.searchsorted(self.event_keys, (items << TS_SHIFT) | np.clip(a + w, 0, (1 << TS_SHIFT) - 1),
-                             side="right")
-        return (hi - lo).astype(np.float64)
+        lo = np.searchsorted(self.event_keys, (items << TS_SHIFT) | np.clip(
+            np.asarray(anchor, dtype=np.int64) - w, 0, None))
+        return (self._at_or_before(items, anchor) - lo).astype(np.float64)
+
+    def last_until(self, items: np.ndarray, anchor: np.ndarray) -> np.ndarray:
+        """Each ``items`` entry's last training event at or before ``anchor`` (nan: none)."""
+        assert self.event_keys is not None
+        end = self._at_or_before(items, anchor)
+        has = end > self._item_start(items)
+        ts = self.event_keys[np.maximum(end - 1, 0)] & ((1 << TS_SHIFT) - 1)
+        return np.where(has, ts.astype(np.float64), np.nan)
+
+    def first_until(self, items: np.ndarray, anchor: np.ndarray) -> np.ndarray:
+        """Each ``items`` entry's first training event if it is at or before ``anchor``."""
+        assert self.first_ts is not None
+        first = self.first_ts[items]
+        return np.where(first <= anchor, first, np.nan)
+
+    def group_count_until(self, kind: str, cands: np.ndarray,
+                          anchor: np.ndarray | None) -> np.ndarray:
+        """Training events of each candidate's ``kind`` group ("brand" or "category") at or
+        before ``anchor`` (same shape as ``cands``; None: over all training); nan for an
+        unknown code."""
+        codes = getattr(self, kind)
+        known = codes >= 0
+        c = codes[cands]
+        if anchor is None or not self.has_time:
+            totals = np.bincount(codes[known], self.popularity[known],
+                                 minlength=int(codes.max()) + 1 if known.any() else 1)
+            return np.where(c >= 0, totals[np.maximum(c, 0)], np.nan)
+        keys = self._group_keys(kind)
+        g = np.maximum(c, 0).astype(np.int64)
+        a = np.clip(np.asarray(anchor, dtype=np.int64), 0, (1 << TS_SHIFT) - 1)
+        n = (np.searchsorted(keys, (g << TS_SHIFT) | a, side="right")
+             - np.searchsorted(keys, g << TS_SHIFT)).astype(np.float64)
+        return np.where(c >= 0, n, np.nan)
+
+    def _group_keys(self, kind: str) -> np.ndarray:
+        """Sorted ``group << TS_SHIFT | ts`` of the training events of the items with a known
+        ``kind`` code (built once per side: the tables do not change after fitting)."""
+        assert self.event_keys is not None
+        cache = self.__dict__.setdefault("_group_keys_cache", {})
+        if kind not in cache:
+            ts = self.event_keys & ((1 << TS_SHIFT) - 1)
+            g = getattr(self, kind)[self.event_keys >> TS_SHIFT]
+            cache[kind] = np.sort((g[g >= 0] << TS_SHIFT) | ts[g >= 0])
+        return cache[kind]
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         out = {"popularity": self.popularity, "brand": self.brand, "category": self.category}
@@ -306,16 +370,6 @@ def _leaf_codes(path: np.ndarray) -> np.ndarray:
     return _codes([str(v) if v >= 0 else "" for v in out])
 
 
-def _group_popularity(codes: np.ndarray, popularity: np.ndarray, cands: np.ndarray) -> np.ndarray:
-    """log1p of the training popularity summed over each candidate's brand (or category);
-    nan for an unknown code."""
-    known = codes >= 0
-    totals = np.bincount(codes[known], popularity[known], minlength=int(codes.max()) + 1
-                         if known.any() else 1)
-    c = codes[cands]
-    return np.where(c >= 0, np.log1p(totals[np.maximum(c, 0)]), np.nan)
-
-
 def candidate_features(side: ItemSide, histories: Sequence[np.ndarray], p_item: np.ndarray,
                        p_user: np.ndarray, p_linear: np.ndarray | None, n_candidates: int,
                        anchor_ts: np.ndarray | None, names: Sequence[str],
@@ -339,12 +393,24 @@ def candidate_features(side: ItemSide, histories: Sequence[np.ndarray], p_item: 
     pi, pu, pl = take(p_item), take(p_user), take(p_linear)
     last = np.asarray([h[-1] if len(h) else -1 for h in histories], dtype=np.int64)
     lengths = np.asarray([len(h) for h in histories], dtype=np.float32)
+    context = None if anchor_ts is None else np.asarray(anchor_ts, dtype=np.float64)
+    if context is not None and context.ndim == 1:
+        context = np.stack([context, np.full_like(context, np.nan), np.full_like(context, np.nan)], 1)
+    # the row's "now": every count and time below reads training events at or before it only
+    # (a nightly run has no later ones); rows without one read the whole training window
+    timed = context is not None and side.has_time
+    known = np.isfinite(context[:, 0])[:, None] if timed else np.zeros((rows, 1), dtype=bool)
+    anchor = (np.broadcast_to(np.where(known[:, 0], context[:, 0], 0.0)[:, None], (rows, c))
+              if timed else None)
+    popularity = side.popularity[cands]
+    if anchor is not None:
+        popularity = np.where(known, side.count_until(cands, anchor), popularity)
     cols: dict[str, Any] = {
         "p_item": pi, "p_user": pu, "p_linear": pl, "base": take(base),
         "log_p_item": np.log(pi + LOG_FLOOR), "log_p_user": np.log(pu + LOG_FLOOR),
         "log_p_linear": np.log(pl + LOG_FLOOR),
         "base_rank": np.broadcast_to(np.arange(c, dtype=np.float32), (rows, c)),
-        "log_popularity": np.log1p(side.popularity[cands]),
+        "log_popularity": np.log1p(popularity),
         "history_length": np.broadcast_to(lengths[:, None], (rows, c))}
     for kind, codes in (("brand", side.brand), ("category", side.category)):
         last_code = np.where(last >= 0, codes[np.maximum(last, 0)], -1)
@@ -352,7 +418,10 @@ def candidate_features(side: ItemSide, histories: Sequence[np.ndarray], p_item: 
         if f"{kind}_share" in want:
             cols[f"{kind}_share"] = _share_of(codes, histories, cands)
         if f"log_{kind}_popularity" in want:
-            cols[f"log_{kind}_popularity"] = _group_popularity(codes, side.popularity, cands)
+            group = side.group_count_until(kind, cands, None)
+            if anchor is not None:
+                group = np.where(known, side.group_count_until(kind, cands, anchor), group)
+            cols[f"log_{kind}_popularity"] = np.log1p(group)
     if want & set(LAST_ITEM_FEATURES):
         if last_item_tables is None:
             raise RankerError("this ranker reads the last item's item-kNN and linear similarities: "
@@ -390,23 +459,17 @@ def candidate_features(side: ItemSide, histories: Sequence[np.ndarray], p_item: 
         cols["path_depth_last"] = np.cumprod(same, axis=2).sum(2).astype(np.float32)
         leaf = _leaf_codes(side.path)
         cols["path_share"] = _share_of(leaf, histories, cands)
-    context = None if anchor_ts is None else np.asarray(anchor_ts, dtype=np.float64)
-    if context is not None and context.ndim == 1:
-        context = np.stack([context, np.full_like(context, np.nan), np.full_like(context, np.nan)], 1)
     if want & set(SESSION_FEATURES):
         gap, recent = ((np.full(rows, np.nan), np.full(rows, np.nan)) if context is None else
                        (np.log1p(np.maximum(context[:, 0] - context[:, 1], 0.0) / DAY_S), context[:, 2]))
         cols["gap_prev_days"] = np.broadcast_to(gap[:, None], (rows, c))
         cols["events_last_day"] = np.broadcast_to(recent[:, None], (rows, c))
     if want & set(TIME_FEATURES):
-        if context is None or not side.has_time:
+        if anchor is None:
             cols.update({n: np.full((rows, c), np.nan) for n in TIME_FEATURES})
         else:
-            given = context[:, 0]
-            known = np.isfinite(given)[:, None]  # a user without an anchor: missing features
-            anchor = np.broadcast_to(np.where(known[:, 0], given, 0.0)[:, None], (rows, c))
-            cols["days_item_last"] = (side.last_ts[cands] - anchor) / DAY_S
-            cols["days_item_first"] = (side.first_ts[cands] - anchor) / DAY_S
+            cols["days_item_last"] = (side.last_until(cands, anchor) - anchor) / DAY_S
+            cols["days_item_first"] = (side.first_until(cands, anchor) - anchor) / DAY_S
             for d in LOCAL_WINDOWS_DAYS:
                 cols[f"local_pop_{d}d"] = np.log1p(side.local_popularity(cands, anchor, d))
             for n in TIME_FEATURES:
