@@ -269,7 +269,7 @@ tr.crit{{background:#fdd}}tr.warn{{background:#ffe9b3}}tr.ok{{background:#efe}}<
 
 def store_outcome(spark: SparkSession, outcome: SuiteOutcome, out_dir: str) -> None:
     """Write ``results.json`` and ``index.html`` for one suite run under ``out_dir``."""
-    from ecrec_lib.pipeline.io import write_json, write_text
+    from ecrec_lib.lake_files import write_json, write_text
 
     write_json(spark, f"{out_dir}/results.json", outcome.to_dict())
     write_text(spark, f"{out_dir}/index.html", render_html(outcome))

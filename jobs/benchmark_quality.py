@@ -38,8 +38,8 @@ from ecrec_lib.evaluation import (
     leave_one_out,
     popularity_scores,
 )
-from ecrec_lib.evaluation.baselines import KNN_GRID, LinearTransitions, UserKNN, tune_item_knn
 from ecrec_lib.models.config import ModelConfig
+from ecrec_lib.models.neighbourhood import KNN_GRID, LinearTransitions, UserKNN, tune_item_knn
 from ecrec_lib.training.data import TrainingData
 from jobs.common import setup_logging
 
@@ -184,14 +184,14 @@ def run_ranker(data: TrainingData, split: Split, pop: np.ndarray,
     score zero."""
     import torch
 
-    from ecrec_lib.models.ranker import _Parts
+    from ecrec_lib.models.neighbourhood import NeighbourhoodParts
     from ecrec_lib.training.trainer import eval_anchor_times
 
     if nb.ranker is None:
         why = (nb.ranker_report or {}).get("skipped", "the ranker is switched off (ranker=false)")
         return {"status": f"n/a ({why})"}
     ranker = nb.ranker
-    parts = _Parts(nb.item_knn, nb.user_knn, nb.linear)
+    parts = NeighbourhoodParts(nb.item_knn, nb.user_knn, nb.linear)
     anchors = eval_anchor_times(data, split.test)
 
     def score(pos: np.ndarray) -> Any:
@@ -313,7 +313,6 @@ def run_benchmark(
     save_dir: str | None = None,
 ) -> dict[str, Any]:
     """All requested models over all seeds; a JSON-serializable result."""
-    import torch
 
     train, valid, test = leave_one_out(data.sequences)
     if len(test) == 0:
@@ -332,13 +331,8 @@ def run_benchmark(
             mcfg = dataclasses.replace(mcfg, ranker=True)
         if mcfg.ranker not in shared:
             log.info("fitting the neighbourhood parts once for the ranker row and every seed")
-            nb = fit_shared_neighbourhood(data, split, mcfg, valid_users, cache_dir, has_items)
-            if nb.ranker is not None:
-                # every seed's blend scores the same validation and test batches with this one
-                # ranker: each batch is scored once, with every torch thread (same scores)
-                nb.ranker.remember_scores()
-                nb.ranker.predict_threads = torch.get_num_threads()
-            shared[mcfg.ranker] = nb
+            shared[mcfg.ranker] = fit_shared_neighbourhood(data, split, mcfg, valid_users,
+                                                           cache_dir, has_items)
         return shared[mcfg.ranker]
 
     for name in models:

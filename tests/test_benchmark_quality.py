@@ -218,7 +218,7 @@ def test_job_runs_the_learned_ranker_alone(tmp_path: Path, capsys):
 
 def test_job_reports_linear_na_on_a_catalog_above_its_limit(tmp_path: Path, monkeypatch, capsys):
     """A catalog too large for SLIST's dense solve: its row says so, the other models still run."""
-    from ecrec_lib.evaluation.baselines import LinearTransitions
+    from ecrec_lib.models.neighbourhood import LinearTransitions
 
     monkeypatch.setattr(LinearTransitions, "max_items", N_PATTERN_ITEMS - 1)
     out = tmp_path / "r.json"

@@ -8,11 +8,7 @@ import numpy as np
 import pytest
 
 from ecrec_lib.evaluation import (
-    CatalogTooLargeError,
     EvalSet,
-    ItemKNN,
-    LinearTransitions,
-    UserKNN,
     evaluate_scores,
     evaluate_topk_lists,
     leave_one_out,
@@ -20,6 +16,7 @@ from ecrec_lib.evaluation import (
     reference_evaluate,
 )
 from ecrec_lib.evaluation.metrics import top_k
+from ecrec_lib.models.neighbourhood import CatalogTooLargeError, ItemKNN, LinearTransitions, UserKNN
 
 
 def _fixed(matrix: np.ndarray):

@@ -10,19 +10,17 @@ import pickle
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
 
-from ecrec_lib.evaluation import ItemKNN, LinearTransitions, UserKNN
 from ecrec_lib.models.blend import (
     CoocBlend,
     _mix_neighbourhoods,
-    _row_distribution,
     fit_blend,
     fit_neighbourhood,
 )
+from ecrec_lib.models.neighbourhood import ItemKNN, LinearTransitions, UserKNN, row_distribution
 from ecrec_lib.models.ranker import (
     FEATURES,
     PATH_FEATURES,
@@ -237,7 +235,7 @@ def test_fit_ranker_learns_a_signal_the_fixed_mix_misses() -> None:
     # probs: a distribution over each row's candidates, zero on history items
     parts = _parts(seqs, n)
     hist = [s[:3] for s in seqs[:20]]
-    dists = [_row_distribution(m.score(hist), None, 0).numpy() for m in parts]
+    dists = [row_distribution(m.score(hist)).numpy() for m in parts]
     tables = (parts[0].sim, parts[2].weights)
     p = ranker.probs(hist, *dists, np.full(20, 1_700_000_000 + 2.0 * DAY), tables)
     assert p.shape == (20, n) and np.allclose(p.sum(1), 1.0, atol=1e-5)
@@ -295,7 +293,7 @@ def test_ranker_share_mixes_into_the_neighbourhood(brand_blend) -> None:
     hist = [s[:4] for s in seqs[:16]]
     anchors = np.full(16, 1_700_000_000 + 3.0 * DAY)
     got = blend.knn_probs(hist, anchor_ts=anchors)
-    dists = [_row_distribution(m.score(hist), None, 0) for m in (blend.knn, blend.user_knn, blend.linear)]
+    dists = [row_distribution(m.score(hist)) for m in (blend.knn, blend.user_knn, blend.linear)]
     p_rank = torch.as_tensor(blend.ranker.probs(hist, *(d.numpy() for d in dists), anchors,
                                                 (blend.knn.sim, blend.linear.weights)))
     want = _mix_neighbourhoods(dists[0], [(dists[1], 0.3 * 0.5), (dists[2], 0.2 * 0.5), (p_rank, 0.5)])
@@ -357,7 +355,7 @@ def test_ranker_without_anchor_times_still_scores(brand_blend) -> None:
     # a list longer than the catalog holds the history items too: they get no mass
     wide = copy.copy(blend.ranker)
     wide.n_candidates = 500
-    dists = [_row_distribution(m.score(hist), None, 0).numpy()
+    dists = [row_distribution(m.score(hist)).numpy()
              for m in (blend.knn, blend.user_knn, blend.linear)]
     q = wide.probs(hist, *dists, None, (blend.knn.sim, blend.linear.weights))
     assert np.allclose(q.sum(1), 1.0, atol=1e-5) and all(q[r, h].sum() == 0 for r, h in enumerate(hist))
@@ -408,39 +406,6 @@ def _never(*_: object) -> None:
     raise AssertionError("fit_blend refitted a part it was given")
 
 
-def test_batch_scoring_with_ranker_equals_full_rows(brand_blend) -> None:
-    from ecrec_lib.scoring.pipeline import ItemSpace, blend_candidates
-
-    blend, seqs, n = brand_blend
-    rng = np.random.default_rng(3)
-    dim = 8
-    item_emb = rng.normal(size=(n, dim)).astype(np.float32)
-    item_emb /= np.linalg.norm(item_emb, axis=1, keepdims=True)
-
-    class Model:
-        item_ids = [f"i{k}" for k in range(n)]
-
-    ids = Model.item_ids[::-1]
-    emb = item_emb[::-1].copy()
-    items = ItemSpace(item_ids=np.asarray(ids, dtype=object), emb=emb, in_stock=np.ones(n, bool),
-                      category_codes=np.zeros(n, np.int64), quality=np.zeros(n, np.float32),
-                      popularity_norm=np.zeros(n))
-    hist = [s[:4] for s in seqs[:6]]
-    users = rng.normal(size=(6, dim)).astype(np.float32)
-    cos = users @ emb.T
-    anchors = np.full(6, 1_700_000_000 + 3.0 * DAY)
-    top = np.argsort(-cos, axis=1)[:, :30]
-    cand, score = blend_candidates(Model(), copy.copy(blend), items,
-                                   pd.Series([[f"i{i}" for i in h] for h in hist], dtype=object),
-                                   users, top, None, anchors)
-    cols = items.index_of(Model.item_ids)
-    full = blend.mix(torch.as_tensor(cos), hist, cols, anchors).numpy()
-    for r in range(6):
-        ok = cand[r] >= 0
-        assert np.allclose(score[r][ok], full[r][cand[r][ok]], atol=1e-4)
-        assert cand[r][np.argmax(np.where(ok, score[r], -np.inf))] == np.argmax(full[r])
-
-
 def test_trainer_fits_the_ranker_into_the_blend(tmp_path: Path) -> None:
     """train_two_tower: the ranker is fitted from the blend's parts with the pretrained text
     vectors and event times, reported, given a share on validation, and served from the saved
@@ -448,7 +413,7 @@ def test_trainer_fits_the_ranker_into_the_blend(tmp_path: Path) -> None:
     from ecrec_lib.evaluation import leave_one_out
     from ecrec_lib.models.artifact import load_recommender_dir, save_recommender
     from ecrec_lib.training.data import TrainingData
-    from ecrec_lib.training.trainer import ModelConfig, make_score_fn, train_two_tower
+    from ecrec_lib.training.trainer import ModelConfig, eval_histories, train_two_tower
     from tests.helpers_two_tower import make_tiny_bert
 
     seqs, times, brands = _brand_walk(n_users=800, n_items=400, seed=2)
@@ -472,37 +437,19 @@ def test_trainer_fits_the_ranker_into_the_blend(tmp_path: Path) -> None:
     assert blend is not None and blend.ranker is not None and blend.ranker_share > 0
     loaded = load_recommender_dir(save_recommender(res.model, tmp_path / "m"))
     assert loaded.blend.ranker is not None and loaded.blend.ranker.use_text
-    rows = np.arange(10)
-    want = make_score_fn(res.model, test, data)(rows)
-    assert torch.allclose(make_score_fn(loaded, test, data)(rows), want, atol=1e-4)
-
-
-def test_remembered_scores_skip_recomputing_and_threads_change_nothing(brand_blend) -> None:
-    blend, seqs, _ = brand_blend
-    ranker = copy.copy(blend.ranker)
-    hist = [s[:4] for s in seqs[:20]]
-    anchors = np.full(20, 1_700_000_000 + 3.0 * DAY)
-    dists = [_row_distribution(m.score(hist), None, 0).numpy()
-             for m in (blend.knn, blend.user_knn, blend.linear)]
-    tables = (blend.knn.sim, blend.linear.weights)
-    cands, s = ranker.score(hist, *dists, anchors, tables)
-    threaded = copy.copy(ranker)
-    threaded.predict_threads = 2
-    assert np.array_equal(threaded.score(hist, *dists, anchors, tables)[1], s)
-    ranker.remember_scores()
-    assert np.array_equal(ranker.score(hist, *dists, anchors, tables)[1], s)
-    # a remembered batch is not recomputed: other distributions give the same answer
-    flat = [np.full_like(d, 1.0 / d.shape[1]) for d in dists]
-    c2, s2 = ranker.score([h.astype(np.int32) for h in hist], *flat, anchors, tables)
-    assert np.array_equal(c2, cands) and np.array_equal(s2, s)
-    s2[:] = 0  # callers get copies: the memo cannot be corrupted through them
-    assert np.array_equal(ranker.score(hist, *flat, anchors, tables)[1], s)
-    # other anchors or histories are another batch
-    assert not np.array_equal(ranker.score(hist, *flat, anchors + 90 * DAY, tables)[1], s)
-    assert not np.array_equal(ranker.score(hist[::-1], *flat, anchors, tables)[1], s[::-1])
-    assert pickle.loads(pickle.dumps(ranker))._memo is None
-    ranker.remember_scores(False)
-    assert not np.array_equal(ranker.score(hist, *flat, anchors, tables)[1], s)
+    # the served ranking is the blend with its ranker, over the full rows, from the artifact too
+    hist = eval_histories(res.model.item_ids, test, data)[:10]
+    ids, scores = res.model.recommend(hist, None, 5)
+    idx = [np.asarray(h, dtype=np.int64) for h in test.histories[:10]]
+    users = res.model.encode_users(hist, max(int(t) for h in hist for t in h.event_times))
+    cos = torch.as_tensor(users) @ res.model.item_table().T
+    full = blend.mix(cos, idx, None, time_context([h.event_times for h in hist])).numpy()
+    for r in range(10):
+        full[r, idx[r]] = -np.inf
+        assert ids[r].tolist() == [data.item_ids[i] for i in np.argsort(-full[r], kind="stable")[:5]]
+        assert np.allclose(scores[r], np.sort(full[r])[::-1][:5], atol=1e-5)
+    loaded_ids, loaded_scores = loaded.recommend(hist, None, 5)
+    assert (loaded_ids == ids).all() and np.allclose(loaded_scores, scores, atol=1e-4)
 
 
 def test_a_future_event_changes_no_feature_and_no_score(brand_blend) -> None:
@@ -513,7 +460,7 @@ def test_a_future_event_changes_no_feature_and_no_score(brand_blend) -> None:
     _, times, brands = _brand_walk()
     hist = [s[:4] for s in seqs[:30]]
     context = time_context([t[:4] for t in times[:30]])  # now = day 3 of the walk
-    dists = [_row_distribution(m.score(hist), None, 0).numpy()
+    dists = [row_distribution(m.score(hist)).numpy()
              for m in (blend.knn, blend.user_knn, blend.linear)]
     tables = (blend.knn.sim, blend.linear.weights)
     cands, x = candidate_features(ranker.side, hist, *dists, 40, context, ranker.features, tables)

@@ -10,7 +10,7 @@ either order; session neighbours (user-kNN) vote with whole overlapping historie
 
 where each neighbourhood part is a distribution over the catalog (its non-negative scores
 divided by their sum): item-kNN, user-kNN (session neighbours) and the linear transition model
-(:class:`~ecrec_lib.evaluation.baselines.LinearTransitions`, SLIST). A user for whom user-kNN or
+(:class:`~ecrec_lib.models.neighbourhood.LinearTransitions`, SLIST). A user for whom user-kNN or
 the linear model has no positive score gives that part's share to item-kNN. A fourth part,
 optional, is the learned candidate ranker (:mod:`ecrec_lib.models.ranker`): LambdaRank over the
 three parts' scores and item side features, trained on each training sequence's last item;
@@ -47,11 +47,12 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ecrec_lib.evaluation.baselines import (
+from ecrec_lib.models.neighbourhood import (
     CatalogTooLargeError,
     ItemKNN,
     LinearTransitions,
     UserKNN,
+    row_distribution,
     tune_item_knn,
 )
 from ecrec_lib.models.ranker import CandidateRanker
@@ -173,17 +174,17 @@ class CoocBlend:
                                    ("linear", self.linear, self.linear_share)):
             if model is not None and (share > 0 or use_ranker):
                 raw[name] = (model.score(histories), share)
-        parts = [(_row_distribution(s, columns, n_columns), share)
+        parts = [(row_distribution(s, columns, n_columns), share)
                  for s, share in raw.values() if share > 0]
         if use_ranker:
             assert self.ranker is not None
-            dists = [None if s is None else _row_distribution(s, None, 0).numpy() for s in
+            dists = [None if s is None else row_distribution(s, None, 0).numpy() for s in
                      (s_item, raw["user"][0], raw.get("linear", (None, 0.0))[0])]
             p_rank = self.ranker.probs(histories, *dists, anchor_ts, (
                 self.knn.sim, self.linear.weights if self.linear is not None else None))
             parts = [(p, share * (1 - self.ranker_share)) for p, share in parts]
-            parts.append((_row_distribution(p_rank, columns, n_columns), self.ranker_share))
-        return _mix_neighbourhoods(_row_distribution(s_item, columns, n_columns), parts)
+            parts.append((row_distribution(p_rank, columns, n_columns), self.ranker_share))
+        return _mix_neighbourhoods(row_distribution(s_item, columns, n_columns), parts)
 
     def mix(self, cos: torch.Tensor, histories: Sequence[np.ndarray],
             columns: np.ndarray | None = None, anchor_ts: np.ndarray | None = None) -> torch.Tensor:
@@ -351,19 +352,6 @@ def _mix_neighbourhoods(p_item: torch.Tensor,
     return acc + rest.clamp_(min=0.0) * p_item
 
 
-def _row_distribution(scores: np.ndarray, columns: np.ndarray | None, n_columns: int) -> torch.Tensor:
-    """Non-negative kNN scores -> rows summing to 1 (all-zero rows stay zero), optionally laid
-    out over ``n_columns`` columns (model index -> column, -1 = absent)."""
-    k = torch.as_tensor(scores, dtype=torch.float32).clamp_min(0)
-    if columns is not None:
-        cols = np.asarray(columns, dtype=np.int64)
-        present = np.flatnonzero(cols >= 0)
-        out = torch.zeros(k.shape[0], n_columns, dtype=torch.float32)
-        out[:, torch.as_tensor(cols[present])] = k[:, torch.as_tensor(present)]
-        k = out
-    return k / k.sum(1, keepdim=True).clamp_min(1e-12)
-
-
 def index_histories(model_item_ids: Sequence[str], histories: Sequence[Any]) -> list[np.ndarray]:
     """Item-id histories -> model item indices (ids the model does not know are skipped)."""
     index = {iid: i for i, iid in enumerate(model_item_ids)}
@@ -446,9 +434,9 @@ def fit_blend(
             return cache[key]
         hist = [valid_histories[i] for i in pos]
         cos = torch.as_tensor(model_scores(pos)).float().cpu()
-        p_item = _row_distribution(best_knn[1].score(hist), None, 0)
-        p_user = _row_distribution(user_knn.score(hist), None, 0) if user_knn is not None else None
-        p_lin = _row_distribution(linear.score(hist), None, 0) if linear is not None else None
+        p_item = row_distribution(best_knn[1].score(hist), None, 0)
+        p_user = row_distribution(user_knn.score(hist), None, 0) if user_knn is not None else None
+        p_lin = row_distribution(linear.score(hist), None, 0) if linear is not None else None
         p_rank = None
         if ranker is not None and p_user is not None:
             anchors = valid_anchor_ts[pos] if valid_anchor_ts is not None else None

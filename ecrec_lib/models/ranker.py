@@ -49,6 +49,13 @@ from typing import Any
 
 import numpy as np
 
+from ecrec_lib.models.neighbourhood import (
+    CatalogTooLargeError,
+    ItemKNN,
+    LinearTransitions,
+    NeighbourhoodParts,
+    UserKNN,
+)
 from ecrec_lib.schema import CATEGORY_SEP
 
 log = logging.getLogger(__name__)
@@ -630,30 +637,6 @@ def _booster_file(k: int) -> str:
 
 
 # ---------------------------------------------------------------------- fitting
-@dataclass
-class _Parts:
-    """The neighbourhood models a ranker's features read (fitted on the same sequences)."""
-
-    item_knn: Any
-    user_knn: Any
-    linear: Any | None
-
-    def distributions(self, histories: Sequence[np.ndarray]
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """(p_item, p_user, p_linear or None) over the model's items."""
-        from ecrec_lib.models.blend import _row_distribution
-
-        def dist(model: Any) -> np.ndarray | None:
-            return None if model is None else _row_distribution(model.score(histories), None, 0).numpy()
-
-        return dist(self.item_knn), dist(self.user_knn), dist(self.linear)
-
-    @property
-    def last_item_tables(self) -> tuple[Any, Any]:
-        """(item-kNN similarity, linear weights or None): what the last-item features read."""
-        return self.item_knn.sim, None if self.linear is None else self.linear.weights
-
-
 def holdout_queries(train_seqs: Sequence[np.ndarray], train_times: Sequence[np.ndarray] | None
                     ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray | None]:
     """Each training sequence without its last item, and the queries that item labels:
@@ -693,12 +676,6 @@ def fit_ranker(train_seqs: Sequence[np.ndarray], n_items: int, brands: Sequence[
     among the candidates."""
     import lightgbm as lgb
 
-    from ecrec_lib.evaluation.baselines import (
-        CatalogTooLargeError,
-        ItemKNN,
-        LinearTransitions,
-        UserKNN,
-    )
 
     t0 = time.perf_counter()
     item_knn, user_knn, linear = serving_parts
@@ -719,7 +696,7 @@ def fit_ranker(train_seqs: Sequence[np.ndarray], n_items: int, brands: Sequence[
                 lin = LinearTransitions(**asdict(linear)).fit(short, n_items)
             except CatalogTooLargeError as exc:  # serving had one, so this is not expected
                 log.warning("ranker without the linear model: %s", exc)
-        parts = _Parts(ItemKNN(**asdict(item_knn)).fit(short, n_items),
+        parts = NeighbourhoodParts(ItemKNN(**asdict(item_knn)).fit(short, n_items),
                        UserKNN(**asdict(user_knn)).fit(short, n_items), lin)
         times = ([t[:len(s)] for s, t in zip(short, times, strict=True)]
                  if times is not None else None)

@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ecrec_lib.evaluation.baselines import LinearTransitions, _keep_top_k_per_row
+from ecrec_lib.models.neighbourhood import LinearTransitions, _keep_top_k_per_row
 
 log = logging.getLogger(__name__)
 

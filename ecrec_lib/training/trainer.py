@@ -38,8 +38,10 @@ import torch
 import torch.nn.functional as F
 
 from ecrec_lib.evaluation import EvalSet, evaluate_scores
-from ecrec_lib.evaluation.baselines import LinearTransitions, decayed_history_matrix, windowed_pairs
+from ecrec_lib.evaluation.served import served_score_fn
+from ecrec_lib.models.api import UserHistory
 from ecrec_lib.models.config import ModelConfig, model_config_from
+from ecrec_lib.models.neighbourhood import LinearTransitions, decayed_history_matrix, windowed_pairs
 from ecrec_lib.models.recommender import TwoTowerRecommender
 from ecrec_lib.models.text_encoder import (
     TextEncoder,
@@ -47,6 +49,7 @@ from ecrec_lib.models.text_encoder import (
     resolve_text_model_path,
 )
 from ecrec_lib.models.two_tower import TwoTowerModel
+from ecrec_lib.schema import ITEM_EVENT_TYPES
 from ecrec_lib.training.data import TrainingData, data_fingerprint
 from ecrec_lib.training.losses import catalog_cross_entropy
 from ecrec_lib.training.prior import batch_prior, log_prior_rows, out_of_fold_prior
@@ -82,10 +85,14 @@ class TrainResult:
     resumed_from_epoch: int = 0
     data: TrainingData | None = None
 
-    def score_fn(self, eval_set: EvalSet, blend: bool = True) -> Callable[[np.ndarray], torch.Tensor]:
-        """A ``score_fn`` for :func:`ecrec_lib.evaluation.evaluate_scores` over ``eval_set``
-        (``blend=False``: the two-tower model alone, without its co-occurrence blend)."""
-        return make_score_fn(self.model, eval_set, self.data, blend)
+    def score_fn(self, eval_set: EvalSet, blend: bool = True) -> Callable[[np.ndarray], Any]:
+        """A ``score_fn`` for :func:`ecrec_lib.evaluation.evaluate_scores` over ``eval_set``:
+        the served ranking (``recommend``, blend and ranker included); ``blend=False``: the
+        two towers' cosine alone."""
+        if not blend:
+            return make_score_fn(self.model, eval_set, self.data)
+        return served_score_fn(self.model, eval_histories(self.model.item_ids, eval_set, self.data),
+                               eval_set, self.model.item_ids, None)
 
 
 def resolve_device(mcfg: ModelConfig) -> torch.device:
@@ -240,18 +247,37 @@ def eval_anchor_times(data: TrainingData | None, eval_set: EvalSet) -> np.ndarra
 
 
 def make_score_fn(rec: TwoTowerRecommender, eval_set: EvalSet, data: TrainingData | None = None,
-                  blend: bool = True) -> Callable[[np.ndarray], torch.Tensor]:
+                  ) -> Callable[[np.ndarray], torch.Tensor]:
+    """The two towers' cosine rows for ``eval_set`` (early stopping and the blend's search)."""
     types, ages = _eval_side(data, eval_set)
-    anchors = eval_anchor_times(data, eval_set) if blend and rec.blend is not None else None
 
     def score_fn(pos: np.ndarray) -> torch.Tensor:
         hist = [eval_set.histories[i] for i in pos]
         t = [types[i] for i in pos] if types is not None else None
         a = [ages[i] for i in pos] if ages is not None else None
-        anchor = anchors[pos] if anchors is not None else None
-        return rec.score_histories(hist, t, a, blend=blend, anchor_ts=anchor).cpu()
+        return rec.score_histories(hist, t, a).cpu()
 
     return score_fn
+
+
+def eval_histories(item_ids: Sequence[str], eval_set: EvalSet, data: TrainingData | None = None,
+                   ) -> list[UserHistory]:
+    """Eval rows as served histories (item ids; event types and times where ``data`` has them
+    and the row's history is a prefix of its user's sequence)."""
+    ids = np.asarray(item_ids, dtype=object)
+    out = []
+    for u, h in zip(eval_set.users, eval_set.histories, strict=True):
+        h = np.asarray(h, dtype=np.int64)
+        types: list[str] = []
+        times: list[int] = []
+        if data is not None and data.event_times is not None and data.event_types is not None:
+            seq = data.sequences[int(u)]
+            if len(seq) >= len(h) and np.array_equal(seq[:len(h)], h):
+                names = ("", *ITEM_EVENT_TYPES)  # codes 1..4, 0 unknown (event_type_codes)
+                types = [names[int(c)] for c in data.event_types[int(u)][:len(h)]]
+                times = [int(t) for t in data.event_times[int(u)][:len(h)]]
+        out.append(UserHistory(ids[h].tolist(), types, times))
+    return out
 
 
 # ---------------------------------------------------------------------- training
@@ -602,7 +628,7 @@ def _fit_blend(rec: TwoTowerRecommender, data: TrainingData, train_seqs: Sequenc
     Returns (None, report) when validation prefers the model alone (weight 0)."""
     from ecrec_lib.models.blend import fit_blend
 
-    model_scores = make_score_fn(rec, valid, data, blend=False)
+    model_scores = make_score_fn(rec, valid, data)
     valid_eval = _blend_valid_eval(valid, data, mcfg)
     if neighbourhood is None:
         neighbourhood = fit_blend_neighbourhood(data, mcfg, train_seqs, valid, text_emb, linear)
