@@ -23,8 +23,6 @@ from ecrec_lib.models.blend import (
 from ecrec_lib.models.neighbourhood import ItemKNN, LinearTransitions, UserKNN, row_distribution
 from ecrec_lib.models.ranker import (
     FEATURES,
-    PATH_FEATURES,
-    PATH_LEVELS,
     TEXT_FEATURES,
     TEXT_MAX_FEATURES,
     ItemSide,
@@ -34,7 +32,6 @@ from ecrec_lib.models.ranker import (
     feature_names,
     fit_ranker,
     holdout_queries,
-    path_codes,
     time_context,
 )
 
@@ -171,30 +168,6 @@ def test_text_features_are_cosines_to_the_last_and_recent_items() -> None:
         np.sqrt(0.5), abs=1e-3)
 
 
-def test_path_features_count_shared_levels_and_the_leaf_share() -> None:
-    paths = ["Makeup > Nails > Polish", "Makeup > Nails > Polish", "Makeup > Nails > Files",
-             "Makeup > Eyes", "Hair", ""]
-    n = len(paths)
-    codes = path_codes(paths, n)
-    assert codes[0].tolist() == codes[1].tolist() and codes[5].tolist() == [-1] * PATH_LEVELS
-    assert (codes[2, :2] == codes[0, :2]).all() and codes[2, 2] != codes[0, 2]
-    with pytest.raises(RankerError, match="one entry per item"):
-        path_codes(paths[:2], n)
-    side = ItemSide.build([np.arange(n)], n, [""] * n, [""] * n, category_paths=paths)
-    p = [np.full((1, n), 1 / n, np.float32)] * 3
-    cands, x = candidate_features(side, [np.array([3, 0])], *p, 10, None, PATH_FEATURES)
-    f = {name: dict(zip(cands[0].tolist(), x[0, :, i].tolist(), strict=True))
-         for i, name in enumerate(PATH_FEATURES)}
-    # the last item is 0 (Makeup > Nails > Polish)
-    assert [f["path_depth_last"][i] for i in (1, 2, 4, 5)] == [3, 2, 0, 0]
-    # half the history (item 0) has item 1's leaf path; none has item 2's; unknown matches none
-    assert f["path_share"][1] == pytest.approx(0.5) and f["path_share"][2] == 0
-    assert f["path_share"][5] == 0
-    with pytest.raises(RankerError, match="category paths but its item tables have none"):
-        candidate_features(ItemSide.build([np.arange(n)], n, [""] * n, [""] * n),
-                           [np.array([0])], *p, 10, None, PATH_FEATURES)
-
-
 def _brand_walk(n_users: int = 500, n_items: int = 200, n_brands: int = 10, length: int = 7,
                 seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
     """Users mostly move to a random item of their last item's brand: too sparse for
@@ -254,14 +227,12 @@ def test_fit_ranker_learns_a_signal_the_fixed_mix_misses() -> None:
     assert texted is not None and texted.use_text and rep["use_text"]
     assert texted.feature_names == feature_names(True, True)
     assert sum(rep["feature_gain"][k] for k in ("text_sim_last", "text_sim_recent")) > 0
-    # category paths: the path features join; boosters are averaged, each reported
-    paths = [f"b{i % 10} > s{i % 20}" for i in range(n)]
-    pathed, rep = fit_ranker(seqs, n, brands, cats, parts, times,
-                             RankerConfig(n_candidates=40, min_queries=50, threads=1, boosters=2, early_stopping=30),
-                             vecs, paths)
-    assert pathed is not None and pathed.feature_names == feature_names(True, True, True) == FEATURES
-    assert rep["use_path"] and len(pathed.boosters) == 2 and len(rep["rounds_per_booster"]) == 2
-    assert rep["feature_gain"]["path_depth_last"] + rep["feature_gain"]["path_share"] > 0
+    # boosters are averaged, each reported
+    two, rep = fit_ranker(seqs, n, brands, cats, parts, times,
+                          RankerConfig(n_candidates=40, min_queries=50, threads=1, boosters=2,
+                                       early_stopping=30), vecs)
+    assert two is not None and two.feature_names == feature_names(True, True) == FEATURES
+    assert len(two.boosters) == 2 and len(rep["rounds_per_booster"]) == 2
     with pytest.raises(RankerError, match="boosters must be >= 1"):
         RankerConfig(boosters=0)
 

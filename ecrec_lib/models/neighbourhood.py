@@ -241,7 +241,7 @@ class LinearTransitions:
 
     Unlike item-kNN's normalized counts, the solve discounts items that are predictable from
     other history items, and its weights can be negative. On Amazon Beauty it beats item-kNN
-    and the ID-only sequential model alone (BENCHMARKS.md, sessions 10 and 11).
+    and the ID-only sequential model alone (BENCHMARKS.md, the linear model).
 
     Cost: three dense ``n_items`` x ``n_items`` float32 matrices and one Cholesky solve (~1-3
     min for 12k items on 2 cores), so catalogs above ``max_items`` are refused. The stored ``B``

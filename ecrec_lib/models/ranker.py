@@ -39,11 +39,10 @@ last two events, its events in the last day) read the user's own times: pass ``a
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +55,6 @@ from ecrec_lib.models.neighbourhood import (
     NeighbourhoodParts,
     UserKNN,
 )
-from ecrec_lib.schema import CATEGORY_SEP
 
 log = logging.getLogger(__name__)
 
@@ -72,32 +70,25 @@ BASE_FEATURES = (
 LAST_ITEM_FEATURES = ("sim_item_last", "sim_linear_last")
 GROUP_FEATURES = ("log_brand_popularity", "log_category_popularity")
 TEXT_FEATURES = ("text_sim_last", "text_sim_recent")
-# category path (Makeup|Nails|Nail Polish): levels shared with the last item, the history's
-# share of the candidate's leaf path
-PATH_FEATURES = ("path_depth_last", "path_share")
-# the highest text cosine to any of the last MAX_ITEMS history items (valid NDCG@10 +.0011 on
-# Beauty, 2-booster mean; session 17)
+# the highest text cosine to any of the last MAX_ITEMS history items
 TEXT_MAX_FEATURES = ("text_sim_max",)
 TIME_FEATURES = ("days_item_last", "days_item_first") + tuple(
     f"local_pop_{d}d" for d in LOCAL_WINDOWS_DAYS)
 # the user's pace, from the history's own event times (a time context, :func:`time_context`):
-# log days since the previous event, and the events in the day up to the last one (session 19:
-# valid NDCG@10 +.0004, test +.0008 on Beauty, 4-booster lab mean)
+# log days since the previous event, and the events in the day up to the last one
 SESSION_FEATURES = ("gap_prev_days", "events_last_day")
 FEATURES = (BASE_FEATURES + LAST_ITEM_FEATURES + GROUP_FEATURES + TEXT_FEATURES
-            + TEXT_MAX_FEATURES + TIME_FEATURES + PATH_FEATURES + SESSION_FEATURES)
+            + TEXT_MAX_FEATURES + TIME_FEATURES + SESSION_FEATURES)
 RECENT_ITEMS = 5  # text_sim_recent: cosine to the mean text vector of the last 5 history items
 MAX_ITEMS = 10  # text_sim_max: over the last 10 history items
-PATH_LEVELS = 4  # category path prefixes kept (depth 1..4; deeper levels are rare)
 
 
-def feature_names(use_text: bool, use_time: bool, use_path: bool = False) -> tuple[str, ...]:
+def feature_names(use_text: bool, use_time: bool) -> tuple[str, ...]:
     """The features a ranker fitted now computes, in order (a saved ranker keeps its own list:
     :attr:`CandidateRanker.features`)."""
     return (BASE_FEATURES + LAST_ITEM_FEATURES + GROUP_FEATURES
             + (TEXT_FEATURES + TEXT_MAX_FEATURES if use_text else ())
-            + (TIME_FEATURES if use_time else ()) + (PATH_FEATURES if use_path else ())
-            + (SESSION_FEATURES if use_time else ()))
+            + (TIME_FEATURES + SESSION_FEATURES if use_time else ()))
 
 
 # candidate generation: log p_linear + 0.5 log p_item + 0.3 log p_user (each floored at 1e-3),
@@ -122,16 +113,16 @@ class RankerConfig:
 
     n_candidates: int = 100  # items re-ranked per user; the rest get no ranker mass
     max_rounds: int = 1000  # boosting rounds before early stopping on the held-out queries
-    early_stopping: int = 150  # rounds without held-out NDCG@10 gain before stopping (30
-    # stopped at 73-175 rounds by the split's noise; 150: steadier and +.0004 valid NDCG@10)
+    early_stopping: int = 150  # rounds without held-out NDCG@10 gain before stopping: a short
+    # patience stops at a round the held-out split's noise picks (BENCHMARKS.md, ranker section)
     boosters: int = 4  # LightGBM models averaged, each with its own held-out split and seed
-    learning_rate: float = 0.03  # 0.05 stopped at 93 rounds, 0.03 at 177: valid NDCG@10 +1.3%
+    learning_rate: float = 0.03  # smaller steps, more rounds: better than 0.05 on Beauty
     num_leaves: int = 31
     min_data_in_leaf: int = 100  # smooths leaves: most candidates are negatives
     holdout_fraction: float = 0.1  # training queries kept aside for early stopping + temperature
     min_queries: int = 200  # fewer labelled queries than this: no ranker (too little to learn)
     holdout_positions: int = 2  # label the last K training items (one re-fit of the parts each;
-    # on Beauty 2 beat 1 by 1% test NDCG@10, BENCHMARKS.md session 14)
+    # 2 beat 1 on Beauty, BENCHMARKS.md)
     seed: int = 0
     threads: int = 0  # LightGBM threads (0: its default, all cores)
 
@@ -167,13 +158,11 @@ class ItemSide:
     first_ts: np.ndarray | None = None  # (n_items,) first training event (nan: none)
     last_ts: np.ndarray | None = None
     text: np.ndarray | None = None  # (n_items, d) float16 unit pretrained text vectors
-    path: np.ndarray | None = None  # (n_items, PATH_LEVELS) int64 code of each path prefix, -1 none
 
     @classmethod
     def build(cls, train_seqs: Sequence[np.ndarray], n_items: int, brands: Sequence[str],
               categories: Sequence[str], train_times: Sequence[np.ndarray] | None = None,
-              text_vectors: np.ndarray | None = None,
-              category_paths: Sequence[str] | None = None) -> ItemSide:
+              text_vectors: np.ndarray | None = None) -> ItemSide:
         if len(brands) != n_items or len(categories) != n_items:
             raise RankerError(f"brands and categories need one entry per item ({n_items}), got "
                               f"{len(brands)} and {len(categories)}")
@@ -187,8 +176,6 @@ class ItemSide:
                 raise RankerError(f"text_vectors must be (n_items={n_items}, d), got {v.shape}")
             side.text = (v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-9)
                          ).astype(np.float16)
-        if category_paths is not None:
-            side.path = path_codes(category_paths, n_items)
         if train_times is None:
             return side
         if len(train_times) != len(train_seqs) or any(
@@ -214,10 +201,6 @@ class ItemSide:
     @property
     def has_text(self) -> bool:
         return self.text is not None
-
-    @property
-    def has_path(self) -> bool:
-        return self.path is not None
 
     def _at_or_before(self, items: np.ndarray, anchor: np.ndarray) -> np.ndarray:
         """Index into ``event_keys`` one past each ``items`` entry's last event at or before
@@ -293,23 +276,7 @@ class ItemSide:
             out.update(event_keys=self.event_keys, first_ts=self.first_ts, last_ts=self.last_ts)
         if self.has_text:
             out["text"] = self.text
-        if self.has_path:
-            out["path"] = self.path
         return out
-
-
-def path_codes(category_paths: Sequence[str], n_items: int) -> np.ndarray:
-    """(n_items, PATH_LEVELS) int64: column l codes the first l + 1 levels of each item's
-    ``|``-separated category path (-1 where the path is shorter or unknown)."""
-    if len(category_paths) != n_items:
-        raise RankerError(f"category_paths needs one entry per item ({n_items}), got "
-                          f"{len(category_paths)}")
-    levels = [[x.strip() for x in str(p or "").split(CATEGORY_SEP) if x.strip()]
-              for p in category_paths]
-    out = np.empty((n_items, PATH_LEVELS), dtype=np.int64)
-    for d in range(PATH_LEVELS):
-        out[:, d] = _codes([CATEGORY_SEP.join(lv[:d + 1]) if len(lv) > d else "" for lv in levels])
-    return out
 
 
 def time_context(event_times: Sequence[np.ndarray | None]) -> np.ndarray:
@@ -366,15 +333,6 @@ def _row_at(table: Any, rows: np.ndarray, cands: np.ndarray) -> np.ndarray:
         dense = np.asarray(table[rows[has]].todense(), dtype=np.float32)
         out[has] = np.take_along_axis(dense, cands[has], 1)
     return out
-
-
-def _leaf_codes(path: np.ndarray) -> np.ndarray:
-    """One code per item for its deepest known path prefix (-1: no path)."""
-    depth = (path >= 0).sum(1)
-    key = np.where(depth > 0, path[np.arange(len(path)), np.maximum(depth - 1, 0)], -1)
-    # prefix codes of different depths come from separate code books: offset them apart
-    out = np.where(depth > 0, key * (PATH_LEVELS + 1) + depth, -1)
-    return _codes([str(v) if v >= 0 else "" for v in out])
 
 
 def candidate_features(side: ItemSide, histories: Sequence[np.ndarray], p_item: np.ndarray,
@@ -457,15 +415,6 @@ def candidate_features(side: ItemSide, histories: Sequence[np.ndarray], p_item: 
             if len(h):
                 best[r] = (text[cands[r]] @ text[np.asarray(h[-MAX_ITEMS:], dtype=np.int64)].T).max(1)
         cols["text_sim_max"] = best
-    if want & set(PATH_FEATURES):
-        if not side.has_path:
-            raise RankerError("this ranker reads category paths but its item tables have none")
-        cand_path = side.path[cands]  # (rows, C, L)
-        last_path = np.where(last[:, None] >= 0, side.path[np.maximum(last, 0)], -1)
-        same = (cand_path == last_path[:, None, :]) & (cand_path >= 0)
-        cols["path_depth_last"] = np.cumprod(same, axis=2).sum(2).astype(np.float32)
-        leaf = _leaf_codes(side.path)
-        cols["path_share"] = _share_of(leaf, histories, cands)
     if want & set(SESSION_FEATURES):
         gap, recent = ((np.full(rows, np.nan), np.full(rows, np.nan)) if context is None else
                        (np.log1p(np.maximum(context[:, 0] - context[:, 1], 0.0) / DAY_S), context[:, 2]))
@@ -505,32 +454,6 @@ class CandidateRanker:
     n_candidates: int = 100
     temperature: float = 1.0  # softmax temperature of the scores (fitted on held-out queries)
     features: tuple[str, ...] = feature_names(False, True)
-    # runtime only, never saved: LightGBM prediction threads (0: OpenMP's default, every core;
-    # scores are the same for any count) and the batch memo of remember_scores()
-    predict_threads: int = field(default=1, compare=False)
-    _memo: dict[bytes, tuple[np.ndarray, np.ndarray]] | None = field(
-        default=None, init=False, repr=False, compare=False)
-
-    def remember_scores(self, on: bool = True) -> None:
-        """Keep each scored batch's (candidates, scores), keyed by its histories and anchor
-        times, so a batch scored again is returned without recomputing its features and
-        predictions (``on=False`` drops them). Only sound while the parts that give ``score``
-        its ``p_item``, ``p_user`` and ``p_linear`` stay the same: one fitted neighbourhood shared by
-        several blends, as the quality benchmark's seeds share it."""
-        self._memo = {} if on else None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_memo": None}  # a pickled ranker (Spark broadcast) travels light
-
-    @staticmethod
-    def _batch_key(histories: Sequence[np.ndarray], anchor_ts: np.ndarray | None) -> bytes:
-        h = hashlib.blake2b(digest_size=20)
-        h.update(np.asarray([len(x) for x in histories], dtype=np.int64).tobytes())
-        for x in histories:
-            h.update(np.asarray(x, dtype=np.int64).tobytes())
-        if anchor_ts is not None:
-            h.update(b"t" + np.asarray(anchor_ts, dtype=np.float64).tobytes())
-        return h.digest()
 
     @property
     def use_time(self) -> bool:
@@ -549,26 +472,14 @@ class CandidateRanker:
               last_item_tables: tuple[Any, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(candidates, ranker scores), both (rows, n_candidates); ``last_item_tables``: the
         (item-kNN similarity, linear weights or None) tables of the parts behind the p's."""
-        memo = self._memo
-        if memo is None:
-            return self._score(histories, p_item, p_user, p_linear, anchor_ts, last_item_tables)
-        key = self._batch_key(histories, anchor_ts)
-        if key not in memo:
-            memo[key] = self._score(histories, p_item, p_user, p_linear, anchor_ts,
-                                    last_item_tables)
-        cands, s = memo[key]
-        return cands.copy(), s.copy()  # callers may write into them; the memo stays intact
-
-    def _score(self, histories: Sequence[np.ndarray], p_item: np.ndarray, p_user: np.ndarray,
-               p_linear: np.ndarray | None, anchor_ts: np.ndarray | None,
-               last_item_tables: tuple[Any, Any] | None) -> tuple[np.ndarray, np.ndarray]:
         cands, x = candidate_features(self.side, histories, p_item, p_user, p_linear,
                                       self.n_candidates, anchor_ts, self.features,
                                       last_item_tables)
         if not len(cands):
             return cands, np.zeros(cands.shape)
         flat = x.reshape(-1, x.shape[-1])
-        s = np.mean([np.asarray(b.predict(flat, num_threads=self.predict_threads), dtype=np.float64)
+        # one LightGBM thread, beside torch's pool; the scores do not depend on the count
+        s = np.mean([np.asarray(b.predict(flat, num_threads=1), dtype=np.float64)
                      for b in self.boosters], axis=0).reshape(cands.shape)
         # ties (a booster of few trees scores many candidates alike) go by the candidate order
         s -= TIE_BREAK * np.arange(cands.shape[1]) / cands.shape[1]
@@ -665,13 +576,11 @@ def fit_ranker(train_seqs: Sequence[np.ndarray], n_items: int, brands: Sequence[
                categories: Sequence[str], serving_parts: tuple[Any, Any, Any | None],
                train_times: Sequence[np.ndarray] | None = None,
                config: RankerConfig = RankerConfig(), text_vectors: np.ndarray | None = None,
-               category_paths: Sequence[str] | None = None,
                ) -> tuple[CandidateRanker | None, dict[str, Any]]:
     """Fit the ranker on the training sequences' last items (see the module docstring).
 
     ``serving_parts`` = (item-kNN, user-kNN, linear or None) fitted on ``train_seqs``: only
-    their settings are copied for the re-fit on the shortened sequences; ``category_paths``:
-    each item's category path, levels joined by " > " ("" unknown; None: no path features).
+    their settings are copied for the re-fit on the shortened sequences.
     Returns (None, report) when fewer than ``config.min_queries`` queries have their label
     among the candidates."""
     import lightgbm as lgb
@@ -680,10 +589,7 @@ def fit_ranker(train_seqs: Sequence[np.ndarray], n_items: int, brands: Sequence[
     t0 = time.perf_counter()
     item_knn, user_knn, linear = serving_parts
     use_time, use_text = train_times is not None, text_vectors is not None
-    use_path = category_paths is not None and any(category_paths)
-    if not use_path:
-        category_paths = None
-    names = feature_names(use_text, use_time, use_path)
+    names = feature_names(use_text, use_time)
     xs, ys = [], []
     n_queries = 0
     seqs, times = list(train_seqs), train_times
@@ -700,8 +606,7 @@ def fit_ranker(train_seqs: Sequence[np.ndarray], n_items: int, brands: Sequence[
                        UserKNN(**asdict(user_knn)).fit(short, n_items), lin)
         times = ([t[:len(s)] for s, t in zip(short, times, strict=True)]
                  if times is not None else None)
-        side = ItemSide.build(short, n_items, brands, categories, times, text_vectors,
-                              category_paths)
+        side = ItemSide.build(short, n_items, brands, categories, times, text_vectors)
         for start in range(0, len(rows), 1000):
             sl = slice(start, start + 1000)
             hist = [short[u] for u in rows[sl]]
@@ -718,7 +623,7 @@ def fit_ranker(train_seqs: Sequence[np.ndarray], n_items: int, brands: Sequence[
     y_all = np.concatenate(ys) if ys else np.zeros((0, config.n_candidates))
     report: dict[str, Any] = {"queries": int(n_queries), "labelled_in_candidates": int(len(y_all)),
                               "candidate_recall": float(len(y_all) / max(n_queries, 1)),
-                              "use_time": use_time, "use_text": use_text, "use_path": use_path,
+                              "use_time": use_time, "use_text": use_text,
                               "holdout_positions": config.holdout_positions}
     if len(y_all) < config.min_queries:
         report["skipped"] = (f"{len(y_all)} training queries with the label among the candidates, "
@@ -764,8 +669,7 @@ def fit_ranker(train_seqs: Sequence[np.ndarray], n_items: int, brands: Sequence[
     nll = {t: float(-np.log((_softmax_rows(s_h, t) * y_h).sum(1) + 1e-12).mean())
            for t in TEMPERATURE_GRID}
     temperature = min(nll, key=nll.__getitem__)
-    serving_side = ItemSide.build(train_seqs, n_items, brands, categories, train_times, text_vectors,
-                                  category_paths)
+    serving_side = ItemSide.build(train_seqs, n_items, brands, categories, train_times, text_vectors)
     ranker = CandidateRanker(boosters, serving_side, config.n_candidates, temperature, names)
     gain = np.sum([b.feature_importance("gain") for b in boosters], axis=0)
     report.update({

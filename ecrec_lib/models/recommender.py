@@ -174,19 +174,17 @@ class TwoTowerRecommender(VectorRecommender):
 
     def encode_users(self, histories: Sequence[UserHistory], now_ts: int) -> np.ndarray:
         """Items unknown to the model are skipped; an empty history gets the mean item
-        direction (a popularity-like vector)."""
-        seqs, types, ages = [], [], []
+        direction (a popularity-like vector). The user tower reads item order and event
+        types, not ages, so ``now_ts`` does not change the vectors."""
+        seqs, types = [], []
         for h in histories:
             idx = np.asarray([self.item_index.get(str(i), -1) for i in h.item_ids], dtype=np.int64)
             keep = idx >= 0
             seqs.append(idx[keep])
-            n = len(idx)
-            et = list(h.event_types) if h.event_types is not None and len(h.event_types) == n else [""] * n
-            tt = (np.asarray(h.event_times, dtype=np.int64) if h.event_times is not None
-                  and len(h.event_times) == n else np.full(n, now_ts, dtype=np.int64))
+            et = (list(h.event_types) if h.event_types is not None
+                  and len(h.event_types) == len(idx) else [""] * len(idx))
             types.append(event_type_codes(et)[keep])
-            ages.append((int(now_ts) - tt)[keep])
-        return self.user_vectors(seqs, types, ages).cpu().numpy().astype(np.float32)
+        return self.user_vectors(seqs, types).cpu().numpy().astype(np.float32)
 
     def own_items(self) -> ItemSet:
         return ItemSet(np.asarray(self._item_ids, dtype=object), self.item_matrix())
@@ -219,7 +217,6 @@ class TwoTowerRecommender(VectorRecommender):
         self,
         histories: Sequence[np.ndarray],
         types: Sequence[np.ndarray] | None = None,
-        ages_s: Sequence[np.ndarray] | None = None,
         batch_size: int = 1024,
     ) -> torch.Tensor:
         """(len(histories), dim) user vectors from item-index histories (oldest first)."""
@@ -231,7 +228,6 @@ class TwoTowerRecommender(VectorRecommender):
             chunk = range(start, min(start + batch_size, len(histories)))
             seq = np.zeros((len(chunk), L), dtype=np.int64)
             typ = np.zeros((len(chunk), L), dtype=np.int64)
-            age = np.zeros((len(chunk), L), dtype=np.int64)
             lengths = np.zeros(len(chunk), dtype=np.int64)
             for r, u in enumerate(chunk):
                 h = np.asarray(histories[u], dtype=np.int64)[-L:]
@@ -240,13 +236,10 @@ class TwoTowerRecommender(VectorRecommender):
                 seq[r, :n] = h
                 if types is not None:
                     typ[r, :n] = np.asarray(types[u], dtype=np.int64)[-L:][-n:] if n else []
-                if ages_s is not None:
-                    age[r, :n] = np.asarray(ages_s[u], dtype=np.int64)[-L:][-n:] if n else []
             dev = self.device
             v = self.model.user_vectors(
                 table, torch.as_tensor(seq, device=dev), torch.as_tensor(np.maximum(lengths, 1), device=dev),
                 torch.as_tensor(typ, device=dev) if types is not None else None,
-                torch.as_tensor(age, device=dev) if ages_s is not None else None,
             ).float()
             empty = torch.as_tensor(lengths == 0, device=dev)
             if empty.any():
@@ -262,10 +255,9 @@ class TwoTowerRecommender(VectorRecommender):
         self,
         histories: Sequence[np.ndarray],
         types: Sequence[np.ndarray] | None = None,
-        ages_s: Sequence[np.ndarray] | None = None,
     ) -> torch.Tensor:
         """(len(histories), n_items) cosine scores of the two towers alone against the whole
         training catalog (training's early stopping and the blend's search read them; the
         served scores are :meth:`recommend`'s)."""
-        u = self.user_vectors(histories, types, ages_s)
+        u = self.user_vectors(histories, types)
         return u @ self.item_table().T

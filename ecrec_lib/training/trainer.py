@@ -41,7 +41,7 @@ from ecrec_lib.evaluation import EvalSet, evaluate_scores
 from ecrec_lib.evaluation.served import served_score_fn
 from ecrec_lib.models.api import UserHistory
 from ecrec_lib.models.config import ModelConfig, model_config_from
-from ecrec_lib.models.neighbourhood import LinearTransitions, decayed_history_matrix, windowed_pairs
+from ecrec_lib.models.neighbourhood import windowed_pairs
 from ecrec_lib.models.recommender import TwoTowerRecommender
 from ecrec_lib.models.text_encoder import (
     TextEncoder,
@@ -52,7 +52,6 @@ from ecrec_lib.models.two_tower import TwoTowerModel
 from ecrec_lib.schema import ITEM_EVENT_TYPES
 from ecrec_lib.training.data import TrainingData, data_fingerprint
 from ecrec_lib.training.losses import catalog_cross_entropy
-from ecrec_lib.training.prior import batch_prior, log_prior_rows, out_of_fold_prior
 
 if TYPE_CHECKING:
     from ecrec_lib.models.blend import Neighbourhood
@@ -171,32 +170,28 @@ class _SeqArrays:
     tgt: np.ndarray  # (N, L) next item idx, -1 where no target
     lengths: np.ndarray  # (N,)
     types: np.ndarray  # (N, L)
-    ages: np.ndarray  # (N, L) seconds before the window's final event
 
 
-def _aligned_side(data: TrainingData, train_seqs: Sequence[np.ndarray]) -> tuple[list, list]:
-    """Event types / times aligned with ``train_seqs`` when they are prefixes of
-    ``data.sequences`` (what leave_one_out returns); None entries otherwise."""
+def _aligned_types(data: TrainingData, train_seqs: Sequence[np.ndarray]) -> list:
+    """Event types aligned with ``train_seqs`` when they are prefixes of ``data.sequences``
+    (what leave_one_out returns); None entries otherwise."""
     types: list[np.ndarray | None] = []
-    times: list[np.ndarray | None] = []
     aligned = len(train_seqs) == len(data.sequences)
     for u, s in enumerate(train_seqs):
         n = len(s)
         ok = aligned and n <= len(data.sequences[u]) and np.array_equal(data.sequences[u][:n], s)
         types.append(data.event_types[u][:n] if ok and data.event_types is not None else None)
-        times.append(data.event_times[u][:n] if ok and data.event_times is not None else None)
-    return types, times
+    return types
 
 
 def _training_arrays(data: TrainingData, train_seqs: Sequence[np.ndarray], L: int) -> _SeqArrays:
-    types, times = _aligned_side(data, train_seqs)
+    types = _aligned_types(data, train_seqs)
     rows = [u for u, s in enumerate(train_seqs) if len(s) >= 2]
     n = len(rows)
     inp = np.zeros((n, L), dtype=np.int64)
     tgt = np.full((n, L), -1, dtype=np.int64)
     lengths = np.zeros(n, dtype=np.int64)
     typ = np.zeros((n, L), dtype=np.int64)
-    age = np.zeros((n, L), dtype=np.int64)
     for r, u in enumerate(rows):
         w = np.asarray(train_seqs[u], dtype=np.int64)[-(L + 1):]
         k = len(w) - 1
@@ -205,28 +200,22 @@ def _training_arrays(data: TrainingData, train_seqs: Sequence[np.ndarray], L: in
         lengths[r] = k
         if types[u] is not None:
             typ[r, :k] = types[u][-(L + 1):][:-1]
-        if times[u] is not None:
-            tw = times[u][-(L + 1):]
-            # "now" of the window = time of its final event (the last target): at serving
-            # time the anchor is the scoring time, just before the next event.
-            age[r, :k] = tw[-1] - tw[:-1]
-    return _SeqArrays(inp, tgt, lengths, typ, age)
+    return _SeqArrays(inp, tgt, lengths, typ)
 
 
-def _eval_side(data: TrainingData | None, eval_set: EvalSet) -> tuple[list | None, list | None]:
-    """Event types and ages for eval rows (anchor = the target's time, i.e. "now")."""
-    if data is None or data.event_types is None or data.event_times is None:
-        return None, None
-    types, ages = [], []
+def _eval_types(data: TrainingData | None, eval_set: EvalSet) -> list | None:
+    """Event types of eval rows (None without them, or when a history is not a prefix of its
+    user's sequence)."""
+    if data is None or data.event_types is None:
+        return None
+    types = []
     for u, h in zip(eval_set.users, eval_set.histories, strict=True):
         n = len(h)
         seq = data.sequences[int(u)]
-        if len(seq) <= n or not np.array_equal(seq[:n], h):
-            return None, None
+        if len(seq) < n or not np.array_equal(seq[:n], h):
+            return None
         types.append(data.event_types[int(u)][:n])
-        t = data.event_times[int(u)]
-        ages.append(t[n] - t[:n])
-    return types, ages
+    return types
 
 
 def eval_anchor_times(data: TrainingData | None, eval_set: EvalSet) -> np.ndarray | None:
@@ -249,13 +238,12 @@ def eval_anchor_times(data: TrainingData | None, eval_set: EvalSet) -> np.ndarra
 def make_score_fn(rec: TwoTowerRecommender, eval_set: EvalSet, data: TrainingData | None = None,
                   ) -> Callable[[np.ndarray], torch.Tensor]:
     """The two towers' cosine rows for ``eval_set`` (early stopping and the blend's search)."""
-    types, ages = _eval_side(data, eval_set)
+    types = _eval_types(data, eval_set)
 
     def score_fn(pos: np.ndarray) -> torch.Tensor:
         hist = [eval_set.histories[i] for i in pos]
         t = [types[i] for i in pos] if types is not None else None
-        a = [ages[i] for i in pos] if ages is not None else None
-        return rec.score_histories(hist, t, a).cpu()
+        return rec.score_histories(hist, t).cpu()
 
     return score_fn
 
@@ -316,7 +304,6 @@ def train_two_tower(
     checkpoint_dir: str | None = None,
     cache_dir: str | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
-    stop_after_epochs: int | None = None,
     neighbourhood: Neighbourhood | None = None,
 ) -> TrainResult:
     """Train on ``train_seqs`` (item-index sequences, e.g. leave_one_out's train part);
@@ -324,8 +311,7 @@ def train_two_tower(
 
     ``checkpoint_dir``: the state is saved there after every epoch and a run with the
     same config and data resumes from it. ``cache_dir``: where frozen text embeddings are
-    cached. ``on_epoch`` gets each epoch's history row (MLflow logging). ``stop_after_epochs``
-    ends this call early without finishing (simulates an interruption; for tests).
+    cached. ``on_epoch`` gets each epoch's history row (MLflow logging).
     ``neighbourhood``: the blend's parts already fitted on ``train_seqs`` and ``valid``
     (:func:`fit_blend_neighbourhood`, the same for every seed), reused instead of refitted.
     Raises :class:`NaNLossError` when the loss is not finite.
@@ -346,23 +332,11 @@ def train_two_tower(
         mcfg.loss == "auto" and n_items <= mcfg.full_softmax_max_items)
     trainable_text = encoder is not None and encoder.trainable
 
-    # Query pairs (search box): frozen query text embeddings computed once.
-    pairs = data.query_pairs if mcfg.use_text else []
-    q_texts = sorted({q for q, _, _ in pairs})
-    q_index = {q: i for i, q in enumerate(q_texts)}
-    q_rows = np.asarray([q_index[q] for q, _, _ in pairs], dtype=np.int64)
-    q_items = np.asarray([i for _, i, _ in pairs], dtype=np.int64)
-    q_weights = np.asarray([w for _, _, w in pairs], dtype=np.float32)
-    q_emb = None
-    if len(pairs) and not trainable_text:
-        q_emb = torch.as_tensor(encoder.embed(q_texts, mcfg.text_batch_size), device=device)
-
+    queries = _QueryPairs.build(data.query_pairs if mcfg.use_text else [], encoder,
+                                trainable_text, mcfg, device)
     # Popularity of targets: proposal of in-batch negatives for the logQ correction.
     counts = np.bincount(arrays.tgt[arrays.tgt >= 0], minlength=n_items).astype(np.float64)
     log_unigram = torch.as_tensor(np.log((counts + 1e-3) / (counts + 1e-3).sum()), device=device)
-    prior, prior_linear = None, None
-    if mcfg.prior_weight > 0:
-        prior, prior_linear = _training_prior(mcfg, train_seqs, arrays, n_items, use_full)
     # Co-occurrence pairs (both directions) for the item-item loss.
     cooc_a, cooc_b = (torch.as_tensor(p, device=device) for p in (
         _cooccurrence_pairs(train_seqs, mcfg.cooc_window) if mcfg.cooc_loss_weight > 0
@@ -399,24 +373,12 @@ def train_two_tower(
             log.warning("ignoring checkpoint %s: it belongs to another config or data set", ckpt_path)
     resumed_from = start_epoch
 
-    if mcfg.amp and device.type == "cuda":
-        autocast: Any = torch.autocast("cuda", dtype=torch.bfloat16)
-    elif mcfg.cpu_bf16 and device.type == "cpu":
-        if not cpu_has_native_bf16():
-            log.warning(
-                "cpu_bf16=true on a CPU without native bf16 (no AVX512-BF16 or AMX; torch reports "
-                "%s): bf16 is emulated there and training runs several times slower (3.7-3.8x "
-                "per step on a 2-core AVX2 EPYC, BENCHMARKS.md); set cpu_bf16=false",
-                torch.backends.cpu.get_cpu_capability())
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16)
-    else:
-        autocast = _NullCtx()
+    autocast = _autocast(mcfg, device)
     all_idx = torch.arange(n_items, device=device)
     t_inp = torch.as_tensor(arrays.inp)
     t_tgt = torch.as_tensor(arrays.tgt)
     t_len = torch.as_tensor(arrays.lengths)
     t_typ = torch.as_tensor(arrays.types)
-    t_age = torch.as_tensor(arrays.ages)
     texts = data.item_text
     use_id_dropout = mcfg.use_id and mcfg.id_dropout > 0 and (mcfg.use_text or mcfg.use_side)
 
@@ -429,8 +391,6 @@ def train_two_tower(
 
     epoch = start_epoch
     for epoch in range(start_epoch + 1, mcfg.epochs + 1):
-        if stop_after_epochs is not None and epoch > start_epoch + stop_after_epochs:
-            break
         # Per-epoch seeds: data order, dropout and ID-dropout do not depend on whether the
         # run was resumed, so an interrupted run ends where an uninterrupted one does.
         torch.manual_seed(mcfg.seed * 100_003 + epoch)
@@ -448,84 +408,35 @@ def train_two_tower(
             rows_np = batches[step]
             rows = torch.as_tensor(rows_np)
             seq, tgt, lengths = t_inp[rows].to(device), t_tgt[rows].to(device), t_len[rows].to(device)
-            typ, age = t_typ[rows].to(device), t_age[rows].to(device)
+            typ = t_typ[rows].to(device)
             L_used = int(lengths.max())
-            seq, tgt, typ, age = seq[:, :L_used], tgt[:, :L_used], typ[:, :L_used], age[:, :L_used]
+            seq, tgt, typ = seq[:, :L_used], tgt[:, :L_used], typ[:, :L_used]
             valid_pos = tgt >= 0
             targets = tgt[valid_pos]
             id_keep = (torch.rand(n_items, device=device) >= mcfg.id_dropout) if use_id_dropout else None
             batch_items = torch.unique(torch.cat([seq[valid_pos], targets]))
             with autocast:
-                if use_full:
-                    cand = all_idx
-                    seq_c, tgt_c = seq, targets
-                else:
-                    neg = torch.randint(0, n_items, (mcfg.n_negatives,), device=device)
-                    cand, inverse = torch.unique(torch.cat([seq.reshape(-1), targets, neg]),
-                                                 return_inverse=True)
-                    seq_c = inverse[: seq.numel()].view_as(seq)
-                    tgt_c = inverse[seq.numel(): seq.numel() + len(targets)]
+                neg = None if use_full else torch.randint(0, n_items, (mcfg.n_negatives,),
+                                                          device=device)
+                cand, seq_c, tgt_c = (all_idx, seq, targets) if use_full else _candidate_ids(
+                    seq, targets, neg)
                 text_rows = None
                 if trainable_text:
-                    text_rows = model.item_text_emb[cand].clone()
-                    sub = batch_items[: mcfg.max_text_items_per_step]
-                    pos_in_cand = torch.searchsorted(cand, sub)
-                    fresh = encoder([texts[i] for i in sub.tolist()]).to(text_rows.dtype)
-                    text_rows = text_rows.index_put((pos_in_cand,), fresh)
+                    text_rows = _fresh_text_rows(model, encoder, texts, cand, batch_items, mcfg)
                 items = model.item_vectors(cand, text_emb=text_rows,
                                            id_keep=id_keep[cand] if id_keep is not None else None)
-                states = model.user_states(items, seq_c, lengths, typ, age)
-                # Temperature folded into the (N, d) side: one pass less over (N, n_items).
-                h = states[valid_pos] * model.inv_temperature
-                m_rows = m_cols = log_q = None
-                if use_full and mcfg.exclude_history_negatives:
-                    m_rows, m_cols = _history_mask(seq, valid_pos, targets)
-                if not use_full:
-                    # logQ correction: candidates were proposed by popularity (in-batch) and
-                    # uniformly; subtracting log q keeps the softmax unbiased.
-                    q = (len(targets) * log_unigram[cand].exp() + mcfg.n_negatives / n_items)
-                    log_q = -torch.log(q.clamp_min(1e-12))
-                # softmax over every candidate, computed in chunks (ecrec_lib.training.losses)
-                row_bias = None
-                if prior is not None:
-                    pos_ids = (rows_np[:, None] * mcfg.max_seq_len + np.arange(L_used)[None, :])[
-                        valid_pos.cpu().numpy()]
-                    row_bias = batch_prior(prior, pos_ids, mcfg.prior_weight, device)
-                loss_next = catalog_cross_entropy(h, items, tgt_c, m_rows, m_cols, log_q,
-                                                  row_bias=row_bias)
+                loss_next = _next_item_loss(model, items, seq, seq_c, lengths, typ, valid_pos,
+                                            targets, tgt_c, cand, log_unigram, use_full, mcfg)
                 loss = loss_next
                 loss_q = torch.zeros((), device=device)
-                if len(pairs):
-                    sel = rng.choice(len(pairs), size=min(mcfg.query_batch_size, len(pairs)), replace=False)
-                    if trainable_text:
-                        qv = model.query_vectors(encoder([q_texts[r] for r in q_rows[sel]]))
-                    else:
-                        qv = model.query_vectors(q_emb[torch.as_tensor(q_rows[sel], device=device)])
-                    q_tgt = torch.as_tensor(q_items[sel], device=device)
-                    if use_full:
-                        q_logits = (qv * model.inv_temperature) @ items.T
-                        q_lab = q_tgt
-                    else:
-                        q_cand = torch.unique(torch.cat([q_tgt, neg]))
-                        q_items_v = model.item_vectors(q_cand)
-                        q_logits = (qv * model.inv_temperature) @ q_items_v.T
-                        q_lab = torch.searchsorted(q_cand, q_tgt)
-                    w = torch.as_tensor(q_weights[sel], device=device)
-                    loss_q = (F.cross_entropy(q_logits.float(), q_lab, reduction="none") * w).sum() / w.sum()
+                if queries.n:
+                    loss_q = _query_loss(model, queries, items, neg, encoder, trainable_text, rng,
+                                         use_full, mcfg)
                     loss = loss + mcfg.query_loss_weight * loss_q
                 loss_c = torch.zeros((), device=device)
                 if len(cooc_a):
-                    sel = torch.as_tensor(rng.integers(0, len(cooc_a), mcfg.cooc_batch_size), device=device)
-                    a, b_ = cooc_a[sel], cooc_b[sel]
-                    if use_full:
-                        c_items, a_pos, b_pos = items, a, b_
-                    else:
-                        c_idx = torch.unique(torch.cat([a, b_, neg]))
-                        c_items = model.item_vectors(c_idx, id_keep=id_keep[c_idx] if id_keep is not None else None)
-                        a_pos, b_pos = torch.searchsorted(c_idx, a), torch.searchsorted(c_idx, b_)
-                    # an item is trivially closest to itself: it is not a candidate
-                    loss_c = catalog_cross_entropy(c_items[a_pos] * model.inv_temperature, c_items,
-                                                   b_pos, torch.arange(len(a_pos), device=device), a_pos)
+                    loss_c = _cooc_loss(model, items, cooc_a, cooc_b, neg, id_keep, rng, use_full,
+                                        mcfg)
                     loss = loss + mcfg.cooc_loss_weight * loss_c
             if not torch.isfinite(loss):
                 raise NaNLossError(
@@ -566,19 +477,12 @@ def train_two_tower(
         }
         rec.invalidate()
         if valid_eval is not None:
-            t1 = time.time()
-            fn = make_score_fn(rec, valid_eval, data)
-            if prior_linear is not None:
-                fn = _with_prior(fn, valid_eval, prior_linear, mcfg, float(model.inv_temperature.detach()))
-            m = evaluate_scores(fn, valid_eval, n_items, ks=(10,), batch_size=mcfg.eval_batch_size,
-                                beyond_accuracy=False)
-            row["valid_ndcg@10"] = m["ndcg@10"]
-            row["valid_recall@10"] = m["recall@10"]
-            row["eval_seconds"] = time.time() - t1
-            if m["ndcg@10"] > best["ndcg"]:
-                best = {"epoch": epoch, "ndcg": m["ndcg@10"], "model": _state_copy(model),
+            m = _validate(rec, valid_eval, data, mcfg)
+            row.update(m)
+            if m["valid_ndcg@10"] > best["ndcg"]:
+                best = {"epoch": epoch, "ndcg": m["valid_ndcg@10"], "model": _state_copy(model),
                         "text": _state_copy(encoder) if trainable_text else None,
-                        "valid": {"ndcg@10": m["ndcg@10"], "recall@10": m["recall@10"]}}
+                        "valid": {"ndcg@10": m["valid_ndcg@10"], "recall@10": m["valid_recall@10"]}}
                 bad_epochs = 0
             else:
                 bad_epochs += 1
@@ -587,15 +491,12 @@ def train_two_tower(
         if on_epoch is not None:
             on_epoch(row)
         if ckpt_path is not None:
-            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = ckpt_path.with_suffix(".tmp")
-            torch.save({
+            _save_checkpoint(ckpt_path, {
                 "key": key, "epoch": epoch, "model": _state_copy(model),
                 "text": _state_copy(encoder) if trainable_text else None,
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "history": history, "best": best, "bad_epochs": bad_epochs,
-            }, tmp)
-            tmp.replace(ckpt_path)  # atomic: an interruption never leaves half a checkpoint
+            })
         if valid_eval is not None and bad_epochs >= mcfg.patience:
             log.info("early stop after epoch %d (best epoch %d)", epoch, best["epoch"])
             break
@@ -611,27 +512,170 @@ def train_two_tower(
     rec.metadata.update({"best_epoch": best["epoch"], "fingerprint": fingerprint,
                           "model_config": mcfg.to_dict()})
     if mcfg.cooc_blend and valid_eval is not None:
-        rec.blend, report = _fit_blend(rec, data, train_seqs, valid_eval, mcfg, prior_linear,
-                                       text_emb, neighbourhood)
+        rec.blend, report = _fit_blend(rec, data, train_seqs, valid_eval, mcfg, text_emb,
+                                       neighbourhood)
         rec.metadata["blend"] = report
     return TrainResult(rec, history, best["epoch"], best["valid"], fingerprint, resumed_from, data)
 
 
+@dataclass
+class _QueryPairs:
+    """Search-box (query, item, weight) pairs for the query loss; ``emb``: frozen query text
+    embeddings computed once (None when the encoder trains, which re-encodes each step)."""
+
+    texts: list[str]
+    rows: np.ndarray  # query row of each pair
+    items: np.ndarray
+    weights: np.ndarray
+    emb: torch.Tensor | None
+
+    @property
+    def n(self) -> int:
+        return len(self.rows)
+
+    @classmethod
+    def build(cls, pairs: Sequence[tuple[str, int, float]], encoder: TextEncoder | None,
+              trainable_text: bool, mcfg: ModelConfig, device: torch.device) -> _QueryPairs:
+        texts = sorted({q for q, _, _ in pairs})
+        index = {q: i for i, q in enumerate(texts)}
+        emb = None
+        if len(pairs) and not trainable_text:
+            assert encoder is not None
+            emb = torch.as_tensor(encoder.embed(texts, mcfg.text_batch_size), device=device)
+        return cls(texts, np.asarray([index[q] for q, _, _ in pairs], dtype=np.int64),
+                   np.asarray([i for _, i, _ in pairs], dtype=np.int64),
+                   np.asarray([w for _, _, w in pairs], dtype=np.float32), emb)
+
+
+def _autocast(mcfg: ModelConfig, device: torch.device) -> Any:
+    """bf16 autocast on CUDA (``amp``) or on CPU (``cpu_bf16``), else a no-op context."""
+    if mcfg.amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if mcfg.cpu_bf16 and device.type == "cpu":
+        if not cpu_has_native_bf16():
+            log.warning(
+                "cpu_bf16=true on a CPU without native bf16 (no AVX512-BF16 or AMX; torch reports "
+                "%s): bf16 is emulated there and training runs several times slower (3.7-3.8x "
+                "per step on a 2-core AVX2 EPYC, BENCHMARKS.md); set cpu_bf16=false",
+                torch.backends.cpu.get_cpu_capability())
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return _NullCtx()
+
+
+def _candidate_ids(seq: torch.Tensor, targets: torch.Tensor, neg: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sampled softmax: the step's candidate items (history, targets, uniform negatives) and
+    the history and targets as positions in them."""
+    cand, inverse = torch.unique(torch.cat([seq.reshape(-1), targets, neg]), return_inverse=True)
+    return (cand, inverse[: seq.numel()].view_as(seq),
+            inverse[seq.numel(): seq.numel() + len(targets)])
+
+
+def _fresh_text_rows(model: TwoTowerModel, encoder: TextEncoder, texts: Sequence[str],
+                     cand: torch.Tensor, batch_items: torch.Tensor, mcfg: ModelConfig) -> torch.Tensor:
+    """The candidates' text rows, the step's own items re-encoded with gradient (finetune)."""
+    rows = model.item_text_emb[cand].clone()
+    sub = batch_items[: mcfg.max_text_items_per_step]
+    fresh = encoder([texts[i] for i in sub.tolist()]).to(rows.dtype)
+    return rows.index_put((torch.searchsorted(cand, sub),), fresh)
+
+
+def _next_item_loss(model: TwoTowerModel, items: torch.Tensor, seq: torch.Tensor,
+                    seq_c: torch.Tensor, lengths: torch.Tensor, typ: torch.Tensor,
+                    valid_pos: torch.Tensor, targets: torch.Tensor, tgt_c: torch.Tensor,
+                    cand: torch.Tensor, log_unigram: torch.Tensor, use_full: bool,
+                    mcfg: ModelConfig) -> torch.Tensor:
+    """Softmax cross-entropy of every position's next item over the candidates (the whole
+    catalog, or sampled with a logQ correction), the position's seen items masked out."""
+    states = model.user_states(items, seq_c, lengths, typ)
+    # Temperature folded into the (N, d) side: one pass less over (N, n_items).
+    h = states[valid_pos] * model.inv_temperature
+    m_rows = m_cols = log_q = None
+    if use_full and mcfg.exclude_history_negatives:
+        m_rows, m_cols = _history_mask(seq, valid_pos, targets)
+    if not use_full:
+        # logQ correction: candidates were proposed by popularity (in-batch) and uniformly;
+        # subtracting log q keeps the softmax unbiased.
+        n_items = model.n_items
+        q = len(targets) * log_unigram[cand].exp() + mcfg.n_negatives / n_items
+        log_q = -torch.log(q.clamp_min(1e-12))
+    return catalog_cross_entropy(h, items, tgt_c, m_rows, m_cols, log_q)
+
+
+def _query_loss(model: TwoTowerModel, queries: _QueryPairs, items: torch.Tensor,
+                neg: torch.Tensor | None, encoder: TextEncoder | None, trainable_text: bool,
+                rng: np.random.Generator, use_full: bool, mcfg: ModelConfig) -> torch.Tensor:
+    """Weighted cross-entropy of a sample of search queries against their clicked items."""
+    device = items.device
+    sel = rng.choice(queries.n, size=min(mcfg.query_batch_size, queries.n), replace=False)
+    if trainable_text:
+        assert encoder is not None
+        qv = model.query_vectors(encoder([queries.texts[r] for r in queries.rows[sel]]))
+    else:
+        assert queries.emb is not None
+        qv = model.query_vectors(queries.emb[torch.as_tensor(queries.rows[sel], device=device)])
+    q_tgt = torch.as_tensor(queries.items[sel], device=device)
+    if use_full:
+        logits, labels = (qv * model.inv_temperature) @ items.T, q_tgt
+    else:
+        assert neg is not None
+        q_cand = torch.unique(torch.cat([q_tgt, neg]))
+        logits = (qv * model.inv_temperature) @ model.item_vectors(q_cand).T
+        labels = torch.searchsorted(q_cand, q_tgt)
+    w = torch.as_tensor(queries.weights[sel], device=device)
+    return (F.cross_entropy(logits.float(), labels, reduction="none") * w).sum() / w.sum()
+
+
+def _cooc_loss(model: TwoTowerModel, items: torch.Tensor, cooc_a: torch.Tensor,
+               cooc_b: torch.Tensor, neg: torch.Tensor | None, id_keep: torch.Tensor | None,
+               rng: np.random.Generator, use_full: bool, mcfg: ModelConfig) -> torch.Tensor:
+    """Item-item cross-entropy: an item predicts an item bought near it (both orders)."""
+    device = items.device
+    sel = torch.as_tensor(rng.integers(0, len(cooc_a), mcfg.cooc_batch_size), device=device)
+    a, b = cooc_a[sel], cooc_b[sel]
+    if use_full:
+        c_items, a_pos, b_pos = items, a, b
+    else:
+        assert neg is not None
+        c_idx = torch.unique(torch.cat([a, b, neg]))
+        c_items = model.item_vectors(c_idx, id_keep=id_keep[c_idx] if id_keep is not None else None)
+        a_pos, b_pos = torch.searchsorted(c_idx, a), torch.searchsorted(c_idx, b)
+    # an item is trivially closest to itself: it is not a candidate
+    return catalog_cross_entropy(c_items[a_pos] * model.inv_temperature, c_items, b_pos,
+                                 torch.arange(len(a_pos), device=device), a_pos)
+
+
+def _validate(rec: TwoTowerRecommender, valid: EvalSet, data: TrainingData,
+              mcfg: ModelConfig) -> dict[str, float]:
+    """The epoch's validation row: the towers' NDCG@10 and recall@10 (early stopping)."""
+    t0 = time.time()
+    m = evaluate_scores(make_score_fn(rec, valid, data), valid, data.n_items, ks=(10,),
+                        batch_size=mcfg.eval_batch_size, beyond_accuracy=False)
+    return {"valid_ndcg@10": m["ndcg@10"], "valid_recall@10": m["recall@10"],
+            "eval_seconds": time.time() - t0}
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write the state atomically: an interruption never leaves half a checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
 def _fit_blend(rec: TwoTowerRecommender, data: TrainingData, train_seqs: Sequence[np.ndarray],
-               valid: EvalSet, mcfg: ModelConfig, linear: LinearTransitions | None = None,
-               text_emb: np.ndarray | None = None, neighbourhood: Neighbourhood | None = None,
-               ) -> tuple[Any, dict[str, Any]]:
+               valid: EvalSet, mcfg: ModelConfig, text_emb: np.ndarray | None = None,
+               neighbourhood: Neighbourhood | None = None) -> tuple[Any, dict[str, Any]]:
     """Fit the co-occurrence blend on the training sequences; weight chosen on ``valid``
-    (``linear``: the linear model already fitted on them, reused; ``text_emb``: the pretrained
-    text encoder's item vectors, for the learned ranker's text features; ``neighbourhood``:
-    the parts already fitted, reused).
+    (``text_emb``: the pretrained text encoder's item vectors, for the learned ranker's text
+    features; ``neighbourhood``: the parts already fitted, reused).
     Returns (None, report) when validation prefers the model alone (weight 0)."""
     from ecrec_lib.models.blend import fit_blend
 
     model_scores = make_score_fn(rec, valid, data)
     valid_eval = _blend_valid_eval(valid, data, mcfg)
     if neighbourhood is None:
-        neighbourhood = fit_blend_neighbourhood(data, mcfg, train_seqs, valid, text_emb, linear)
+        neighbourhood = fit_blend_neighbourhood(data, mcfg, train_seqs, valid, text_emb)
     t0 = time.time()
     blend, report = fit_blend(train_seqs, data.n_items, float(rec.model.inv_temperature.detach()),
                               valid.histories, valid_eval, model_scores,
@@ -651,19 +695,16 @@ def _blend_valid_eval(valid: EvalSet, data: TrainingData, mcfg: ModelConfig
 
 
 def fit_blend_neighbourhood(data: TrainingData, mcfg: ModelConfig, train_seqs: Sequence[np.ndarray],
-                            valid: EvalSet, text_emb: np.ndarray | None = None,
-                            linear: LinearTransitions | None = None) -> Neighbourhood:
+                            valid: EvalSet, text_emb: np.ndarray | None = None) -> Neighbourhood:
     """The blend's neighbourhood parts (item-kNN tuned on ``valid``, user-kNN, the linear
     model, and the learned ranker when ``mcfg.ranker``), exactly as :func:`train_two_tower`
     fits them after training; none depends on the neural model, so one fit serves every model
     trained on the same split (pass it as ``train_two_tower(..., neighbourhood=)``).
-    ``text_emb``: the pretrained text encoder's item vectors (the ranker's text features);
-    ``linear``: the linear model already fitted on ``train_seqs``, reused."""
+    ``text_emb``: the pretrained text encoder's item vectors (the ranker's text features)."""
     from ecrec_lib.models.blend import fit_neighbourhood
 
     return fit_neighbourhood(train_seqs, data.n_items, valid.histories,
                              _blend_valid_eval(valid, data, mcfg),
-                             linear=linear if linear is not None else True,
                              ranker_fit=_ranker_fit(data, train_seqs, mcfg, text_emb)
                              if mcfg.ranker else None)
 
@@ -683,41 +724,10 @@ def _ranker_fit(data: TrainingData, train_seqs: Sequence[np.ndarray], mcfg: Mode
 
     def fit(item_knn: Any, user_knn: Any, linear: Any) -> tuple[Any, dict[str, Any]]:
         return fit_ranker(train_seqs, data.n_items, data.item_brand, data.item_category,
-                          (item_knn, user_knn, linear), times, RankerConfig(seed=mcfg.seed, boosters=mcfg.ranker_boosters),
-                          text_emb)  # no category paths: measured neutral (BENCHMARKS.md s. 17)
+                          (item_knn, user_knn, linear), times,
+                          RankerConfig(seed=mcfg.seed, boosters=mcfg.ranker_boosters), text_emb)
 
     return fit
-
-
-def _training_prior(mcfg: ModelConfig, train_seqs: Sequence[np.ndarray], arrays: _SeqArrays,
-                    n_items: int, use_full: bool) -> tuple[Any, LinearTransitions]:
-    """The out-of-fold linear prior of every training position, and the linear model fitted
-    on all training sequences (validation scores and the blend use it)."""
-    if not use_full:
-        raise ValueError(
-            f"prior_weight > 0 needs the full softmax, but this catalog ({n_items} items) trains "
-            f"with sampled negatives; set loss=full_softmax or prior_weight=0")
-    t0 = time.time()
-    row_users = np.asarray([u for u, s in enumerate(train_seqs) if len(s) >= 2], dtype=np.int64)
-    prior = out_of_fold_prior(train_seqs, row_users, arrays.inp, arrays.lengths, n_items,
-                              mcfg.prior_eps, mcfg.prior_keep, mcfg.prior_folds)
-    linear = LinearTransitions().fit(train_seqs, n_items)
-    log.info("training prior: %d entries over %d positions in %.1f s", prior.nnz,
-             int(arrays.lengths.sum()), time.time() - t0)
-    return prior, linear
-
-
-def _with_prior(fn: Callable[[np.ndarray], torch.Tensor], eval_set: EvalSet,
-                linear: LinearTransitions, mcfg: ModelConfig,
-                inv_temperature: float) -> Callable[[np.ndarray], torch.Tensor]:
-    """``fn``'s cosine rows plus the training prior on the same (cosine) scale."""
-    def wrapped(pos: np.ndarray) -> torch.Tensor:
-        cos = torch.as_tensor(fn(pos)).float()
-        hist = decayed_history_matrix([eval_set.histories[i] for i in pos], linear.n_items,
-                                      linear.decay, linear.max_history)
-        bias = log_prior_rows(hist @ linear.weights, mcfg.prior_eps, mcfg.prior_keep)
-        return cos + (mcfg.prior_weight / inv_temperature) * torch.as_tensor(bias.toarray())
-    return wrapped
 
 
 def _cooccurrence_pairs(seqs: Sequence[np.ndarray], window: int) -> tuple[np.ndarray, np.ndarray]:
