@@ -11,9 +11,9 @@ Programmatic API (used by ``jobs.train_encoders`` and ``jobs.benchmark_quality``
     result.model                 # TwoTowerRecommender (ecrec_lib.models.api.Recommender + helpers)
     result.history               # one dict per epoch: loss, valid_ndcg@10, valid_recall@10, seconds...
     result.best_epoch            # weights of this epoch are the ones kept
-    score_fn = result.score_fn(test)   # (positions) -> (b, n_items) scores, for evaluate_scores
+    score_fn = result.score_fn(test)   # the served ranking (recommend) as score rows
     metrics = evaluate_scores(score_fn, test, data.n_items)
-    # or directly: result.model.score_histories(list_of_item_index_arrays) -> torch (b, n_items)
+    # or directly: result.model.recommend(user_histories, now_ts, k) -> (item ids, scores)
 
 ``ModelConfig(use_text=False)`` is the ID-only SASRec-style baseline (full softmax CE).
 Every prefix of every training sequence predicts its next item in one pass (causal
