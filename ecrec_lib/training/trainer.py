@@ -374,13 +374,9 @@ def train_two_tower(
     resumed_from = start_epoch
 
     autocast = _autocast(mcfg, device)
-    all_idx = torch.arange(n_items, device=device)
-    t_inp = torch.as_tensor(arrays.inp)
-    t_tgt = torch.as_tensor(arrays.tgt)
-    t_len = torch.as_tensor(arrays.lengths)
-    t_typ = torch.as_tensor(arrays.types)
-    texts = data.item_text
-    use_id_dropout = mcfg.use_id and mcfg.id_dropout > 0 and (mcfg.use_text or mcfg.use_side)
+    runner = _EpochRunner(model, encoder, trainable_text, opt, sched, params, groups, arrays,
+                          queries, cooc_a, cooc_b, log_unigram, data.item_text, use_full,
+                          autocast, mcfg, device, progress)
 
     valid_eval = valid if valid is not None and len(valid) else None
     if valid_eval is not None and 0 < mcfg.valid_sample_users < len(valid_eval):
@@ -389,92 +385,8 @@ def train_two_tower(
                                                        replace=False)
         valid_eval = valid_eval.subset(np.sort(pick))
 
-    epoch = start_epoch
     for epoch in range(start_epoch + 1, mcfg.epochs + 1):
-        # Per-epoch seeds: data order, dropout and ID-dropout do not depend on whether the
-        # run was resumed, so an interrupted run ends where an uninterrupted one does.
-        torch.manual_seed(mcfg.seed * 100_003 + epoch)
-        rng = np.random.default_rng([mcfg.seed, epoch])
-        if trainable_text and epoch == start_epoch + 1:
-            model.set_text_embeddings(encoder.embed(texts, mcfg.text_batch_size))
-        model.train()
-        if encoder is not None:
-            encoder.train(trainable_text)
-        batches = _length_bucketed_batches(arrays.lengths, mcfg.batch_size, rng)
-        t0 = time.time()
-        tot = tot_next = tot_q = tot_c = 0.0
-        bar = _progress(range(len(batches)), progress, f"epoch {epoch}/{mcfg.epochs}")
-        for step in bar:
-            rows_np = batches[step]
-            rows = torch.as_tensor(rows_np)
-            seq, tgt, lengths = t_inp[rows].to(device), t_tgt[rows].to(device), t_len[rows].to(device)
-            typ = t_typ[rows].to(device)
-            L_used = int(lengths.max())
-            seq, tgt, typ = seq[:, :L_used], tgt[:, :L_used], typ[:, :L_used]
-            valid_pos = tgt >= 0
-            targets = tgt[valid_pos]
-            id_keep = (torch.rand(n_items, device=device) >= mcfg.id_dropout) if use_id_dropout else None
-            batch_items = torch.unique(torch.cat([seq[valid_pos], targets]))
-            with autocast:
-                neg = None if use_full else torch.randint(0, n_items, (mcfg.n_negatives,),
-                                                          device=device)
-                cand, seq_c, tgt_c = (all_idx, seq, targets) if use_full else _candidate_ids(
-                    seq, targets, neg)
-                text_rows = None
-                if trainable_text:
-                    text_rows = _fresh_text_rows(model, encoder, texts, cand, batch_items, mcfg)
-                items = model.item_vectors(cand, text_emb=text_rows,
-                                           id_keep=id_keep[cand] if id_keep is not None else None)
-                loss_next = _next_item_loss(model, items, seq, seq_c, lengths, typ, valid_pos,
-                                            targets, tgt_c, cand, log_unigram, use_full, mcfg)
-                loss = loss_next
-                loss_q = torch.zeros((), device=device)
-                if queries.n:
-                    loss_q = _query_loss(model, queries, items, neg, encoder, trainable_text, rng,
-                                         use_full, mcfg)
-                    loss = loss + mcfg.query_loss_weight * loss_q
-                loss_c = torch.zeros((), device=device)
-                if len(cooc_a):
-                    loss_c = _cooc_loss(model, items, cooc_a, cooc_b, neg, id_keep, rng, use_full,
-                                        mcfg)
-                    loss = loss + mcfg.cooc_loss_weight * loss_c
-            if not torch.isfinite(loss):
-                raise NaNLossError(
-                    f"loss became {loss.item()} at epoch {epoch}, step {step + 1}: training stopped "
-                    "and nothing is registered; lower the learning rate (learning_rate) or check "
-                    "the input data for extreme values"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if mcfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], mcfg.grad_clip)
-            opt.step()
-            sched.step()
-            tot += loss.item()
-            tot_next += loss_next.item()
-            tot_q += loss_q.item()
-            tot_c += loss_c.item()
-            if progress and hasattr(bar, "set_postfix"):
-                done = min((step + 1) * mcfg.batch_size, n_rows)
-                bar.set_postfix(loss=f"{tot / (step + 1):.4f}", seq_s=f"{done / (time.time() - t0):.0f}")
-        secs = time.time() - t0
-        if not all(torch.isfinite(p).all() for p in params):
-            raise NaNLossError(
-                f"model weights became NaN/inf in epoch {epoch}: training stopped and nothing is "
-                "registered; lower the learning rate (learning_rate)"
-            )
-        if trainable_text:  # the cached item text rows must follow the encoder's updates
-            model.set_text_embeddings(encoder.embed(texts, mcfg.text_batch_size))
-        row: dict[str, float] = {
-            "epoch": float(epoch),
-            "loss": tot / len(batches),
-            "next_item_loss": tot_next / len(batches),
-            "query_loss": tot_q / len(batches),
-            "cooc_loss": tot_c / len(batches),
-            "lr": float(sched.get_last_lr()[0]),
-            "train_seconds": secs,
-            "seq_per_s": n_rows / max(secs, 1e-9),
-        }
+        row = runner.run(epoch, first=epoch == start_epoch + 1)
         rec.invalidate()
         if valid_eval is not None:
             m = _validate(rec, valid_eval, data, mcfg)
@@ -506,7 +418,7 @@ def train_two_tower(
         if trainable_text and best["text"] is not None:
             encoder.load_state_dict(best["text"])
     if trainable_text:
-        model.set_text_embeddings(encoder.embed(texts, mcfg.text_batch_size))
+        model.set_text_embeddings(encoder.embed(data.item_text, mcfg.text_batch_size))
     model.eval()
     rec.invalidate()
     rec.metadata.update({"best_epoch": best["epoch"], "fingerprint": fingerprint,
@@ -661,6 +573,125 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)
+
+
+class _EpochRunner:
+    """One pass over the training windows: the step's candidates, its three losses (next
+    item, search queries, co-occurrence), the update, and the epoch's history row."""
+
+    def __init__(self, model: TwoTowerModel, encoder: TextEncoder | None, trainable_text: bool,
+                 opt: torch.optim.Optimizer, sched: Any, params: list[torch.nn.Parameter],
+                 groups: list[dict[str, Any]], arrays: _SeqArrays, queries: _QueryPairs,
+                 cooc_a: torch.Tensor, cooc_b: torch.Tensor, log_unigram: torch.Tensor,
+                 texts: Sequence[str], use_full: bool, autocast: Any, mcfg: ModelConfig,
+                 device: torch.device, progress: bool) -> None:
+        self.model, self.encoder, self.trainable_text = model, encoder, trainable_text
+        self.opt, self.sched, self.params, self.groups = opt, sched, params, groups
+        self.lengths = arrays.lengths
+        self.t_inp, self.t_tgt = torch.as_tensor(arrays.inp), torch.as_tensor(arrays.tgt)
+        self.t_len, self.t_typ = torch.as_tensor(arrays.lengths), torch.as_tensor(arrays.types)
+        self.queries, self.cooc_a, self.cooc_b = queries, cooc_a, cooc_b
+        self.log_unigram, self.texts, self.use_full = log_unigram, texts, use_full
+        self.autocast, self.mcfg, self.device, self.progress = autocast, mcfg, device, progress
+        self.n_items = model.n_items
+        self.all_idx = torch.arange(self.n_items, device=device)
+        self.use_id_dropout = mcfg.use_id and mcfg.id_dropout > 0 and (mcfg.use_text or mcfg.use_side)
+
+    def run(self, epoch: int, first: bool) -> dict[str, float]:
+        """Train one epoch (``first``: the first of this call, resumed or not); its row."""
+        mcfg, model, encoder = self.mcfg, self.model, self.encoder
+        # Per-epoch seeds: data order, dropout and ID-dropout do not depend on whether the
+        # run was resumed, so an interrupted run ends where an uninterrupted one does.
+        torch.manual_seed(mcfg.seed * 100_003 + epoch)
+        rng = np.random.default_rng([mcfg.seed, epoch])
+        if self.trainable_text and first:
+            model.set_text_embeddings(encoder.embed(self.texts, mcfg.text_batch_size))
+        model.train()
+        if encoder is not None:
+            encoder.train(self.trainable_text)
+        batches = _length_bucketed_batches(self.lengths, mcfg.batch_size, rng)
+        t0 = time.time()
+        tot = tot_next = tot_q = tot_c = 0.0
+        bar = _progress(range(len(batches)), self.progress, f"epoch {epoch}/{mcfg.epochs}")
+        for step in bar:
+            loss, loss_next, loss_q, loss_c = self._step(batches[step], rng)
+            if not torch.isfinite(loss):
+                raise NaNLossError(
+                    f"loss became {loss.item()} at epoch {epoch}, step {step + 1}: training stopped "
+                    "and nothing is registered; lower the learning rate (learning_rate) or check "
+                    "the input data for extreme values"
+                )
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if mcfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_([p for g in self.groups for p in g["params"]],
+                                               mcfg.grad_clip)
+            self.opt.step()
+            self.sched.step()
+            tot += loss.item()
+            tot_next += loss_next.item()
+            tot_q += loss_q.item()
+            tot_c += loss_c.item()
+            if self.progress and hasattr(bar, "set_postfix"):
+                done = min((step + 1) * mcfg.batch_size, len(self.lengths))
+                bar.set_postfix(loss=f"{tot / (step + 1):.4f}", seq_s=f"{done / (time.time() - t0):.0f}")
+        secs = time.time() - t0
+        if not all(torch.isfinite(p).all() for p in self.params):
+            raise NaNLossError(
+                f"model weights became NaN/inf in epoch {epoch}: training stopped and nothing is "
+                "registered; lower the learning rate (learning_rate)"
+            )
+        if self.trainable_text:  # the cached item text rows must follow the encoder's updates
+            model.set_text_embeddings(encoder.embed(self.texts, mcfg.text_batch_size))
+        return {
+            "epoch": float(epoch),
+            "loss": tot / len(batches),
+            "next_item_loss": tot_next / len(batches),
+            "query_loss": tot_q / len(batches),
+            "cooc_loss": tot_c / len(batches),
+            "lr": float(self.sched.get_last_lr()[0]),
+            "train_seconds": secs,
+            "seq_per_s": len(self.lengths) / max(secs, 1e-9),
+        }
+
+    def _step(self, rows_np: np.ndarray, rng: np.random.Generator
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(total loss, next-item loss, query loss, co-occurrence loss) of one batch."""
+        mcfg, model, device = self.mcfg, self.model, self.device
+        rows = torch.as_tensor(rows_np)
+        seq, tgt = self.t_inp[rows].to(device), self.t_tgt[rows].to(device)
+        lengths, typ = self.t_len[rows].to(device), self.t_typ[rows].to(device)
+        L_used = int(lengths.max())
+        seq, tgt, typ = seq[:, :L_used], tgt[:, :L_used], typ[:, :L_used]
+        valid_pos = tgt >= 0
+        targets = tgt[valid_pos]
+        id_keep = ((torch.rand(self.n_items, device=device) >= mcfg.id_dropout)
+                   if self.use_id_dropout else None)
+        batch_items = torch.unique(torch.cat([seq[valid_pos], targets]))
+        with self.autocast:
+            neg = None if self.use_full else torch.randint(0, self.n_items, (mcfg.n_negatives,),
+                                                           device=device)
+            cand, seq_c, tgt_c = ((self.all_idx, seq, targets) if self.use_full
+                                  else _candidate_ids(seq, targets, neg))
+            text_rows = None
+            if self.trainable_text:
+                text_rows = _fresh_text_rows(model, self.encoder, self.texts, cand, batch_items, mcfg)
+            items = model.item_vectors(cand, text_emb=text_rows,
+                                       id_keep=id_keep[cand] if id_keep is not None else None)
+            loss_next = _next_item_loss(model, items, seq, seq_c, lengths, typ, valid_pos, targets,
+                                        tgt_c, cand, self.log_unigram, self.use_full, mcfg)
+            loss = loss_next
+            loss_q = torch.zeros((), device=device)
+            if self.queries.n:
+                loss_q = _query_loss(model, self.queries, items, neg, self.encoder,
+                                     self.trainable_text, rng, self.use_full, mcfg)
+                loss = loss + mcfg.query_loss_weight * loss_q
+            loss_c = torch.zeros((), device=device)
+            if len(self.cooc_a):
+                loss_c = _cooc_loss(model, items, self.cooc_a, self.cooc_b, neg, id_keep, rng,
+                                    self.use_full, mcfg)
+                loss = loss + mcfg.cooc_loss_weight * loss_c
+        return loss, loss_next, loss_q, loss_c
 
 
 def _fit_blend(rec: TwoTowerRecommender, data: TrainingData, train_seqs: Sequence[np.ndarray],
