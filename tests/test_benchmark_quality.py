@@ -10,6 +10,7 @@ import pytest
 
 from ecrec_lib.datasets import DatasetError, load_csv_dataset
 from ecrec_lib.evaluation import evaluate_scores, leave_one_out
+from ecrec_lib.evaluation.served import served_score_fn
 from ecrec_lib.models.artifact import load_recommender_dir
 from ecrec_lib.models.blend import (
     LINEAR_SHARE_GRID,
@@ -17,7 +18,7 @@ from ecrec_lib.models.blend import (
     USER_SHARE_GRID,
     WEIGHT_GRID,
 )
-from ecrec_lib.training.trainer import make_score_fn
+from ecrec_lib.training.trainer import eval_histories
 from jobs import benchmark_quality
 
 N_PATTERN_ITEMS = 30
@@ -305,7 +306,8 @@ def test_job_neural_models_learn_the_pattern(tmp_path: Path, capsys):
     rec = load_recommender_dir(saved["two_tower"])
     data, _ = load_csv_dataset(data_dir)
     _, _, test = leave_one_out(data.sequences)
-    got = evaluate_scores(make_score_fn(rec, test, data), test, data.n_items, ks=(5,))
+    served = served_score_fn(rec, eval_histories(rec.item_ids, test, data), test, rec.item_ids, None)
+    got = evaluate_scores(served, test, data.n_items, ks=(5,))
     assert got["ndcg@5"] == pytest.approx(blend["metrics"]["ndcg@5"]["mean"], abs=1e-6)
 
 

@@ -32,7 +32,9 @@ def served_score_fn(
 ) -> Callable[[np.ndarray], np.ndarray]:
     """A ``score_fn`` for :func:`~ecrec_lib.evaluation.evaluate_scores` built from the model's
     served lists: eval row ``r`` (``histories[r]``; ``eval_set`` in the columns ``column_ids``)
-    gets ``k - rank`` at each listed item's column and -inf elsewhere. Each row excludes its
+    gets each listed item's served score at its column and -inf elsewhere, so the metrics'
+    pessimistic ties still apply (a model scoring every item alike gets no credit for the
+    order its list happens to have; a target outside the list is unranked). Each row excludes its
     history items except its target (a repeat purchase stays rankable, as the metrics' protocol
     says); ``items``: what the model ranks (None: its own catalog, then ``column_ids`` must be
     its item ids)."""
@@ -41,7 +43,6 @@ def served_score_fn(
                          f"got {len(histories)}")
     ids = np.asarray([str(i) for i in column_ids], dtype=object)
     index = pd.Index(ids)
-    rank_value = (k - np.arange(k)).astype(np.float64)
 
     def score_fn(pos: np.ndarray) -> np.ndarray:
         hist = [histories[i] for i in pos]
@@ -59,7 +60,7 @@ def served_score_fn(
         cols = index.get_indexer(pd.Index(np.where(missing, "", got).astype(str).ravel()))
         cols = np.where(missing, -1, cols.reshape(got.shape))
         rows, ranks = np.nonzero(cols >= 0)
-        out[rows, cols[rows, ranks]] = rank_value[ranks]
+        out[rows, cols[rows, ranks]] = np.asarray(scores, dtype=np.float64)[rows, ranks]
         return out
 
     return score_fn
