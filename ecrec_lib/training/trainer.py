@@ -221,7 +221,8 @@ def _eval_types(data: TrainingData | None, eval_set: EvalSet) -> list | None:
 def eval_anchor_times(data: TrainingData | None, eval_set: EvalSet) -> np.ndarray | None:
     """Each eval row's time context (:func:`~ecrec_lib.models.ranker.time_context`: its last
     history event time, the one before, the events in the last day): the learned ranker's
-    "now"; None without event times, or when a history is not a prefix of its user's sequence."""
+    "now" (NaN for an empty history); None without event times, or when a history is not a
+    prefix of its user's sequence."""
     from ecrec_lib.models.ranker import time_context
 
     if data is None or data.event_times is None:
@@ -229,7 +230,7 @@ def eval_anchor_times(data: TrainingData | None, eval_set: EvalSet) -> np.ndarra
     times = []
     for u, h in zip(eval_set.users, eval_set.histories, strict=True):
         seq = data.sequences[int(u)]
-        if not len(h) or len(seq) < len(h) or not np.array_equal(seq[:len(h)], h):
+        if len(seq) < len(h) or not np.array_equal(seq[:len(h)], h):
             return None
         times.append(data.event_times[int(u)][:len(h)])
     return time_context(times)
