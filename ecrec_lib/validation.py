@@ -335,7 +335,7 @@ tr.crit,td.crit{background:#fdd}tr.warn,td.warn{background:#ffe9b3}tr.ok,td.ok{b
 def store_outcome(spark: SparkSession, outcome: SuiteOutcome, out_dir: str) -> None:
     """Write ``results.json`` and ``index.html`` for one suite run under ``out_dir``
     (personal-data example values withheld, see :func:`redacted`)."""
-    from ecrec_lib.pipeline.io import write_json, write_text
+    from ecrec_lib.lake_files import write_json, write_text
 
     safe = redacted(outcome)
     write_json(spark, f"{out_dir}/results.json", safe.to_dict())

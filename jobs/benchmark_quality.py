@@ -1,7 +1,16 @@
-"""Quality benchmark on any interactions.csv dataset (leave-one-out, full ranking).
+"""Quality benchmark on any interactions.csv dataset (full ranking, three protocols).
 
     python -m jobs.benchmark_quality --data ../shared/data/amazon_beauty --seeds 3 \
-        --out bench_quality.json
+        --out bench_quality.json [--protocol loo|temporal|cold_items] [--max-users N]
+
+``--protocol`` (the splits: :mod:`ecrec_lib.evaluation.split`): ``loo`` (default) is described
+below; ``temporal`` cuts the log at one date (the last 10% of events after it), tests every
+user active after it on their first item after it given their history up to the cut, and
+fits every model on the events before an earlier validation cut; ``cold_items`` holds 10% of
+the items out of training entirely and tests the users whose last item is one of them, the
+two-tower (its text and side vectors for those items) against popularity, brand/category
+popularity and the pretrained text's similarity to the history. ``--max-users`` runs on a
+seeded sample of users (a quick end-to-end check, not a figure to report).
 
 Runs the platform's own code — the two-tower trainer and the evaluation functions the
 nightly jobs use — under the sequential-recommendation protocol: each user's sequence is
@@ -29,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 
 from ecrec_lib.config import add_config_args, config_from_args
 from ecrec_lib.datasets import DatasetError, load_csv_dataset
@@ -38,8 +48,9 @@ from ecrec_lib.evaluation import (
     leave_one_out,
     popularity_scores,
 )
-from ecrec_lib.evaluation.baselines import KNN_GRID, LinearTransitions, UserKNN, tune_item_knn
+from ecrec_lib.evaluation.split import cold_item_split, temporal_split
 from ecrec_lib.models.config import ModelConfig
+from ecrec_lib.models.neighbourhood import KNN_GRID, LinearTransitions, UserKNN, tune_item_knn
 from ecrec_lib.training.data import TrainingData
 from jobs.common import setup_logging
 
@@ -49,7 +60,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("benchmark_quality")
 
 ALL_MODELS = ("pop", "itemknn", "userknn", "linear", "ranker", "sasrec_id", "two_tower")
-DETERMINISTIC = ("pop", "itemknn", "userknn", "linear", "ranker")  # one run serves every seed
+COLD_MODELS = ("pop", "brandpop", "textsim", "two_tower")  # the cold_items protocol's table
+PROTOCOLS = ("loo", "temporal", "cold_items")
+DETERMINISTIC = ("pop", "itemknn", "userknn", "linear", "ranker", "brandpop", "textsim")
 REPORT_KS = (5, 10, 20)
 REPORT_METRICS = tuple(f"{m}@{k}" for m in ("recall", "ndcg") for k in REPORT_KS)
 BLEND = "two_tower+blend"  # the two-tower run's co-occurrence blend (same training run)
@@ -61,6 +74,8 @@ MODEL_LABELS = {
     "ranker": "learned ranker over item-kNN, user-kNN, SLIST (LambdaRank)",
     "sasrec_id": "SASRec-style, ID only (full CE)",
     "two_tower": "ecrec two-tower (text + ID)",
+    "brandpop": "brand popularity (category popularity breaks ties and stands in without a brand)",
+    "textsim": "pretrained text similarity to the last 5 history items",
     BLEND: "ecrec two-tower + neighbourhood blend (item-kNN, user-kNN, SLIST, ranker)",
 }
 
@@ -70,6 +85,60 @@ class Split:
     train: list[np.ndarray]
     valid: EvalSet
     test: EvalSet
+    protocol: str = "loo"
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+PROTOCOL_TEXT = {
+    "loo": "leave-one-out per user (ordered by seq_pos, else timestamp); last item = test, "
+           "second-to-last = validation (model selection only); full ranking over all items; "
+           "history items excluded; pessimistic ties",
+    "temporal": "global time cut leaving the last 10% of events after it; each user active after "
+                "it is tested on their first item after it with their history up to the cut; "
+                "validation the same at an earlier cut (the last 10% of the events before the "
+                "test cut); every model fitted on the events before the validation cut; full "
+                "ranking over all items; history items excluded; pessimistic ties",
+    "cold_items": "10% of the interacted items held out of training entirely (seeded); test = "
+                  "users whose last item is one of them, given everything before it; validation "
+                  "= the other users' last warm item; full ranking over all items; history items "
+                  "excluded; pessimistic ties",
+}
+
+
+def make_split(protocol: str, data: TrainingData) -> Split:
+    """The train / validation / test rows of ``protocol`` (see :data:`PROTOCOL_TEXT`)."""
+    if protocol == "loo":
+        train, valid, test = leave_one_out(data.sequences)
+        if len(test) == 0:
+            raise DatasetError("no user has 3 or more interactions: nothing to evaluate")
+        return Split(train, valid, test, protocol)
+    if protocol == "temporal":
+        if data.event_times is None:
+            raise DatasetError("the temporal protocol needs a timestamp per interaction")
+        try:
+            train, valid, test, cuts = temporal_split(data.sequences, data.event_times)
+        except ValueError as exc:
+            raise DatasetError(f"temporal protocol: {exc}") from None
+        return Split(train, valid, test, protocol, cuts)
+    if protocol == "cold_items":
+        try:
+            train, valid, test, cold = cold_item_split(data.sequences, data.n_items)
+        except ValueError as exc:
+            raise DatasetError(f"cold_items protocol: {exc}") from None
+        return Split(train, valid, test, protocol, {"cold_items": int(len(cold))})
+    raise DatasetError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
+
+
+def sample_users(data: TrainingData, n: int, seed: int = 0) -> TrainingData:
+    """``data`` with a seeded sample of ``n`` users (every item kept: full ranking still ranks
+    the whole catalog)."""
+    if n <= 0 or n >= len(data.sequences):
+        return data
+    keep = np.sort(np.random.default_rng(seed).choice(len(data.sequences), n, replace=False))
+    pick = (lambda xs: None if xs is None else [xs[u] for u in keep])  # noqa: E731
+    return dataclasses.replace(data, user_keys=pick(data.user_keys), sequences=pick(data.sequences),
+                               event_types=pick(data.event_types),
+                               event_times=pick(data.event_times))
 
 
 ScoreFn = Callable[[np.ndarray], Any]
@@ -122,6 +191,44 @@ def run_fitted(model: Any, data: TrainingData, split: Split, pop: np.ndarray) ->
         "train_seconds": seconds,
         "config": dataclasses.asdict(model),
     }
+
+
+def run_brand_popularity(data: TrainingData, split: Split, pop: np.ndarray) -> dict[str, Any]:
+    """Each item scores its brand's training interactions (its category's breaks ties and
+    stands in for an item without a brand): a cold item inherits its group's popularity."""
+    t0 = time.perf_counter()
+    counts = popularity_scores(split.train, data.n_items)
+
+    def group_totals(names: Sequence[str]) -> np.ndarray:
+        codes, _ = pd.factorize(pd.Series(list(names)).replace("", None))
+        known = codes >= 0
+        totals = np.bincount(codes[known], counts[known], minlength=int(codes.max()) + 1
+                             if known.any() else 1)
+        return np.where(known, totals[np.maximum(codes, 0)], 0.0)
+
+    scores = np.log1p(group_totals(data.item_brand)) + 1e-3 * np.log1p(
+        group_totals(data.item_category))
+    seconds = time.perf_counter() - t0
+    fn: ScoreFn = lambda pos: np.broadcast_to(scores, (len(pos), data.n_items))  # noqa: E731
+    return {"test": _eval(fn, split.test, data, pop), "train_seconds": seconds, "config": {}}
+
+
+def run_text_similarity(data: TrainingData, split: Split, pop: np.ndarray,
+                        cache_dir: str | None) -> dict[str, Any]:
+    """Cosine between each item's pretrained text vector and the mean of the history's last
+    five: no training, so warm and cold items are alike to it."""
+    t0 = time.perf_counter()
+    text = pretrained_text_vectors(data, cache_dir).astype(np.float32)
+    text /= np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-9)
+    seconds = time.perf_counter() - t0
+
+    def score(pos: np.ndarray) -> np.ndarray:
+        users = np.stack([text[np.asarray(split.test.histories[i][-5:], dtype=np.int64)].mean(0)
+                          if len(split.test.histories[i]) else np.zeros(text.shape[1], np.float32)
+                          for i in pos])
+        return users @ text.T
+
+    return {"test": _eval(score, split.test, data, pop), "train_seconds": seconds, "config": {}}
 
 
 def pretrained_text_vectors(data: TrainingData, cache_dir: str | None,
@@ -184,14 +291,14 @@ def run_ranker(data: TrainingData, split: Split, pop: np.ndarray,
     score zero."""
     import torch
 
-    from ecrec_lib.models.ranker import _Parts
+    from ecrec_lib.models.neighbourhood import NeighbourhoodParts
     from ecrec_lib.training.trainer import eval_anchor_times
 
     if nb.ranker is None:
         why = (nb.ranker_report or {}).get("skipped", "the ranker is switched off (ranker=false)")
         return {"status": f"n/a ({why})"}
     ranker = nb.ranker
-    parts = _Parts(nb.item_knn, nb.user_knn, nb.linear)
+    parts = NeighbourhoodParts(nb.item_knn, nb.user_knn, nb.linear)
     anchors = eval_anchor_times(data, split.test)
 
     def score(pos: np.ndarray) -> Any:
@@ -311,14 +418,11 @@ def run_benchmark(
     cache_dir: str | None = None,
     valid_users: int = 0,
     save_dir: str | None = None,
+    protocol: str = "loo",
 ) -> dict[str, Any]:
-    """All requested models over all seeds; a JSON-serializable result."""
-    import torch
-
-    train, valid, test = leave_one_out(data.sequences)
-    if len(test) == 0:
-        raise DatasetError("no user has 3 or more interactions: nothing to evaluate")
-    split = Split(train, valid, test)
+    """All requested models over all seeds under ``protocol``; a JSON-serializable result."""
+    split = make_split(protocol, data)
+    train, test = split.train, split.test
     # Popularity over training data only, so beyond-accuracy figures do not peek at targets.
     pop = popularity_scores(train, data.n_items)
     results: dict[str, Any] = {}
@@ -332,13 +436,8 @@ def run_benchmark(
             mcfg = dataclasses.replace(mcfg, ranker=True)
         if mcfg.ranker not in shared:
             log.info("fitting the neighbourhood parts once for the ranker row and every seed")
-            nb = fit_shared_neighbourhood(data, split, mcfg, valid_users, cache_dir, has_items)
-            if nb.ranker is not None:
-                # every seed's blend scores the same validation and test batches with this one
-                # ranker: each batch is scored once, with every torch thread (same scores)
-                nb.ranker.remember_scores()
-                nb.ranker.predict_threads = torch.get_num_threads()
-            shared[mcfg.ranker] = nb
+            shared[mcfg.ranker] = fit_shared_neighbourhood(data, split, mcfg, valid_users,
+                                                           cache_dir, has_items)
         return shared[mcfg.ranker]
 
     for name in models:
@@ -364,6 +463,13 @@ def run_benchmark(
                 runs.append(run_fitted(UserKNN(), data, split, pop))
             elif name == "linear":
                 runs.append(run_fitted(LinearTransitions(), data, split, pop))
+            elif name == "brandpop":
+                runs.append(run_brand_popularity(data, split, pop))
+            elif name == "textsim":
+                if not has_items:
+                    results[name] = {"status": "n/a (no items.csv)"}
+                    break
+                runs.append(run_text_similarity(data, split, pop, cache_dir))
             elif name == "ranker":
                 run = run_ranker(data, split, pop, neighbourhood(ranker_row=True))
                 if "status" in run:
@@ -406,9 +512,10 @@ def run_benchmark(
             results[BLEND]["blend"] = [r["blend"] for r in runs]
     n_inter = int(sum(len(s) for s in data.sequences))
     return {
-        "protocol": "leave-one-out per user (ordered by seq_pos, else timestamp); last item = "
-        "test, second-to-last = validation (model selection only); full ranking over all items; "
-        "history items excluded; pessimistic ties",
+        "protocol": PROTOCOL_TEXT[protocol],
+        "protocol_name": protocol,
+        "split": {**split.info, "n_train_interactions": int(sum(len(s) for s in train)),
+                  "n_valid_rows": len(split.valid), "n_test_rows": len(test)},
         "dataset": {
             "n_users": len(data.sequences),
             "n_items": data.n_items,
@@ -449,10 +556,11 @@ def format_table(result: dict[str, Any]) -> str:
 
 def _parse_models(text: str) -> list[str]:
     models = [m.strip() for m in text.split(",") if m.strip()]
-    bad = [m for m in models if m not in ALL_MODELS]
+    known = ALL_MODELS + tuple(m for m in COLD_MODELS if m not in ALL_MODELS)
+    bad = [m for m in models if m not in known]
     if bad or not models:
         raise argparse.ArgumentTypeError(
-            f"unknown model(s) {bad or text!r}; choose from {','.join(ALL_MODELS)}"
+            f"unknown model(s) {bad or text!r}; choose from {','.join(known)}"
         )
     return models
 
@@ -477,10 +585,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write the JSON result here")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch device")
     p.add_argument(
+        "--protocol",
+        default="loo",
+        choices=PROTOCOLS,
+        help="loo: leave-one-out per user; temporal: one global time cut; cold_items: 10%% of "
+        "the items held out of training (see the module docstring)",
+    )
+    p.add_argument(
         "--models",
         type=_parse_models,
-        default=list(ALL_MODELS),
-        help=f"comma-separated subset of {','.join(ALL_MODELS)}",
+        default=None,
+        help=f"comma-separated subset of {','.join(ALL_MODELS)} (loo, temporal; default all) or "
+        f"of {','.join(COLD_MODELS)} (cold_items; default all)",
+    )
+    p.add_argument(
+        "--max-users",
+        type=int,
+        default=0,
+        help="run on a seeded sample of this many users (0: all); a quick end-to-end check",
     )
     p.add_argument("--epochs", type=int, default=None, help="max epochs (default: ModelConfig's)")
     p.add_argument(
@@ -533,6 +655,8 @@ def main(argv: list[str] | None = None) -> int:
     except DatasetError as exc:
         log.error("%s", exc)
         return 2
+    data = sample_users(data, args.max_users)
+    models = args.models or list(COLD_MODELS if args.protocol == "cold_items" else ALL_MODELS)
     import torch
 
     if args.threads:
@@ -541,18 +665,23 @@ def main(argv: list[str] | None = None) -> int:
     cache_dir = args.cache_dir or str(Path(cfg.lake_root) / "ops" / "text_cache")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     t0 = time.perf_counter()
-    result = run_benchmark(
-        data,
-        has_items,
-        args.models,
-        seeds,
-        device,
-        epochs=args.epochs,
-        overrides=dict(args.set),
-        cache_dir=cache_dir,
-        valid_users=args.valid_users,
-        save_dir=args.save_models,
-    )
+    try:
+        result = run_benchmark(
+            data,
+            has_items,
+            models,
+            seeds,
+            device,
+            epochs=args.epochs,
+            overrides=dict(args.set),
+            cache_dir=cache_dir,
+            valid_users=args.valid_users,
+            save_dir=args.save_models,
+            protocol=args.protocol,
+        )
+    except DatasetError as exc:
+        log.error("%s", exc)
+        return 2
     result["dataset"]["path"] = str(Path(args.data).resolve())
     result["machine"] = machine_info(device)
     result["total_seconds"] = time.perf_counter() - t0

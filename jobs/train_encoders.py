@@ -104,8 +104,9 @@ def run(cfg: EcrecConfig, ds: str, run_name: str | None = None, register: bool =
     import mlflow
 
     from ecrec_lib import tracking
-    from ecrec_lib.evaluation import ItemKNN, evaluate_scores, leave_one_out, popularity_scores
+    from ecrec_lib.evaluation import evaluate_scores, leave_one_out, popularity_scores
     from ecrec_lib.models.artifact import log_recommender
+    from ecrec_lib.models.neighbourhood import ItemKNN
     from ecrec_lib.training.data import build_training_data
     from ecrec_lib.training.trainer import model_config_from, train_two_tower
 

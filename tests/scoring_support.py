@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ecrec_lib.models.api import UserHistory
+from ecrec_lib.models.served import VectorRecommender
 
 DS = "2024-03-02"
 DIM = 16
@@ -28,7 +29,7 @@ def text_vec(text: str) -> np.ndarray:
     return (v / n if n else v).astype(np.float32)
 
 
-class FakeRecommender:
+class FakeRecommender(VectorRecommender):
     """Bag-of-hashed-words item/query vectors; a user is the normalized weighted mean of the
     vectors of their history items. Satisfies ecrec_lib.models.api.Recommender."""
 

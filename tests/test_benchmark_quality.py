@@ -10,6 +10,7 @@ import pytest
 
 from ecrec_lib.datasets import DatasetError, load_csv_dataset
 from ecrec_lib.evaluation import evaluate_scores, leave_one_out
+from ecrec_lib.evaluation.served import served_score_fn
 from ecrec_lib.models.artifact import load_recommender_dir
 from ecrec_lib.models.blend import (
     LINEAR_SHARE_GRID,
@@ -17,7 +18,7 @@ from ecrec_lib.models.blend import (
     USER_SHARE_GRID,
     WEIGHT_GRID,
 )
-from ecrec_lib.training.trainer import make_score_fn
+from ecrec_lib.training.trainer import eval_histories
 from jobs import benchmark_quality
 
 N_PATTERN_ITEMS = 30
@@ -218,7 +219,7 @@ def test_job_runs_the_learned_ranker_alone(tmp_path: Path, capsys):
 
 def test_job_reports_linear_na_on_a_catalog_above_its_limit(tmp_path: Path, monkeypatch, capsys):
     """A catalog too large for SLIST's dense solve: its row says so, the other models still run."""
-    from ecrec_lib.evaluation.baselines import LinearTransitions
+    from ecrec_lib.models.neighbourhood import LinearTransitions
 
     monkeypatch.setattr(LinearTransitions, "max_items", N_PATTERN_ITEMS - 1)
     out = tmp_path / "r.json"
@@ -305,7 +306,8 @@ def test_job_neural_models_learn_the_pattern(tmp_path: Path, capsys):
     rec = load_recommender_dir(saved["two_tower"])
     data, _ = load_csv_dataset(data_dir)
     _, _, test = leave_one_out(data.sequences)
-    got = evaluate_scores(make_score_fn(rec, test, data), test, data.n_items, ks=(5,))
+    served = served_score_fn(rec, eval_histories(rec.item_ids, test, data), test, rec.item_ids, None)
+    got = evaluate_scores(served, test, data.n_items, ks=(5,))
     assert got["ndcg@5"] == pytest.approx(blend["metrics"]["ndcg@5"]["mean"], abs=1e-6)
 
 
@@ -351,3 +353,27 @@ def test_real_beauty_popularity_sanity(amazon_dir: Path, tmp_path: Path):
     m = res["models"]["pop"]["metrics"]
     assert 0.010 < m["recall@10"]["mean"] < 0.020
     assert 0.005 < m["ndcg@10"]["mean"] < 0.009
+
+
+def test_job_runs_the_temporal_and_cold_item_protocols(tmp_path: Path, capsys):
+    data_dir = _planted_dataset(tmp_path / "d", with_items=True, n_users=200)
+    out = tmp_path / "t.json"
+    argv = ["--data", str(data_dir), "--protocol", "temporal", "--models", "pop,itemknn",
+            "--seeds", "1", "--max-users", "150", "--out", str(out), "--lake", str(tmp_path / "lake")]
+    assert benchmark_quality.main(argv) == 0
+    res = json.loads(out.read_text())
+    assert res["protocol_name"] == "temporal" and "global time cut" in res["protocol"]
+    split = res["split"]
+    assert split["valid_cut"] < split["test_cut"] and split["n_test_rows"] > 0
+    assert res["models"]["itemknn"]["metrics"]["recall@5"]["mean"] > 0.9  # the cycle still holds
+    out = tmp_path / "c.json"
+    argv = ["--data", str(data_dir), "--protocol", "cold_items", "--seeds", "1",
+            "--models", "pop,brandpop,textsim", "--out", str(out), "--lake", str(tmp_path / "lake")]
+    assert benchmark_quality.main(argv) == 0
+    res = json.loads(out.read_text())
+    assert res["protocol_name"] == "cold_items" and res["split"]["cold_items"] == 3
+    got = {m: r["metrics"]["recall@20"]["mean"] for m, r in res["models"].items()}
+    assert set(got) == {"pop", "brandpop", "textsim"}
+    # a held-out item has no training popularity: popularity never ranks it in the top 20
+    assert got["pop"] == 0.0 and got["brandpop"] > 0.0
+    assert "brand popularity" in capsys.readouterr().out

@@ -12,13 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from ecrec_lib.evaluation import (
-    ItemKNN,
-    LinearTransitions,
-    UserKNN,
-    evaluate_scores,
-    leave_one_out,
-)
+from ecrec_lib.evaluation import evaluate_scores, leave_one_out
+from ecrec_lib.models.api import ItemSet, UserHistory
 from ecrec_lib.models.artifact import load_recommender_dir, save_recommender
 from ecrec_lib.models.blend import (
     WEIGHT_GRID,
@@ -28,7 +23,8 @@ from ecrec_lib.models.blend import (
     fit_blend,
     log_partition,
 )
-from ecrec_lib.scoring.pipeline import ItemSpace, blend_candidates
+from ecrec_lib.models.neighbourhood import ItemKNN, LinearTransitions, UserKNN
+from ecrec_lib.scoring.pipeline import ItemSpace
 from ecrec_lib.training.trainer import ModelConfig, train_two_tower
 from tests.helpers_two_tower import make_tiny_bert, synthetic_data
 
@@ -288,17 +284,18 @@ def test_trainer_fits_blend_and_reports_it(trained_with_blend) -> None:
     assert set(report["weights"]) == {str(w) for w in WEIGHT_GRID}
     assert report["user_share"] in (0.0, 0.3, 0.5, 0.7)
     assert max(report["grid"].values()) == report["valid_ndcg@10"]
-    h = test.histories[:5]
-    assert not torch.allclose(res.model.score_histories(h), res.model.score_histories(h, blend=False))
+    pos = np.arange(5)
+    assert not np.allclose(res.score_fn(test)(pos), res.score_fn(test, blend=False)(pos).numpy())
 
 
 def test_artifact_round_trip_keeps_the_blend(trained_with_blend, tmp_path: Path) -> None:
     _, res, test = trained_with_blend
     loaded = load_recommender_dir(save_recommender(res.model, tmp_path / "m"))
     assert loaded.blend is not None and loaded.blend.weight == res.model.blend.weight
-    h = test.histories[:10]
-    assert np.allclose(res.model.score_histories(h).numpy(), loaded.score_histories(h).numpy(),
-                       atol=1e-5)
+    h = [UserHistory([res.model.item_ids[i] for i in x], [], []) for x in test.histories[:10]]
+    ids, scores = res.model.recommend(h, None, 10)
+    loaded_ids, loaded_scores = loaded.recommend(h, None, 10)
+    assert (loaded_ids == ids).all() and np.allclose(loaded_scores, scores, atol=1e-5)
     # saving over it a model without a blend replaces the directory whole: no stale blend file
     plain = copy.copy(res.model)
     plain.blend = None
@@ -310,7 +307,7 @@ def test_artifact_round_trip_keeps_the_blend(trained_with_blend, tmp_path: Path)
 @pytest.mark.parametrize(("user_share", "kind", "linear_share"),
                          [(0.0, "mixture", 0.0), (0.5, "mixture", 0.0), (0.5, "product", 0.0),
                           (0.3, "product", 0.5)])
-def test_batch_scoring_candidates_equal_full_ranking(trained_with_blend, user_share: float,
+def test_recommend_over_a_catalog_snapshot_equals_full_ranking(trained_with_blend, user_share: float,
                                                      kind: str, linear_share: float) -> None:
     data, res, test = trained_with_blend
     rec = res.model
@@ -333,20 +330,20 @@ def test_batch_scoring_candidates_equal_full_ranking(trained_with_blend, user_sh
     hist_ids = [[data.item_ids[i] for i in h] for h in test.histories[:8]]
     users = rec.user_vectors(test.histories[:8]).numpy()
     cos = users @ emb.T
-    pool = 5
-    top = np.argsort(-cos, axis=1)[:, :pool]
-    cand, score = blend_candidates(rec, rec.blend, items, pd.Series(hist_ids, dtype=object), users,
-                                   top, None)
-    # reference: full rows in catalog columns
+    stock = np.ones(n, bool)
+    stock[3] = False  # out of stock: never recommended
+    got_ids, got_scores = rec.recommend([UserHistory(h, [], []) for h in hist_ids], None, 5,
+                                        items=ItemSet(items.item_ids, emb, stock))
+    # reference: full blended rows in catalog columns, history and out-of-stock items removed
     cols = items.index_of(rec.item_ids)
     full = rec.blend.mix(torch.as_tensor(cos), [np.asarray(h) for h in test.histories[:8]], cols).numpy()
     for r in range(8):
-        got = cand[r][np.argsort(-score[r], kind="stable")][:3]
-        want = np.argsort(-full[r], kind="stable")[:3]
-        assert list(got) == list(want)
-        ok = cand[r] >= 0
-        assert np.allclose(score[r][ok], full[r][cand[r][ok]], atol=1e-4)
-        assert len(set(cand[r][ok].tolist())) == int(ok.sum())  # each item once
+        full[r, items.index_of(hist_ids[r])] = -np.inf
+        full[r, 3] = -np.inf
+        want = np.argsort(-full[r], kind="stable")[:5]
+        assert got_ids[r].tolist() == items.item_ids[want].tolist()
+        assert np.allclose(got_scores[r], full[r, want], atol=1e-4)
+        assert len(set(got_ids[r].tolist())) == 5  # each item once
 
 
 def test_score_users_serves_the_blend(trained_with_blend) -> None:
@@ -370,8 +367,6 @@ def test_score_users_serves_the_blend(trained_with_blend) -> None:
                            exclude_purchased=True, device="cpu")
     out = score_users(rec, items, seqs, params, 1_800_000_000, "2026-01-01", "1")
     # reference: blended full rows of the same user vectors, bought items removed
-    from ecrec_lib.models.api import UserHistory
-
     users = rec.encode_users([UserHistory(i, t, s) for i, t, s in zip(
         seqs["item_ids"], seqs["event_types"], seqs["event_times"], strict=True)], 1_800_000_000)
     full = rec.blend.mix(torch.as_tensor(users @ items.emb.T), hist).numpy()

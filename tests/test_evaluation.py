@@ -8,11 +8,7 @@ import numpy as np
 import pytest
 
 from ecrec_lib.evaluation import (
-    CatalogTooLargeError,
     EvalSet,
-    ItemKNN,
-    LinearTransitions,
-    UserKNN,
     evaluate_scores,
     evaluate_topk_lists,
     leave_one_out,
@@ -20,6 +16,8 @@ from ecrec_lib.evaluation import (
     reference_evaluate,
 )
 from ecrec_lib.evaluation.metrics import top_k
+from ecrec_lib.evaluation.split import cold_item_split, temporal_split
+from ecrec_lib.models.neighbourhood import CatalogTooLargeError, ItemKNN, LinearTransitions, UserKNN
 
 
 def _fixed(matrix: np.ndarray):
@@ -361,3 +359,65 @@ def test_evaluate_scores_ranks_float32_as_float32_on_a_copy():
     as64 = evaluate_scores(lambda p: scores32.astype(np.float64)[p], ev, 9, ks=(1, 5))
     assert as32 == as64
     assert torch.equal(cached, torch.as_tensor(scores32))  # history masking did not touch it
+
+
+# ---------------------------------------------------------------- temporal and cold-item splits
+
+
+def test_temporal_split_tests_the_first_item_after_the_cut_and_trains_before_it():
+    seqs = [np.array([0, 1, 2, 3]), np.array([4, 5]), np.array([6, 7, 8]), np.array([9])]
+    times = [np.array([1, 2, 5, 9]), np.array([3, 8]), np.array([6, 7, 10]), np.array([2])]
+    train, valid, test, cuts = temporal_split(seqs, times, test_cut=7, valid_cut=4)
+    assert cuts == {"valid_cut": 4, "test_cut": 7}
+    # test: users with an event after 7, on their first item after it, history up to 7
+    assert test.users.tolist() == [0, 1, 2]
+    assert test.targets.tolist() == [3, 5, 8]
+    assert [h.tolist() for h in test.histories] == [[0, 1, 2], [4], [6, 7]]
+    # validation: users active in (4, 7], first item after 4, history up to 4
+    assert valid.users.tolist() == [0, 2] and valid.targets.tolist() == [2, 6]
+    assert [h.tolist() for h in valid.histories] == [[0, 1], []]
+    # training: every event up to the validation cut, one entry per user
+    assert [s.tolist() for s in train] == [[0, 1], [4], [], [9]]
+    # no leakage: no training event after the validation cut, so none at or after a target
+    flat_times = [t[:len(s)] for s, t in zip(train, times, strict=True)]
+    assert all((t <= 4).all() for t in flat_times)
+
+
+def test_temporal_split_default_cuts_leave_the_last_tenth_after_them():
+    rng = np.random.default_rng(0)
+    times = [np.sort(rng.integers(0, 1000, 10)) for _ in range(50)]
+    seqs = [rng.integers(0, 30, 10) for _ in range(50)]
+    train, valid, test, cuts = temporal_split(seqs, times)
+    flat = np.concatenate(times)
+    assert (flat > cuts["test_cut"]).mean() == pytest.approx(0.1, abs=0.02)
+    before = flat[flat <= cuts["test_cut"]]
+    assert (before > cuts["valid_cut"]).mean() == pytest.approx(0.1, abs=0.02)
+    assert sum(len(s) for s in train) == (flat <= cuts["valid_cut"]).sum()
+    assert len(test) and len(valid)
+    # a sequence keeps its order: an out-of-order time after the cut ends the history there
+    tr, _, te, _ = temporal_split([np.array([0, 1, 2]), np.array([3, 4])],
+                                  [np.array([1, 9, 2]), np.array([1, 2])], test_cut=5, valid_cut=3)
+    assert tr[0].tolist() == [0] and te.histories[0].tolist() == [0] and te.targets.tolist() == [1]
+    with pytest.raises(ValueError, match="must be before the test cut"):
+        temporal_split(seqs, times, test_cut=500, valid_cut=600)
+
+
+def test_cold_item_split_keeps_cold_items_out_of_training():
+    rng = np.random.default_rng(1)
+    seqs = [rng.integers(0, 40, int(rng.integers(2, 8))) for _ in range(300)]
+    train, valid, test, cold = cold_item_split(seqs, 40, fraction=0.1, seed=3)
+    assert len(cold) == 4 and len(test) > 0 and len(valid) > 0
+    in_train = np.concatenate(train)
+    assert not np.isin(cold, in_train).any()  # cold items absent from training entirely
+    assert np.isin(test.targets, cold).all()  # test users' last item is a cold one
+    for u, h, t in zip(test.users, test.histories, test.targets, strict=True):
+        assert h.tolist() == seqs[u][:-1].tolist() and t == seqs[u][-1]
+    # validation targets are warm and were taken out of their user's training sequence
+    assert not np.isin(valid.targets, cold).any()
+    for u, t in zip(valid.users, valid.targets, strict=True):
+        warm = [i for i in seqs[u] if i not in set(cold.tolist())]
+        assert train[u].tolist() == warm[:-1] and t == warm[-1]
+    again = cold_item_split(seqs, 40, fraction=0.1, seed=3)[3]
+    assert again.tolist() == cold.tolist()  # seeded
+    with pytest.raises(ValueError, match="in \\(0, 1\\)"):
+        cold_item_split(seqs, 40, fraction=0.0)

@@ -173,6 +173,12 @@ def test_artifact_corruption_and_incompleteness_raise(trained, tmp_path: Path) -
     (d3 / "manifest.json").unlink()
     with pytest.raises(ArtifactError, match="no manifest.json"):
         load_recommender_dir(d3)
+    # an artifact of the previous format (its ranker read events after now) names the fix
+    d4 = save_recommender(res.model, tmp_path / "m4")
+    manifest = json.loads((d4 / "manifest.json").read_text())
+    (d4 / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
+    with pytest.raises(ArtifactError, match="has format 1, this code reads format 2: retrain"):
+        load_recommender_dir(d4)
 
 
 def _rewrite_manifest(d: Path, change) -> None:  # noqa: ANN001

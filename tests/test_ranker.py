@@ -4,28 +4,25 @@ and the ranker inside the blend (mixing, artifact round trip, batch scoring)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import pickle
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
 
-from ecrec_lib.evaluation import ItemKNN, LinearTransitions, UserKNN
 from ecrec_lib.models.blend import (
     CoocBlend,
     _mix_neighbourhoods,
-    _row_distribution,
     fit_blend,
     fit_neighbourhood,
 )
+from ecrec_lib.models.neighbourhood import ItemKNN, LinearTransitions, UserKNN, row_distribution
 from ecrec_lib.models.ranker import (
     FEATURES,
-    PATH_FEATURES,
-    PATH_LEVELS,
     TEXT_FEATURES,
     TEXT_MAX_FEATURES,
     ItemSide,
@@ -35,7 +32,6 @@ from ecrec_lib.models.ranker import (
     feature_names,
     fit_ranker,
     holdout_queries,
-    path_codes,
     time_context,
 )
 
@@ -51,10 +47,15 @@ def test_item_side_counts_codes_and_local_popularity() -> None:
     assert side.popularity.tolist() == [1, 3, 1, 0]
     assert side.brand.tolist() == [0, 1, 0, -1] and side.category.tolist() == [0, -1, 0, 1]
     assert side.first_ts[1] == 10 * DAY and side.last_ts[1] == 40 * DAY and np.isnan(side.first_ts[3])
-    # item 1 has events on days 10, 12, 40: two within 7 days of day 11, all three within 30
+    # item 1 has events on days 10, 12, 40: only day 10 is in the 7 (or 30) days up to day 11;
+    # days 12 and 40 are after that "now" and never count
     got = side.local_popularity(np.array([[1, 1, 3]]), np.array([[11 * DAY] * 3]), 7)
-    assert got.tolist() == [[2, 2, 0]]
-    assert side.local_popularity(np.array([1]), np.array([11 * DAY]), 30).tolist() == [3]
+    assert got.tolist() == [[1, 1, 0]]
+    assert side.local_popularity(np.array([1]), np.array([11 * DAY]), 30).tolist() == [1]
+    assert side.local_popularity(np.array([1]), np.array([40 * DAY]), 28).tolist() == [2]
+    assert side.count_until(np.array([1, 1, 0]), np.array([9 * DAY, 12 * DAY, 0])).tolist() == [0, 2, 1]
+    last = side.last_until(np.array([1, 1, 3]), np.array([11 * DAY, 50 * DAY, 50 * DAY]))
+    assert last[:2].tolist() == [10 * DAY, 40 * DAY] and np.isnan(last[2])
     assert not ItemSide.build(seqs, 4, ["a"] * 4, ["x"] * 4).has_time
     with pytest.raises(RankerError, match="one entry per item"):
         ItemSide.build(seqs, 4, ["a"], ["x"] * 4)
@@ -94,7 +95,7 @@ def test_time_context_and_session_features_read_the_users_pace() -> None:
     assert (f["events_last_day"][0] == 3).all() and (f["events_last_day"][1] == 1).all()
     # a plain array of last times still scores: the time features are there, the pace missing
     _, x1 = candidate_features(side, hist, *p, 10, ctx[:2, 0], names, tables)
-    assert np.array_equal(x1[..., names.index("days_item_last")], f["days_item_last"])
+    assert np.array_equal(x1[..., names.index("days_item_last")], f["days_item_last"], equal_nan=True)
     assert np.isnan(x1[..., names.index("gap_prev_days")]).all()
 
 
@@ -118,15 +119,21 @@ def test_candidate_features_exclude_history_and_match_brand() -> None:
     share = {int(c): v for c, v in zip(cands[0], f["brand_share"][0], strict=True)}
     assert share[1] == pytest.approx(0.5) and share[3] == pytest.approx(0.5) and share[4] == 0
     # the user without an anchor time gets missing time features, not made-up ones
-    assert np.isnan(f["days_item_last"][1]).all() and np.isfinite(f["days_item_last"][0]).all()
+    assert np.isnan(f["days_item_last"][1]).all()
+    # item i's one event is on day i: items seen by now (day 3) have a last event, later ones none
+    assert (np.isfinite(f["days_item_last"][0]) == (cands[0] <= 3)).all()
     days = {int(c): v for c, v in zip(cands[0], f["days_item_first"][0], strict=True)}
-    assert days[5] == pytest.approx(2.0)  # item 5 first seen on day 5, the user's anchor is day 3
+    assert days[1] == pytest.approx(-2.0)  # item 1 first seen on day 1, the user's now is day 3
+    assert np.isnan(days[5])  # item 5's first event (day 5) is after now: not seen yet
     # the last item's own row of each item x item table: user 0's last item is 2, user 1's is 5
     assert f["sim_item_last"][0].tolist() == (12 + cands[0]).tolist()
     assert f["sim_linear_last"][1].tolist() == (-(30 + cands[1])).tolist()
-    # brand popularity: brand a = items 0, 1, 5 (one event each); unknown brand: missing
+    # brand popularity up to now (day 3): brand a = items 0, 1, 5 on days 0, 1, 5 -> 2 events;
+    # unknown brand: missing; the user without a time context counts all 3
     bpop = {int(c): v for c, v in zip(cands[0], f["log_brand_popularity"][0], strict=True)}
-    assert bpop[1] == pytest.approx(np.log1p(3)) and np.isnan(bpop[4])
+    assert bpop[1] == pytest.approx(np.log1p(2)) and np.isnan(bpop[4])
+    bpop1 = {int(c): v for c, v in zip(cands[1], f["log_brand_popularity"][1], strict=True)}
+    assert bpop1[1] == pytest.approx(np.log1p(3))
     no_linear = candidate_features(side, hist, *p, 10, None, names, (item_sim, None))[1]
     assert (no_linear[..., names.index("sim_linear_last")] == 0).all()
     assert candidate_features(side, hist, *p, 10, None, ("p_item", "base_rank"))[1].shape[-1] == 2
@@ -159,30 +166,6 @@ def test_text_features_are_cosines_to_the_last_and_recent_items() -> None:
     assert best[2] == pytest.approx(np.sqrt(0.5), abs=1e-3) and best[3] == 0.0
     assert dict(zip(cands[1].tolist(), x[1, :, 0].tolist(), strict=True))[0] == pytest.approx(
         np.sqrt(0.5), abs=1e-3)
-
-
-def test_path_features_count_shared_levels_and_the_leaf_share() -> None:
-    paths = ["Makeup > Nails > Polish", "Makeup > Nails > Polish", "Makeup > Nails > Files",
-             "Makeup > Eyes", "Hair", ""]
-    n = len(paths)
-    codes = path_codes(paths, n)
-    assert codes[0].tolist() == codes[1].tolist() and codes[5].tolist() == [-1] * PATH_LEVELS
-    assert (codes[2, :2] == codes[0, :2]).all() and codes[2, 2] != codes[0, 2]
-    with pytest.raises(RankerError, match="one entry per item"):
-        path_codes(paths[:2], n)
-    side = ItemSide.build([np.arange(n)], n, [""] * n, [""] * n, category_paths=paths)
-    p = [np.full((1, n), 1 / n, np.float32)] * 3
-    cands, x = candidate_features(side, [np.array([3, 0])], *p, 10, None, PATH_FEATURES)
-    f = {name: dict(zip(cands[0].tolist(), x[0, :, i].tolist(), strict=True))
-         for i, name in enumerate(PATH_FEATURES)}
-    # the last item is 0 (Makeup > Nails > Polish)
-    assert [f["path_depth_last"][i] for i in (1, 2, 4, 5)] == [3, 2, 0, 0]
-    # half the history (item 0) has item 1's leaf path; none has item 2's; unknown matches none
-    assert f["path_share"][1] == pytest.approx(0.5) and f["path_share"][2] == 0
-    assert f["path_share"][5] == 0
-    with pytest.raises(RankerError, match="category paths but its item tables have none"):
-        candidate_features(ItemSide.build([np.arange(n)], n, [""] * n, [""] * n),
-                           [np.array([0])], *p, 10, None, PATH_FEATURES)
 
 
 def _brand_walk(n_users: int = 500, n_items: int = 200, n_brands: int = 10, length: int = 7,
@@ -225,7 +208,7 @@ def test_fit_ranker_learns_a_signal_the_fixed_mix_misses() -> None:
     # probs: a distribution over each row's candidates, zero on history items
     parts = _parts(seqs, n)
     hist = [s[:3] for s in seqs[:20]]
-    dists = [_row_distribution(m.score(hist), None, 0).numpy() for m in parts]
+    dists = [row_distribution(m.score(hist)).numpy() for m in parts]
     tables = (parts[0].sim, parts[2].weights)
     p = ranker.probs(hist, *dists, np.full(20, 1_700_000_000 + 2.0 * DAY), tables)
     assert p.shape == (20, n) and np.allclose(p.sum(1), 1.0, atol=1e-5)
@@ -244,14 +227,12 @@ def test_fit_ranker_learns_a_signal_the_fixed_mix_misses() -> None:
     assert texted is not None and texted.use_text and rep["use_text"]
     assert texted.feature_names == feature_names(True, True)
     assert sum(rep["feature_gain"][k] for k in ("text_sim_last", "text_sim_recent")) > 0
-    # category paths: the path features join; boosters are averaged, each reported
-    paths = [f"b{i % 10} > s{i % 20}" for i in range(n)]
-    pathed, rep = fit_ranker(seqs, n, brands, cats, parts, times,
-                             RankerConfig(n_candidates=40, min_queries=50, threads=1, boosters=2, early_stopping=30),
-                             vecs, paths)
-    assert pathed is not None and pathed.feature_names == feature_names(True, True, True) == FEATURES
-    assert rep["use_path"] and len(pathed.boosters) == 2 and len(rep["rounds_per_booster"]) == 2
-    assert rep["feature_gain"]["path_depth_last"] + rep["feature_gain"]["path_share"] > 0
+    # boosters are averaged, each reported
+    two, rep = fit_ranker(seqs, n, brands, cats, parts, times,
+                          RankerConfig(n_candidates=40, min_queries=50, threads=1, boosters=2,
+                                       early_stopping=30), vecs)
+    assert two is not None and two.feature_names == feature_names(True, True) == FEATURES
+    assert len(two.boosters) == 2 and len(rep["rounds_per_booster"]) == 2
     with pytest.raises(RankerError, match="boosters must be >= 1"):
         RankerConfig(boosters=0)
 
@@ -283,7 +264,7 @@ def test_ranker_share_mixes_into_the_neighbourhood(brand_blend) -> None:
     hist = [s[:4] for s in seqs[:16]]
     anchors = np.full(16, 1_700_000_000 + 3.0 * DAY)
     got = blend.knn_probs(hist, anchor_ts=anchors)
-    dists = [_row_distribution(m.score(hist), None, 0) for m in (blend.knn, blend.user_knn, blend.linear)]
+    dists = [row_distribution(m.score(hist)) for m in (blend.knn, blend.user_knn, blend.linear)]
     p_rank = torch.as_tensor(blend.ranker.probs(hist, *(d.numpy() for d in dists), anchors,
                                                 (blend.knn.sim, blend.linear.weights)))
     want = _mix_neighbourhoods(dists[0], [(dists[1], 0.3 * 0.5), (dists[2], 0.2 * 0.5), (p_rank, 0.5)])
@@ -345,7 +326,7 @@ def test_ranker_without_anchor_times_still_scores(brand_blend) -> None:
     # a list longer than the catalog holds the history items too: they get no mass
     wide = copy.copy(blend.ranker)
     wide.n_candidates = 500
-    dists = [_row_distribution(m.score(hist), None, 0).numpy()
+    dists = [row_distribution(m.score(hist)).numpy()
              for m in (blend.knn, blend.user_knn, blend.linear)]
     q = wide.probs(hist, *dists, None, (blend.knn.sim, blend.linear.weights))
     assert np.allclose(q.sum(1), 1.0, atol=1e-5) and all(q[r, h].sum() == 0 for r, h in enumerate(hist))
@@ -396,39 +377,6 @@ def _never(*_: object) -> None:
     raise AssertionError("fit_blend refitted a part it was given")
 
 
-def test_batch_scoring_with_ranker_equals_full_rows(brand_blend) -> None:
-    from ecrec_lib.scoring.pipeline import ItemSpace, blend_candidates
-
-    blend, seqs, n = brand_blend
-    rng = np.random.default_rng(3)
-    dim = 8
-    item_emb = rng.normal(size=(n, dim)).astype(np.float32)
-    item_emb /= np.linalg.norm(item_emb, axis=1, keepdims=True)
-
-    class Model:
-        item_ids = [f"i{k}" for k in range(n)]
-
-    ids = Model.item_ids[::-1]
-    emb = item_emb[::-1].copy()
-    items = ItemSpace(item_ids=np.asarray(ids, dtype=object), emb=emb, in_stock=np.ones(n, bool),
-                      category_codes=np.zeros(n, np.int64), quality=np.zeros(n, np.float32),
-                      popularity_norm=np.zeros(n))
-    hist = [s[:4] for s in seqs[:6]]
-    users = rng.normal(size=(6, dim)).astype(np.float32)
-    cos = users @ emb.T
-    anchors = np.full(6, 1_700_000_000 + 3.0 * DAY)
-    top = np.argsort(-cos, axis=1)[:, :30]
-    cand, score = blend_candidates(Model(), copy.copy(blend), items,
-                                   pd.Series([[f"i{i}" for i in h] for h in hist], dtype=object),
-                                   users, top, None, anchors)
-    cols = items.index_of(Model.item_ids)
-    full = blend.mix(torch.as_tensor(cos), hist, cols, anchors).numpy()
-    for r in range(6):
-        ok = cand[r] >= 0
-        assert np.allclose(score[r][ok], full[r][cand[r][ok]], atol=1e-4)
-        assert cand[r][np.argmax(np.where(ok, score[r], -np.inf))] == np.argmax(full[r])
-
-
 def test_trainer_fits_the_ranker_into_the_blend(tmp_path: Path) -> None:
     """train_two_tower: the ranker is fitted from the blend's parts with the pretrained text
     vectors and event times, reported, given a share on validation, and served from the saved
@@ -436,7 +384,7 @@ def test_trainer_fits_the_ranker_into_the_blend(tmp_path: Path) -> None:
     from ecrec_lib.evaluation import leave_one_out
     from ecrec_lib.models.artifact import load_recommender_dir, save_recommender
     from ecrec_lib.training.data import TrainingData
-    from ecrec_lib.training.trainer import ModelConfig, make_score_fn, train_two_tower
+    from ecrec_lib.training.trainer import ModelConfig, eval_histories, train_two_tower
     from tests.helpers_two_tower import make_tiny_bert
 
     seqs, times, brands = _brand_walk(n_users=800, n_items=400, seed=2)
@@ -460,34 +408,45 @@ def test_trainer_fits_the_ranker_into_the_blend(tmp_path: Path) -> None:
     assert blend is not None and blend.ranker is not None and blend.ranker_share > 0
     loaded = load_recommender_dir(save_recommender(res.model, tmp_path / "m"))
     assert loaded.blend.ranker is not None and loaded.blend.ranker.use_text
-    rows = np.arange(10)
-    want = make_score_fn(res.model, test, data)(rows)
-    assert torch.allclose(make_score_fn(loaded, test, data)(rows), want, atol=1e-4)
+    # the served ranking is the blend with its ranker, over the full rows, from the artifact too
+    hist = eval_histories(res.model.item_ids, test, data)[:10]
+    ids, scores = res.model.recommend(hist, None, 5)
+    idx = [np.asarray(h, dtype=np.int64) for h in test.histories[:10]]
+    users = res.model.encode_users(hist, max(int(t) for h in hist for t in h.event_times))
+    cos = torch.as_tensor(users) @ res.model.item_table().T
+    full = blend.mix(cos, idx, None, time_context([h.event_times for h in hist])).numpy()
+    for r in range(10):
+        full[r, idx[r]] = -np.inf
+        assert ids[r].tolist() == [data.item_ids[i] for i in np.argsort(-full[r], kind="stable")[:5]]
+        assert np.allclose(scores[r], np.sort(full[r])[::-1][:5], atol=1e-5)
+    loaded_ids, loaded_scores = loaded.recommend(hist, None, 5)
+    assert (loaded_ids == ids).all() and np.allclose(loaded_scores, scores, atol=1e-4)
 
 
-def test_remembered_scores_skip_recomputing_and_threads_change_nothing(brand_blend) -> None:
-    blend, seqs, _ = brand_blend
-    ranker = copy.copy(blend.ranker)
-    hist = [s[:4] for s in seqs[:20]]
-    anchors = np.full(20, 1_700_000_000 + 3.0 * DAY)
-    dists = [_row_distribution(m.score(hist), None, 0).numpy()
+def test_a_future_event_changes_no_feature_and_no_score(brand_blend) -> None:
+    """Events after a row's now (its time context) are invisible to every feature: planting
+    training events after it, for the very candidates the rows rank, changes nothing."""
+    blend, seqs, n = brand_blend
+    ranker = blend.ranker
+    _, times, brands = _brand_walk()
+    hist = [s[:4] for s in seqs[:30]]
+    context = time_context([t[:4] for t in times[:30]])  # now = day 3 of the walk
+    dists = [row_distribution(m.score(hist)).numpy()
              for m in (blend.knn, blend.user_knn, blend.linear)]
     tables = (blend.knn.sim, blend.linear.weights)
-    cands, s = ranker.score(hist, *dists, anchors, tables)
-    threaded = copy.copy(ranker)
-    threaded.predict_threads = 2
-    assert np.array_equal(threaded.score(hist, *dists, anchors, tables)[1], s)
-    ranker.remember_scores()
-    assert np.array_equal(ranker.score(hist, *dists, anchors, tables)[1], s)
-    # a remembered batch is not recomputed: other distributions give the same answer
-    flat = [np.full_like(d, 1.0 / d.shape[1]) for d in dists]
-    c2, s2 = ranker.score([h.astype(np.int32) for h in hist], *flat, anchors, tables)
-    assert np.array_equal(c2, cands) and np.array_equal(s2, s)
-    s2[:] = 0  # callers get copies: the memo cannot be corrupted through them
-    assert np.array_equal(ranker.score(hist, *flat, anchors, tables)[1], s)
-    # other anchors or histories are another batch
-    assert not np.array_equal(ranker.score(hist, *flat, anchors + 90 * DAY, tables)[1], s)
-    assert not np.array_equal(ranker.score(hist[::-1], *flat, anchors, tables)[1], s[::-1])
-    assert pickle.loads(pickle.dumps(ranker))._memo is None
-    ranker.remember_scores(False)
-    assert not np.array_equal(ranker.score(hist, *flat, anchors, tables)[1], s)
+    cands, x = candidate_features(ranker.side, hist, *dists, 40, context, ranker.features, tables)
+    planted = np.unique(cands[:, :10])
+    later = (context[0, 0] + DAY * np.arange(1, len(planted) + 1)).astype(np.int64)
+    future = ItemSide.build([*seqs, planted], n, brands, ["c"] * n, [*times, later])
+    assert future.popularity.sum() == ranker.side.popularity.sum() + len(planted)
+    cands_f, x_f = candidate_features(future, hist, *dists, 40, context, ranker.features, tables)
+    assert np.array_equal(cands_f, cands)
+    assert np.array_equal(x_f, x, equal_nan=True)
+    before = ranker.score(hist, *dists, context, tables)[1]
+    after = dataclasses.replace(ranker, side=future).score(hist, *dists, context, tables)[1]
+    assert np.array_equal(after, before)
+    # the same events planted before now do change the features: the test can fail
+    earlier = (context[0, 0] - DAY * np.arange(1, len(planted) + 1)).astype(np.int64)
+    past = ItemSide.build([*seqs, planted], n, brands, ["c"] * n, [*times, earlier])
+    assert not np.array_equal(candidate_features(past, hist, *dists, 40, context,
+                                                 ranker.features, tables)[1], x, equal_nan=True)

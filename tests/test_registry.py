@@ -19,6 +19,7 @@ from ecrec_lib import tracking
 from ecrec_lib.config import EcrecConfig, load_config
 from ecrec_lib.model_card import normalize_metrics, render_model_card, split_baselines
 from ecrec_lib.models.api import Recommender
+from ecrec_lib.models.served import VectorRecommender
 from ecrec_lib.registry import client as reg
 from ecrec_lib.registry import gate, records
 
@@ -27,7 +28,7 @@ DS = "2024-03-05"
 # ------------------------------------------------------------------ a tiny real model
 
 
-class TinyRecommender:
+class TinyRecommender(VectorRecommender):
     """A numpy Recommender: fixed vectors per item id; user = mean of its history vectors.
 
     Also an ``mlflow.pyfunc.PythonModel`` (duck-typed through :class:`TinyPyfunc`), so it is

@@ -64,9 +64,18 @@ def test_interrupted_run_resumes_to_same_result(tiny_bert: str, tmp_path: Path) 
     mcfg = small_cfg(tiny_bert, epochs=3, patience=10)
     full = train_two_tower(data, mcfg, train, valid, progress=False)
     ckpt = tmp_path / "ckpt"
-    part = train_two_tower(data, mcfg, train, valid, progress=False, checkpoint_dir=str(ckpt),
-                           stop_after_epochs=1)
-    assert len(part.history) == 1 and (ckpt / "last.pt").is_file()
+
+    class Killed(Exception):
+        """Stands in for the process dying during epoch 2 (epoch 1's checkpoint is written)."""
+
+    def die_in_epoch_2(row: dict[str, float]) -> None:
+        if row["epoch"] >= 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_two_tower(data, mcfg, train, valid, progress=False, checkpoint_dir=str(ckpt),
+                        on_epoch=die_in_epoch_2)
+    assert (ckpt / "last.pt").is_file()
     resumed = train_two_tower(data, mcfg, train, valid, progress=False, checkpoint_dir=str(ckpt))
     assert resumed.resumed_from_epoch == 1
     assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in full.history],

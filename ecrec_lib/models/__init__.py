@@ -1,1 +1,1 @@
-"""Models: the two-tower recommender (text, item, user and query encoders) and baselines."""
+"""Models: the served two-tower recommender (text, item, user and query encoders), its neighbourhood parts (item-kNN, user-kNN, SLIST), the blend and the learned ranker."""

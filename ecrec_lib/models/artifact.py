@@ -35,7 +35,9 @@ from ecrec_lib.models.two_tower import TwoTowerModel
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+# 2: the blend's ranker reads causal features (events at or before each row's now) and no
+# category-path features; a format-1 ranker was fitted on features that read later events
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 ARTIFACT_KEY = "recommender"  # name of the directory inside the pyfunc model's artifacts
 REQUIRED_FILES = ("state_dict.pt", "item_ids.json", "model_config.json", "vocab.json",
@@ -138,7 +140,8 @@ def verify_artifact_dir(path: str | Path) -> dict[str, Any]:
         raise ArtifactError(f"model artifact at {root}: unreadable {MANIFEST} ({exc})") from None
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(f"model artifact at {root} has format {manifest.get('format_version')}, "
-                            f"this code reads format {FORMAT_VERSION}")
+                            f"this code reads format {FORMAT_VERSION}: retrain the model with this "
+                            "version (python -m jobs.train_encoders) and register it again")
     if not isinstance(files, dict):
         raise ArtifactError(f"model artifact at {root}: {MANIFEST} 'files' must map names to sha256")
     missing = [name for name in REQUIRED_FILES if name not in files]

@@ -10,7 +10,7 @@ either order; session neighbours (user-kNN) vote with whole overlapping historie
 
 where each neighbourhood part is a distribution over the catalog (its non-negative scores
 divided by their sum): item-kNN, user-kNN (session neighbours) and the linear transition model
-(:class:`~ecrec_lib.evaluation.baselines.LinearTransitions`, SLIST). A user for whom user-kNN or
+(:class:`~ecrec_lib.models.neighbourhood.LinearTransitions`, SLIST). A user for whom user-kNN or
 the linear model has no positive score gives that part's share to item-kNN. A fourth part,
 optional, is the learned candidate ranker (:mod:`ecrec_lib.models.ranker`): LambdaRank over the
 three parts' scores and item side features, trained on each training sequence's last item;
@@ -23,7 +23,7 @@ evidence in log space instead of mixing probabilities:
 
 i.e. ``log p(i | u) = log softmax(cos / tau)_i + w log(nb(u, i) + eps) + const``. An item
 must please both experts to rank high, where the mixture lets either one alone lift it; on
-Amazon Beauty it beat the mixture by 3% validation NDCG@10 (BENCHMARKS.md, session 4).
+Amazon Beauty it beat the mixture by 3% validation NDCG@10 (BENCHMARKS.md, product-of-experts blend).
 
 The kind, ``w``, ``eps``, the shares ``a`` and ``b`` and the kNN settings are chosen on the
 validation targets after training (``w = 0`` when no blend helps, ``a = 0`` / ``b = 0`` when a
@@ -35,6 +35,7 @@ Scores are reported on the cosine scale; for the mixture ``s'(u, i) = tau * log(
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -47,11 +48,12 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ecrec_lib.evaluation.baselines import (
+from ecrec_lib.models.neighbourhood import (
     CatalogTooLargeError,
     ItemKNN,
     LinearTransitions,
     UserKNN,
+    row_distribution,
     tune_item_knn,
 )
 from ecrec_lib.models.ranker import CandidateRanker
@@ -60,8 +62,8 @@ log = logging.getLogger(__name__)
 WEIGHT_GRID: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 PRODUCT_WEIGHT_GRID: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0)  # w of the product kind
 # floor added to nb(u, i) before the log; a large eps tends to the linear blend
-# cos + (w tau / eps) nb, a small one to the pure product (1e-3 won on Beauty in session 4, at
-# the top of that session's grid, hence the wider range)
+# cos + (w tau / eps) nb, a small one to the pure product (the grid spans both sides of the
+# value that won on Beauty, 1e-3)
 PRODUCT_EPS_GRID: tuple[float, ...] = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 BLEND_KINDS = ("mixture", "product")
 USER_SHARE_GRID: tuple[float, ...] = (0.0, 0.3, 0.5, 0.7)  # share of user-kNN in nb(u, .)
@@ -173,17 +175,17 @@ class CoocBlend:
                                    ("linear", self.linear, self.linear_share)):
             if model is not None and (share > 0 or use_ranker):
                 raw[name] = (model.score(histories), share)
-        parts = [(_row_distribution(s, columns, n_columns), share)
+        parts = [(row_distribution(s, columns, n_columns), share)
                  for s, share in raw.values() if share > 0]
         if use_ranker:
             assert self.ranker is not None
-            dists = [None if s is None else _row_distribution(s, None, 0).numpy() for s in
+            dists = [None if s is None else row_distribution(s, None, 0).numpy() for s in
                      (s_item, raw["user"][0], raw.get("linear", (None, 0.0))[0])]
             p_rank = self.ranker.probs(histories, *dists, anchor_ts, (
                 self.knn.sim, self.linear.weights if self.linear is not None else None))
             parts = [(p, share * (1 - self.ranker_share)) for p, share in parts]
-            parts.append((_row_distribution(p_rank, columns, n_columns), self.ranker_share))
-        return _mix_neighbourhoods(_row_distribution(s_item, columns, n_columns), parts)
+            parts.append((row_distribution(p_rank, columns, n_columns), self.ranker_share))
+        return _mix_neighbourhoods(row_distribution(s_item, columns, n_columns), parts)
 
     def mix(self, cos: torch.Tensor, histories: Sequence[np.ndarray],
             columns: np.ndarray | None = None, anchor_ts: np.ndarray | None = None) -> torch.Tensor:
@@ -351,19 +353,6 @@ def _mix_neighbourhoods(p_item: torch.Tensor,
     return acc + rest.clamp_(min=0.0) * p_item
 
 
-def _row_distribution(scores: np.ndarray, columns: np.ndarray | None, n_columns: int) -> torch.Tensor:
-    """Non-negative kNN scores -> rows summing to 1 (all-zero rows stay zero), optionally laid
-    out over ``n_columns`` columns (model index -> column, -1 = absent)."""
-    k = torch.as_tensor(scores, dtype=torch.float32).clamp_min(0)
-    if columns is not None:
-        cols = np.asarray(columns, dtype=np.int64)
-        present = np.flatnonzero(cols >= 0)
-        out = torch.zeros(k.shape[0], n_columns, dtype=torch.float32)
-        out[:, torch.as_tensor(cols[present])] = k[:, torch.as_tensor(present)]
-        k = out
-    return k / k.sum(1, keepdim=True).clamp_min(1e-12)
-
-
 def index_histories(model_item_ids: Sequence[str], histories: Sequence[Any]) -> list[np.ndarray]:
     """Item-id histories -> model item indices (ids the model does not know are skipped)."""
     index = {iid: i for i, iid in enumerate(model_item_ids)}
@@ -381,6 +370,159 @@ def log_partition(users: np.ndarray, items: np.ndarray, inv_temperature: float,
         e = torch.as_tensor(np.ascontiguousarray(items[start:start + chunk], dtype=np.float32))
         acc = torch.logaddexp(acc, torch.logsumexp(u @ e.T * inv_temperature, dim=1))
     return acc.numpy()
+
+
+@dataclass(frozen=True)
+class BlendSetting:
+    """One point of the blend's grid: its kind, weight ``w``, the product kind's ``eps`` and
+    the shares of user-kNN (``a``), the linear model (``b``) and the ranker (``c``) in the
+    neighbourhood part."""
+
+    kind: str = "mixture"
+    weight: float = 0.0
+    eps: float = 1e-4
+    user_share: float = 0.0
+    linear_share: float = 0.0
+    ranker_share: float = 0.0
+
+    @property
+    def key(self) -> str:
+        """The setting's name in the fit report's grid."""
+        shares = f"a={self.user_share}"
+        if self.linear_share > 0 or self.ranker_share > 0:
+            shares += f",b={self.linear_share}"
+        if self.ranker_share > 0:
+            shares += f",c={self.ranker_share}"
+        if self.kind == "product":
+            return f"product,w={self.weight},eps={self.eps},{shares}"
+        return f"w={self.weight},{shares}"
+
+    def evaluation_order(self) -> tuple[float, float, float, str, float, float]:
+        """Settings sharing a neighbourhood mix (and, for products, its log) are adjacent."""
+        return (self.ranker_share, self.user_share, self.linear_share, self.kind, self.eps,
+                self.weight)
+
+
+class _ValidationScores:
+    """The blend's scores on validation rows for any :class:`BlendSetting`: each row batch's
+    cosine and part distributions are computed once (when the cache fits), the neighbourhood
+    mix once per share group and its log once per ``eps``."""
+
+    def __init__(self, histories: Sequence[np.ndarray], inv_temperature: float,
+                 model_scores: Callable[[np.ndarray], torch.Tensor], item_knn: ItemKNN,
+                 user_knn: UserKNN | None, linear: LinearTransitions | None,
+                 ranker: CandidateRanker | None, anchor_ts: np.ndarray | None,
+                 cacheable: bool) -> None:
+        self.histories = histories
+        self.inv_temperature = inv_temperature
+        self.model_scores = model_scores
+        self.item_knn, self.user_knn, self.linear, self.ranker = item_knn, user_knn, linear, ranker
+        self.anchor_ts = anchor_ts
+        self.cacheable = cacheable
+        self._parts: dict[bytes, tuple[torch.Tensor, ...]] = {}
+        self._held: dict[str, tuple[Any, dict[bytes, torch.Tensor]]] = {}
+
+    def parts(self, pos: np.ndarray) -> tuple[Any, ...]:
+        """(cosine, p_item, p_user, p_linear, p_ranker) of the rows at ``pos`` (None: absent)."""
+        key = np.asarray(pos, dtype=np.int64).tobytes()
+        if key in self._parts:
+            return self._parts[key]
+        hist = [self.histories[i] for i in pos]
+        cos = torch.as_tensor(self.model_scores(pos)).float().cpu()
+        p_item = row_distribution(self.item_knn.score(hist))
+        p_user = row_distribution(self.user_knn.score(hist)) if self.user_knn is not None else None
+        p_lin = row_distribution(self.linear.score(hist)) if self.linear is not None else None
+        p_rank = None
+        if self.ranker is not None and p_user is not None:
+            anchors = self.anchor_ts[pos] if self.anchor_ts is not None else None
+            p_rank = torch.as_tensor(self.ranker.probs(
+                hist, p_item.numpy(), p_user.numpy(), p_lin.numpy() if p_lin is not None else None,
+                anchors, (self.item_knn.sim, self.linear.weights if self.linear is not None else None)))
+        out = (cos, p_item, p_user, p_lin, p_rank)
+        if self.cacheable:
+            self._parts[key] = out
+        return out
+
+    def _hold(self, slot: str, group: Any, pos: np.ndarray,
+              compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``compute()`` kept for the current ``group`` of ``slot`` (one tensor per batch)."""
+        if not self.cacheable:
+            return compute()
+        if slot not in self._held or self._held[slot][0] != group:
+            self._held[slot] = (group, {})
+        key = np.asarray(pos, dtype=np.int64).tobytes()
+        if key not in self._held[slot][1]:
+            self._held[slot][1][key] = compute()
+        return self._held[slot][1][key]
+
+    def neighbourhood(self, pos: np.ndarray, setting: BlendSetting) -> torch.Tensor:
+        a, b, c = setting.user_share, setting.linear_share, setting.ranker_share
+
+        def compute() -> torch.Tensor:
+            _, p_item, p_user, p_lin, p_rank = self.parts(pos)
+            mix = [(p, share * (1 - c)) for p, share in ((p_user, a), (p_lin, b))
+                   if p is not None and share > 0]
+            if c > 0 and p_rank is not None:
+                mix.append((p_rank, c))
+            return _mix_neighbourhoods(p_item, mix)
+
+        return self._hold("nb", (a, b, c), pos, compute)
+
+    def scores(self, setting: BlendSetting) -> Callable[[np.ndarray], torch.Tensor]:
+        """The blended validation rows of ``setting`` (a ``score_fn``)."""
+        def fn(pos: np.ndarray) -> torch.Tensor:
+            cos = self.parts(pos)[0]
+            if setting.weight <= 0:
+                return cos
+            if setting.kind == "product":  # product_of_experts, with the log held per eps
+                group = (setting.user_share, setting.linear_share, setting.ranker_share, setting.eps)
+                log_nb = self._hold("log", group, pos, lambda: torch.log(
+                    self.neighbourhood(pos, setting) + setting.eps))
+                return cos + (setting.weight / self.inv_temperature) * log_nb
+            return combine(cos, self.inv_temperature, setting.weight,
+                           self.neighbourhood(pos, setting), setting.kind, setting.eps)
+        return fn
+
+
+def _search(settings: Sequence[BlendSetting], evaluate: Callable[[BlendSetting], float],
+            best: tuple[float, BlendSetting], grid: dict[str, float]) -> tuple[float, BlendSetting]:
+    """Evaluate every setting (in :meth:`BlendSetting.evaluation_order`, so held mixes are
+    reused) into ``grid``; the best is the first in the given order to beat ``best``."""
+    got = {s: evaluate(s) for s in sorted(settings, key=BlendSetting.evaluation_order)}
+    for setting in settings:
+        grid[setting.key] = got[setting]
+        if got[setting] > best[0] + 1e-12:
+            best = (got[setting], setting)
+    return best
+
+
+def share_settings(user_shares: Sequence[float], linear_shares: Sequence[float],
+                   weights: Sequence[float], product_weights: Sequence[float],
+                   product_eps: Sequence[float]) -> list[BlendSetting]:
+    """The first stage's grid: every user-kNN / linear share pair summing to at most 1, with
+    the product kind's weights and floors; the mixture kind only without the linear part (the
+    product won every Beauty seed, and the grid's cost grows with each share combination)."""
+    out: list[BlendSetting] = []
+    for a in (float(a) for a in user_shares):
+        for b in (float(b) for b in linear_shares if a + b <= 1 + 1e-9):
+            if b <= 0:
+                out += [BlendSetting("mixture", float(w), 1e-4, a, b) for w in weights]
+            out += [BlendSetting("product", float(w), float(e), a, b)
+                    for w in product_weights for e in product_eps]
+    return out
+
+
+def ranker_settings(base: BlendSetting, ranker_shares: Sequence[float], weights: Sequence[float],
+                    product_weights: Sequence[float], product_eps: Sequence[float]
+                    ) -> list[BlendSetting]:
+    """The second stage's grid: the ranker's share ``c`` beside the first stage's shares."""
+    out: list[BlendSetting] = []
+    for c in (float(c) for c in ranker_shares if c > 0):
+        shares = {"user_share": base.user_share, "linear_share": base.linear_share, "ranker_share": c}
+        out += [BlendSetting("mixture", float(w), 1e-4, **shares) for w in weights if w > 0]
+        out += [BlendSetting("product", float(w), float(e), **shares)
+                for w in product_weights for e in product_eps]
+    return out
 
 
 def fit_blend(
@@ -403,21 +545,21 @@ def fit_blend(
     neighbourhood: Neighbourhood | None = None,
 ) -> tuple[CoocBlend, dict[str, Any]]:
     """Fit item-kNN on ``train_seqs`` (settings picked by validation NDCG@10), user-kNN and the
-    linear transition model, then the blend kind, its weight ``w`` (and ``eps`` for the product
-    kind) and the user-kNN and linear shares ``a``, ``b`` on a grid (the best validation
-    NDCG@10; ``w = 0``, ``a = 0`` and ``b = 0`` are always candidates; mixtures are searched with
-    ``b = 0`` only; ``product_weights=()`` searches mixtures only, ``linear_shares=(0.0,)``
-    leaves the linear model out; a catalog too
-    large for it leaves it out with a warning). ``valid_eval(score_fn) -> ndcg@10`` evaluates a
-    score function over the validation rows; ``model_scores(pos)`` returns the model's cosine
-    rows for those rows. The per-row parts are computed once and reused across the grid when
-    they fit in ``cache_floats`` floats (5 x validation rows x items). ``linear``: a linear
-    model already fitted on ``train_seqs``, used instead of fitting one.
+    linear transition model, then choose the blend's :class:`BlendSetting` on validation
+    NDCG@10: first the kind, ``w`` (and ``eps``) and the user-kNN and linear shares ``a``, ``b``
+    (:func:`share_settings`; ``w = 0``, ``a = 0`` and ``b = 0`` are always candidates), then the
+    ranker's share ``c`` beside the chosen ``a``, ``b``, which are scaled by ``1 - c``
+    (:func:`ranker_settings`). ``product_weights=()`` searches mixtures only,
+    ``linear_shares=(0.0,)`` leaves the linear model out (as does a catalog too large for it,
+    with a warning). ``valid_eval(score_fn) -> ndcg@10`` evaluates a score function over the
+    validation rows; ``model_scores(pos)`` returns the model's cosine rows for those rows. The
+    per-row parts are computed once and reused across the grid when they fit in
+    ``cache_floats`` floats (5 x validation rows x items). ``linear``: a linear model already
+    fitted on ``train_seqs``, used instead of fitting one.
 
     ``ranker_fit(item_knn, user_knn, linear) -> (ranker or None, report)`` fits the learned
-    ranker from the fitted parts (:func:`ecrec_lib.models.ranker.fit_ranker`); its share ``c``
-    is then searched on ``ranker_shares`` with the best ``a``, ``b`` scaled by ``1 - c``
-    (``valid_anchor_ts``: each validation row's time context, :func:`ranker.time_context`).
+    ranker from the fitted parts (:func:`ecrec_lib.models.ranker.fit_ranker`;
+    ``valid_anchor_ts``: each validation row's time context, :func:`ranker.time_context`).
 
     ``neighbourhood``: parts already fitted on the same ``train_seqs`` and validation rows
     (:func:`fit_neighbourhood`), used as they are instead of fitting any (``linear`` and
@@ -429,145 +571,57 @@ def fit_blend(
             linear=(linear if linear is not None else True) if any(b > 0 for b in linear_shares)
             else False,
             ranker_fit=ranker_fit)
-    best_knn = (neighbourhood.knn_valid_ndcg, neighbourhood.item_knn)
+    item_knn = neighbourhood.item_knn
     user_knn = neighbourhood.user_knn if any(a > 0 for a in user_shares) else None
     linear = neighbourhood.linear if any(b > 0 for b in linear_shares) else None
-    ranker, ranker_report = neighbourhood.ranker, neighbourhood.ranker_report
-    if user_knn is None:
-        ranker = None  # the ranker reads every part
-    cacheable = 5 * len(valid_histories) * n_items <= cache_floats
-    Parts = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None,
-                  torch.Tensor | None]
-    cache: dict[bytes, Parts] = {}
+    ranker = neighbourhood.ranker if user_knn is not None else None  # it reads every part
+    valid = _ValidationScores(valid_histories, inv_temperature, model_scores, item_knn, user_knn,
+                              linear, ranker, valid_anchor_ts,
+                              5 * len(valid_histories) * n_items <= cache_floats)
 
-    def parts(pos: np.ndarray) -> Parts:
-        key = np.asarray(pos, dtype=np.int64).tobytes()
-        if key in cache:
-            return cache[key]
-        hist = [valid_histories[i] for i in pos]
-        cos = torch.as_tensor(model_scores(pos)).float().cpu()
-        p_item = _row_distribution(best_knn[1].score(hist), None, 0)
-        p_user = _row_distribution(user_knn.score(hist), None, 0) if user_knn is not None else None
-        p_lin = _row_distribution(linear.score(hist), None, 0) if linear is not None else None
-        p_rank = None
-        if ranker is not None and p_user is not None:
-            anchors = valid_anchor_ts[pos] if valid_anchor_ts is not None else None
-            p_rank = torch.as_tensor(ranker.probs(
-                hist, p_item.numpy(), p_user.numpy(), p_lin.numpy() if p_lin is not None else None,
-                anchors, (best_knn[1].sim, linear.weights if linear is not None else None)))
-        if cacheable:
-            cache[key] = (cos, p_item, p_user, p_lin, p_rank)
-        return cos, p_item, p_user, p_lin, p_rank
-
-    # the grid's neighbourhood mix depends on (a, b, c) only and its log on eps too: the grid is
-    # evaluated grouped by them and each is kept for the current group (one validation-sized
-    # tensor each), so the (w, eps) sweep costs one log per eps instead of one per setting
-    held: dict[str, tuple[Any, dict[bytes, torch.Tensor]]] = {}
-
-    def held_value(slot: str, group: Any, pos: np.ndarray,
-                   compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        if not cacheable:
-            return compute()
-        if slot not in held or held[slot][0] != group:
-            held[slot] = (group, {})
-        key = np.asarray(pos, dtype=np.int64).tobytes()
-        if key not in held[slot][1]:
-            held[slot][1][key] = compute()
-        return held[slot][1][key]
-
-    def neighbourhood(pos: np.ndarray, a: float, b: float, c: float) -> torch.Tensor:
-        def compute() -> torch.Tensor:
-            _, p_item, p_user, p_lin, p_rank = parts(pos)
-            mix = [(p, share * (1 - c)) for p, share in ((p_user, a), (p_lin, b))
-                   if p is not None and share > 0]
-            if c > 0 and p_rank is not None:
-                mix.append((p_rank, c))
-            return _mix_neighbourhoods(p_item, mix)
-        return held_value("nb", (a, b, c), pos, compute)
-
-    def blended(w: float, a: float, b: float, kind: str = "mixture", eps: float = 1e-4,
-                c: float = 0.0) -> Callable[[np.ndarray], torch.Tensor]:
-        def fn(pos: np.ndarray) -> torch.Tensor:
-            cos = parts(pos)[0]
-            if w <= 0:
-                return cos
-            if kind == "product":  # product_of_experts, with the log held per eps
-                log_nb = held_value("log", (a, b, c, eps), pos,
-                                    lambda: torch.log(neighbourhood(pos, a, b, c) + eps))
-                return cos + (w / inv_temperature) * log_nb
-            return combine(cos, inv_temperature, w, neighbourhood(pos, a, b, c), kind, eps)
-        return fn
-
-    Setting = tuple[float, float, float, str, float, float]  # w, a, b, kind, eps, c
-
-    def search(settings: list[tuple[str, Setting]], best: tuple[float, Setting]
-               ) -> tuple[float, Setting]:
-        """Evaluate ``settings`` (grid key, setting) grouped for the held tensors; the best
-        is the first in the given order to beat ``best`` (as a plain loop would pick)."""
-        got: dict[str, float] = {}
-        for key, (w, a, b, kind, eps, c) in sorted(
-                settings, key=lambda ks: (ks[1][5], ks[1][1], ks[1][2], ks[1][3], ks[1][4], ks[1][0])):
-            got[key] = model_alone if w <= 0 else valid_eval(blended(w, a, b, kind, eps, c))
-        for key, setting in settings:
-            report["grid"][key] = got[key]
-            if got[key] > best[0] + 1e-12:
-                best = (got[key], setting)
-        return best
-
-    report: dict[str, Any] = {"knn_valid_ndcg@10": best_knn[0], "grid": {}}
+    report: dict[str, Any] = {"knn_valid_ndcg@10": neighbourhood.knn_valid_ndcg, "grid": {}}
     for name, part in (("user_knn", user_knn), ("linear", linear)):
         if part is not None:
             report[f"{name}_valid_ndcg@10"] = valid_eval(
                 lambda pos, part=part: torch.as_tensor(part.score([valid_histories[i] for i in pos])))
-    model_alone = valid_eval(blended(0.0, 0.0, 0.0))
-    b_grid = [float(b) for b in linear_shares if b <= 0 or linear is not None]
-    grid: list[tuple[str, Setting]] = []
-    for a in (float(a) for a in user_shares):
-        for b in (b for b in b_grid if a + b <= 1 + 1e-9):
-            suffix = f"a={a}" if b <= 0 else f"a={a},b={b}"  # b = 0 keys as before the linear part
-            # the mixture kind only without the linear part: the product won every Beauty seed
-            # (sessions 4, 5, 10), and the grid's cost grows with each share combination
-            grid += [(f"w={w},{suffix}", (float(w), a, b, "mixture", 1e-4, 0.0))
-                     for w in (weights if b <= 0 else ())]
-            grid += [(f"product,w={w},eps={eps},{suffix}", (float(w), a, b, "product", float(eps), 0.0))
-                     for w in product_weights for eps in product_eps]
-    best_score, (weight, share, lin_share, kind, eps, _) = search(
-        grid, (-1.0, (0.0, 0.0, 0.0, "mixture", 1e-4, 0.0)))
-    best = (best_score, weight, share, lin_share, kind, eps)
-    rank_share = 0.0
-    if ranker_report is not None:
-        report["ranker"] = ranker_report
+    model_alone = valid_eval(valid.scores(BlendSetting()))
+
+    def evaluate(setting: BlendSetting) -> float:
+        return model_alone if setting.weight <= 0 else valid_eval(valid.scores(setting))
+
+    linear_grid = [b for b in linear_shares if b <= 0 or linear is not None]
+    best_score, best = _search(
+        share_settings(user_shares, linear_grid, weights, product_weights, product_eps),
+        evaluate, (-1.0, BlendSetting()), report["grid"])
+    if neighbourhood.ranker_report is not None:
+        report["ranker"] = neighbourhood.ranker_report
     if ranker is not None:
-        report["ranker_valid_ndcg@10"] = valid_eval(lambda pos: parts(pos)[4])
-        grid = []
-        for c in (float(c) for c in ranker_shares if c > 0):
-            suffix = f"a={share},b={lin_share},c={c}"
-            grid += [(f"w={w},{suffix}", (float(w), share, lin_share, "mixture", 1e-4, c))
-                     for w in weights if w > 0]
-            grid += [(f"product,w={w},eps={e},{suffix}", (float(w), share, lin_share, "product",
-                                                         float(e), c))
-                     for w in product_weights for e in product_eps]
-        best_c, setting = search(grid, (best[0], (weight, share, lin_share, kind, eps, 0.0)))
-        if setting[5] > 0:
-            rank_share = setting[5]
-            best = (best_c, setting[0], share * (1 - rank_share), lin_share * (1 - rank_share),
-                    setting[3], setting[4])
-            _, weight, share, lin_share, kind, eps = best
+        report["ranker_valid_ndcg@10"] = valid_eval(lambda pos: valid.parts(pos)[4])
+        best_score, best = _search(
+            ranker_settings(best, ranker_shares, weights, product_weights, product_eps),
+            evaluate, (best_score, best), report["grid"])
+    c = best.ranker_share
+    # what is served: the user-kNN and linear shares scaled by the ranker's
+    served = dataclasses.replace(best, user_share=best.user_share * (1 - c),
+                                 linear_share=best.linear_share * (1 - c))
     # the mixture curve at the chosen user share (searched with b = 0 only)
     report["weights"] = {str(w): report["grid"][key] for w in weights
-                         if (key := f"w={w},a={share}") in report["grid"]}
-    report.update({"weight": weight, "user_share": share, "linear_share": lin_share, "kind": kind,
-                   "eps": eps, "ranker_share": rank_share, "valid_ndcg@10": best[0],
+                         if (key := BlendSetting("mixture", float(w), 1e-4, best.user_share).key)
+                         in report["grid"]}
+    report.update({"weight": served.weight, "user_share": served.user_share,
+                   "linear_share": served.linear_share, "kind": served.kind, "eps": served.eps,
+                   "ranker_share": c, "valid_ndcg@10": best_score,
                    "model_valid_ndcg@10": model_alone})
     log.info("neighbourhood blend: %s, weight %.2f, user-kNN share %.2f, linear share %.2f, "
              "ranker share %.2f (valid NDCG@10 %.4f; model alone %.4f, item-kNN alone %.4f, "
-             "user-kNN alone %.4f, linear alone %.4f, ranker alone %.4f)", kind, weight, share,
-             lin_share, rank_share, best[0], model_alone, best_knn[0],
-             report.get("user_knn_valid_ndcg@10", float("nan")),
+             "user-kNN alone %.4f, linear alone %.4f, ranker alone %.4f)", served.kind,
+             served.weight, served.user_share, served.linear_share, c, best_score, model_alone,
+             neighbourhood.knn_valid_ndcg, report.get("user_knn_valid_ndcg@10", float("nan")),
              report.get("linear_valid_ndcg@10", float("nan")),
              report.get("ranker_valid_ndcg@10", float("nan")))
-    keep_parts = rank_share > 0  # the ranker reads every part
-    return CoocBlend(best_knn[1], weight, inv_temperature,
-                     user_knn if share > 0 or keep_parts else None, share, kind, eps,
-                     linear if lin_share > 0 or keep_parts else None, lin_share,
-                     ranker if keep_parts else None, rank_share), report
+    keep_parts = c > 0  # the ranker reads every part
+    return CoocBlend(item_knn, served.weight, inv_temperature,
+                     user_knn if served.user_share > 0 or keep_parts else None, served.user_share,
+                     served.kind, served.eps,
+                     linear if served.linear_share > 0 or keep_parts else None,
+                     served.linear_share, ranker if keep_parts else None, c), report

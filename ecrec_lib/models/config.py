@@ -38,10 +38,6 @@ class ModelConfig:
     max_seq_len: int = 50  # last N item events per user fed to the user tower
     dropout: float = 0.3  # Beauty-size data overfits fast: 0.3-0.5 works
     use_event_types: bool = True  # embed view/click/cart/purchase of every history event
-    use_recency: bool = False  # embed log-bucketed age of every history event; off by default:
-    # training anchors ages at the window's last event, not each position's target, and that
-    # mismatch cost valid NDCG@10 on Amazon Beauty (0.0353 -> 0.0384 at epoch 3 without it)
-    n_recency_buckets: int = 16
     # --- training --------------------------------------------------------------------------
     epochs: int = 30
     batch_size: int = 256  # sequences per step (all their positions are trained at once)
@@ -68,18 +64,12 @@ class ModelConfig:
     # it does not help; ecrec_lib.models.ranker)
     ranker_boosters: int = 4  # LightGBM models the ranker averages (each with its own held-out
     # split and seed): steadier than one, whose early stop the split's noise moves
-    prior_weight: float = 0.0  # >0: train the softmax as the residual of the linear model
-    # (SLIST): its out-of-fold log-probabilities times this weight are added to the training
-    # logits and to the validation scores (ecrec_lib.training.prior); 0 = off
-    prior_eps: float = 3e-3  # floor of the prior probability: bias = log(p + eps) - log(eps)
-    prior_folds: int = 5  # user folds of the out-of-fold prior
-    prior_keep: int = 256  # largest prior entries kept per training position
     temperature: float = 0.07  # cosine logits are divided by this
     learn_temperature: bool = True  # start at `temperature`, let the loss tune it
     query_loss_weight: float = 0.5  # weight of the query->item contrastive loss
     query_batch_size: int = 256
     # rows ranked per batch in evaluation; 256 x 12k-item float32 rows stay under glibc's mmap
-    # threshold, 4x faster per row than 1024 on Beauty (BENCHMARKS.md, session 10)
+    # threshold, 4x faster per row than 1024 on Beauty (BENCHMARKS.md)
     eval_batch_size: int = 256
     valid_sample_users: int = 0  # >0: early-stop on this many random valid users (faster epochs)
     seed: int = 7
@@ -109,10 +99,6 @@ class ModelConfig:
                      "ranker_boosters"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
-        if self.prior_weight < 0 or self.prior_eps <= 0 or self.prior_keep < 1:
-            raise ValueError("prior_weight must be >= 0, prior_eps > 0 and prior_keep >= 1")
-        if self.prior_weight > 0 and self.prior_folds < 2:
-            raise ValueError(f"prior_folds must be >= 2 (out-of-fold priors), got {self.prior_folds}")
         if not 0.0 <= self.id_dropout < 1.0 or not 0.0 <= self.dropout < 1.0:
             raise ValueError("dropout and id_dropout must be in [0, 1)")
 

@@ -22,10 +22,16 @@ isolate the newest step. Brand and category popularity (training interactions su
 candidate's brand, its category) tell a big brand's item from a niche one's.
 Text features (cosine between the candidate's text vector and the last history item's, and
 the mean of the last five) read the *pretrained* text encoder's item vectors, never the trained
-item tower (which has seen the labels' co-occurrences). Time features (days between the user's last event and the candidate's first / last training
-event, the candidate's training events within 7 / 30 / 180 days of the user's last event)
-need event times; without them the ranker is fitted without those features. A ranker fitted
-with them and served without a user's anchor time sees them as missing (LightGBM's missing
+item tower (which has seen the labels' co-occurrences).
+
+Every count and time a feature reads is causal: it comes from training events at or before the
+row's "now", the last event of its :func:`time_context` (a nightly run has no later events;
+leave-one-out training holds other users' later events, which must not leak in). Time features
+are the days between now and the candidate's first / last training event up to now, and its
+training events in the 7 / 30 / 180 days up to now; popularity and brand / category popularity
+also count the events up to now. They need event times; without them the ranker is fitted
+without the time features and counts read the whole training window. A ranker fitted with time
+features and served without a user's time context sees them as missing (LightGBM's missing
 branch), which ranks worse: pass ``anchor_ts``. Pace features (log days between the history's
 last two events, its events in the last day) read the user's own times: pass ``anchor_ts`` as
 :func:`time_context`; a plain array of last event times leaves them missing.
@@ -33,17 +39,22 @@ last two events, its events in the last day) read the user's own times: pass ``a
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ecrec_lib.schema import CATEGORY_SEP
+from ecrec_lib.models.neighbourhood import (
+    CatalogTooLargeError,
+    ItemKNN,
+    LinearTransitions,
+    NeighbourhoodParts,
+    UserKNN,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,32 +70,25 @@ BASE_FEATURES = (
 LAST_ITEM_FEATURES = ("sim_item_last", "sim_linear_last")
 GROUP_FEATURES = ("log_brand_popularity", "log_category_popularity")
 TEXT_FEATURES = ("text_sim_last", "text_sim_recent")
-# category path (Makeup|Nails|Nail Polish): levels shared with the last item, the history's
-# share of the candidate's leaf path
-PATH_FEATURES = ("path_depth_last", "path_share")
-# the highest text cosine to any of the last MAX_ITEMS history items (valid NDCG@10 +.0011 on
-# Beauty, 2-booster mean; session 17)
+# the highest text cosine to any of the last MAX_ITEMS history items
 TEXT_MAX_FEATURES = ("text_sim_max",)
 TIME_FEATURES = ("days_item_last", "days_item_first") + tuple(
     f"local_pop_{d}d" for d in LOCAL_WINDOWS_DAYS)
 # the user's pace, from the history's own event times (a time context, :func:`time_context`):
-# log days since the previous event, and the events in the day up to the last one (session 19:
-# valid NDCG@10 +.0004, test +.0008 on Beauty, 4-booster lab mean)
+# log days since the previous event, and the events in the day up to the last one
 SESSION_FEATURES = ("gap_prev_days", "events_last_day")
 FEATURES = (BASE_FEATURES + LAST_ITEM_FEATURES + GROUP_FEATURES + TEXT_FEATURES
-            + TEXT_MAX_FEATURES + TIME_FEATURES + PATH_FEATURES + SESSION_FEATURES)
+            + TEXT_MAX_FEATURES + TIME_FEATURES + SESSION_FEATURES)
 RECENT_ITEMS = 5  # text_sim_recent: cosine to the mean text vector of the last 5 history items
 MAX_ITEMS = 10  # text_sim_max: over the last 10 history items
-PATH_LEVELS = 4  # category path prefixes kept (depth 1..4; deeper levels are rare)
 
 
-def feature_names(use_text: bool, use_time: bool, use_path: bool = False) -> tuple[str, ...]:
+def feature_names(use_text: bool, use_time: bool) -> tuple[str, ...]:
     """The features a ranker fitted now computes, in order (a saved ranker keeps its own list:
     :attr:`CandidateRanker.features`)."""
     return (BASE_FEATURES + LAST_ITEM_FEATURES + GROUP_FEATURES
             + (TEXT_FEATURES + TEXT_MAX_FEATURES if use_text else ())
-            + (TIME_FEATURES if use_time else ()) + (PATH_FEATURES if use_path else ())
-            + (SESSION_FEATURES if use_time else ()))
+            + (TIME_FEATURES + SESSION_FEATURES if use_time else ()))
 
 
 # candidate generation: log p_linear + 0.5 log p_item + 0.3 log p_user (each floored at 1e-3),
@@ -109,16 +113,16 @@ class RankerConfig:
 
     n_candidates: int = 100  # items re-ranked per user; the rest get no ranker mass
     max_rounds: int = 1000  # boosting rounds before early stopping on the held-out queries
-    early_stopping: int = 150  # rounds without held-out NDCG@10 gain before stopping (30
-    # stopped at 73-175 rounds by the split's noise; 150: steadier and +.0004 valid NDCG@10)
+    early_stopping: int = 150  # rounds without held-out NDCG@10 gain before stopping: a short
+    # patience stops at a round the held-out split's noise picks (BENCHMARKS.md, ranker section)
     boosters: int = 4  # LightGBM models averaged, each with its own held-out split and seed
-    learning_rate: float = 0.03  # 0.05 stopped at 93 rounds, 0.03 at 177: valid NDCG@10 +1.3%
+    learning_rate: float = 0.03  # smaller steps, more rounds: better than 0.05 on Beauty
     num_leaves: int = 31
     min_data_in_leaf: int = 100  # smooths leaves: most candidates are negatives
     holdout_fraction: float = 0.1  # training queries kept aside for early stopping + temperature
     min_queries: int = 200  # fewer labelled queries than this: no ranker (too little to learn)
     holdout_positions: int = 2  # label the last K training items (one re-fit of the parts each;
-    # on Beauty 2 beat 1 by 1% test NDCG@10, BENCHMARKS.md session 14)
+    # 2 beat 1 on Beauty, BENCHMARKS.md)
     seed: int = 0
     threads: int = 0  # LightGBM threads (0: its default, all cores)
 
@@ -154,13 +158,11 @@ class ItemSide:
     first_ts: np.ndarray | None = None  # (n_items,) first training event (nan: none)
     last_ts: np.ndarray | None = None
     text: np.ndarray | None = None  # (n_items, d) float16 unit pretrained text vectors
-    path: np.ndarray | None = None  # (n_items, PATH_LEVELS) int64 code of each path prefix, -1 none
 
     @classmethod
     def build(cls, train_seqs: Sequence[np.ndarray], n_items: int, brands: Sequence[str],
               categories: Sequence[str], train_times: Sequence[np.ndarray] | None = None,
-              text_vectors: np.ndarray | None = None,
-              category_paths: Sequence[str] | None = None) -> ItemSide:
+              text_vectors: np.ndarray | None = None) -> ItemSide:
         if len(brands) != n_items or len(categories) != n_items:
             raise RankerError(f"brands and categories need one entry per item ({n_items}), got "
                               f"{len(brands)} and {len(categories)}")
@@ -174,8 +176,6 @@ class ItemSide:
                 raise RankerError(f"text_vectors must be (n_items={n_items}, d), got {v.shape}")
             side.text = (v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-9)
                          ).astype(np.float16)
-        if category_paths is not None:
-            side.path = path_codes(category_paths, n_items)
         if train_times is None:
             return side
         if len(train_times) != len(train_seqs) or any(
@@ -202,19 +202,73 @@ class ItemSide:
     def has_text(self) -> bool:
         return self.text is not None
 
-    @property
-    def has_path(self) -> bool:
-        return self.path is not None
+    def _at_or_before(self, items: np.ndarray, anchor: np.ndarray) -> np.ndarray:
+        """Index into ``event_keys`` one past each ``items`` entry's last event at or before
+        ``anchor`` (same shape; anchors are epoch seconds)."""
+        assert self.event_keys is not None
+        a = np.clip(np.asarray(anchor, dtype=np.int64), 0, (1 << TS_SHIFT) - 1)
+        return np.searchsorted(self.event_keys, (items << TS_SHIFT) | a, side="right")
+
+    def _item_start(self, items: np.ndarray) -> np.ndarray:
+        """Index into ``event_keys`` of each ``items`` entry's first event."""
+        assert self.event_keys is not None
+        return np.searchsorted(self.event_keys, items << TS_SHIFT)
+
+    def count_until(self, items: np.ndarray, anchor: np.ndarray) -> np.ndarray:
+        """Training events of each ``items`` entry at or before ``anchor`` (same shape)."""
+        return (self._at_or_before(items, anchor) - self._item_start(items)).astype(np.float64)
 
     def local_popularity(self, items: np.ndarray, anchor: np.ndarray, days: float) -> np.ndarray:
-        """Training events of each ``items`` entry within ``days`` of ``anchor`` (same shape)."""
-        assert self.event_keys is not None
+        """Training events of each ``items`` entry in the ``days`` up to ``anchor`` (same
+        shape): never one after the anchor, which a nightly run could not have seen."""
         w = int(days * DAY_S)
-        a = anchor.astype(np.int64)
-        lo = np.searchsorted(self.event_keys, (items << TS_SHIFT) | np.clip(a - w, 0, None))
-        hi = np.searchsorted(self.event_keys, (items << TS_SHIFT) | np.clip(a + w, 0, (1 << TS_SHIFT) - 1),
-                             side="right")
-        return (hi - lo).astype(np.float64)
+        lo = np.searchsorted(self.event_keys, (items << TS_SHIFT) | np.clip(
+            np.asarray(anchor, dtype=np.int64) - w, 0, None))
+        return (self._at_or_before(items, anchor) - lo).astype(np.float64)
+
+    def last_until(self, items: np.ndarray, anchor: np.ndarray) -> np.ndarray:
+        """Each ``items`` entry's last training event at or before ``anchor`` (nan: none)."""
+        assert self.event_keys is not None
+        end = self._at_or_before(items, anchor)
+        has = end > self._item_start(items)
+        ts = self.event_keys[np.maximum(end - 1, 0)] & ((1 << TS_SHIFT) - 1)
+        return np.where(has, ts.astype(np.float64), np.nan)
+
+    def first_until(self, items: np.ndarray, anchor: np.ndarray) -> np.ndarray:
+        """Each ``items`` entry's first training event if it is at or before ``anchor``."""
+        assert self.first_ts is not None
+        first = self.first_ts[items]
+        return np.where(first <= anchor, first, np.nan)
+
+    def group_count_until(self, kind: str, cands: np.ndarray,
+                          anchor: np.ndarray | None) -> np.ndarray:
+        """Training events of each candidate's ``kind`` group ("brand" or "category") at or
+        before ``anchor`` (same shape as ``cands``; None: over all training); nan for an
+        unknown code."""
+        codes = getattr(self, kind)
+        known = codes >= 0
+        c = codes[cands]
+        if anchor is None or not self.has_time:
+            totals = np.bincount(codes[known], self.popularity[known],
+                                 minlength=int(codes.max()) + 1 if known.any() else 1)
+            return np.where(c >= 0, totals[np.maximum(c, 0)], np.nan)
+        keys = self._group_keys(kind)
+        g = np.maximum(c, 0).astype(np.int64)
+        a = np.clip(np.asarray(anchor, dtype=np.int64), 0, (1 << TS_SHIFT) - 1)
+        n = (np.searchsorted(keys, (g << TS_SHIFT) | a, side="right")
+             - np.searchsorted(keys, g << TS_SHIFT)).astype(np.float64)
+        return np.where(c >= 0, n, np.nan)
+
+    def _group_keys(self, kind: str) -> np.ndarray:
+        """Sorted ``group << TS_SHIFT | ts`` of the training events of the items with a known
+        ``kind`` code (built once per side: the tables do not change after fitting)."""
+        assert self.event_keys is not None
+        cache = self.__dict__.setdefault("_group_keys_cache", {})
+        if kind not in cache:
+            ts = self.event_keys & ((1 << TS_SHIFT) - 1)
+            g = getattr(self, kind)[self.event_keys >> TS_SHIFT]
+            cache[kind] = np.sort((g[g >= 0] << TS_SHIFT) | ts[g >= 0])
+        return cache[kind]
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         out = {"popularity": self.popularity, "brand": self.brand, "category": self.category}
@@ -222,23 +276,7 @@ class ItemSide:
             out.update(event_keys=self.event_keys, first_ts=self.first_ts, last_ts=self.last_ts)
         if self.has_text:
             out["text"] = self.text
-        if self.has_path:
-            out["path"] = self.path
         return out
-
-
-def path_codes(category_paths: Sequence[str], n_items: int) -> np.ndarray:
-    """(n_items, PATH_LEVELS) int64: column l codes the first l + 1 levels of each item's
-    ``|``-separated category path (-1 where the path is shorter or unknown)."""
-    if len(category_paths) != n_items:
-        raise RankerError(f"category_paths needs one entry per item ({n_items}), got "
-                          f"{len(category_paths)}")
-    levels = [[x.strip() for x in str(p or "").split(CATEGORY_SEP) if x.strip()]
-              for p in category_paths]
-    out = np.empty((n_items, PATH_LEVELS), dtype=np.int64)
-    for d in range(PATH_LEVELS):
-        out[:, d] = _codes([CATEGORY_SEP.join(lv[:d + 1]) if len(lv) > d else "" for lv in levels])
-    return out
 
 
 def time_context(event_times: Sequence[np.ndarray | None]) -> np.ndarray:
@@ -297,25 +335,6 @@ def _row_at(table: Any, rows: np.ndarray, cands: np.ndarray) -> np.ndarray:
     return out
 
 
-def _leaf_codes(path: np.ndarray) -> np.ndarray:
-    """One code per item for its deepest known path prefix (-1: no path)."""
-    depth = (path >= 0).sum(1)
-    key = np.where(depth > 0, path[np.arange(len(path)), np.maximum(depth - 1, 0)], -1)
-    # prefix codes of different depths come from separate code books: offset them apart
-    out = np.where(depth > 0, key * (PATH_LEVELS + 1) + depth, -1)
-    return _codes([str(v) if v >= 0 else "" for v in out])
-
-
-def _group_popularity(codes: np.ndarray, popularity: np.ndarray, cands: np.ndarray) -> np.ndarray:
-    """log1p of the training popularity summed over each candidate's brand (or category);
-    nan for an unknown code."""
-    known = codes >= 0
-    totals = np.bincount(codes[known], popularity[known], minlength=int(codes.max()) + 1
-                         if known.any() else 1)
-    c = codes[cands]
-    return np.where(c >= 0, np.log1p(totals[np.maximum(c, 0)]), np.nan)
-
-
 def candidate_features(side: ItemSide, histories: Sequence[np.ndarray], p_item: np.ndarray,
                        p_user: np.ndarray, p_linear: np.ndarray | None, n_candidates: int,
                        anchor_ts: np.ndarray | None, names: Sequence[str],
@@ -339,12 +358,24 @@ def candidate_features(side: ItemSide, histories: Sequence[np.ndarray], p_item: 
     pi, pu, pl = take(p_item), take(p_user), take(p_linear)
     last = np.asarray([h[-1] if len(h) else -1 for h in histories], dtype=np.int64)
     lengths = np.asarray([len(h) for h in histories], dtype=np.float32)
+    context = None if anchor_ts is None else np.asarray(anchor_ts, dtype=np.float64)
+    if context is not None and context.ndim == 1:
+        context = np.stack([context, np.full_like(context, np.nan), np.full_like(context, np.nan)], 1)
+    # the row's "now": every count and time below reads training events at or before it only
+    # (a nightly run has no later ones); rows without one read the whole training window
+    timed = context is not None and side.has_time
+    known = np.isfinite(context[:, 0])[:, None] if timed else np.zeros((rows, 1), dtype=bool)
+    anchor = (np.broadcast_to(np.where(known[:, 0], context[:, 0], 0.0)[:, None], (rows, c))
+              if timed else None)
+    popularity = side.popularity[cands]
+    if anchor is not None:
+        popularity = np.where(known, side.count_until(cands, anchor), popularity)
     cols: dict[str, Any] = {
         "p_item": pi, "p_user": pu, "p_linear": pl, "base": take(base),
         "log_p_item": np.log(pi + LOG_FLOOR), "log_p_user": np.log(pu + LOG_FLOOR),
         "log_p_linear": np.log(pl + LOG_FLOOR),
         "base_rank": np.broadcast_to(np.arange(c, dtype=np.float32), (rows, c)),
-        "log_popularity": np.log1p(side.popularity[cands]),
+        "log_popularity": np.log1p(popularity),
         "history_length": np.broadcast_to(lengths[:, None], (rows, c))}
     for kind, codes in (("brand", side.brand), ("category", side.category)):
         last_code = np.where(last >= 0, codes[np.maximum(last, 0)], -1)
@@ -352,7 +383,10 @@ def candidate_features(side: ItemSide, histories: Sequence[np.ndarray], p_item: 
         if f"{kind}_share" in want:
             cols[f"{kind}_share"] = _share_of(codes, histories, cands)
         if f"log_{kind}_popularity" in want:
-            cols[f"log_{kind}_popularity"] = _group_popularity(codes, side.popularity, cands)
+            group = side.group_count_until(kind, cands, None)
+            if anchor is not None:
+                group = np.where(known, side.group_count_until(kind, cands, anchor), group)
+            cols[f"log_{kind}_popularity"] = np.log1p(group)
     if want & set(LAST_ITEM_FEATURES):
         if last_item_tables is None:
             raise RankerError("this ranker reads the last item's item-kNN and linear similarities: "
@@ -381,32 +415,17 @@ def candidate_features(side: ItemSide, histories: Sequence[np.ndarray], p_item: 
             if len(h):
                 best[r] = (text[cands[r]] @ text[np.asarray(h[-MAX_ITEMS:], dtype=np.int64)].T).max(1)
         cols["text_sim_max"] = best
-    if want & set(PATH_FEATURES):
-        if not side.has_path:
-            raise RankerError("this ranker reads category paths but its item tables have none")
-        cand_path = side.path[cands]  # (rows, C, L)
-        last_path = np.where(last[:, None] >= 0, side.path[np.maximum(last, 0)], -1)
-        same = (cand_path == last_path[:, None, :]) & (cand_path >= 0)
-        cols["path_depth_last"] = np.cumprod(same, axis=2).sum(2).astype(np.float32)
-        leaf = _leaf_codes(side.path)
-        cols["path_share"] = _share_of(leaf, histories, cands)
-    context = None if anchor_ts is None else np.asarray(anchor_ts, dtype=np.float64)
-    if context is not None and context.ndim == 1:
-        context = np.stack([context, np.full_like(context, np.nan), np.full_like(context, np.nan)], 1)
     if want & set(SESSION_FEATURES):
         gap, recent = ((np.full(rows, np.nan), np.full(rows, np.nan)) if context is None else
                        (np.log1p(np.maximum(context[:, 0] - context[:, 1], 0.0) / DAY_S), context[:, 2]))
         cols["gap_prev_days"] = np.broadcast_to(gap[:, None], (rows, c))
         cols["events_last_day"] = np.broadcast_to(recent[:, None], (rows, c))
     if want & set(TIME_FEATURES):
-        if context is None or not side.has_time:
+        if anchor is None:
             cols.update({n: np.full((rows, c), np.nan) for n in TIME_FEATURES})
         else:
-            given = context[:, 0]
-            known = np.isfinite(given)[:, None]  # a user without an anchor: missing features
-            anchor = np.broadcast_to(np.where(known[:, 0], given, 0.0)[:, None], (rows, c))
-            cols["days_item_last"] = (side.last_ts[cands] - anchor) / DAY_S
-            cols["days_item_first"] = (side.first_ts[cands] - anchor) / DAY_S
+            cols["days_item_last"] = (side.last_until(cands, anchor) - anchor) / DAY_S
+            cols["days_item_first"] = (side.first_until(cands, anchor) - anchor) / DAY_S
             for d in LOCAL_WINDOWS_DAYS:
                 cols[f"local_pop_{d}d"] = np.log1p(side.local_popularity(cands, anchor, d))
             for n in TIME_FEATURES:
@@ -435,32 +454,6 @@ class CandidateRanker:
     n_candidates: int = 100
     temperature: float = 1.0  # softmax temperature of the scores (fitted on held-out queries)
     features: tuple[str, ...] = feature_names(False, True)
-    # runtime only, never saved: LightGBM prediction threads (0: OpenMP's default, every core;
-    # scores are the same for any count) and the batch memo of remember_scores()
-    predict_threads: int = field(default=1, compare=False)
-    _memo: dict[bytes, tuple[np.ndarray, np.ndarray]] | None = field(
-        default=None, init=False, repr=False, compare=False)
-
-    def remember_scores(self, on: bool = True) -> None:
-        """Keep each scored batch's (candidates, scores), keyed by its histories and anchor
-        times, so a batch scored again is returned without recomputing its features and
-        predictions (``on=False`` drops them). Only sound while the parts that give ``score``
-        its ``p_item``, ``p_user`` and ``p_linear`` stay the same: one fitted neighbourhood shared by
-        several blends, as the quality benchmark's seeds share it."""
-        self._memo = {} if on else None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_memo": None}  # a pickled ranker (Spark broadcast) travels light
-
-    @staticmethod
-    def _batch_key(histories: Sequence[np.ndarray], anchor_ts: np.ndarray | None) -> bytes:
-        h = hashlib.blake2b(digest_size=20)
-        h.update(np.asarray([len(x) for x in histories], dtype=np.int64).tobytes())
-        for x in histories:
-            h.update(np.asarray(x, dtype=np.int64).tobytes())
-        if anchor_ts is not None:
-            h.update(b"t" + np.asarray(anchor_ts, dtype=np.float64).tobytes())
-        return h.digest()
 
     @property
     def use_time(self) -> bool:
@@ -479,26 +472,14 @@ class CandidateRanker:
               last_item_tables: tuple[Any, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(candidates, ranker scores), both (rows, n_candidates); ``last_item_tables``: the
         (item-kNN similarity, linear weights or None) tables of the parts behind the p's."""
-        memo = self._memo
-        if memo is None:
-            return self._score(histories, p_item, p_user, p_linear, anchor_ts, last_item_tables)
-        key = self._batch_key(histories, anchor_ts)
-        if key not in memo:
-            memo[key] = self._score(histories, p_item, p_user, p_linear, anchor_ts,
-                                    last_item_tables)
-        cands, s = memo[key]
-        return cands.copy(), s.copy()  # callers may write into them; the memo stays intact
-
-    def _score(self, histories: Sequence[np.ndarray], p_item: np.ndarray, p_user: np.ndarray,
-               p_linear: np.ndarray | None, anchor_ts: np.ndarray | None,
-               last_item_tables: tuple[Any, Any] | None) -> tuple[np.ndarray, np.ndarray]:
         cands, x = candidate_features(self.side, histories, p_item, p_user, p_linear,
                                       self.n_candidates, anchor_ts, self.features,
                                       last_item_tables)
         if not len(cands):
             return cands, np.zeros(cands.shape)
         flat = x.reshape(-1, x.shape[-1])
-        s = np.mean([np.asarray(b.predict(flat, num_threads=self.predict_threads), dtype=np.float64)
+        # one LightGBM thread, beside torch's pool; the scores do not depend on the count
+        s = np.mean([np.asarray(b.predict(flat, num_threads=1), dtype=np.float64)
                      for b in self.boosters], axis=0).reshape(cands.shape)
         # ties (a booster of few trees scores many candidates alike) go by the candidate order
         s -= TIE_BREAK * np.arange(cands.shape[1]) / cands.shape[1]
@@ -567,30 +548,6 @@ def _booster_file(k: int) -> str:
 
 
 # ---------------------------------------------------------------------- fitting
-@dataclass
-class _Parts:
-    """The neighbourhood models a ranker's features read (fitted on the same sequences)."""
-
-    item_knn: Any
-    user_knn: Any
-    linear: Any | None
-
-    def distributions(self, histories: Sequence[np.ndarray]
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """(p_item, p_user, p_linear or None) over the model's items."""
-        from ecrec_lib.models.blend import _row_distribution
-
-        def dist(model: Any) -> np.ndarray | None:
-            return None if model is None else _row_distribution(model.score(histories), None, 0).numpy()
-
-        return dist(self.item_knn), dist(self.user_knn), dist(self.linear)
-
-    @property
-    def last_item_tables(self) -> tuple[Any, Any]:
-        """(item-kNN similarity, linear weights or None): what the last-item features read."""
-        return self.item_knn.sim, None if self.linear is None else self.linear.weights
-
-
 def holdout_queries(train_seqs: Sequence[np.ndarray], train_times: Sequence[np.ndarray] | None
                     ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray | None]:
     """Each training sequence without its last item, and the queries that item labels:
@@ -619,31 +576,20 @@ def fit_ranker(train_seqs: Sequence[np.ndarray], n_items: int, brands: Sequence[
                categories: Sequence[str], serving_parts: tuple[Any, Any, Any | None],
                train_times: Sequence[np.ndarray] | None = None,
                config: RankerConfig = RankerConfig(), text_vectors: np.ndarray | None = None,
-               category_paths: Sequence[str] | None = None,
                ) -> tuple[CandidateRanker | None, dict[str, Any]]:
     """Fit the ranker on the training sequences' last items (see the module docstring).
 
     ``serving_parts`` = (item-kNN, user-kNN, linear or None) fitted on ``train_seqs``: only
-    their settings are copied for the re-fit on the shortened sequences; ``category_paths``:
-    each item's category path, levels joined by " > " ("" unknown; None: no path features).
+    their settings are copied for the re-fit on the shortened sequences.
     Returns (None, report) when fewer than ``config.min_queries`` queries have their label
     among the candidates."""
     import lightgbm as lgb
 
-    from ecrec_lib.evaluation.baselines import (
-        CatalogTooLargeError,
-        ItemKNN,
-        LinearTransitions,
-        UserKNN,
-    )
 
     t0 = time.perf_counter()
     item_knn, user_knn, linear = serving_parts
     use_time, use_text = train_times is not None, text_vectors is not None
-    use_path = category_paths is not None and any(category_paths)
-    if not use_path:
-        category_paths = None
-    names = feature_names(use_text, use_time, use_path)
+    names = feature_names(use_text, use_time)
     xs, ys = [], []
     n_queries = 0
     seqs, times = list(train_seqs), train_times
@@ -656,12 +602,11 @@ def fit_ranker(train_seqs: Sequence[np.ndarray], n_items: int, brands: Sequence[
                 lin = LinearTransitions(**asdict(linear)).fit(short, n_items)
             except CatalogTooLargeError as exc:  # serving had one, so this is not expected
                 log.warning("ranker without the linear model: %s", exc)
-        parts = _Parts(ItemKNN(**asdict(item_knn)).fit(short, n_items),
+        parts = NeighbourhoodParts(ItemKNN(**asdict(item_knn)).fit(short, n_items),
                        UserKNN(**asdict(user_knn)).fit(short, n_items), lin)
         times = ([t[:len(s)] for s, t in zip(short, times, strict=True)]
                  if times is not None else None)
-        side = ItemSide.build(short, n_items, brands, categories, times, text_vectors,
-                              category_paths)
+        side = ItemSide.build(short, n_items, brands, categories, times, text_vectors)
         for start in range(0, len(rows), 1000):
             sl = slice(start, start + 1000)
             hist = [short[u] for u in rows[sl]]
@@ -678,7 +623,7 @@ def fit_ranker(train_seqs: Sequence[np.ndarray], n_items: int, brands: Sequence[
     y_all = np.concatenate(ys) if ys else np.zeros((0, config.n_candidates))
     report: dict[str, Any] = {"queries": int(n_queries), "labelled_in_candidates": int(len(y_all)),
                               "candidate_recall": float(len(y_all) / max(n_queries, 1)),
-                              "use_time": use_time, "use_text": use_text, "use_path": use_path,
+                              "use_time": use_time, "use_text": use_text,
                               "holdout_positions": config.holdout_positions}
     if len(y_all) < config.min_queries:
         report["skipped"] = (f"{len(y_all)} training queries with the label among the candidates, "
@@ -724,8 +669,7 @@ def fit_ranker(train_seqs: Sequence[np.ndarray], n_items: int, brands: Sequence[
     nll = {t: float(-np.log((_softmax_rows(s_h, t) * y_h).sum(1) + 1e-12).mean())
            for t in TEMPERATURE_GRID}
     temperature = min(nll, key=nll.__getitem__)
-    serving_side = ItemSide.build(train_seqs, n_items, brands, categories, train_times, text_vectors,
-                                  category_paths)
+    serving_side = ItemSide.build(train_seqs, n_items, brands, categories, train_times, text_vectors)
     ranker = CandidateRanker(boosters, serving_side, config.n_candidates, temperature, names)
     gain = np.sum([b.feature_importance("gain") for b in boosters], axis=0)
     report.update({

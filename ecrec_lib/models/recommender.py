@@ -1,5 +1,7 @@
-"""TwoTowerRecommender: a trained :class:`TwoTowerModel` plus everything needed to use it
-(item id map, side-feature vocabularies, text encoder) behind the Recommender protocol."""
+"""TwoTowerRecommender, the served model: a trained :class:`TwoTowerModel`, everything needed
+to use it (item id map, side-feature vocabularies, text encoder) and its neighbourhood blend
+(item-kNN, user-kNN, SLIST and the learned ranker), behind the Recommender protocol whose
+:meth:`~TwoTowerRecommender.recommend` every consumer calls."""
 
 from __future__ import annotations
 
@@ -10,9 +12,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ecrec_lib.models.api import UserHistory
-from ecrec_lib.models.blend import CoocBlend
+from ecrec_lib.models.api import ItemSet, UserHistory
+from ecrec_lib.models.blend import CoocBlend, index_histories
 from ecrec_lib.models.config import ModelConfig
+from ecrec_lib.models.ranker import time_context
+from ecrec_lib.models.served import VectorRecommender
 from ecrec_lib.models.text_encoder import TextEncoder
 from ecrec_lib.models.two_tower import TwoTowerModel, event_type_codes
 from ecrec_lib.schema import CATEGORY_SEP
@@ -51,9 +55,10 @@ def top_category(row_category: Any, category_path: Any) -> str:
     return ""
 
 
-class TwoTowerRecommender:
+class TwoTowerRecommender(VectorRecommender):
     """Implements :class:`ecrec_lib.models.api.Recommender` (plus index-level helpers used
-    by training and evaluation). Vectors are float32 and L2-normalized."""
+    by training). Vectors are float32 and L2-normalized; :meth:`recommend` ranks by the
+    blended scores when the model carries a blend, by cosine otherwise."""
 
     def __init__(
         self,
@@ -169,19 +174,42 @@ class TwoTowerRecommender:
 
     def encode_users(self, histories: Sequence[UserHistory], now_ts: int) -> np.ndarray:
         """Items unknown to the model are skipped; an empty history gets the mean item
-        direction (a popularity-like vector)."""
-        seqs, types, ages = [], [], []
+        direction (a popularity-like vector). The user tower reads item order and event
+        types, not ages, so ``now_ts`` does not change the vectors."""
+        seqs, types = [], []
         for h in histories:
             idx = np.asarray([self.item_index.get(str(i), -1) for i in h.item_ids], dtype=np.int64)
             keep = idx >= 0
             seqs.append(idx[keep])
-            n = len(idx)
-            et = list(h.event_types) if h.event_types is not None and len(h.event_types) == n else [""] * n
-            tt = (np.asarray(h.event_times, dtype=np.int64) if h.event_times is not None
-                  and len(h.event_times) == n else np.full(n, now_ts, dtype=np.int64))
+            et = (list(h.event_types) if h.event_types is not None
+                  and len(h.event_types) == len(idx) else [""] * len(idx))
             types.append(event_type_codes(et)[keep])
-            ages.append((int(now_ts) - tt)[keep])
-        return self.user_vectors(seqs, types, ages).cpu().numpy().astype(np.float32)
+        return self.user_vectors(seqs, types).cpu().numpy().astype(np.float32)
+
+    def own_items(self) -> ItemSet:
+        return ItemSet(np.asarray(self._item_ids, dtype=object), self.item_matrix())
+
+    @torch.no_grad()
+    def score_block(self, histories: Sequence[UserHistory], now_ts: int | None,
+                    items: ItemSet) -> np.ndarray:
+        """Served scores of ``histories`` over ``items``: the cosine, mixed with the blend's
+        neighbourhood parts and ranker (their time context: each history's own event times)
+        for the items the model knows; items new to it keep their text-only cosine."""
+        now = int(now_ts) if now_ts is not None else max(
+            (int(t) for h in histories for t in (h.event_times or ())), default=0)
+        users = torch.as_tensor(self.encode_users(histories, now))
+        cos = users @ torch.as_tensor(np.asarray(items.vectors, dtype=np.float32)).T
+        if self.blend is None:
+            return cos.numpy()
+        columns = pd.Index(np.asarray(items.item_ids, dtype=object)).get_indexer(
+            pd.Index(np.asarray(self._item_ids, dtype=object)))
+        if len(columns) == len(items.item_ids) and (columns == np.arange(len(columns))).all():
+            columns = None  # the model's own catalog: no re-layout
+        hist = index_histories(self._item_ids, [h.item_ids for h in histories])
+        context = time_context([np.asarray(h.event_times, dtype=np.float64)
+                                if h.event_times is not None and len(h.event_times) == len(h.item_ids)
+                                else None for h in histories])
+        return self.blend.mix(cos, hist, columns, context).numpy()
 
     # ------------------------------------------------------------------ index level
     @torch.no_grad()
@@ -189,7 +217,6 @@ class TwoTowerRecommender:
         self,
         histories: Sequence[np.ndarray],
         types: Sequence[np.ndarray] | None = None,
-        ages_s: Sequence[np.ndarray] | None = None,
         batch_size: int = 1024,
     ) -> torch.Tensor:
         """(len(histories), dim) user vectors from item-index histories (oldest first)."""
@@ -201,7 +228,6 @@ class TwoTowerRecommender:
             chunk = range(start, min(start + batch_size, len(histories)))
             seq = np.zeros((len(chunk), L), dtype=np.int64)
             typ = np.zeros((len(chunk), L), dtype=np.int64)
-            age = np.zeros((len(chunk), L), dtype=np.int64)
             lengths = np.zeros(len(chunk), dtype=np.int64)
             for r, u in enumerate(chunk):
                 h = np.asarray(histories[u], dtype=np.int64)[-L:]
@@ -210,13 +236,10 @@ class TwoTowerRecommender:
                 seq[r, :n] = h
                 if types is not None:
                     typ[r, :n] = np.asarray(types[u], dtype=np.int64)[-L:][-n:] if n else []
-                if ages_s is not None:
-                    age[r, :n] = np.asarray(ages_s[u], dtype=np.int64)[-L:][-n:] if n else []
             dev = self.device
             v = self.model.user_vectors(
                 table, torch.as_tensor(seq, device=dev), torch.as_tensor(np.maximum(lengths, 1), device=dev),
                 torch.as_tensor(typ, device=dev) if types is not None else None,
-                torch.as_tensor(age, device=dev) if ages_s is not None else None,
             ).float()
             empty = torch.as_tensor(lengths == 0, device=dev)
             if empty.any():
@@ -232,17 +255,9 @@ class TwoTowerRecommender:
         self,
         histories: Sequence[np.ndarray],
         types: Sequence[np.ndarray] | None = None,
-        ages_s: Sequence[np.ndarray] | None = None,
-        blend: bool = True,
-        anchor_ts: np.ndarray | None = None,
     ) -> torch.Tensor:
-        """(len(histories), n_items) scores against the whole training catalog: cosine, or,
-        when the model carries a co-occurrence blend and ``blend``, the blended scores (on the
-        cosine scale; see :mod:`ecrec_lib.models.blend`; ``anchor_ts``: each user's last event
-        time, for the blend's learned ranker)."""
-        u = self.user_vectors(histories, types, ages_s)
-        cos = u @ self.item_table().T
-        if blend and self.blend is not None:
-            return self.blend.mix(cos.cpu(), [np.asarray(h, dtype=np.int64) for h in histories],
-                                  anchor_ts=anchor_ts)
-        return cos
+        """(len(histories), n_items) cosine scores of the two towers alone against the whole
+        training catalog (training's early stopping and the blend's search read them; the
+        served scores are :meth:`recommend`'s)."""
+        u = self.user_vectors(histories, types)
+        return u @ self.item_table().T

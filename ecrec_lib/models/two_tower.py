@@ -27,13 +27,6 @@ def event_type_codes(types: list[str] | tuple[str, ...] | np.ndarray) -> np.ndar
     return np.asarray([lookup.get(str(t), 0) for t in types], dtype=np.int64)
 
 
-def recency_buckets(ages_s: torch.Tensor, n_buckets: int) -> torch.Tensor:
-    """Age in seconds -> bucket 1..n_buckets-1 on a log2 scale of days (0 is padding)."""
-    days = ages_s.clamp_min(0).double() / 86400.0
-    b = torch.floor(torch.log2(1.0 + days)).long() + 1
-    return b.clamp(1, n_buckets - 1)
-
-
 class TwoTowerModel(nn.Module):
     """Item, user and query towers. All vectors leave L2-normalized (cosine ranking)."""
 
@@ -76,12 +69,10 @@ class TwoTowerModel(nn.Module):
         # User tower (SASRec-style, pre-LN, causal).
         self.pos_emb = nn.Embedding(mcfg.max_seq_len, d)
         self.type_emb = nn.Embedding(N_EVENT_CODES, d, padding_idx=0)
-        self.rec_emb = nn.Embedding(mcfg.n_recency_buckets, d, padding_idx=0)
-        for emb in (self.pos_emb, self.type_emb, self.rec_emb):
+        for emb in (self.pos_emb, self.type_emb):
             nn.init.normal_(emb.weight, std=0.02)
         with torch.no_grad():
             self.type_emb.weight[0].zero_()
-            self.rec_emb.weight[0].zero_()
         self.emb_dropout = nn.Dropout(mcfg.dropout)
         layer = nn.TransformerEncoderLayer(
             d_model=d, nhead=mcfg.n_heads, dim_feedforward=4 * d, dropout=mcfg.dropout,
@@ -174,7 +165,6 @@ class TwoTowerModel(nn.Module):
         seq: torch.Tensor,
         lengths: torch.Tensor,
         types: torch.Tensor | None = None,
-        ages_s: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B, L, dim) normalized outputs of every position (right-padded ``seq``; position j
         sees items 0..j). ``item_table`` holds item input vectors (tied with the output)."""
@@ -185,17 +175,15 @@ class TwoTowerModel(nn.Module):
         x = x + self.pos_emb(pos).unsqueeze(0)
         if self.mcfg.use_event_types and types is not None:
             x = x + self.type_emb(types * valid)
-        if self.mcfg.use_recency and ages_s is not None:
-            x = x + self.rec_emb(recency_buckets(ages_s, self.mcfg.n_recency_buckets) * valid)
         x = self.emb_dropout(x)
         causal = torch.triu(torch.full((L, L), float("-inf"), device=seq.device), diagonal=1)
         x = self.blocks(x, mask=causal)
         return F.normalize(self.final_norm(x), dim=-1)
 
     def user_vectors(self, item_table: torch.Tensor, seq: torch.Tensor, lengths: torch.Tensor,
-                     types: torch.Tensor | None = None, ages_s: torch.Tensor | None = None) -> torch.Tensor:
+                     types: torch.Tensor | None = None) -> torch.Tensor:
         """(B, dim) user vectors: the output at each sequence's last real position."""
-        h = self.user_states(item_table, seq, lengths, types, ages_s)
+        h = self.user_states(item_table, seq, lengths, types)
         last = (lengths - 1).clamp_min(0)
         return h[torch.arange(len(seq), device=seq.device), last]
 

@@ -23,6 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ecrec_lib.lake import is_local
+from ecrec_lib.lake_files import hadoop_fs as _hadoop_fs
+from ecrec_lib.lake_files import local_path as _local
+from ecrec_lib.lake_files import write_json, write_text
+
+__all__ = ["write_json", "write_text"]  # re-exported: the pipeline's callers import them here
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -47,16 +52,6 @@ class InputMissingError(FileNotFoundError):
 
 class NoDataError(RuntimeError):
     """The raw partition exists but is empty (exit code :data:`EXIT_NO_DATA`)."""
-
-
-def _local(path: str) -> str:
-    return path.removeprefix("file://")
-
-
-def _hadoop_fs(spark: SparkSession, path: str) -> tuple[Any, Any]:
-    jvm = spark._jvm  # type: ignore[attr-defined]
-    jpath = jvm.org.apache.hadoop.fs.Path(path)
-    return jpath.getFileSystem(spark._jsc.hadoopConfiguration()), jpath  # type: ignore[attr-defined]
 
 
 def path_exists(spark: SparkSession, path: str) -> bool:
@@ -127,28 +122,6 @@ def publish(spark: SparkSession, final_path: str) -> None:
 def discard_staged(spark: SparkSession, final_path: str) -> None:
     """Remove a staged partition that will not be published (failed validation)."""
     delete_path(spark, staging_path(final_path))
-
-
-def write_json(spark: SparkSession, path: str, record: dict[str, Any]) -> None:
-    """Write one small ops record (JSON) atomically (local: temp file + rename)."""
-    text = json.dumps(record, indent=2, sort_keys=True, default=str)
-    write_text(spark, path, text)
-
-
-def write_text(spark: SparkSession, path: str, text: str) -> None:
-    if is_local(path):
-        target = Path(_local(path))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(target)
-        return
-    fs, jpath = _hadoop_fs(spark, path)
-    stream = fs.create(jpath, True)
-    try:
-        stream.write(bytearray(text.encode("utf-8")))
-    finally:
-        stream.close()
 
 
 def read_json(spark: SparkSession, path: str) -> dict[str, Any] | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,8 +19,8 @@ import pandas as pd
 from ecrec_lib import schema
 from ecrec_lib.config import EcrecConfig
 from ecrec_lib.evaluation import EvalSet, evaluate_scores, popularity_scores
-from ecrec_lib.evaluation.metrics import top_k
-from ecrec_lib.models.api import Recommender, UserHistory
+from ecrec_lib.evaluation.served import ServedOutputError, served_score_fn
+from ecrec_lib.models.api import ItemSet, Recommender, UserHistory
 
 EVAL_KS = (10, 50)
 LATENCY_SAMPLE_USERS = 1000
@@ -136,77 +136,56 @@ def _check_matrix(name: str, arr: Any, rows: int) -> np.ndarray:
 
 
 def measure_latency_ms_per_1k(
-    model: Recommender, holdout: Holdout, items: np.ndarray, sample: int = LATENCY_SAMPLE_USERS
+    model: Recommender, holdout: Holdout, items: ItemSet, sample: int = LATENCY_SAMPLE_USERS
 ) -> float:
-    """Wall time of encode_users + scoring + top-K for a user sample, per 1,000 users.
+    """Wall time of the served ranking (``recommend``: the towers, the blend and its ranker,
+    top-K) for a user sample, per 1,000 users.
 
     The catalog embeddings are computed once per scoring run, so they are not part of the
     per-user cost (their time is reported separately as ``item_encode_s``).
     """
     n = min(sample, len(holdout.histories))
-    batch = holdout.histories[:n]
     start = time.perf_counter()
-    users = np.asarray(model.encode_users(batch, holdout.now_ts), dtype=np.float32)
-    top_k(users @ items.T, min(LATENCY_TOP_K, items.shape[0]))
+    model.recommend(holdout.histories[:n], holdout.now_ts, min(LATENCY_TOP_K, len(items.item_ids)),
+                    items=items)
     return (time.perf_counter() - start) * 1000.0 * 1000.0 / max(n, 1)
 
 
-def _holdout_scorer(model: Recommender, holdout: Holdout, users: np.ndarray,
-                    items: np.ndarray) -> Callable[[np.ndarray], Any]:
-    """Scores as served: cosine, or the model's co-occurrence blend when it carries one."""
-    blend = getattr(model, "blend", None)
-    if blend is None:
-        return lambda pos: users[pos] @ items.T
-    from ecrec_lib.models.blend import index_histories
-    from ecrec_lib.models.ranker import time_context
-
-    model_ids = model.item_ids
-    cols = pd.Index(holdout.catalog["item_id"].astype(str)).get_indexer(pd.Index(model_ids))
-    hist = index_histories(model_ids, [h.item_ids for h in holdout.histories])
-    anchors = time_context([h.event_times for h in holdout.histories])
-    return lambda pos: blend.mix(users[pos] @ items.T, [hist[p] for p in pos], cols, anchors[pos])
+def _served_metrics(model: Recommender, holdout: Holdout, items: ItemSet, rows: np.ndarray | None,
+                    ks: Sequence[int], popularity: np.ndarray | None) -> dict[str, float]:
+    """Metrics of the model's served lists on the holdout (``rows``: a subset of its rows)."""
+    eval_set = holdout.eval_set if rows is None else holdout.eval_set.subset(rows)
+    histories = holdout.histories if rows is None else [holdout.histories[r] for r in rows]
+    fn = served_score_fn(model, histories, eval_set, list(items.item_ids), holdout.now_ts, items)
+    try:
+        return evaluate_scores(fn, eval_set, holdout.n_items, ks=ks, item_popularity=popularity)
+    except ServedOutputError as exc:
+        raise ModelEvaluationError(f"recommend on the holdout: {exc}") from exc
 
 
 def evaluate_recommender(model: Recommender, holdout: Holdout) -> dict[str, float]:
-    """Full-ranking metrics over the ds catalog (history excluded) plus scoring latency."""
+    """Full-ranking metrics of the served ranking over the ds catalog (history excluded) plus
+    its scoring latency: every figure reads ``model.recommend``, what batch scoring serves."""
     start = time.perf_counter()
-    items = _check_matrix("encode_items", model.encode_items(holdout.catalog), holdout.n_items)
+    vectors = _check_matrix("encode_items", model.encode_items(holdout.catalog), holdout.n_items)
     item_s = time.perf_counter() - start
-    users = _check_matrix(
-        "encode_users", model.encode_users(holdout.histories, holdout.now_ts), len(holdout.histories)
-    )
-    if users.shape[1] != items.shape[1]:
-        raise ModelEvaluationError(
-            f"user vectors have dim {users.shape[1]} but item vectors dim {items.shape[1]}"
-        )
-    out = evaluate_scores(
-        _holdout_scorer(model, holdout, users, items),
-        holdout.eval_set,
-        holdout.n_items,
-        ks=EVAL_KS,
-        item_popularity=holdout.item_popularity,
-    )
-    out.update(cold_start_metrics(model, holdout, users, items))
+    items = ItemSet(holdout.catalog["item_id"].astype(str).to_numpy(dtype=object), vectors)
+    out = _served_metrics(model, holdout, items, None, EVAL_KS, holdout.item_popularity)
+    out.update(cold_start_metrics(model, holdout, items))
     out[LATENCY] = measure_latency_ms_per_1k(model, holdout, items)
     out["item_encode_s"] = item_s
     return out
 
 
-def cold_start_metrics(
-    model: Recommender, holdout: Holdout, users: np.ndarray, items: np.ndarray
-) -> dict[str, float]:
-    """NDCG/recall@10 on holdout rows whose target the model never saw in training.
-
-    Those items are ranked from text/side features only; empty when there is no such row.
-    """
+def cold_start_metrics(model: Recommender, holdout: Holdout, items: ItemSet) -> dict[str, float]:
+    """NDCG/recall@10 of the served ranking on holdout rows whose target the model never saw
+    in training (ranked from text/side features only); empty when there is no such row."""
     known = set(model.item_ids)
     catalog_ids = holdout.catalog["item_id"].astype(str).to_numpy()
     rows = np.flatnonzero([catalog_ids[t] not in known for t in holdout.eval_set.targets])
     if len(rows) == 0:
         return {}
-    sub = holdout.eval_set.subset(rows)
-    sub_users = users[rows]
-    got = evaluate_scores(lambda pos: sub_users[pos] @ items.T, sub, holdout.n_items, ks=(10,))
+    got = _served_metrics(model, holdout, items, rows, (10,), None)
     return {f"cold_{k}": got[k] for k in ("ndcg@10", "recall@10", "n_eval")}
 
 

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -21,15 +20,12 @@ import pyarrow.parquet as pq
 
 from ecrec_lib.config import EcrecConfig
 from ecrec_lib.lake import Lake, is_local, parse_ds
-from ecrec_lib.models.api import Recommender, UserHistory
+from ecrec_lib.models.api import ItemSet, Recommender, UserHistory
 from ecrec_lib.privacy.queries import hold_back_reason
 from ecrec_lib.schema import ITEM_RELATED_COLUMNS, QUERY_TOPK_COLUMNS, USER_TOPK_COLUMNS
 from ecrec_lib.scoring import cold_start
 from ecrec_lib.scoring.rerank import BlendWeights, blend_and_cap, normalized_popularity, reasons
 from ecrec_lib.scoring.topk import topk_inner_product
-
-if TYPE_CHECKING:
-    from ecrec_lib.models.blend import CoocBlend
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +89,10 @@ class ItemSpace:
     def index_of(self, ids: object) -> np.ndarray:
         """Catalog index of each id, -1 for ids not in the catalog."""
         return pd.Index(self.item_ids).get_indexer(pd.Index(np.asarray(ids, dtype=object)))
+
+    def as_item_set(self) -> ItemSet:
+        """What the model ranks: every snapshot item, in-stock ones only recommendable."""
+        return ItemSet(self.item_ids, self.emb, self.in_stock)
 
 
 def end_of_ds_ts(ds: str) -> int:
@@ -210,21 +210,12 @@ def _score_batch(
         UserHistory(list(i), list(t), [int(x) for x in s])
         for i, t, s in zip(seqs["item_ids"], seqs["event_types"], seqs["event_times"], strict=True)
     ]
-    users = np.asarray(model.encode_users(histories, now_ts), dtype=np.float32)
-    exclude = None
-    if params.exclude_purchased:
-        exclude = [items.index_of(p) for p in purchased_items(seqs)]
-        exclude = [e[e >= 0] for e in exclude]
-    pool = POOL_FACTOR * params.k
-    top = topk_inner_product(
-        users, items.emb, pool, exclude=exclude, item_mask=items.in_stock,
-        device=params.device, precision=params.precision,
-    )
-    cand, cand_score = top.indices, top.scores
-    blend = getattr(model, "blend", None)
-    if blend is not None:
-        cand, cand_score = blend_candidates(model, blend, items, seqs["item_ids"], users, cand,
-                                            exclude, last_event_times(seqs["event_times"]))
+    exclude = purchased_items(seqs) if params.exclude_purchased else [[] for _ in histories]
+    # the served ranking (towers, blend, ranker) picks the pool the business re-ranking reads
+    pool_ids, cand_score = model.recommend(
+        histories, now_ts, POOL_FACTOR * params.k, items=items.as_item_set(), exclude=exclude)
+    cand = items.index_of(np.where(pd.isna(pool_ids), "", pool_ids).astype(str).ravel())
+    cand = np.where(pd.isna(pool_ids), -1, cand.reshape(pool_ids.shape))
     rec, score = blend_and_cap(
         cand, cand_score, params.k, items.quality, items.popularity_norm,
         items.category_codes, params.weights,
@@ -247,71 +238,6 @@ def _score_batch(
             "model_version": model_version,
         }
     )
-
-
-BLEND_SUB_BATCH = 512  # users per dense kNN row block (n_items floats each)
-
-
-def last_event_times(event_times: pd.Series) -> np.ndarray:
-    """Each user's time context (:func:`~ecrec_lib.models.ranker.time_context`: last event time,
-    the one before, the events in the last day; nan without events): the blend's learned ranker
-    measures item activity and the user's pace relative to it."""
-    from ecrec_lib.models.ranker import time_context
-
-    return time_context(list(event_times))
-
-
-
-def blend_candidates(
-    model: Recommender,
-    blend: CoocBlend,
-    items: ItemSpace,
-    histories: pd.Series,
-    users: np.ndarray,
-    cand: np.ndarray,
-    exclude: list[np.ndarray] | None,
-    anchor_ts: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The model's candidate pool plus as many co-occurrence candidates, all re-scored with
-    the model's co-occurrence blend (:mod:`ecrec_lib.models.blend`) over the whole catalog.
-
-    Candidates outside both pools score below them (their kNN mass is zero and their cosine
-    is below the pool's), so the top of the blended list is exact up to the pool size.
-    """
-    from ecrec_lib.models.blend import index_histories, log_partition
-
-    model_ids = model.item_ids
-    cols = items.index_of(model_ids)  # model item index -> catalog column (-1: not in snapshot)
-    hist = index_histories(model_ids, list(histories))
-    n_cols = len(items.item_ids)
-    log_z = log_partition(users, items.emb, blend.inv_temperature)
-    pool = cand.shape[1]
-    out_idx = np.full((len(users), 2 * pool), -1, dtype=np.int64)
-    out_score = np.full((len(users), 2 * pool), -np.inf, dtype=np.float64)
-    for b0 in range(0, len(users), BLEND_SUB_BATCH):
-        rows = slice(b0, min(b0 + BLEND_SUB_BATCH, len(users)))
-        anchors = anchor_ts[rows] if anchor_ts is not None else None
-        probs = blend.knn_probs(hist[rows], cols, n_cols, anchors)  # candidates and rescoring
-        knn = blend.knn_candidates(hist[rows], pool, cols, n_cols, probs)
-        ok = (knn >= 0) & items.in_stock[np.maximum(knn, 0)]
-        if exclude is not None:
-            for r, e in enumerate(exclude[rows]):
-                ok[r] &= ~np.isin(knn[r], e)
-        c = np.concatenate([cand[rows], np.where(ok, knn, -1)], axis=1)
-        # each item once per row: keep its first slot
-        order = np.argsort(c, axis=1, kind="stable")
-        s_c = np.take_along_axis(c, order, 1)
-        dup_sorted = np.zeros_like(s_c, dtype=bool)
-        dup_sorted[:, 1:] = (s_c[:, 1:] == s_c[:, :-1]) & (s_c[:, 1:] >= 0)
-        dup = np.zeros_like(dup_sorted)
-        np.put_along_axis(dup, order, dup_sorted, 1)
-        c = np.where(dup, -1, c)
-        safe = np.maximum(c, 0)
-        cos = np.einsum("nd,ncd->nc", users[rows], items.emb[safe])
-        score = blend.rescore(safe, cos, log_z[rows], hist[rows], cols, n_cols, probs)
-        out_idx[rows] = c
-        out_score[rows] = np.where(c >= 0, score, -np.inf)
-    return out_idx, out_score
 
 
 def item_related(

@@ -11,9 +11,9 @@ Programmatic API (used by ``jobs.train_encoders`` and ``jobs.benchmark_quality``
     result.model                 # TwoTowerRecommender (ecrec_lib.models.api.Recommender + helpers)
     result.history               # one dict per epoch: loss, valid_ndcg@10, valid_recall@10, seconds...
     result.best_epoch            # weights of this epoch are the ones kept
-    score_fn = result.score_fn(test)   # (positions) -> (b, n_items) scores, for evaluate_scores
+    score_fn = result.score_fn(test)   # the served ranking (recommend) as score rows
     metrics = evaluate_scores(score_fn, test, data.n_items)
-    # or directly: result.model.score_histories(list_of_item_index_arrays) -> torch (b, n_items)
+    # or directly: result.model.recommend(user_histories, now_ts, k) -> (item ids, scores)
 
 ``ModelConfig(use_text=False)`` is the ID-only SASRec-style baseline (full softmax CE).
 Every prefix of every training sequence predicts its next item in one pass (causal
@@ -41,8 +41,10 @@ import torch
 import torch.nn.functional as F
 
 from ecrec_lib.evaluation import EvalSet, evaluate_scores
-from ecrec_lib.evaluation.baselines import LinearTransitions, decayed_history_matrix, windowed_pairs
+from ecrec_lib.evaluation.served import served_score_fn
+from ecrec_lib.models.api import UserHistory
 from ecrec_lib.models.config import ModelConfig, model_config_from
+from ecrec_lib.models.neighbourhood import windowed_pairs
 from ecrec_lib.models.recommender import TwoTowerRecommender
 from ecrec_lib.models.text_encoder import (
     TextEncoder,
@@ -50,9 +52,9 @@ from ecrec_lib.models.text_encoder import (
     resolve_text_model_path,
 )
 from ecrec_lib.models.two_tower import TwoTowerModel
+from ecrec_lib.schema import ITEM_EVENT_TYPES
 from ecrec_lib.training.data import TrainingData, data_fingerprint
 from ecrec_lib.training.losses import catalog_cross_entropy
-from ecrec_lib.training.prior import batch_prior, log_prior_rows, out_of_fold_prior
 
 if TYPE_CHECKING:
     from ecrec_lib.models.blend import Neighbourhood
@@ -118,10 +120,14 @@ class TrainResult:
     resumed_from_epoch: int = 0
     data: TrainingData | None = None
 
-    def score_fn(self, eval_set: EvalSet, blend: bool = True) -> Callable[[np.ndarray], torch.Tensor]:
-        """A ``score_fn`` for :func:`ecrec_lib.evaluation.evaluate_scores` over ``eval_set``
-        (``blend=False``: the two-tower model alone, without its co-occurrence blend)."""
-        return make_score_fn(self.model, eval_set, self.data, blend)
+    def score_fn(self, eval_set: EvalSet, blend: bool = True) -> Callable[[np.ndarray], Any]:
+        """A ``score_fn`` for :func:`ecrec_lib.evaluation.evaluate_scores` over ``eval_set``:
+        the served ranking (``recommend``, blend and ranker included); ``blend=False``: the
+        two towers' cosine alone."""
+        if not blend:
+            return make_score_fn(self.model, eval_set, self.data)
+        return served_score_fn(self.model, eval_histories(self.model.item_ids, eval_set, self.data),
+                               eval_set, self.model.item_ids, None)
 
 
 def resolve_device(mcfg: ModelConfig) -> torch.device:
@@ -200,32 +206,28 @@ class _SeqArrays:
     tgt: np.ndarray  # (N, L) next item idx, -1 where no target
     lengths: np.ndarray  # (N,)
     types: np.ndarray  # (N, L)
-    ages: np.ndarray  # (N, L) seconds before the window's final event
 
 
-def _aligned_side(data: TrainingData, train_seqs: Sequence[np.ndarray]) -> tuple[list, list]:
-    """Event types / times aligned with ``train_seqs`` when they are prefixes of
-    ``data.sequences`` (what leave_one_out returns); None entries otherwise."""
+def _aligned_types(data: TrainingData, train_seqs: Sequence[np.ndarray]) -> list:
+    """Event types aligned with ``train_seqs`` when they are prefixes of ``data.sequences``
+    (what leave_one_out returns); None entries otherwise."""
     types: list[np.ndarray | None] = []
-    times: list[np.ndarray | None] = []
     aligned = len(train_seqs) == len(data.sequences)
     for u, s in enumerate(train_seqs):
         n = len(s)
         ok = aligned and n <= len(data.sequences[u]) and np.array_equal(data.sequences[u][:n], s)
         types.append(data.event_types[u][:n] if ok and data.event_types is not None else None)
-        times.append(data.event_times[u][:n] if ok and data.event_times is not None else None)
-    return types, times
+    return types
 
 
 def _training_arrays(data: TrainingData, train_seqs: Sequence[np.ndarray], L: int) -> _SeqArrays:
-    types, times = _aligned_side(data, train_seqs)
+    types = _aligned_types(data, train_seqs)
     rows = [u for u, s in enumerate(train_seqs) if len(s) >= 2]
     n = len(rows)
     inp = np.zeros((n, L), dtype=np.int64)
     tgt = np.full((n, L), -1, dtype=np.int64)
     lengths = np.zeros(n, dtype=np.int64)
     typ = np.zeros((n, L), dtype=np.int64)
-    age = np.zeros((n, L), dtype=np.int64)
     for r, u in enumerate(rows):
         w = np.asarray(train_seqs[u], dtype=np.int64)[-(L + 1):]
         k = len(w) - 1
@@ -234,34 +236,29 @@ def _training_arrays(data: TrainingData, train_seqs: Sequence[np.ndarray], L: in
         lengths[r] = k
         if types[u] is not None:
             typ[r, :k] = types[u][-(L + 1):][:-1]
-        if times[u] is not None:
-            tw = times[u][-(L + 1):]
-            # "now" of the window = time of its final event (the last target): at serving
-            # time the anchor is the scoring time, just before the next event.
-            age[r, :k] = tw[-1] - tw[:-1]
-    return _SeqArrays(inp, tgt, lengths, typ, age)
+    return _SeqArrays(inp, tgt, lengths, typ)
 
 
-def _eval_side(data: TrainingData | None, eval_set: EvalSet) -> tuple[list | None, list | None]:
-    """Event types and ages for eval rows (anchor = the target's time, i.e. "now")."""
-    if data is None or data.event_types is None or data.event_times is None:
-        return None, None
-    types, ages = [], []
+def _eval_types(data: TrainingData | None, eval_set: EvalSet) -> list | None:
+    """Event types of eval rows (None without them, or when a history is not a prefix of its
+    user's sequence)."""
+    if data is None or data.event_types is None:
+        return None
+    types = []
     for u, h in zip(eval_set.users, eval_set.histories, strict=True):
         n = len(h)
         seq = data.sequences[int(u)]
-        if len(seq) <= n or not np.array_equal(seq[:n], h):
-            return None, None
+        if len(seq) < n or not np.array_equal(seq[:n], h):
+            return None
         types.append(data.event_types[int(u)][:n])
-        t = data.event_times[int(u)]
-        ages.append(t[n] - t[:n])
-    return types, ages
+    return types
 
 
 def eval_anchor_times(data: TrainingData | None, eval_set: EvalSet) -> np.ndarray | None:
     """Each eval row's time context (:func:`~ecrec_lib.models.ranker.time_context`: its last
     history event time, the one before, the events in the last day): the learned ranker's
-    "now"; None without event times, or when a history is not a prefix of its user's sequence."""
+    "now" (NaN for an empty history); None without event times, or when a history is not a
+    prefix of its user's sequence."""
     from ecrec_lib.models.ranker import time_context
 
     if data is None or data.event_times is None:
@@ -269,25 +266,43 @@ def eval_anchor_times(data: TrainingData | None, eval_set: EvalSet) -> np.ndarra
     times = []
     for u, h in zip(eval_set.users, eval_set.histories, strict=True):
         seq = data.sequences[int(u)]
-        if not len(h) or len(seq) < len(h) or not np.array_equal(seq[:len(h)], h):
+        if len(seq) < len(h) or not np.array_equal(seq[:len(h)], h):
             return None
         times.append(data.event_times[int(u)][:len(h)])
     return time_context(times)
 
 
 def make_score_fn(rec: TwoTowerRecommender, eval_set: EvalSet, data: TrainingData | None = None,
-                  blend: bool = True) -> Callable[[np.ndarray], torch.Tensor]:
-    types, ages = _eval_side(data, eval_set)
-    anchors = eval_anchor_times(data, eval_set) if blend and rec.blend is not None else None
+                  ) -> Callable[[np.ndarray], torch.Tensor]:
+    """The two towers' cosine rows for ``eval_set`` (early stopping and the blend's search)."""
+    types = _eval_types(data, eval_set)
 
     def score_fn(pos: np.ndarray) -> torch.Tensor:
         hist = [eval_set.histories[i] for i in pos]
         t = [types[i] for i in pos] if types is not None else None
-        a = [ages[i] for i in pos] if ages is not None else None
-        anchor = anchors[pos] if anchors is not None else None
-        return rec.score_histories(hist, t, a, blend=blend, anchor_ts=anchor).cpu()
+        return rec.score_histories(hist, t).cpu()
 
     return score_fn
+
+
+def eval_histories(item_ids: Sequence[str], eval_set: EvalSet, data: TrainingData | None = None,
+                   ) -> list[UserHistory]:
+    """Eval rows as served histories (item ids; event types and times where ``data`` has them
+    and the row's history is a prefix of its user's sequence)."""
+    ids = np.asarray(item_ids, dtype=object)
+    out = []
+    for u, h in zip(eval_set.users, eval_set.histories, strict=True):
+        h = np.asarray(h, dtype=np.int64)
+        types: list[str] = []
+        times: list[int] = []
+        if data is not None and data.event_times is not None and data.event_types is not None:
+            seq = data.sequences[int(u)]
+            if len(seq) >= len(h) and np.array_equal(seq[:len(h)], h):
+                names = ("", *ITEM_EVENT_TYPES)  # codes 1..4, 0 unknown (event_type_codes)
+                types = [names[int(c)] for c in data.event_types[int(u)][:len(h)]]
+                times = [int(t) for t in data.event_times[int(u)][:len(h)]]
+        out.append(UserHistory(ids[h].tolist(), types, times))
+    return out
 
 
 # ---------------------------------------------------------------------- training
@@ -326,7 +341,6 @@ def train_two_tower(
     checkpoint_dir: str | None = None,
     cache_dir: str | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
-    stop_after_epochs: int | None = None,
     neighbourhood: Neighbourhood | None = None,
 ) -> TrainResult:
     """Train on ``train_seqs`` (item-index sequences, e.g. leave_one_out's train part);
@@ -334,8 +348,7 @@ def train_two_tower(
 
     ``checkpoint_dir``: the state is saved there after every epoch and a run with the
     same config and data resumes from it. ``cache_dir``: where frozen text embeddings are
-    cached. ``on_epoch`` gets each epoch's history row (MLflow logging). ``stop_after_epochs``
-    ends this call early without finishing (simulates an interruption; for tests).
+    cached. ``on_epoch`` gets each epoch's history row (MLflow logging).
     ``neighbourhood``: the blend's parts already fitted on ``train_seqs`` and ``valid``
     (:func:`fit_blend_neighbourhood`, the same for every seed), reused instead of refitted.
     Raises :class:`NaNLossError` when the loss is not finite.
@@ -356,23 +369,11 @@ def train_two_tower(
         mcfg.loss == "auto" and n_items <= mcfg.full_softmax_max_items)
     trainable_text = encoder is not None and encoder.trainable
 
-    # Query pairs (search box): frozen query text embeddings computed once.
-    pairs = data.query_pairs if mcfg.use_text else []
-    q_texts = sorted({q for q, _, _ in pairs})
-    q_index = {q: i for i, q in enumerate(q_texts)}
-    q_rows = np.asarray([q_index[q] for q, _, _ in pairs], dtype=np.int64)
-    q_items = np.asarray([i for _, i, _ in pairs], dtype=np.int64)
-    q_weights = np.asarray([w for _, _, w in pairs], dtype=np.float32)
-    q_emb = None
-    if len(pairs) and not trainable_text:
-        q_emb = torch.as_tensor(encoder.embed(q_texts, mcfg.text_batch_size), device=device)
-
+    queries = _QueryPairs.build(data.query_pairs if mcfg.use_text else [], encoder,
+                                trainable_text, mcfg, device)
     # Popularity of targets: proposal of in-batch negatives for the logQ correction.
     counts = np.bincount(arrays.tgt[arrays.tgt >= 0], minlength=n_items).astype(np.float64)
     log_unigram = torch.as_tensor(np.log((counts + 1e-3) / (counts + 1e-3).sum()), device=device)
-    prior, prior_linear = None, None
-    if mcfg.prior_weight > 0:
-        prior, prior_linear = _training_prior(mcfg, train_seqs, arrays, n_items, use_full)
     # Co-occurrence pairs (both directions) for the item-item loss.
     cooc_a, cooc_b = (torch.as_tensor(p, device=device) for p in (
         _cooccurrence_pairs(train_seqs, mcfg.cooc_window) if mcfg.cooc_loss_weight > 0
@@ -409,26 +410,10 @@ def train_two_tower(
             log.warning("ignoring checkpoint %s: it belongs to another config or data set", ckpt_path)
     resumed_from = start_epoch
 
-    if mcfg.amp and device.type == "cuda":
-        autocast: Any = torch.autocast("cuda", dtype=torch.bfloat16)
-    elif mcfg.cpu_bf16 and device.type == "cpu":
-        if not cpu_has_native_bf16():
-            log.warning(
-                "cpu_bf16=true on a CPU without native bf16 (no AVX512-BF16 or AMX; torch reports "
-                "%s): bf16 is emulated there and training runs several times slower (3.7-3.8x "
-                "per step on a 2-core AVX2 EPYC, BENCHMARKS.md); set cpu_bf16=false",
-                torch.backends.cpu.get_cpu_capability())
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16)
-    else:
-        autocast = _NullCtx()
-    all_idx = torch.arange(n_items, device=device)
-    t_inp = torch.as_tensor(arrays.inp)
-    t_tgt = torch.as_tensor(arrays.tgt)
-    t_len = torch.as_tensor(arrays.lengths)
-    t_typ = torch.as_tensor(arrays.types)
-    t_age = torch.as_tensor(arrays.ages)
-    texts = data.item_text
-    use_id_dropout = mcfg.use_id and mcfg.id_dropout > 0 and (mcfg.use_text or mcfg.use_side)
+    autocast = _autocast(mcfg, device)
+    runner = _EpochRunner(model, encoder, trainable_text, opt, sched, params, groups, arrays,
+                          queries, cooc_a, cooc_b, log_unigram, data.item_text, use_full,
+                          autocast, mcfg, device, progress)
 
     valid_eval = valid if valid is not None and len(valid) else None
     if valid_eval is not None and 0 < mcfg.valid_sample_users < len(valid_eval):
@@ -437,158 +422,16 @@ def train_two_tower(
                                                        replace=False)
         valid_eval = valid_eval.subset(np.sort(pick))
 
-    epoch = start_epoch
     for epoch in range(start_epoch + 1, mcfg.epochs + 1):
-        if stop_after_epochs is not None and epoch > start_epoch + stop_after_epochs:
-            break
-        # Per-epoch seeds: data order, dropout and ID-dropout do not depend on whether the
-        # run was resumed, so an interrupted run ends where an uninterrupted one does.
-        torch.manual_seed(mcfg.seed * 100_003 + epoch)
-        rng = np.random.default_rng([mcfg.seed, epoch])
-        if trainable_text and epoch == start_epoch + 1:
-            model.set_text_embeddings(encoder.embed(texts, mcfg.text_batch_size))
-        model.train()
-        if encoder is not None:
-            encoder.train(trainable_text)
-        batches = _length_bucketed_batches(arrays.lengths, mcfg.batch_size, rng)
-        t0 = time.time()
-        tot = tot_next = tot_q = tot_c = 0.0
-        bar = _progress(range(len(batches)), progress, f"epoch {epoch}/{mcfg.epochs}")
-        for step in bar:
-            rows_np = batches[step]
-            rows = torch.as_tensor(rows_np)
-            seq, tgt, lengths = t_inp[rows].to(device), t_tgt[rows].to(device), t_len[rows].to(device)
-            typ, age = t_typ[rows].to(device), t_age[rows].to(device)
-            L_used = int(lengths.max())
-            seq, tgt, typ, age = seq[:, :L_used], tgt[:, :L_used], typ[:, :L_used], age[:, :L_used]
-            valid_pos = tgt >= 0
-            targets = tgt[valid_pos]
-            id_keep = (torch.rand(n_items, device=device) >= mcfg.id_dropout) if use_id_dropout else None
-            batch_items = torch.unique(torch.cat([seq[valid_pos], targets]))
-            with autocast:
-                if use_full:
-                    cand = all_idx
-                    seq_c, tgt_c = seq, targets
-                else:
-                    neg = torch.randint(0, n_items, (mcfg.n_negatives,), device=device)
-                    cand, inverse = torch.unique(torch.cat([seq.reshape(-1), targets, neg]),
-                                                 return_inverse=True)
-                    seq_c = inverse[: seq.numel()].view_as(seq)
-                    tgt_c = inverse[seq.numel(): seq.numel() + len(targets)]
-                text_rows = None
-                if trainable_text:
-                    text_rows = model.item_text_emb[cand].clone()
-                    sub = batch_items[: mcfg.max_text_items_per_step]
-                    pos_in_cand = torch.searchsorted(cand, sub)
-                    fresh = encoder([texts[i] for i in sub.tolist()]).to(text_rows.dtype)
-                    text_rows = text_rows.index_put((pos_in_cand,), fresh)
-                items = model.item_vectors(cand, text_emb=text_rows,
-                                           id_keep=id_keep[cand] if id_keep is not None else None)
-                states = model.user_states(items, seq_c, lengths, typ, age)
-                # Temperature folded into the (N, d) side: one pass less over (N, n_items).
-                h = states[valid_pos] * model.inv_temperature
-                m_rows = m_cols = log_q = None
-                if use_full and mcfg.exclude_history_negatives:
-                    m_rows, m_cols = _history_mask(seq, valid_pos, targets)
-                if not use_full:
-                    # logQ correction: candidates were proposed by popularity (in-batch) and
-                    # uniformly; subtracting log q keeps the softmax unbiased.
-                    q = (len(targets) * log_unigram[cand].exp() + mcfg.n_negatives / n_items)
-                    log_q = -torch.log(q.clamp_min(1e-12))
-                # softmax over every candidate, computed in chunks (ecrec_lib.training.losses)
-                row_bias = None
-                if prior is not None:
-                    pos_ids = (rows_np[:, None] * mcfg.max_seq_len + np.arange(L_used)[None, :])[
-                        valid_pos.cpu().numpy()]
-                    row_bias = batch_prior(prior, pos_ids, mcfg.prior_weight, device)
-                loss_next = catalog_cross_entropy(h, items, tgt_c, m_rows, m_cols, log_q,
-                                                  row_bias=row_bias)
-                loss = loss_next
-                loss_q = torch.zeros((), device=device)
-                if len(pairs):
-                    sel = rng.choice(len(pairs), size=min(mcfg.query_batch_size, len(pairs)), replace=False)
-                    if trainable_text:
-                        qv = model.query_vectors(encoder([q_texts[r] for r in q_rows[sel]]))
-                    else:
-                        qv = model.query_vectors(q_emb[torch.as_tensor(q_rows[sel], device=device)])
-                    q_tgt = torch.as_tensor(q_items[sel], device=device)
-                    if use_full:
-                        q_logits = (qv * model.inv_temperature) @ items.T
-                        q_lab = q_tgt
-                    else:
-                        q_cand = torch.unique(torch.cat([q_tgt, neg]))
-                        q_items_v = model.item_vectors(q_cand)
-                        q_logits = (qv * model.inv_temperature) @ q_items_v.T
-                        q_lab = torch.searchsorted(q_cand, q_tgt)
-                    w = torch.as_tensor(q_weights[sel], device=device)
-                    loss_q = (F.cross_entropy(q_logits.float(), q_lab, reduction="none") * w).sum() / w.sum()
-                    loss = loss + mcfg.query_loss_weight * loss_q
-                loss_c = torch.zeros((), device=device)
-                if len(cooc_a):
-                    sel = torch.as_tensor(rng.integers(0, len(cooc_a), mcfg.cooc_batch_size), device=device)
-                    a, b_ = cooc_a[sel], cooc_b[sel]
-                    if use_full:
-                        c_items, a_pos, b_pos = items, a, b_
-                    else:
-                        c_idx = torch.unique(torch.cat([a, b_, neg]))
-                        c_items = model.item_vectors(c_idx, id_keep=id_keep[c_idx] if id_keep is not None else None)
-                        a_pos, b_pos = torch.searchsorted(c_idx, a), torch.searchsorted(c_idx, b_)
-                    # an item is trivially closest to itself: it is not a candidate
-                    loss_c = catalog_cross_entropy(c_items[a_pos] * model.inv_temperature, c_items,
-                                                   b_pos, torch.arange(len(a_pos), device=device), a_pos)
-                    loss = loss + mcfg.cooc_loss_weight * loss_c
-            if not torch.isfinite(loss):
-                raise NaNLossError(
-                    f"loss became {loss.item()} at epoch {epoch}, step {step + 1}: training stopped "
-                    "and nothing is registered; lower the learning rate (learning_rate) or check "
-                    "the input data for extreme values"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if mcfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], mcfg.grad_clip)
-            opt.step()
-            sched.step()
-            tot += loss.item()
-            tot_next += loss_next.item()
-            tot_q += loss_q.item()
-            tot_c += loss_c.item()
-            if progress and hasattr(bar, "set_postfix"):
-                done = min((step + 1) * mcfg.batch_size, n_rows)
-                bar.set_postfix(loss=f"{tot / (step + 1):.4f}", seq_s=f"{done / (time.time() - t0):.0f}")
-        secs = time.time() - t0
-        if not all(torch.isfinite(p).all() for p in params):
-            raise NaNLossError(
-                f"model weights became NaN/inf in epoch {epoch}: training stopped and nothing is "
-                "registered; lower the learning rate (learning_rate)"
-            )
-        if trainable_text:  # the cached item text rows must follow the encoder's updates
-            model.set_text_embeddings(encoder.embed(texts, mcfg.text_batch_size))
-        row: dict[str, float] = {
-            "epoch": float(epoch),
-            "loss": tot / len(batches),
-            "next_item_loss": tot_next / len(batches),
-            "query_loss": tot_q / len(batches),
-            "cooc_loss": tot_c / len(batches),
-            "lr": float(sched.get_last_lr()[0]),
-            "train_seconds": secs,
-            "seq_per_s": n_rows / max(secs, 1e-9),
-        }
+        row = runner.run(epoch, first=epoch == start_epoch + 1)
         rec.invalidate()
         if valid_eval is not None:
-            t1 = time.time()
-            fn = make_score_fn(rec, valid_eval, data)
-            if prior_linear is not None:
-                fn = _with_prior(fn, valid_eval, prior_linear, mcfg, float(model.inv_temperature.detach()))
-            m = evaluate_scores(fn, valid_eval, n_items, ks=(10,), batch_size=mcfg.eval_batch_size,
-                                beyond_accuracy=False)
-            row["valid_ndcg@10"] = m["ndcg@10"]
-            row["valid_recall@10"] = m["recall@10"]
-            row["eval_seconds"] = time.time() - t1
-            if m["ndcg@10"] > best["ndcg"]:
-                best = {"epoch": epoch, "ndcg": m["ndcg@10"], "model": _state_copy(model),
+            m = _validate(rec, valid_eval, data, mcfg)
+            row.update(m)
+            if m["valid_ndcg@10"] > best["ndcg"]:
+                best = {"epoch": epoch, "ndcg": m["valid_ndcg@10"], "model": _state_copy(model),
                         "text": _state_copy(encoder) if trainable_text else None,
-                        "valid": {"ndcg@10": m["ndcg@10"], "recall@10": m["recall@10"]}}
+                        "valid": {"ndcg@10": m["valid_ndcg@10"], "recall@10": m["valid_recall@10"]}}
                 bad_epochs = 0
             else:
                 bad_epochs += 1
@@ -597,15 +440,12 @@ def train_two_tower(
         if on_epoch is not None:
             on_epoch(row)
         if ckpt_path is not None:
-            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = ckpt_path.with_suffix(".tmp")
-            torch.save(_plain({
+            _save_checkpoint(ckpt_path, {
                 "key": key, "epoch": epoch, "model": _state_copy(model),
                 "text": _state_copy(encoder) if trainable_text else None,
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "history": history, "best": best, "bad_epochs": bad_epochs,
-            }), tmp)
-            tmp.replace(ckpt_path)  # atomic: an interruption never leaves half a checkpoint
+            })
         if valid_eval is not None and bad_epochs >= mcfg.patience:
             log.info("early stop after epoch %d (best epoch %d)", epoch, best["epoch"])
             break
@@ -615,33 +455,295 @@ def train_two_tower(
         if trainable_text and best["text"] is not None:
             encoder.load_state_dict(best["text"])
     if trainable_text:
-        model.set_text_embeddings(encoder.embed(texts, mcfg.text_batch_size))
+        model.set_text_embeddings(encoder.embed(data.item_text, mcfg.text_batch_size))
     model.eval()
     rec.invalidate()
     rec.metadata.update({"best_epoch": best["epoch"], "fingerprint": fingerprint,
                           "model_config": mcfg.to_dict()})
     if mcfg.cooc_blend and valid_eval is not None:
-        rec.blend, report = _fit_blend(rec, data, train_seqs, valid_eval, mcfg, prior_linear,
-                                       text_emb, neighbourhood)
+        rec.blend, report = _fit_blend(rec, data, train_seqs, valid_eval, mcfg, text_emb,
+                                       neighbourhood)
         rec.metadata["blend"] = report
     return TrainResult(rec, history, best["epoch"], best["valid"], fingerprint, resumed_from, data)
 
 
+@dataclass
+class _QueryPairs:
+    """Search-box (query, item, weight) pairs for the query loss; ``emb``: frozen query text
+    embeddings computed once (None when the encoder trains, which re-encodes each step)."""
+
+    texts: list[str]
+    rows: np.ndarray  # query row of each pair
+    items: np.ndarray
+    weights: np.ndarray
+    emb: torch.Tensor | None
+
+    @property
+    def n(self) -> int:
+        return len(self.rows)
+
+    @classmethod
+    def build(cls, pairs: Sequence[tuple[str, int, float]], encoder: TextEncoder | None,
+              trainable_text: bool, mcfg: ModelConfig, device: torch.device) -> _QueryPairs:
+        texts = sorted({q for q, _, _ in pairs})
+        index = {q: i for i, q in enumerate(texts)}
+        emb = None
+        if len(pairs) and not trainable_text:
+            assert encoder is not None
+            emb = torch.as_tensor(encoder.embed(texts, mcfg.text_batch_size), device=device)
+        return cls(texts, np.asarray([index[q] for q, _, _ in pairs], dtype=np.int64),
+                   np.asarray([i for _, i, _ in pairs], dtype=np.int64),
+                   np.asarray([w for _, _, w in pairs], dtype=np.float32), emb)
+
+
+def _autocast(mcfg: ModelConfig, device: torch.device) -> Any:
+    """bf16 autocast on CUDA (``amp``) or on CPU (``cpu_bf16``), else a no-op context."""
+    if mcfg.amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if mcfg.cpu_bf16 and device.type == "cpu":
+        if not cpu_has_native_bf16():
+            log.warning(
+                "cpu_bf16=true on a CPU without native bf16 (no AVX512-BF16 or AMX; torch reports "
+                "%s): bf16 is emulated there and training runs several times slower (3.7-3.8x "
+                "per step on a 2-core AVX2 EPYC, BENCHMARKS.md); set cpu_bf16=false",
+                torch.backends.cpu.get_cpu_capability())
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return _NullCtx()
+
+
+def _candidate_ids(seq: torch.Tensor, targets: torch.Tensor, neg: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sampled softmax: the step's candidate items (history, targets, uniform negatives) and
+    the history and targets as positions in them."""
+    cand, inverse = torch.unique(torch.cat([seq.reshape(-1), targets, neg]), return_inverse=True)
+    return (cand, inverse[: seq.numel()].view_as(seq),
+            inverse[seq.numel(): seq.numel() + len(targets)])
+
+
+def _fresh_text_rows(model: TwoTowerModel, encoder: TextEncoder, texts: Sequence[str],
+                     cand: torch.Tensor, batch_items: torch.Tensor, mcfg: ModelConfig) -> torch.Tensor:
+    """The candidates' text rows, the step's own items re-encoded with gradient (finetune)."""
+    rows = model.item_text_emb[cand].clone()
+    sub = batch_items[: mcfg.max_text_items_per_step]
+    fresh = encoder([texts[i] for i in sub.tolist()]).to(rows.dtype)
+    return rows.index_put((torch.searchsorted(cand, sub),), fresh)
+
+
+def _next_item_loss(model: TwoTowerModel, items: torch.Tensor, seq: torch.Tensor,
+                    seq_c: torch.Tensor, lengths: torch.Tensor, typ: torch.Tensor,
+                    valid_pos: torch.Tensor, targets: torch.Tensor, tgt_c: torch.Tensor,
+                    cand: torch.Tensor, log_unigram: torch.Tensor, use_full: bool,
+                    mcfg: ModelConfig) -> torch.Tensor:
+    """Softmax cross-entropy of every position's next item over the candidates (the whole
+    catalog, or sampled with a logQ correction), the position's seen items masked out."""
+    states = model.user_states(items, seq_c, lengths, typ)
+    # Temperature folded into the (N, d) side: one pass less over (N, n_items).
+    h = states[valid_pos] * model.inv_temperature
+    m_rows = m_cols = log_q = None
+    if use_full and mcfg.exclude_history_negatives:
+        m_rows, m_cols = _history_mask(seq, valid_pos, targets)
+    if not use_full:
+        # logQ correction: candidates were proposed by popularity (in-batch) and uniformly;
+        # subtracting log q keeps the softmax unbiased.
+        n_items = model.n_items
+        q = len(targets) * log_unigram[cand].exp() + mcfg.n_negatives / n_items
+        log_q = -torch.log(q.clamp_min(1e-12))
+    return catalog_cross_entropy(h, items, tgt_c, m_rows, m_cols, log_q)
+
+
+def _query_loss(model: TwoTowerModel, queries: _QueryPairs, items: torch.Tensor,
+                neg: torch.Tensor | None, encoder: TextEncoder | None, trainable_text: bool,
+                rng: np.random.Generator, use_full: bool, mcfg: ModelConfig) -> torch.Tensor:
+    """Weighted cross-entropy of a sample of search queries against their clicked items."""
+    device = items.device
+    sel = rng.choice(queries.n, size=min(mcfg.query_batch_size, queries.n), replace=False)
+    if trainable_text:
+        assert encoder is not None
+        qv = model.query_vectors(encoder([queries.texts[r] for r in queries.rows[sel]]))
+    else:
+        assert queries.emb is not None
+        qv = model.query_vectors(queries.emb[torch.as_tensor(queries.rows[sel], device=device)])
+    q_tgt = torch.as_tensor(queries.items[sel], device=device)
+    if use_full:
+        logits, labels = (qv * model.inv_temperature) @ items.T, q_tgt
+    else:
+        assert neg is not None
+        q_cand = torch.unique(torch.cat([q_tgt, neg]))
+        logits = (qv * model.inv_temperature) @ model.item_vectors(q_cand).T
+        labels = torch.searchsorted(q_cand, q_tgt)
+    w = torch.as_tensor(queries.weights[sel], device=device)
+    return (F.cross_entropy(logits.float(), labels, reduction="none") * w).sum() / w.sum()
+
+
+def _cooc_loss(model: TwoTowerModel, items: torch.Tensor, cooc_a: torch.Tensor,
+               cooc_b: torch.Tensor, neg: torch.Tensor | None, id_keep: torch.Tensor | None,
+               rng: np.random.Generator, use_full: bool, mcfg: ModelConfig) -> torch.Tensor:
+    """Item-item cross-entropy: an item predicts an item bought near it (both orders)."""
+    device = items.device
+    sel = torch.as_tensor(rng.integers(0, len(cooc_a), mcfg.cooc_batch_size), device=device)
+    a, b = cooc_a[sel], cooc_b[sel]
+    if use_full:
+        c_items, a_pos, b_pos = items, a, b
+    else:
+        assert neg is not None
+        c_idx = torch.unique(torch.cat([a, b, neg]))
+        c_items = model.item_vectors(c_idx, id_keep=id_keep[c_idx] if id_keep is not None else None)
+        a_pos, b_pos = torch.searchsorted(c_idx, a), torch.searchsorted(c_idx, b)
+    # an item is trivially closest to itself: it is not a candidate
+    return catalog_cross_entropy(c_items[a_pos] * model.inv_temperature, c_items, b_pos,
+                                 torch.arange(len(a_pos), device=device), a_pos)
+
+
+def _validate(rec: TwoTowerRecommender, valid: EvalSet, data: TrainingData,
+              mcfg: ModelConfig) -> dict[str, float]:
+    """The epoch's validation row: the towers' NDCG@10 and recall@10 (early stopping)."""
+    t0 = time.time()
+    m = evaluate_scores(make_score_fn(rec, valid, data), valid, data.n_items, ks=(10,),
+                        batch_size=mcfg.eval_batch_size, beyond_accuracy=False)
+    return {"valid_ndcg@10": m["ndcg@10"], "valid_recall@10": m["recall@10"],
+            "eval_seconds": time.time() - t0}
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write the state atomically: an interruption never leaves half a checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(_plain(state), tmp)
+    tmp.replace(path)
+
+
+class _EpochRunner:
+    """One pass over the training windows: the step's candidates, its three losses (next
+    item, search queries, co-occurrence), the update, and the epoch's history row."""
+
+    def __init__(self, model: TwoTowerModel, encoder: TextEncoder | None, trainable_text: bool,
+                 opt: torch.optim.Optimizer, sched: Any, params: list[torch.nn.Parameter],
+                 groups: list[dict[str, Any]], arrays: _SeqArrays, queries: _QueryPairs,
+                 cooc_a: torch.Tensor, cooc_b: torch.Tensor, log_unigram: torch.Tensor,
+                 texts: Sequence[str], use_full: bool, autocast: Any, mcfg: ModelConfig,
+                 device: torch.device, progress: bool) -> None:
+        self.model, self.encoder, self.trainable_text = model, encoder, trainable_text
+        self.opt, self.sched, self.params, self.groups = opt, sched, params, groups
+        self.lengths = arrays.lengths
+        self.t_inp, self.t_tgt = torch.as_tensor(arrays.inp), torch.as_tensor(arrays.tgt)
+        self.t_len, self.t_typ = torch.as_tensor(arrays.lengths), torch.as_tensor(arrays.types)
+        self.queries, self.cooc_a, self.cooc_b = queries, cooc_a, cooc_b
+        self.log_unigram, self.texts, self.use_full = log_unigram, texts, use_full
+        self.autocast, self.mcfg, self.device, self.progress = autocast, mcfg, device, progress
+        self.n_items = model.n_items
+        self.all_idx = torch.arange(self.n_items, device=device)
+        self.use_id_dropout = mcfg.use_id and mcfg.id_dropout > 0 and (mcfg.use_text or mcfg.use_side)
+
+    def run(self, epoch: int, first: bool) -> dict[str, float]:
+        """Train one epoch (``first``: the first of this call, resumed or not); its row."""
+        mcfg, model, encoder = self.mcfg, self.model, self.encoder
+        # Per-epoch seeds: data order, dropout and ID-dropout do not depend on whether the
+        # run was resumed, so an interrupted run ends where an uninterrupted one does.
+        torch.manual_seed(mcfg.seed * 100_003 + epoch)
+        rng = np.random.default_rng([mcfg.seed, epoch])
+        if self.trainable_text and first:
+            model.set_text_embeddings(encoder.embed(self.texts, mcfg.text_batch_size))
+        model.train()
+        if encoder is not None:
+            encoder.train(self.trainable_text)
+        batches = _length_bucketed_batches(self.lengths, mcfg.batch_size, rng)
+        t0 = time.time()
+        tot = tot_next = tot_q = tot_c = 0.0
+        bar = _progress(range(len(batches)), self.progress, f"epoch {epoch}/{mcfg.epochs}")
+        for step in bar:
+            loss, loss_next, loss_q, loss_c = self._step(batches[step], rng)
+            if not torch.isfinite(loss):
+                raise NaNLossError(
+                    f"loss became {loss.item()} at epoch {epoch}, step {step + 1}: training stopped "
+                    "and nothing is registered; lower the learning rate (learning_rate) or check "
+                    "the input data for extreme values"
+                )
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if mcfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_([p for g in self.groups for p in g["params"]],
+                                               mcfg.grad_clip)
+            self.opt.step()
+            self.sched.step()
+            tot += loss.item()
+            tot_next += loss_next.item()
+            tot_q += loss_q.item()
+            tot_c += loss_c.item()
+            if self.progress and hasattr(bar, "set_postfix"):
+                done = min((step + 1) * mcfg.batch_size, len(self.lengths))
+                bar.set_postfix(loss=f"{tot / (step + 1):.4f}", seq_s=f"{done / (time.time() - t0):.0f}")
+        secs = time.time() - t0
+        if not all(torch.isfinite(p).all() for p in self.params):
+            raise NaNLossError(
+                f"model weights became NaN/inf in epoch {epoch}: training stopped and nothing is "
+                "registered; lower the learning rate (learning_rate)"
+            )
+        if self.trainable_text:  # the cached item text rows must follow the encoder's updates
+            model.set_text_embeddings(encoder.embed(self.texts, mcfg.text_batch_size))
+        return {
+            "epoch": float(epoch),
+            "loss": tot / len(batches),
+            "next_item_loss": tot_next / len(batches),
+            "query_loss": tot_q / len(batches),
+            "cooc_loss": tot_c / len(batches),
+            "lr": float(self.sched.get_last_lr()[0]),
+            "train_seconds": secs,
+            "seq_per_s": len(self.lengths) / max(secs, 1e-9),
+        }
+
+    def _step(self, rows_np: np.ndarray, rng: np.random.Generator
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(total loss, next-item loss, query loss, co-occurrence loss) of one batch."""
+        mcfg, model, device = self.mcfg, self.model, self.device
+        rows = torch.as_tensor(rows_np)
+        seq, tgt = self.t_inp[rows].to(device), self.t_tgt[rows].to(device)
+        lengths, typ = self.t_len[rows].to(device), self.t_typ[rows].to(device)
+        L_used = int(lengths.max())
+        seq, tgt, typ = seq[:, :L_used], tgt[:, :L_used], typ[:, :L_used]
+        valid_pos = tgt >= 0
+        targets = tgt[valid_pos]
+        id_keep = ((torch.rand(self.n_items, device=device) >= mcfg.id_dropout)
+                   if self.use_id_dropout else None)
+        batch_items = torch.unique(torch.cat([seq[valid_pos], targets]))
+        with self.autocast:
+            neg = None if self.use_full else torch.randint(0, self.n_items, (mcfg.n_negatives,),
+                                                           device=device)
+            cand, seq_c, tgt_c = ((self.all_idx, seq, targets) if self.use_full
+                                  else _candidate_ids(seq, targets, neg))
+            text_rows = None
+            if self.trainable_text:
+                text_rows = _fresh_text_rows(model, self.encoder, self.texts, cand, batch_items, mcfg)
+            items = model.item_vectors(cand, text_emb=text_rows,
+                                       id_keep=id_keep[cand] if id_keep is not None else None)
+            loss_next = _next_item_loss(model, items, seq, seq_c, lengths, typ, valid_pos, targets,
+                                        tgt_c, cand, self.log_unigram, self.use_full, mcfg)
+            loss = loss_next
+            loss_q = torch.zeros((), device=device)
+            if self.queries.n:
+                loss_q = _query_loss(model, self.queries, items, neg, self.encoder,
+                                     self.trainable_text, rng, self.use_full, mcfg)
+                loss = loss + mcfg.query_loss_weight * loss_q
+            loss_c = torch.zeros((), device=device)
+            if len(self.cooc_a):
+                loss_c = _cooc_loss(model, items, self.cooc_a, self.cooc_b, neg, id_keep, rng,
+                                    self.use_full, mcfg)
+                loss = loss + mcfg.cooc_loss_weight * loss_c
+        return loss, loss_next, loss_q, loss_c
+
+
 def _fit_blend(rec: TwoTowerRecommender, data: TrainingData, train_seqs: Sequence[np.ndarray],
-               valid: EvalSet, mcfg: ModelConfig, linear: LinearTransitions | None = None,
-               text_emb: np.ndarray | None = None, neighbourhood: Neighbourhood | None = None,
-               ) -> tuple[Any, dict[str, Any]]:
+               valid: EvalSet, mcfg: ModelConfig, text_emb: np.ndarray | None = None,
+               neighbourhood: Neighbourhood | None = None) -> tuple[Any, dict[str, Any]]:
     """Fit the co-occurrence blend on the training sequences; weight chosen on ``valid``
-    (``linear``: the linear model already fitted on them, reused; ``text_emb``: the pretrained
-    text encoder's item vectors, for the learned ranker's text features; ``neighbourhood``:
-    the parts already fitted, reused).
+    (``text_emb``: the pretrained text encoder's item vectors, for the learned ranker's text
+    features; ``neighbourhood``: the parts already fitted, reused).
     Returns (None, report) when validation prefers the model alone (weight 0)."""
     from ecrec_lib.models.blend import fit_blend
 
-    model_scores = make_score_fn(rec, valid, data, blend=False)
+    model_scores = make_score_fn(rec, valid, data)
     valid_eval = _blend_valid_eval(valid, data, mcfg)
     if neighbourhood is None:
-        neighbourhood = fit_blend_neighbourhood(data, mcfg, train_seqs, valid, text_emb, linear)
+        neighbourhood = fit_blend_neighbourhood(data, mcfg, train_seqs, valid, text_emb)
     t0 = time.time()
     blend, report = fit_blend(train_seqs, data.n_items, float(rec.model.inv_temperature.detach()),
                               valid.histories, valid_eval, model_scores,
@@ -661,19 +763,16 @@ def _blend_valid_eval(valid: EvalSet, data: TrainingData, mcfg: ModelConfig
 
 
 def fit_blend_neighbourhood(data: TrainingData, mcfg: ModelConfig, train_seqs: Sequence[np.ndarray],
-                            valid: EvalSet, text_emb: np.ndarray | None = None,
-                            linear: LinearTransitions | None = None) -> Neighbourhood:
+                            valid: EvalSet, text_emb: np.ndarray | None = None) -> Neighbourhood:
     """The blend's neighbourhood parts (item-kNN tuned on ``valid``, user-kNN, the linear
     model, and the learned ranker when ``mcfg.ranker``), exactly as :func:`train_two_tower`
     fits them after training; none depends on the neural model, so one fit serves every model
     trained on the same split (pass it as ``train_two_tower(..., neighbourhood=)``).
-    ``text_emb``: the pretrained text encoder's item vectors (the ranker's text features);
-    ``linear``: the linear model already fitted on ``train_seqs``, reused."""
+    ``text_emb``: the pretrained text encoder's item vectors (the ranker's text features)."""
     from ecrec_lib.models.blend import fit_neighbourhood
 
     return fit_neighbourhood(train_seqs, data.n_items, valid.histories,
                              _blend_valid_eval(valid, data, mcfg),
-                             linear=linear if linear is not None else True,
                              ranker_fit=_ranker_fit(data, train_seqs, mcfg, text_emb)
                              if mcfg.ranker else None)
 
@@ -693,41 +792,10 @@ def _ranker_fit(data: TrainingData, train_seqs: Sequence[np.ndarray], mcfg: Mode
 
     def fit(item_knn: Any, user_knn: Any, linear: Any) -> tuple[Any, dict[str, Any]]:
         return fit_ranker(train_seqs, data.n_items, data.item_brand, data.item_category,
-                          (item_knn, user_knn, linear), times, RankerConfig(seed=mcfg.seed, boosters=mcfg.ranker_boosters),
-                          text_emb)  # no category paths: measured neutral (BENCHMARKS.md s. 17)
+                          (item_knn, user_knn, linear), times,
+                          RankerConfig(seed=mcfg.seed, boosters=mcfg.ranker_boosters), text_emb)
 
     return fit
-
-
-def _training_prior(mcfg: ModelConfig, train_seqs: Sequence[np.ndarray], arrays: _SeqArrays,
-                    n_items: int, use_full: bool) -> tuple[Any, LinearTransitions]:
-    """The out-of-fold linear prior of every training position, and the linear model fitted
-    on all training sequences (validation scores and the blend use it)."""
-    if not use_full:
-        raise ValueError(
-            f"prior_weight > 0 needs the full softmax, but this catalog ({n_items} items) trains "
-            f"with sampled negatives; set loss=full_softmax or prior_weight=0")
-    t0 = time.time()
-    row_users = np.asarray([u for u, s in enumerate(train_seqs) if len(s) >= 2], dtype=np.int64)
-    prior = out_of_fold_prior(train_seqs, row_users, arrays.inp, arrays.lengths, n_items,
-                              mcfg.prior_eps, mcfg.prior_keep, mcfg.prior_folds)
-    linear = LinearTransitions().fit(train_seqs, n_items)
-    log.info("training prior: %d entries over %d positions in %.1f s", prior.nnz,
-             int(arrays.lengths.sum()), time.time() - t0)
-    return prior, linear
-
-
-def _with_prior(fn: Callable[[np.ndarray], torch.Tensor], eval_set: EvalSet,
-                linear: LinearTransitions, mcfg: ModelConfig,
-                inv_temperature: float) -> Callable[[np.ndarray], torch.Tensor]:
-    """``fn``'s cosine rows plus the training prior on the same (cosine) scale."""
-    def wrapped(pos: np.ndarray) -> torch.Tensor:
-        cos = torch.as_tensor(fn(pos)).float()
-        hist = decayed_history_matrix([eval_set.histories[i] for i in pos], linear.n_items,
-                                      linear.decay, linear.max_history)
-        bias = log_prior_rows(hist @ linear.weights, mcfg.prior_eps, mcfg.prior_keep)
-        return cos + (mcfg.prior_weight / inv_temperature) * torch.as_tensor(bias.toarray())
-    return wrapped
 
 
 def _cooccurrence_pairs(seqs: Sequence[np.ndarray], window: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,15 +1,20 @@
-"""Non-neural baselines for the quality benchmark: popularity and co-occurrence item-kNN."""
+"""The served model's neighbourhood parts: item-kNN (co-occurrence), user-kNN (session
+neighbours) and the linear item-item model (SLIST), each fitted on item-index training
+sequences and scoring histories over the whole catalog; :class:`NeighbourhoodParts` holds one
+fit of the three and gives their distributions (what the blend and the ranker read)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 
-def popularity_scores(train_seqs: Sequence[np.ndarray], n_items: int) -> np.ndarray:
+def item_counts(train_seqs: Sequence[np.ndarray], n_items: int) -> np.ndarray:
     """(n_items,) float64 interaction counts over the training sequences."""
     if n_items < 1:
         raise ValueError("n_items must be >= 1")
@@ -83,7 +88,7 @@ class ItemKNN:
     def fit(self, train_seqs: Sequence[np.ndarray], n_items: int) -> ItemKNN:
         if self.window < 1:
             raise ValueError("window must be >= 1")
-        pop = popularity_scores(train_seqs, n_items)
+        pop = item_counts(train_seqs, n_items)
         rows, cols, vals = [], [], []
         for d, earlier, later in windowed_pairs(train_seqs, self.window):
             rows.append(earlier)
@@ -236,7 +241,7 @@ class LinearTransitions:
 
     Unlike item-kNN's normalized counts, the solve discounts items that are predictable from
     other history items, and its weights can be negative. On Amazon Beauty it beats item-kNN
-    and the ID-only sequential model alone (BENCHMARKS.md, sessions 10 and 11).
+    and the ID-only sequential model alone (BENCHMARKS.md, the linear model).
 
     Cost: three dense ``n_items`` x ``n_items`` float32 matrices and one Cholesky solve (~1-3
     min for 12k items on 2 cores), so catalogs above ``max_items`` are refused. The stored ``B``
@@ -330,3 +335,41 @@ def _keep_top_abs_per_row(m: np.ndarray, k: int) -> sp.csr_matrix:
                         shape=m.shape, dtype=np.float32)
     out.eliminate_zeros()
     return out
+
+
+def row_distribution(scores: Any, columns: np.ndarray | None = None, n_columns: int = 0
+                     ) -> torch.Tensor:
+    """Non-negative scores -> rows summing to 1 (all-zero rows stay zero), optionally laid out
+    over ``n_columns`` columns (model index -> column, -1 = absent)."""
+    k = torch.as_tensor(scores, dtype=torch.float32).clamp_min(0)
+    if columns is not None:
+        cols = np.asarray(columns, dtype=np.int64)
+        present = np.flatnonzero(cols >= 0)
+        out = torch.zeros(k.shape[0], n_columns, dtype=torch.float32)
+        out[:, torch.as_tensor(cols[present])] = k[:, torch.as_tensor(present)]
+        k = out
+    return k / k.sum(1, keepdim=True).clamp_min(1e-12)
+
+
+@dataclass
+class NeighbourhoodParts:
+    """Item-kNN, user-kNN and the linear model (None: left out) fitted on the same sequences."""
+
+    item_knn: ItemKNN
+    user_knn: UserKNN
+    linear: LinearTransitions | None
+
+    def distributions(self, histories: Sequence[np.ndarray]
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(p_item, p_user, p_linear or None) over the model's items."""
+        def dist(model: Any) -> np.ndarray | None:
+            return None if model is None else row_distribution(model.score(histories)).numpy()
+
+        p_item, p_user = dist(self.item_knn), dist(self.user_knn)
+        assert p_item is not None and p_user is not None
+        return p_item, p_user, dist(self.linear)
+
+    @property
+    def last_item_tables(self) -> tuple[Any, Any]:
+        """(item-kNN similarity, linear weights or None): what the last-item features read."""
+        return self.item_knn.sim, None if self.linear is None else self.linear.weights
