@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -105,13 +106,38 @@ class EcrecConfig:
     # --- feedback loop ---------------------------------------------------------
     feedback_drop_threshold: float = 0.5  # hit rate below (1 - this) x 7-day mean fails
 
+    # --- online serving (Redis) ---------------------------------------------------
+    online_redis_url: str = "redis://127.0.0.1:6379/0"  # may carry a password: logged redacted
+    online_key_prefix: str = "ecrec"  # every key the export writes starts with "<prefix>:"
+    online_old_version_ttl_s: int = 86400  # a replaced version lives this long (manual rollback)
+    # Keys of a version being written expire after this unless the export completes: a killed
+    # export leaves nothing behind for good. Must exceed the export's duration.
+    online_partial_ttl_s: int = 21600
+
     def to_dict(self) -> dict[str, Any]:
-        """All fields as plain values (safe to log: contains no secret)."""
-        return dataclasses.asdict(self)
+        """All fields as plain values, passwords in URLs masked (safe to log)."""
+        return {k: redact_url(v) if k.endswith(("_url", "_uri")) and isinstance(v, str) else v
+                for k, v in dataclasses.asdict(self).items()}
 
     @property
     def registry_uri(self) -> str:
         return self.mlflow_registry_uri or self.mlflow_tracking_uri
+
+
+_QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)[^&#]*", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its userinfo (``scheme://user:PASSWORD@host``) and any
+    ``password=`` query parameter replaced by ``***``; fit for logs and error messages."""
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        netloc, slash, path = rest.partition("/")
+        userinfo, at, host = netloc.rpartition("@")  # the last '@': a raw '@' in a password
+        if at and ":" in userinfo:
+            netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
+        url = f"{scheme}://{netloc}{slash}{path}"
+    return _QUERY_PASSWORD.sub(r"\g<head>***", url)
 
 
 def _coerce(name: str, raw: Any, typ: type) -> Any:
@@ -220,7 +246,18 @@ def _validate(cfg: EcrecConfig) -> None:
                 f"the DuckDB file name '{stem}.duckdb' equals warehouse_schema '{stem}', which makes "
                 "DuckDB table names ambiguous; rename the file (e.g. warehouse.duckdb) or the schema"
             )
-    for name in ("lookback_days", "max_seq_len", "top_k", "embedding_dim", "batch_size", "epochs"):
+    if not cfg.online_redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(
+            f"online_redis_url must start with redis://, rediss:// or unix://, got "
+            f"{redact_url(cfg.online_redis_url)!r}; fix ECREC_ONLINE_REDIS_URL or the YAML file"
+        )
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", cfg.online_key_prefix):
+        raise ConfigError(
+            f"online_key_prefix may hold letters, digits, '_', '.' and '-' only (it is matched "
+            f"as a glob when old versions are expired), got {cfg.online_key_prefix!r}"
+        )
+    for name in ("lookback_days", "max_seq_len", "top_k", "embedding_dim", "batch_size", "epochs",
+                 "online_old_version_ttl_s", "online_partial_ttl_s"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"config key '{name}' must be positive, got {getattr(cfg, name)}")
 
@@ -281,5 +318,6 @@ __all__ = [
     "add_config_args",
     "config_from_args",
     "load_config",
+    "redact_url",
     "resolve_pseudonymization_key",
 ]
