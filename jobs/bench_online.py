@@ -58,7 +58,7 @@ def write_synthetic_night(lake: Lake, users: int, k: int, items: int, n_related:
     """A night of the real table layout, built in Arrow (no per-row Python objects)."""
     rng = np.random.default_rng(seed)
     item_ids = pa.array([f"B{n:09d}" for n in range(items)])
-    keys = pa.array([user_key(u) for u in range(users)])
+    keys = pa.array(sorted(user_key(u) for u in range(users)))  # score_topk sorts by user_key
     rows = users * k
     picks = rng.integers(0, items, rows)
     scores = np.sort(rng.random((users, k)), axis=1)[:, ::-1].ravel()

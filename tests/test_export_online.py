@@ -128,6 +128,16 @@ def test_export_reads_back_every_list(r, prefix, lake_dir):
     assert r.get(online.lock_key(prefix)) is None  # released
 
 
+def test_rows_in_any_order_are_grouped_by_list(r, prefix, lake_dir):
+    write_night(lake_dir, D1, seed=1)
+    lake = Lake(str(lake_dir))
+    expected = lake_lists(lake_dir, "user_topk", D1)
+    shuffled = read_table("user_topk", lake, D1).sample(frac=1.0, random_state=3)
+    write_atomic("user_topk", shuffled, lake, D1)
+    export_night(r, lake, D1, settings(prefix))
+    assert {u: get_user_recs(r, u, K, prefix=prefix) for u in expected} == expected
+
+
 def test_second_night_switches_atomically_for_a_polling_reader(r, prefix, lake_dir, redis_url):
     n_users = 300
     write_night(lake_dir, D1, seed=1, n_users=n_users)

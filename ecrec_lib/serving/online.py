@@ -274,25 +274,36 @@ def read_lists(lake: Lake, table: str, key_col: str, item_col: str, ds: str) -> 
         if data[col].null_count:
             raise ValueError(f"{path}: {data[col].null_count} rows with a null {col}; re-run "
                              f"`python -m jobs.score_topk --ds {ds}`")
-    data = data.sort_by([(key_col, "ascending"), ("rank", "ascending")])
-    keys = data[key_col].combine_chunks()
-    n = len(keys)
-    if n == 0:
-        return ScoreLists([], np.zeros(1, np.int64), np.empty(0, object), np.empty(0))
-    changed = pc.not_equal(keys.slice(1), keys.slice(0, n - 1)).to_numpy(zero_copy_only=False)
-    starts = np.concatenate([[0], np.flatnonzero(changed) + 1, [n]]).astype(np.int64)
-    ranks = data["rank"].to_numpy()
-    same_list = np.ones(n, bool)
-    same_list[starts[:-1]] = False
-    if (np.diff(ranks, prepend=0)[same_list] <= 0).any():
-        raise ValueError(f"{path}: a list holds the same rank twice; re-run "
-                         f"`python -m jobs.score_topk --ds {ds}`")
+    keys, starts, in_order = _runs(data, key_col)
+    if not in_order:  # scoring writes the tables sorted; sort (slow at 10M rows) only if not
+        data = data.sort_by([(key_col, "ascending"), ("rank", "ascending")])
+        keys, starts, in_order = _runs(data, key_col)
+        if not in_order:
+            raise ValueError(f"{path}: a list holds the same rank twice; re-run "
+                             f"`python -m jobs.score_topk --ds {ds}`")
     # Item ids repeat across lists: one Python string per distinct id, shared by reference.
     encoded = pc.dictionary_encode(data[item_col].combine_chunks())
     items = np.asarray(encoded.dictionary.to_pylist(), dtype=object)[
         encoded.indices.to_numpy(zero_copy_only=False)]
     scores = np.round(data["score"].to_numpy(), SCORE_DECIMALS)
     return ScoreLists(keys.take(pa.array(starts[:-1])).to_pylist(), starts, items, scores)
+
+
+def _runs(data: pa.Table, key_col: str) -> tuple[pa.Array, np.ndarray, bool]:
+    """The key column, the offsets of its runs of equal keys, and whether the rows are in
+    (key, rank) order with ranks strictly increasing within each key."""
+    keys = data[key_col].combine_chunks()
+    n = len(keys)
+    if n == 0:
+        return keys, np.zeros(1, np.int64), True
+    head, tail = keys.slice(0, n - 1), keys.slice(1)
+    changed = pc.not_equal(tail, head).to_numpy(zero_copy_only=False)
+    starts = np.concatenate([[0], np.flatnonzero(changed) + 1, [n]]).astype(np.int64)
+    same_list = np.ones(n, bool)
+    same_list[starts[:-1]] = False
+    ranks_up = not (np.diff(data["rank"].to_numpy(), prepend=0)[same_list] <= 0).any()
+    keys_up = not pc.any(pc.less(tail, head)).as_py()
+    return keys, starts, ranks_up and keys_up
 
 
 def model_versions(lake: Lake, ds: str) -> str:
