@@ -5,8 +5,9 @@
 
 Writes a synthetic night (user_topk: users x k rows with 64-hex user keys; item_related:
 items x n_related) into a temporary lake, runs the real export (lake read, encoding,
-pipelined writes, verification, pointer switch) and reports keys/s and rows/s per phase.
-Then a second process makes ``--lookups`` calls of ``get_user_recs`` (pointer + list, the
+pipelined writes, verification, pointer switch) and reports keys/s and rows/s per phase and
+the CPU seconds the exporter and the Redis server spent (on a busy machine, wall time mostly
+measures waiting for a core). Then a second process makes ``--lookups`` calls of ``get_user_recs`` (pointer + list, the
 whole list decoded) for random users and reports p50/p99/max latency. Every key the run wrote
 (its own prefix) is deleted at the end. Use a Redis database nobody else uses.
 """
@@ -100,6 +101,11 @@ def lookup_worker(url: str, prefix: str, users: int, k: int, lookups: int) -> di
             "mean_ms": float(ms.mean())}
 
 
+def _redis_cpu(r) -> float:  # noqa: ANN001 - a redis client
+    info = r.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def _delete_prefix(r, prefix: str) -> int:  # noqa: ANN001 - a redis client
     n = 0
     batch: list[str] = []
@@ -140,8 +146,10 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             write_synthetic_night(lake, args.users, args.k, args.items, args.n_related)
             gen_s = time.perf_counter() - t0
+            cpu0, redis_cpu0 = time.process_time(), _redis_cpu(r)
             res = export_night(r, lake, DS, OnlineSettings(prefix=prefix,
                                                            batch_size=args.batch_size))
+            cpu_s, redis_cpu_s = time.process_time() - cpu0, _redis_cpu(r) - redis_cpu0
         mem1 = int(r.info("memory")["used_memory"])
         proc = subprocess.run(
             [sys.executable, "-m", "jobs.bench_online", "--lookup-worker", prefix,
@@ -164,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{rows / sec['total']:,.0f} rows/s (read lake {sec['read']:.1f} s, encode+write "
           f"{sec['write']:.1f} s = {res.n_keys / sec['write']:,.0f} keys/s, verify "
           f"{sec['verify']:.1f} s, switch {sec['switch'] * 1000:.1f} ms, retire "
-          f"{sec['retire']:.2f} s)")
+          f"{sec['retire']:.2f} s); CPU: exporter {cpu_s:.1f} s = {res.n_keys / cpu_s:,.0f} "
+          f"keys per CPU-second, Redis server {redis_cpu_s:.1f} s (all its clients)")
     print(f"look-ups ({look['lookups']:,} get_user_recs, k={args.k}, second process): "
           f"p50 {look['p50_ms']:.3f} ms, p99 {look['p99_ms']:.3f} ms, max {look['max_ms']:.2f} "
           f"ms, mean {look['mean_ms']:.3f} ms; missing or short lists: {look['missing_or_short']}")
