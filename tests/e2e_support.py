@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,6 +45,9 @@ def pipeline_env(root: Path, **extra: str) -> dict[str, str]:
         ECREC_SPARK_DRIVER_MEMORY="1g",
         ECREC_TOP_K="20",
         ECREC_N_QUERIES="20",
+        # The nightly DAG exports to Redis: the test Redis, under a prefix of this run's own.
+        ECREC_ONLINE_REDIS_URL=os.environ.get("ECREC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        ECREC_ONLINE_KEY_PREFIX=f"ecrec_e2e_{uuid.uuid4().hex[:10]}",
         SPARK_LOCAL_IP="127.0.0.1",
         GX_ANALYTICS_ENABLED="False",
         MLFLOW_DISABLE_TELEMETRY="true",
