@@ -219,6 +219,16 @@ def test_older_night_is_skipped_unless_allowed(r, prefix, lake_dir):
     assert current_version(r, prefix) == back.version and back.previous == v2
 
 
+def test_an_existing_version_is_never_overwritten(r, prefix, lake_dir):
+    write_night(lake_dir, D1, seed=1)
+    lake = Lake(str(lake_dir))
+    first = export_night(r, lake, D1, settings(prefix), run_id="nightly1")
+    with pytest.raises(OnlineExportError, match="exists already"):
+        export_night(r, lake, D1, settings(prefix), run_id="nightly1")
+    assert current_version(r, prefix) == first.version == f"{D1}-nightly1"
+    assert {r.ttl(k) for k in version_keys(r, prefix, first.version)} == {-1}
+
+
 _KILL_AFTER_TWO_BATCHES = textwrap.dedent("""
     import os, signal, sys
     import redis.client

@@ -431,6 +431,9 @@ def export_night(r: redis.Redis, lake: Lake, ds: str, s: OnlineSettings,
             result.skipped = (f"Redis serves {previous}, newer than ds={ds}; pass "
                               "--allow-older to serve an older night")
             return result
+        if version == previous or r.exists(meta_key(s.prefix, version)):
+            raise OnlineExportError(f"version {version} exists already: pass another run id "
+                                    "(or none, for a random one)")
         sweep_versions(r, s, previous, writer)
         _write_version(r, s, writer, version, ds, run_id, lists, models, result)
         t1 = time.perf_counter()
