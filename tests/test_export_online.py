@@ -333,7 +333,13 @@ def test_job_exit_codes_for_bad_input(r, prefix, lake_dir, redis_url, monkeypatc
     write_atomic("user_topk", df, Lake(str(lake_dir)), D1)
     assert export_online.main(["--ds", D1, "--lake", str(lake_dir)]) == 1
     assert "same rank twice" in capsys.readouterr().err
-    assert current_version(r, prefix) is None
+    df.loc[1, "rank"] = 2
+    df.loc[df["user_key"] == df["user_key"].iat[0], "user_key"] = "alice@example.com"
+    write_atomic("user_topk", df, Lake(str(lake_dir)), D1)
+    assert export_online.main(["--ds", D1, "--lake", str(lake_dir)]) == 1
+    err = capsys.readouterr().err
+    assert "1 user_key values are not pseudonymized" in err and "alice" not in err
+    assert current_version(r, prefix) is None and not list(r.scan_iter(match=f"{prefix}:*"))
 
 
 def test_recommend_online(r, prefix, lake_dir, redis_url, monkeypatch, capsys):

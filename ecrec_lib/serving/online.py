@@ -52,6 +52,8 @@ LOCK_TTL_S = 60
 SAMPLE_CHECKS = 100  # lists read back and compared before the switch
 SCORE_DECIMALS = 6  # scores are rounded in the payload; the order is the rank
 _RUN_ID = re.compile(r"[A-Za-z0-9_.]{1,64}")
+# A user_key is HMAC-SHA256 hex (the clean_events contract, expectations/clean_events.py).
+PSEUDONYMOUS_KEY = r"^[0-9a-f]{64}$"
 # (kind in the key, lake table, list key column, recommended item column)
 KINDS = (("user", "user_topk", "user_key", "item_id"),
          ("item", "item_related", "item_id", "related_item_id"))
@@ -418,6 +420,12 @@ def export_night(r: redis.Redis, lake: Lake, ds: str, s: OnlineSettings,
     if not lists["user"].keys:
         raise ValueError(f"scores/user_topk/ds={ds} holds no lists: nothing to serve; check "
                          f"the scoring run of {ds}")
+    raw = pc.sum(pc.invert(pc.match_substring_regex(pa.array(lists["user"].keys),
+                                                    PSEUDONYMOUS_KEY))).as_py()
+    if raw:  # the values themselves are not shown: they may be raw ids
+        raise ValueError(f"scores/user_topk/ds={ds}: {raw} user_key values are not pseudonymized "
+                         "keys (64 hex characters); raw user ids must never reach Redis. Re-run "
+                         f"clean_events and score_topk for {ds}")
     models = model_versions(lake, ds)
     result = ExportResult(ds=ds, version=version, previous=None,
                           seconds={"read": time.perf_counter() - t0})
