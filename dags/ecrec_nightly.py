@@ -9,7 +9,8 @@ as a subprocess; the job's log is streamed into the task log.
 wait_for_raw_events → validate_raw → clean → validate_clean → build_features
   → validate_features → decide_training ─┬─ train → register → promote ─┐
                                           └─ keep_champion ──────────────┴→ score
-  → validate_scores → publish → report
+  → validate_scores → publish ─┬→ report
+                               └→ export_online
 ```
 
 * **Data contracts**: Great Expectations suites run on raw, clean, feature and score
@@ -18,6 +19,9 @@ wait_for_raw_events → validate_raw → clean → validate_clean → build_feat
   the last training, no champion yet, or the `force_training` param); `skip_training`
   overrides. The promotion gate moves the `champion` alias only when the challenger wins.
 * **Publishing** is atomic: a failed run leaves yesterday's warehouse tables intact.
+* **Online serving**: `export_online` writes the user and related-item lists to Redis as a
+  new version and switches readers to it atomically; if it fails, readers keep the previous
+  night and the warehouse stays published (re-run the task).
 * Re-running a date replaces exactly its partitions; backfills work date by date
   (`max_active_runs=1`).
 
@@ -202,6 +206,11 @@ def ecrec_nightly() -> None:
         _run("publish_scores", k=(params or {}).get("k"))
 
     @task
+    def export_online() -> None:
+        """Write the night's lists to Redis as a new version, then switch readers to it."""
+        _run("export_online")
+
+    @task
     def report() -> None:
         """Write ops/report/ds=<ds>/report.md|json|html (plots; also logged to MLflow) and print it."""
         _run("daily_report")
@@ -223,7 +232,9 @@ def ecrec_nightly() -> None:
     )
     decision >> trained >> register() >> promoted >> scored
     decision >> keep >> scored
-    scored >> validate_scores() >> publish() >> report()
+    published = scored >> validate_scores() >> publish()
+    published >> report()
+    published >> export_online()
 
 
 ecrec_nightly()

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ecrec_lib.privacy.secrets import redact, redact_text
+from ecrec_lib.privacy.secrets import redact, redact_text, redact_url
 
 ENV_PREFIX = "ECREC_"
 CONFIG_FILE_ENV = "ECREC_CONFIG"
@@ -113,6 +114,15 @@ class EcrecConfig:
 
     # --- feedback loop ---------------------------------------------------------
     feedback_drop_threshold: float = 0.5  # hit rate below (1 - this) x 7-day mean fails
+
+    # --- online serving (Redis) ---------------------------------------------------
+    online_redis_url: str = "redis://127.0.0.1:6379/0"  # may carry a password: logged redacted
+    online_key_prefix: str = "ecrec"  # every key the export writes starts with "<prefix>:"
+    online_old_version_ttl_s: int = 86400  # a replaced version lives this long (manual rollback)
+    # Keys of a version being written expire after this unless the export completes: a killed
+    # export leaves nothing behind for good. Must exceed the export's duration.
+    online_partial_ttl_s: int = 21600
+
 
     # --- privacy ---------------------------------------------------------------
     # A search query reaches search_pairs / query_topk only when this many distinct users
@@ -259,8 +269,18 @@ def _validate(cfg: EcrecConfig) -> None:
                 f"the DuckDB file name '{stem}.duckdb' equals warehouse_schema '{stem}', which makes "
                 "DuckDB table names ambiguous; rename the file (e.g. warehouse.duckdb) or the schema"
             )
+    if not cfg.online_redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(
+            f"online_redis_url must start with redis://, rediss:// or unix://, got "
+            f"{redact_url(cfg.online_redis_url)!r}; fix ECREC_ONLINE_REDIS_URL or the YAML file"
+        )
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", cfg.online_key_prefix):
+        raise ConfigError(
+            f"online_key_prefix may hold letters, digits, '_', '.' and '-' only (it is matched "
+            f"as a glob when old versions are expired), got {cfg.online_key_prefix!r}"
+        )
     for name in ("lookback_days", "max_seq_len", "top_k", "embedding_dim", "batch_size", "epochs",
-                 "min_query_users"):
+                 "min_query_users", "online_old_version_ttl_s", "online_partial_ttl_s"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"config key '{name}' must be positive, got {getattr(cfg, name)}")
 

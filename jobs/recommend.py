@@ -3,10 +3,13 @@
     python -m jobs.recommend --user USER_KEY [--k 10] [--ds D]
     python -m jobs.recommend --query "nail polish" [--k 10]
     python -m jobs.recommend --item ITEM_ID [--k 10]
+    python -m jobs.recommend --online --user USER_KEY | --item ITEM_ID [--k 10]
 
 Reads the warehouse (``<table>_latest`` views, or the --ds partition) and prints titles, scores
 and reasons. A free-text query that is not in query_topk is encoded by the champion's query
 encoder (``--model-uri`` overrides) and searched over the catalog snapshot of that ds.
+With ``--online`` the user and item lists come from Redis instead (the version
+``jobs.export_online`` switched readers to, read as a web page would).
 Exit 1 for an unknown user/item or when nothing is published.
 """
 
@@ -169,6 +172,42 @@ def run(cfg: EcrecConfig, args: argparse.Namespace, out: TextIO | None = None,
     render(header, df, names, out)
 
 
+def run_online(cfg: EcrecConfig, args: argparse.Namespace, out: TextIO | None = None) -> None:
+    """Look up a user's or an item's list in Redis (the served version) and print it."""
+    from ecrec_lib.serving.online import (
+        connect_redis,
+        current_version,
+        get_related,
+        get_user_recs,
+        version_meta,
+    )
+
+    if args.query is not None or args.ds:
+        raise NotFoundError("--online serves --user and --item lists of the current version; "
+                            "drop --online for --query or --ds (they read the warehouse)")
+    r = connect_redis(cfg.online_redis_url)
+    prefix = cfg.online_key_prefix
+    version = current_version(r, prefix)
+    if version is None:
+        raise NotFoundError(f"nothing is served under the Redis key prefix {prefix!r}: run "
+                            "`python -m jobs.export_online --ds D`")
+    day = version_meta(r, version, prefix).get("ds") or version[:10]
+    if args.user is not None:
+        recs = get_user_recs(r, args.user, args.k, prefix=prefix, version=version)
+        what, header = f"unknown user {args.user!r}", f"Recommendations for user {args.user}"
+    else:
+        recs = get_related(r, args.item, args.k, prefix=prefix, version=version)
+        what, header = f"unknown item {args.item!r}", None
+    if not recs:
+        raise NotFoundError(f"{what}: no list in the served version {version} (ds {day})")
+    names = titles(cfg, day)
+    if header is None:
+        header = f"Items related to {_name(args.item, names)}"
+    df = pd.DataFrame({"rank": range(1, len(recs) + 1), "item_id": [x.item_id for x in recs],
+                       "score": [x.score for x in recs]})
+    render(f"{header} (online, ds {day}, version {version}):", df, names, out or sys.stdout)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_config_args(parser)
@@ -180,14 +219,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ds", default=None, help="published ds (default: the latest)")
     parser.add_argument("--model-uri", default=None,
                         help="model for free-text queries (default: the champion)")
+    parser.add_argument("--online", action="store_true",
+                        help="read --user/--item lists from Redis (cfg.online_redis_url), as "
+                        "the shop's pages do, instead of the warehouse")
     args = parser.parse_args(argv)
     setup_logging(logging.WARNING)
     if args.ds:
         parse_ds(args.ds)
     cfg = config_from_args(args)
+    from ecrec_lib.serving.online import OnlineExportError
+
     try:
-        run(cfg, args)
-    except (NotFoundError, WarehouseError) as exc:
+        if args.online:
+            run_online(cfg, args)
+        else:
+            run(cfg, args)
+    except (NotFoundError, WarehouseError, OnlineExportError) as exc:
         print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return 1
     except RuntimeError as exc:  # e.g. no champion for a live query

@@ -11,6 +11,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 AMAZON_DIR = REPO_ROOT.parent / "shared" / "data" / "amazon_beauty"
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 TEST_PSEUDO_KEY = "test-pseudonymization-key-0123456789"
 
 # Environment the whole suite runs under (set before any heavy import).
@@ -73,6 +74,24 @@ def postgres_url() -> str:
         msg = f"PostgreSQL not reachable at {url} ({exc}); set ECREC_TEST_POSTGRES_URL"
         if under_ci():
             pytest.fail(msg + " -- PostgreSQL tests must run under CI")
+        pytest.skip(msg)
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """A reachable Redis URL; skips (or fails under CI=true) when there is none."""
+    url = os.environ.get("ECREC_TEST_REDIS_URL", DEFAULT_REDIS_URL)
+    try:
+        import redis
+
+        redis.Redis.from_url(url, socket_connect_timeout=5).ping()
+    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+        from ecrec_lib.privacy.secrets import redact_url
+
+        msg = f"Redis not reachable at {redact_url(url)} ({exc}); set ECREC_TEST_REDIS_URL"
+        if under_ci():
+            pytest.fail(msg + " -- Redis tests must run under CI")
         pytest.skip(msg)
     return url
 

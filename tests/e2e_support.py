@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,6 +48,9 @@ def pipeline_env(root: Path, **extra: str) -> dict[str, str]:
         # 300 generated users: no query of a day reaches the default k of 5 distinct users
         # (the demo's 2000 do); 2 keeps the k-anonymity filter at work.
         ECREC_MIN_QUERY_USERS="2",
+        # The nightly DAG exports to Redis: the test Redis, under a prefix of this run's own.
+        ECREC_ONLINE_REDIS_URL=os.environ.get("ECREC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        ECREC_ONLINE_KEY_PREFIX=f"ecrec_e2e_{uuid.uuid4().hex[:10]}",
         SPARK_LOCAL_IP="127.0.0.1",
         GX_ANALYTICS_ENABLED="False",
         MLFLOW_DISABLE_TELEMETRY="true",

@@ -254,6 +254,14 @@ def test_mlflow_uri_matches_service(compose: dict) -> None:
     assert ("127.0.0.1", port, port) in _ports(services["mlflow"])
 
 
+def test_online_redis_url_matches_service(compose: dict) -> None:
+    services = compose["services"]
+    assert "noeviction" in services["redis"]["command"]
+    for name in AIRFLOW_SERVICES:
+        url = urlparse(_env(services[name])["ECREC_ONLINE_REDIS_URL"])
+        assert (url.scheme, url.hostname, url.port) == ("redis", "redis", 6379)
+
+
 def test_databases_exist_for_every_postgres_url(compose: dict) -> None:
     created = set(re.findall(r"CREATE DATABASE (\w+);", INIT_SQL.read_text()))
     services = compose["services"]

@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 EXTERNAL = {
     "postgres": "the PostgreSQL server named by Topology.postgres_url",
     "airflow-init": "topology.start runs INIT_COMMAND before the Airflow services",
+    "redis": "the Redis server named by Topology.redis_url",
 }
 
 

@@ -107,8 +107,9 @@ NIGHTLY_EDGES = {
     "keep_champion": ["score"],
     "score": ["validate_scores"],
     "validate_scores": ["publish"],
-    "publish": ["report"],
+    "publish": ["export_online", "report"],
     "report": [],
+    "export_online": [],
 }
 FEEDBACK_EDGES = {
     "wait_for_clean_events": ["compute_feedback"],

@@ -2,15 +2,17 @@
 
 Day 1 trains (no champion yet), registers, promotes and publishes; day 2 keeps the champion
 (min_new_events_to_train set out of reach) and publishes; re-running day 2 replaces its
-partitions; the feedback DAG judges day 1's lists on day 2's events; a corrupted catalog on
-day 3 fails the run on a critical data-contract expectation and leaves the published tables
-as they were, with the reason in the log.
+partitions; Redis serves the newest night online; the feedback DAG judges day 1's lists on
+day 2's events; a corrupted catalog on day 3 fails the run on a critical data-contract
+expectation and leaves the published tables (and the list Redis serves) as they were, with
+the reason in the log.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,9 +38,9 @@ def _warehouse_counts(env: dict[str, str]) -> dict[tuple[str, str], int]:
 
 
 @pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def platform(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[dict]:
     root = tmp_path_factory.mktemp("e2e")
-    env = pipeline_env(root)
+    env = pipeline_env(root, ECREC_ONLINE_REDIS_URL=redis_url)
     generate(env, D1, days=3, users=300, items=100)
     airflow_migrate(env)
     runs: dict[str, tuple[bool, str]] = {}
@@ -50,8 +52,14 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> dict:
     counts_after_d2 = _warehouse_counts(env)
     runs["d2_again"] = dags_test(env2, "ecrec_nightly", D2)
     runs["feedback"] = dags_test(env, "ecrec_feedback", D2)
-    return {"root": root, "env": env, "lake": Path(env["ECREC_LAKE_ROOT"]), "runs": runs,
-            "counts_after_d2": counts_after_d2}
+    import redis
+
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield {"root": root, "env": env, "lake": Path(env["ECREC_LAKE_ROOT"]), "runs": runs,
+           "counts_after_d2": counts_after_d2, "redis": r}
+    keys = list(r.scan_iter(match=f"{env['ECREC_ONLINE_KEY_PREFIX']}:*", count=5000))
+    if keys:
+        r.unlink(*keys)
 
 
 def test_day1_trains_registers_promotes_and_publishes(platform: dict) -> None:
@@ -99,6 +107,20 @@ def test_rerun_replaces_exactly_its_partitions(platform: dict) -> None:
                   if p.name.startswith("ds=")) == [f"ds={D1}", f"ds={D2}"]
 
 
+def test_redis_serves_the_newest_night(platform: dict) -> None:
+    from ecrec_lib.lake import Lake
+    from ecrec_lib.scoring.tables import read_table
+    from ecrec_lib.serving.online import current_version, get_user_recs
+
+    r, prefix = platform["redis"], platform["env"]["ECREC_ONLINE_KEY_PREFIX"]
+    version = current_version(r, prefix)
+    assert version is not None and version.startswith(f"{D2}-")
+    lists = read_table("user_topk", Lake(str(platform["lake"])), D2)
+    user = lists["user_key"].iat[0]
+    expected = lists[lists["user_key"] == user].sort_values("rank")["item_id"].tolist()
+    assert [rec.item_id for rec in get_user_recs(r, user, 100, prefix=prefix)] == expected
+
+
 def test_feedback_dag_writes_metrics(platform: dict) -> None:
     ok, out = platform["runs"]["feedback"]
     assert ok, tail(out)
@@ -118,6 +140,10 @@ def test_feedback_dag_writes_metrics(platform: dict) -> None:
 def test_critical_expectation_failure_keeps_published_tables(platform: dict) -> None:
     env, lake = platform["env"], platform["lake"]
     before = _warehouse_counts(env)
+    from ecrec_lib.serving.online import current_version
+
+    prefix = env["ECREC_ONLINE_KEY_PREFIX"]
+    served = current_version(platform["redis"], prefix)
     # Corrupt day 3's catalog: every price negative -> every item quarantined -> the clean
     # catalog is empty and its critical row-count expectation fails.
     part = next((lake / f"raw/catalog/ds={D3}").glob("*.json.gz"))
@@ -131,5 +157,6 @@ def test_critical_expectation_failure_keeps_published_tables(platform: dict) -> 
     assert "job 'clean_events' failed for ds=2024-03-03 with exit code 4" in out
     assert "data contract 'catalog'" in out and "CRITICAL" in out
     assert _warehouse_counts(env) == before, "a failed run changed the published tables"
+    assert current_version(platform["redis"], prefix) == served
     assert not (lake / f"scores/user_topk/ds={D3}").exists()
     assert not (lake / f"ops/report/ds={D3}").exists()

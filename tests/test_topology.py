@@ -67,14 +67,15 @@ def _json(url: str, auth: tuple[str, str] | None = None) -> dict:
 
 
 @pytest.fixture()
-def topo(tmp_path: Path, postgres_url: str) -> Iterator:
+def topo(tmp_path: Path, postgres_url: str, redis_url: str) -> Iterator:
     from ecrec_lib.deploy import topology
 
     server = postgres_url.rsplit("/", 1)[0]
     ports = topology.Ports(*_free_ports(5))
+    tag = uuid.uuid4().hex[:8]
     topo = topology.Topology(root=tmp_path / "prod", postgres_url=server,
-                             db_prefix=f"ecrec_t{uuid.uuid4().hex[:8]}", ports=ports,
-                             extra_env=NIGHT_ENV)
+                             db_prefix=f"ecrec_t{tag}", ports=ports, redis_url=redis_url,
+                             extra_env={**NIGHT_ENV, "ECREC_ONLINE_KEY_PREFIX": f"ecrec_topo_{tag}"})
     try:
         topology.start(topo, echo=lambda line: print(line, file=sys.stderr))
         yield topo

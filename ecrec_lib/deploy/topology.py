@@ -4,8 +4,9 @@ Where compose runs a container, this runs the same program as a process on 127.0
 a Spark standalone master and worker (``spark-class`` from the pyspark distribution), an
 MLflow tracking server on PostgreSQL with a served artifact store, Airflow on PostgreSQL
 (LocalExecutor: api-server, scheduler, dag-processor, triggerer) and the warehouse on
-PostgreSQL. Every job reads the same ``ECREC_*`` keys the README documents for production;
-nothing in the platform's code knows it runs here.
+PostgreSQL; the online cache is the Redis server at ``redis_url``. Every job reads the
+same ``ECREC_*`` keys the README documents for production; nothing in the platform's code
+knows it runs here.
 
 Each service starts in its own session (process group) with its pid in ``run/<name>.pid``
 and its output in ``logs/<name>.log`` under the topology root; :func:`stop` ends each group
@@ -77,6 +78,7 @@ class Topology:
     root: Path
     postgres_url: str = "postgresql://postgres@127.0.0.1:5432"
     db_prefix: str = "ecrec"
+    redis_url: str = "redis://127.0.0.1:6379/0"  # the online cache (compose's redis service)
     ports: Ports = Ports()
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
@@ -131,6 +133,7 @@ class Topology:
             ECREC_MLFLOW_ARTIFACT_ROOT="mlflow-artifacts:/",
             ECREC_AIRFLOW_HOME=str(self.path("airflow")),
             ECREC_PSEUDO_KEY_FILE=str(self.path("secrets", "pseudo_key")),
+            ECREC_ONLINE_REDIS_URL=self.redis_url,
             ECREC_SPARK_SUBMIT="1",
             ECREC_SPARK_AUTH_SECRET=self._secret("spark_auth_secret"),
             MLFLOW_TRACKING_USERNAME="admin",
@@ -473,6 +476,7 @@ def from_env(root: str | Path | None = None, env: Mapping[str, str] | None = Non
         root=Path(root or env.get("ECREC_PROD_ROOT", "prod")),
         postgres_url=env.get("ECREC_PROD_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432"),
         db_prefix=env.get("ECREC_PROD_DB_PREFIX", "ecrec"),
+        redis_url=env.get("ECREC_PROD_REDIS_URL", "redis://127.0.0.1:6379/0"),
         ports=ports,
         # Any other ECREC_* setting of the caller (ECREC_EPOCHS, ECREC_DAG_SCHEDULE, ...) wins.
         extra_env={k: v for k, v in env.items()

@@ -1,0 +1,1 @@
+"""Online serving of the nightly lists (Redis export and read helpers)."""
