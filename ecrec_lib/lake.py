@@ -20,7 +20,8 @@ CLEAN = ("events", "catalog")
 QUARANTINE = ("events", "catalog")
 FEATURES = ("user_sequences", "item_stats", "user_profiles", "search_pairs", "item_cooccurrence")
 SCORES = ("user_topk", "item_related", "query_topk", "trending")
-OPS = ("reconciliation", "validation", "training", "training_decision", "promotion", "scoring", "report", "feedback")
+OPS = ("reconciliation", "validation", "training", "training_decision", "promotion", "scoring", "report", "feedback",
+       "runs")
 
 
 def parse_ds(ds: str) -> dt.date:

@@ -444,6 +444,43 @@ def partition_ready(path: str) -> bool:
     return any(n == "_SUCCESS" or not n.startswith(("_", ".")) for n in names)
 
 
+# --- backfills ------------------------------------------------------------------------
+
+BACKFILL_RUN_TYPE = "backfill"
+
+
+@dataclass(frozen=True)
+class RunPolicy:
+    """How a DAG run treats the model: a backfill or a pinned version scores with one fixed
+    model version and never trains or moves an alias (a backfill of an old ds would otherwise
+    train on old data, pass the gate on an old holdout and replace today's champion)."""
+
+    backfill: bool
+    model_version: str | None  # None: the champion when scoring starts
+
+    @property
+    def fixed_model(self) -> bool:
+        return self.backfill or self.model_version is not None
+
+    def describe(self) -> str:
+        what = "backfill run" if self.backfill else "pinned run"
+        version = f"model version {self.model_version}" if self.model_version else "the champion"
+        return f"{what}: scores with {version}, no training, no promotion"
+
+
+def run_policy(pin_model_version: object, run_type: object) -> RunPolicy:
+    """The :class:`RunPolicy` of a DAG run from its ``pin_model_version`` param and
+    ``dag_run.run_type`` (a ``DagRunType`` or its string value)."""
+    kind = str(getattr(run_type, "value", run_type) or "")
+    version = None if pin_model_version in (None, "") else str(pin_model_version).strip()
+    if version is not None and not version.isdigit():
+        raise ValueError(
+            f"pin_model_version must be a registry version number such as '3', got "
+            f"{pin_model_version!r}"
+        )
+    return RunPolicy(backfill=kind == BACKFILL_RUN_TYPE, model_version=version)
+
+
 # --- the training decision -----------------------------------------------------------
 
 
@@ -460,6 +497,7 @@ class TrainingDecision:
     has_champion: bool
     force: bool
     skip: bool
+    fixed_model: str | None = None  # why this run must not train (backfill / pinned version)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -474,14 +512,18 @@ def decide_training(
     has_champion: bool,
     force: bool = False,
     skip: bool = False,
+    fixed_model: str | None = None,
 ) -> TrainingDecision:
     """Train when forced, when there is no champion yet, or past ``min_new_events``.
 
-    ``skip`` wins over everything (an operator's explicit "do not train tonight").
+    ``fixed_model`` (a backfill or pinned run, :meth:`RunPolicy.describe`) wins over
+    everything, then ``skip`` (an operator's explicit "do not train tonight").
     """
     if new_events < 0:
         raise ValueError(f"new_events must be >= 0, got {new_events}")
-    if skip:
+    if fixed_model:
+        train, reason = False, fixed_model
+    elif skip:
         train, reason = False, "skip_training param set: keeping the current champion"
     elif force:
         train, reason = True, "force_training param set"
@@ -504,6 +546,7 @@ def decide_training(
         has_champion=has_champion,
         force=force,
         skip=skip,
+        fixed_model=fixed_model or None,
     )
 
 
@@ -513,6 +556,7 @@ __all__ = [
     "JobFailed",
     "JobTimeout",
     "REPO_ROOT",
+    "RunPolicy",
     "SPARK_CONN_ID",
     "SPARK_JOBS",
     "TrainingDecision",
@@ -523,6 +567,7 @@ __all__ = [
     "job_env",
     "partition_ready",
     "run_job",
+    "run_policy",
     "spark_submit_kwargs",
     "stop_process_group",
     "task_retries",

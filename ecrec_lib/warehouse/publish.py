@@ -1,7 +1,9 @@
 """Atomic publication of the score tables into the warehouse.
 
 1. ``ensure_schema``: schema, main tables, ``<table>_latest`` views, COMMENT ON everything.
-2. Load every table into ``<table>__staging`` and check it there (row count, ds, key columns).
+2. Load every table into ``<table>__staging_<run id>`` (unique per publisher, so two publishers
+   of one schema never load into or drop each other's staging) and check it there (row count,
+   ds, key columns).
 3. ONE transaction for all tables: delete the ds partition from the main table, insert from
    staging, delete partitions older than the retention. Readers see the whole night or none
    of it (PostgreSQL MVCC; DuckDB's single-writer transactions).
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
+import uuid
 from collections.abc import Mapping
 
 import pandas as pd
@@ -88,8 +92,14 @@ def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _load_staging(wh: Warehouse, table: str, df: pd.DataFrame, ds: str) -> str:
-    staging = table + STAGING_SUFFIX
+def staging_name(table: str, run_id: str) -> str:
+    """``<table>__staging_<run id>``: a valid identifier on both engines (<= 63 characters)."""
+    token = re.sub(r"[^a-z0-9_]", "_", run_id.lower())[-24:]
+    return f"{table}{STAGING_SUFFIX}_{token}"
+
+
+def _load_staging(wh: Warehouse, table: str, df: pd.DataFrame, ds: str, run_id: str) -> str:
+    staging = staging_name(table, run_id)
     cols = TABLE_COLUMNS[table]
     wh.execute(f"DROP TABLE IF EXISTS {wh.fq(staging)}")
     ddl = ", ".join(f"{ident(c)} {_col_type(c)}" for c in cols)
@@ -125,9 +135,13 @@ def _check_staging(wh: Warehouse, table: str, staging: str, expected_rows: int, 
 
 
 def publish(
-    wh: Warehouse, tables: Mapping[str, pd.DataFrame], ds: str, retention_days: int
+    wh: Warehouse, tables: Mapping[str, pd.DataFrame], ds: str, retention_days: int,
+    run_id: str | None = None,
 ) -> dict[str, int]:
-    """Publish the ds partition of every table in one transaction; returns rows per table."""
+    """Publish the ds partition of every table in one transaction; returns rows per table.
+
+    ``run_id`` names this publisher's staging tables (default: a fresh id)."""
+    run_id = run_id or uuid.uuid4().hex[:12]
     unknown = set(tables) - set(TABLE_COLUMNS)
     if unknown:
         raise PublishError(f"unknown score tables {sorted(unknown)}")
@@ -136,7 +150,7 @@ def publish(
     try:
         problems: list[str] = []
         for table, df in tables.items():
-            staged[table] = _load_staging(wh, table, df, ds)
+            staged[table] = _load_staging(wh, table, df, ds, run_id)
             problems += _check_staging(wh, table, staged[table], len(df), ds)
         if problems:
             raise PublishError("staging checks failed: " + "; ".join(problems))
