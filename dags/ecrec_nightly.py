@@ -76,8 +76,11 @@ def _run(job: str, skip_if_no_data: bool = False, **flags: object) -> list[str]:
     from ecrec_lib.orchestration import EXIT_CONTRACT, EXIT_NO_DATA, JobFailed, run_job
 
     ctx = get_current_context()
+    # the job's run id (lock files, staging names) says which DAG run and try wrote a partition
+    try_number = getattr(ctx.get("ti"), "try_number", 0)
+    env = {**os.environ, "ECREC_RUN_ID": f"{ctx.get('run_id', 'manual')}-try{try_number}"}
     try:
-        return run_job(job, ctx["ds"], logger=logging.getLogger("ecrec.task"), **flags)
+        return run_job(job, ctx["ds"], logger=logging.getLogger("ecrec.task"), env=env, **flags)
     except JobFailed as exc:
         if skip_if_no_data and exc.returncode == EXIT_NO_DATA:
             raise AirflowSkipException(f"no data for ds={ctx['ds']}: {job} found nothing to do") from exc

@@ -278,6 +278,50 @@ def recover_partition(final_path: str) -> list[str]:
     return done
 
 
+_PARTITION_NAME = re.compile(r"^(?:\.(?:staging|old|tmp)-.*-)?(ds=\d{4}-\d{2}-\d{2})$")
+
+
+def recover_lake(lake_root: str) -> dict[str, list[str]]:
+    """Recover every half-done swap under a local lake (each partition under its lock).
+
+    Walks ``<stage>/<dataset>/`` for partitions and leftovers (``.old-*``, ``.staging-*``,
+    ``.tmp-*``); a partition whose lock is held by a live writer is left to that writer (its
+    own recovery runs when it started). Returns ``{partition path: actions}`` for those that
+    needed work (an operator's or a chaos harness's entry point; each writer already recovers
+    the partitions it writes). Raises :class:`RecoveryError` at the end, after recovering all
+    the others, when some partition cannot be resolved automatically.
+    """
+    root = Path(_local(lake_root.rstrip("/")) or "")
+    if _local(lake_root) is None:
+        raise ValueError(f"{lake_root}: recovery walks local lakes only (remote publishes are "
+                         "Spark partition overwrites, with no rename swap to recover)")
+    finals: set[Path] = set()
+    for dataset in (d for stage in sorted(root.iterdir()) if stage.is_dir()
+                    for d in sorted(stage.iterdir()) if d.is_dir()):
+        for entry in dataset.iterdir():
+            m = _PARTITION_NAME.match(entry.name)
+            if m and entry.is_dir():
+                finals.add(dataset / m.group(1))
+    out: dict[str, list[str]] = {}
+    stuck: list[str] = []
+    for final in sorted(finals):
+        try:
+            with partition_lock(str(final), new_run_id()):
+                done = recover_partition(str(final))
+        except PartitionLocked as exc:
+            log.info("recovery: %s", exc)
+            continue
+        except RecoveryError as exc:  # the others are still recovered; this one needs a person
+            stuck.append(str(exc))
+            continue
+        if done:
+            out[str(final)] = done
+    if stuck:
+        raise RecoveryError(f"recovered {len(out)} partitions; {len(stuck)} need a person: "
+                            + " | ".join(stuck))
+    return out
+
+
 __all__ = [
     "LockHolder",
     "PartitionLocked",
@@ -288,6 +332,7 @@ __all__ = [
     "partition_lock",
     "partition_locks",
     "read_holder",
+    "recover_lake",
     "recover_partition",
     "staging_path",
     "swap_in",

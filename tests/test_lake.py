@@ -193,3 +193,40 @@ def test_a_failed_writer_removes_its_own_staging(tmp_path: Path) -> None:
     t0 = time.monotonic()
     with partition_locks([str(final)], "next"):
         assert time.monotonic() - t0 < 1
+
+
+def test_recover_lake_walks_every_partition_and_leaves_live_writers_alone(tmp_path: Path) -> None:
+    from ecrec_lib.partitions import recover_lake
+
+    lake = tmp_path / "lake"
+    interrupted = lake / "clean" / "events" / "ds=2024-01-02"
+    _put(interrupted.parent / ".old-r1-ds=2024-01-02", "events of the 2nd")
+    finished = _put(lake / "features" / "item_stats" / "ds=2024-01-02", "new")
+    _put(finished.parent / ".old-r2-ds=2024-01-02", "old")
+    busy = _put(lake / "scores" / "trending" / "ds=2024-01-02", "published")
+    busy_stage = _put(Path(staging_path(str(busy), "live")), "being written")
+    untouched = _put(lake / "clean" / "catalog" / "ds=2024-01-02", "catalog")
+    with partition_lock(str(busy), "live"):
+        done = recover_lake(str(lake))
+    assert sorted(done) == [str(interrupted), str(finished)]
+    assert (interrupted / "part-0.txt").read_text() == "events of the 2nd"
+    assert sorted(p.name for p in finished.parent.iterdir()) == ["ds=2024-01-02"]
+    assert busy_stage.is_dir()  # the live writer's staging is its own business
+    assert (untouched / "part-0.txt").read_text() == "catalog"
+    assert recover_lake(str(lake)) == {str(busy): [f"removed {busy_stage.name} (staged by a run "
+                                                   "that is gone)"]}
+
+
+def test_recover_lake_job(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from jobs import recover_lake
+
+    lake = tmp_path / "lake"
+    final = lake / "quarantine" / "events" / "ds=2024-01-02"
+    _put(final.parent / ".old-r1-ds=2024-01-02", "quarantined rows")
+    assert recover_lake.main(["--lake", str(lake)]) == 0
+    assert f"{final}: restored {final}" in capsys.readouterr().out
+    assert (final / "part-0.txt").read_text() == "quarantined rows"
+    two = lake / "clean" / "events" / "ds=2024-01-03"
+    _put(two.parent / ".old-a-ds=2024-01-03", "a")
+    _put(two.parent / ".old-b-ds=2024-01-03", "b")
+    assert recover_lake.main(["--lake", str(lake)]) == 1

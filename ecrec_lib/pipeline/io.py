@@ -41,6 +41,7 @@ EXIT_ERROR = 1  # unexpected failure (bug, infrastructure)
 EXIT_INPUT_MISSING = 2  # an input partition does not exist (message names path and fix)
 EXIT_NO_DATA = 3  # the raw partition exists but holds no line: ops marker status=no_data written
 EXIT_CONTRACT = 4  # a critical Great Expectations expectation failed: nothing was published
+EXIT_LOCKED = 5  # another live writer holds an output partition (message names it): retry later
 
 STAGING_PREFIX = partitions.STAGING_PREFIX
 OLD_PREFIX = partitions.OLD_PREFIX
