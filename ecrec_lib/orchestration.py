@@ -327,8 +327,7 @@ def bind_to_parent(env: Mapping[str, str] | None = None) -> bool:
     if not raw:
         return False
     parent = int(raw)
-    if os.getppid() != parent:
-        raise SystemExit(f"parent task process {parent} is gone; not starting")
+    _check_parent(parent)
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -336,8 +335,7 @@ def bind_to_parent(env: Mapping[str, str] | None = None) -> bool:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    if os.getppid() != parent:  # the task died while the death signal was being armed
-        raise SystemExit(f"parent task process {parent} is gone; not starting")
+    _check_parent(parent)  # the task may have died while the death signal was being armed
 
     def on_term(signum: int, frame: Any) -> None:
         raise SystemExit(128 + signum)
@@ -346,6 +344,19 @@ def bind_to_parent(env: Mapping[str, str] | None = None) -> bool:
     if os.getpgrp() == os.getpid():
         atexit.register(_stop_own_group)
     return True
+
+
+def _check_parent(parent: int) -> None:
+    """Exit when the task process is gone. Our parent may also be an interpreter wrapper that
+    did not exec (then the death signal follows the wrapper, which dies with the task)."""
+    if os.getppid() == parent:
+        return
+    try:
+        os.kill(parent, 0)
+    except ProcessLookupError:
+        raise SystemExit(f"parent task process {parent} is gone; not starting") from None
+    except PermissionError:  # alive, under another user
+        return
 
 
 def _stop_own_group() -> None:
