@@ -46,6 +46,8 @@ LOCK_PREFIX = ".lock-"
 STAGING_PREFIX = ".staging-"
 OLD_PREFIX = ".old-"
 TMP_PREFIX = ".tmp-"
+# Written inside a published partition: which run published it (Spark and pyarrow skip "_").
+RUN_MARKER = "_run.json"
 LOCK_DIR_ENV = "ECREC_LOCK_DIR"
 RUN_ID_ENV = "ECREC_RUN_ID"
 # Airflow's context variables, when present, say which task instance holds a lock.

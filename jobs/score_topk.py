@@ -29,6 +29,7 @@ from ecrec_lib.scoring.pipeline import (
     ScoringInputError,
     ScoringInputs,
     ScoringParams,
+    check_feature_set,
     end_of_ds_ts,
     read_inputs,
     score_all,
@@ -125,6 +126,7 @@ def _score(cfg: EcrecConfig, ds: str, model: Recommender, model_version: str, la
            run_id: str, *, k: int | None, engine: str, spark, inputs: ScoringInputs | None,
            precision: str) -> dict:
     t0 = time.perf_counter()
+    features_run_id = check_feature_set(lake, ds)
     inputs = inputs or read_inputs(lake, ds)
     params = ScoringParams.from_config(cfg, k=k, precision=precision)
     scorer = None
@@ -143,6 +145,7 @@ def _score(cfg: EcrecConfig, ds: str, model: Recommender, model_version: str, la
     summary = {
         "ds": ds,
         "run_id": run_id,
+        "features_run_id": features_run_id,
         "model_version": model_version,
         "engine": engine,
         "k": params.k,

@@ -175,6 +175,14 @@ def test_a_gap_in_the_window_fails_loudly_and_a_killed_swap_is_recovered(spark, 
     assert day3.is_dir() and result.days_present == ["2024-01-01", DS]
     assert result.days_missing == ["2023-12-30", "2023-12-31", "2024-01-02"]
     assert result.row_counts["user_sequences"] == 2
+    # the published set names its run: ops/runs/ds=D/features.json and _run.json per table
+    manifest = json.loads((lake_dir / "ops/runs" / f"ds={DS}" / "features.json").read_text())
+    assert manifest["tables"] == result.row_counts
+    for name in manifest["tables"]:
+        part = lake_dir / "features" / name / f"ds={DS}"
+        assert json.loads((part / "_run.json").read_text())["run_id"] == manifest["run_id"]
+        assert [p.name for p in part.parent.iterdir()] == [f"ds={DS}"]  # no staging, no lock
+    assert spark.read.parquet(str(lake_dir / "features/user_sequences")).count() == 2
 
 
 def test_missing_inputs(spark, lake_dir: Path) -> None:

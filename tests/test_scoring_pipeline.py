@@ -13,6 +13,7 @@ from ecrec_lib.config import load_config
 from ecrec_lib.lake import Lake
 from ecrec_lib.partitions import PartitionLocked, partition_lock
 from ecrec_lib.scoring import cold_start
+from ecrec_lib.scoring.pipeline import ScoringInputError
 from ecrec_lib.scoring.rerank import BlendWeights, blend_and_cap, reasons
 from ecrec_lib.scoring.tables import (
     TABLE_COLUMNS,
@@ -235,3 +236,28 @@ def test_pinned_model_version_loads_exactly_that_version(tmp_path):
     with pytest.raises(score_topk.ChampionUnavailable,
                        match=r"pinned model version 12 \(models:/ecrec-two-tower/12\)"):
         score_topk.load_model(cfg, None, "12")
+
+
+def _feature_run(lake: Lake, run_ids: dict[str, str], manifest_run: str) -> None:
+    """What jobs.build_features leaves: _run.json per table, ops/runs/ds=D/features.json."""
+    for name, run in run_ids.items():
+        (Path(lake.features(name, DS)) / "_run.json").write_text(json.dumps({"run_id": run}))
+    out = Path(lake.ops("runs", DS))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "features.json").write_text(json.dumps(
+        {"ds": DS, "run_id": manifest_run, "tables": {n: 1 for n in run_ids}}))
+
+
+def test_scoring_refuses_a_feature_set_of_two_runs(lake_dir):
+    write_tiny_lake(lake_dir)
+    lake = Lake(str(lake_dir))
+    cfg = load_config(None, env={}, lake_root=str(lake_dir), n_related=5)
+    present = [p.name for p in (lake_dir / "features").iterdir()]
+    # a features run killed between two publishes: one table new, the others from before
+    _feature_run(lake, {n: "new" if n == "user_sequences" else "old" for n in present}, "old")
+    with pytest.raises(ScoringInputError, match=r"features/user_sequences/ds=.* published by "
+                       r"run new.*Re-run `python -m jobs.build_features"):
+        score_topk.run(cfg, DS, FakeRecommender(CATALOG), "7", k=5)
+    assert not Path(lake.scores("user_topk", DS)).exists()
+    _feature_run(lake, dict.fromkeys(present, "new"), "new")
+    assert score_topk.run(cfg, DS, FakeRecommender(CATALOG), "7", k=5)["features_run_id"] == "new"

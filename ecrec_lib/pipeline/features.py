@@ -288,6 +288,15 @@ def build_feature_tables(events: DataFrame, catalog: DataFrame, ds: str, days_pr
     }
 
 
+FEATURE_MANIFEST = "features.json"
+
+
+def feature_manifest_path(lake: Lake, ds: str) -> str:
+    """``ops/runs/ds=D/features.json``: the run that published the feature set of ds (written
+    after the last table; each table's ``_run.json`` names its run)."""
+    return f"{lake.ops('runs', ds)}/{FEATURE_MANIFEST}"
+
+
 def window_days(spark: SparkSession, lake: Lake, days: list[str]) -> tuple[list[str], list[str]]:
     """(days with clean events, days rightly without) of a lookback window; raises
     :class:`~ecrec_lib.pipeline.io.InputMissingError` naming the days that should have clean
@@ -339,7 +348,8 @@ def run_features(spark: SparkSession, cfg: EcrecConfig, ds: str,
     """
     lake = Lake(cfg.lake_root)
     run_id = run_id or partitions.new_run_id()
-    with partitions.partition_locks([lake.features(name, ds) for name in FEATURES], run_id):
+    targets = [lake.features(name, ds) for name in FEATURES] + [lake.ops("runs", ds)]
+    with partitions.partition_locks(targets, run_id):
         return _run_features(spark, cfg, ds, lookback_days, run_id)
 
 
@@ -402,7 +412,12 @@ def _run_features(spark: SparkSession, cfg: EcrecConfig, ds: str, lookback_days:
                 io.discard_staged(spark, lake.features(name, ds), run_id)
             raise
         for name in FEATURES:
-            io.publish(spark, lake.features(name, ds), run_id)
+            io.publish(spark, lake.features(name, ds), run_id, marker={
+                "run_id": run_id, "table": name, "ds": ds, "rows": result.row_counts[name]})
+        # last: a kill inside the loop above leaves tables of two runs, which the previous
+        # manifest (or its absence) exposes to the scorer (check_feature_set)
+        io.write_json(spark, feature_manifest_path(lake, ds),
+                      {"ds": ds, "run_id": run_id, "tables": result.row_counts})
     finally:
         for df in (*shared, events, catalog):
             df.unpersist()

@@ -112,10 +112,17 @@ def write_staged(df: DataFrame, final_path: str, run_id: str, n_files: int | Non
     return stage
 
 
-def publish(spark: SparkSession, final_path: str, run_id: str) -> None:
-    """Move this run's staged partition of ``final_path`` into place (see module docstring)."""
+def publish(spark: SparkSession, final_path: str, run_id: str,
+            marker: dict[str, Any] | None = None) -> None:
+    """Move this run's staged partition of ``final_path`` into place (see module docstring).
+
+    ``marker`` is written as ``_run.json`` inside the partition (skipped by Spark and pyarrow),
+    so a reader can tell which run published it; locally it travels with the swap."""
     stage = staging_path(final_path, run_id)
+    text = json.dumps(marker, sort_keys=True) if marker is not None else None
     if is_local(final_path):
+        if text is not None:
+            (Path(_local(stage)) / partitions.RUN_MARKER).write_text(text)
         partitions.swap_in(_local(stage), _local(final_path), run_id)
         return
     from pyspark.sql import functions as F
@@ -131,6 +138,8 @@ def publish(spark: SparkSession, final_path: str, run_id: str) -> None:
         .parquet(root)
     )
     delete_path(spark, stage)
+    if text is not None:
+        write_text(spark, f"{final_path.rstrip('/')}/{partitions.RUN_MARKER}", text)
 
 
 def discard_staged(spark: SparkSession, final_path: str, run_id: str) -> None:

@@ -87,7 +87,7 @@ def _local(path: str) -> str:
     return path.removeprefix("file://")
 
 
-RUN_MARKER = "_run.json"
+RUN_MARKER = partitions.RUN_MARKER
 MANIFEST = "manifest.json"
 
 
