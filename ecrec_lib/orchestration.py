@@ -292,6 +292,8 @@ def _trap_sigterm(on_term: Any) -> _Handler | None:
     if threading.current_thread() is not threading.main_thread():
         return None
     previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_IGN:  # whoever runs us chose to survive SIGTERM: so does the job
+        return None
 
     def handler(signum: int, frame: Any) -> None:
         on_term(signum)

@@ -230,3 +230,17 @@ def test_recover_lake_job(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     _put(two.parent / ".old-a-ds=2024-01-03", "a")
     _put(two.parent / ".old-b-ds=2024-01-03", "b")
     assert recover_lake.main(["--lake", str(lake)]) == 1
+
+
+def test_remote_partitions_lock_in_the_local_lock_dir(tmp_path: Path, monkeypatch) -> None:
+    """Object stores have no flock: their locks live in ECREC_LOCK_DIR (one host only)."""
+    monkeypatch.setenv("ECREC_LOCK_DIR", str(tmp_path / "locks"))
+    final = "s3a://bucket/lake/features/item_stats/ds=2024-01-02"
+    path = lock_file(final)
+    assert path.parent == tmp_path / "locks" and "item_stats" in path.name
+    with partition_locks([final], "remote-run"):
+        assert json.loads(path.read_text())["run_id"] == "remote-run"
+        with pytest.raises(PartitionLocked):
+            with partition_lock(final, "other"):
+                pass
+    assert recover_partition(final) == []
