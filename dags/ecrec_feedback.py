@@ -25,7 +25,7 @@ import datetime as dt
 import pendulum
 from airflow.sdk import dag, task
 
-from ecrec_lib.orchestration import dag_timetable, task_retries
+from ecrec_lib.orchestration import dag_timetable, task_retries, task_timeouts
 
 
 def _run(job: str, **flags: object) -> list[str]:
@@ -52,6 +52,7 @@ def _run(job: str, **flags: object) -> list[str]:
         "retry_delay": dt.timedelta(minutes=2),
         "retry_exponential_backoff": True,
         "max_retry_delay": dt.timedelta(minutes=30),
+        "execution_timeout": task_timeouts()["light"],
     },
     doc_md=__doc__,
     tags=["ecrec", "feedback"],

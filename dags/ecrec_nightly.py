@@ -25,7 +25,15 @@ wait_for_raw_events → validate_raw → clean → validate_clean → build_feat
 * Re-running a date replaces exactly its partitions; backfills work date by date
   (`max_active_runs=1`).
 
-Params: `k` (top-K per user, default: config `top_k`), `force_training`, `skip_training`.
+* **Backfills** (`run_type == backfill`, or the `pin_model_version` param) score with one
+  fixed model version (the param, else the champion when scoring starts) and never train or
+  move an alias.
+* **Tasks own their processes**: every task stops its job's whole process group when it is
+  killed or passes its `execution_timeout` (`ECREC_TASK_TIMEOUT_<CLASS>_MIN`, classes light,
+  spark, train, score). A job failing its data contract (exit 4) fails at once, unretried.
+
+Params: `k` (top-K per user, default: config `top_k`), `force_training`, `skip_training`,
+`pin_model_version` (score with this registry version; no training, no promotion).
 Schedule: daily at 00:00 UTC for the day just ended (`ECREC_DAG_SCHEDULE` overrides the
 cron; `none` = manual runs only). Retries: `ECREC_TASK_RETRIES` (default 2, exponential backoff). Spark jobs run through
 `SparkSubmitOperator` (connection `ecrec_spark`) when `ECREC_SPARK_SUBMIT=1`.
@@ -40,9 +48,10 @@ from pathlib import Path
 import pendulum
 from airflow.sdk import Param, dag, task
 
-from ecrec_lib.orchestration import dag_timetable, task_retries
+from ecrec_lib.orchestration import dag_timetable, task_retries, task_timeouts
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+TIMEOUTS = task_timeouts()
 
 
 DEFAULT_ARGS = {
@@ -51,6 +60,7 @@ DEFAULT_ARGS = {
     "retry_delay": dt.timedelta(minutes=2),
     "retry_exponential_backoff": True,
     "max_retry_delay": dt.timedelta(minutes=30),
+    "execution_timeout": TIMEOUTS["light"],
 }
 
 
@@ -58,22 +68,39 @@ def _run(job: str, skip_if_no_data: bool = False, **flags: object) -> list[str]:
     """Run one job for the current ds (heavy work happens in the subprocess).
 
     With ``skip_if_no_data``, the job's documented "no data" exit code (3, an empty raw
-    partition) skips this task and, through the trigger rules, the rest of the run.
+    partition) skips this task and, through the trigger rules, the rest of the run. A failed
+    critical data contract (exit 4) fails the task without retries: the same data would fail
+    the same way; transient failures (any other code) are retried.
     """
     import logging
 
     from airflow.sdk import get_current_context
-    from airflow.sdk.exceptions import AirflowSkipException
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-    from ecrec_lib.orchestration import EXIT_NO_DATA, JobFailed, run_job
+    from ecrec_lib.orchestration import EXIT_CONTRACT, EXIT_NO_DATA, JobFailed, run_job
 
     ctx = get_current_context()
+    # the job's run id (lock files, staging names) says which DAG run and try wrote a partition
+    try_number = getattr(ctx.get("ti"), "try_number", 0)
+    env = {**os.environ, "ECREC_RUN_ID": f"{ctx.get('run_id', 'manual')}-try{try_number}"}
     try:
-        return run_job(job, ctx["ds"], logger=logging.getLogger("ecrec.task"), **flags)
+        return run_job(job, ctx["ds"], logger=logging.getLogger("ecrec.task"), env=env, **flags)
     except JobFailed as exc:
         if skip_if_no_data and exc.returncode == EXIT_NO_DATA:
             raise AirflowSkipException(f"no data for ds={ctx['ds']}: {job} found nothing to do") from exc
+        if exc.returncode == EXIT_CONTRACT:
+            raise AirflowFailException(f"data contract failed, not retrying: {exc}") from exc
         raise
+
+
+def _policy(params: dict | None):  # noqa: ANN202 - RunPolicy, imported lazily
+    """Backfill or pinned model version of the current run (see RunPolicy)."""
+    from airflow.sdk import get_current_context
+
+    from ecrec_lib.orchestration import run_policy
+
+    run_type = getattr(get_current_context().get("dag_run"), "run_type", None)
+    return run_policy((params or {}).get("pin_model_version"), run_type)
 
 
 def _spark_or_python(job: str, python_task):  # noqa: ANN001, ANN202 - Airflow objects
@@ -87,6 +114,7 @@ def _spark_or_python(job: str, python_task):  # noqa: ANN001, ANN202 - Airflow o
     return SparkSubmitOperator(
         task_id=python_task.function.__name__,
         doc_md=python_task.function.__doc__,
+        execution_timeout=TIMEOUTS["spark"],
         **spark_submit_kwargs(job, "{{ ds }}"),
     )
 
@@ -104,6 +132,10 @@ def _spark_or_python(job: str, python_task):  # noqa: ANN001, ANN202 - Airflow o
         "k": Param(None, type=["null", "integer"], minimum=1, description="top-K per user"),
         "force_training": Param(False, type="boolean", description="train even without new data"),
         "skip_training": Param(False, type="boolean", description="never train in this run"),
+        "pin_model_version": Param(
+            None, type=["null", "string"],
+            description="score with this registry version; no training, no promotion (backfills)",
+        ),
     },
 )
 def ecrec_nightly() -> None:
@@ -122,7 +154,7 @@ def ecrec_nightly() -> None:
         """Run the raw-events Great Expectations suite (critical failures stop the run)."""
         _run("validate", dataset="raw_events")
 
-    @task
+    @task(execution_timeout=TIMEOUTS["spark"])
     def clean() -> None:
         """Spark: parse, deduplicate, pseudonymize and quarantine raw events and catalog."""
         _run("clean_events", skip_if_no_data=True)
@@ -132,7 +164,7 @@ def ecrec_nightly() -> None:
         """Run the clean-events and catalog suites on the clean partition."""
         _run("validate", dataset=["clean_events", "catalog"])
 
-    @task
+    @task(execution_timeout=TIMEOUTS["spark"])
     def build_features() -> None:
         """Spark: user sequences, item stats, user profiles, search pairs, co-occurrence."""
         _run("build_features")
@@ -153,18 +185,20 @@ def ecrec_nightly() -> None:
         from ecrec_lib.config import load_config
         from ecrec_lib.lake import Lake
 
+        policy = _policy(params)
         params = params or {}
         _run(
             "should_train",
             force=bool(params.get("force_training")),
             skip=bool(params.get("skip_training")),
+            fixed_model=policy.describe() if policy.fixed_model else None,
         )
         path = Path(Lake(load_config().lake_root).ops("training_decision", ds)) / "decision.json"
         decision = json.loads(path.read_text())
         print(f"training decision for {ds}: train={decision['train']} ({decision['reason']})")
         return "train" if decision["train"] else "keep_champion"
 
-    @task
+    @task(execution_timeout=TIMEOUTS["train"])
     def train() -> None:
         """Train the two-tower model; logs the run to MLflow (ops/training summary)."""
         _run("train_encoders", no_register=True, no_progress=True)
@@ -175,8 +209,13 @@ def ecrec_nightly() -> None:
         _run("register_model")
 
     @task
-    def promote() -> None:
+    def promote(params: dict | None = None) -> None:
         """Promotion gate: challenger becomes `champion` only if it beats it on holdout."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        policy = _policy(params)
+        if policy.fixed_model:  # never reached through the branch; a guard for manual clears
+            raise AirflowSkipException(f"{policy.describe()}: aliases are never moved")
         _run("promote_model")
 
     @task
@@ -190,10 +229,12 @@ def ecrec_nightly() -> None:
         path = Path(Lake(load_config().lake_root).ops("training_decision", ds)) / "decision.json"
         print(f"keeping the champion: {json.loads(path.read_text())['reason']}")
 
-    @task(trigger_rule="none_failed_min_one_success")
+    @task(trigger_rule="none_failed_min_one_success", execution_timeout=TIMEOUTS["score"])
     def score(params: dict | None = None) -> None:
-        """Batch-score top-K recommendations with the champion into lake `scores/`."""
-        _run("score_topk", k=(params or {}).get("k"))
+        """Batch-score top-K recommendations with the champion (or the pinned version of a
+        backfill) into lake `scores/`."""
+        _run("score_topk", k=(params or {}).get("k"),
+             model_version=_policy(params).model_version)
 
     @task
     def validate_scores(params: dict | None = None) -> None:

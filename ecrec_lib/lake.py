@@ -20,7 +20,8 @@ CLEAN = ("events", "catalog")
 QUARANTINE = ("events", "catalog")
 FEATURES = ("user_sequences", "item_stats", "user_profiles", "search_pairs", "item_cooccurrence")
 SCORES = ("user_topk", "item_related", "query_topk", "trending")
-OPS = ("reconciliation", "validation", "training", "training_decision", "promotion", "scoring", "report", "feedback")
+OPS = ("reconciliation", "validation", "training", "training_decision", "promotion", "scoring", "report", "feedback",
+       "runs")
 
 
 def parse_ds(ds: str) -> dt.date:
@@ -49,13 +50,15 @@ def replace_local_dir(final: str | Path, write: Callable[[Path], object]) -> Pat
     only after the new one is in place."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex}"
+    # .tmp-<id>-<name> / .old-<id>-<name>: the names ecrec_lib.partitions.recover_partition
+    # resolves after a kill (between the two renames, only the .old- copy holds the data)
+    tmp = final.parent / f".tmp-{uuid.uuid4().hex}-{final.name}"
     tmp.mkdir()
     old = None
     try:
         write(tmp)
         if final.exists():
-            old = final.parent / f".old-{final.name}-{uuid.uuid4().hex}"
+            old = final.parent / f".old-{uuid.uuid4().hex}-{final.name}"
             os.rename(final, old)
         os.rename(tmp, final)
     except BaseException:

@@ -2,13 +2,16 @@
 
     python -m jobs.build_features --ds 2024-01-07 [--lookback-days 30] [--lake ./lake] [--master URL] [--config F]
 
-Reads ``clean/events/ds=*`` (missing days in the window are logged and skipped) and
+Reads ``clean/events/ds=*`` (days before the lake's first clean day and empty days are
+logged and skipped; any other missing day fails the job) and
 ``clean/catalog/ds=D``; writes ``features/{user_sequences,item_stats,user_profiles,search_pairs,
 item_cooccurrence}/ds=D`` after their Great Expectations suites pass, and the validation results
 under ``ops/validation/ds=D/<table>/``. Table definitions: :mod:`ecrec_lib.pipeline.features`.
 
-Exit codes: 0 published; 1 unexpected error; 2 input missing (no clean catalog for ds, or no
-clean events in the whole window); 4 a critical expectation failed (nothing published).
+Exit codes: 0 published; 1 unexpected error; 2 input missing (no clean catalog for ds, no
+clean events in the whole window, or a day of the window without clean events that is neither
+before the lake's first day nor an empty day); 4 a critical expectation failed (nothing
+published); 5 another live writer holds a feature partition of ds (the message names it).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import logging
 
 from ecrec_lib.config import add_config_args, config_from_args
 from ecrec_lib.lake import parse_ds
+from ecrec_lib.partitions import PartitionLocked
 from ecrec_lib.pipeline import io
 from jobs.common import setup_logging, spark_session
 
@@ -50,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     except DataContractError as exc:
         log.error("%s", exc)
         return io.EXIT_CONTRACT
+    except PartitionLocked as exc:
+        log.error("%s", exc)
+        return io.EXIT_LOCKED
     finally:
         spark.stop()
     return io.EXIT_OK

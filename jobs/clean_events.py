@@ -16,6 +16,8 @@ Exit codes (the DAG branches on them):
      ``"status": "no_data"`` and nothing was published for events (skip downstream tasks)
   4  data contract failure: a critical expectation failed; the clean partition was not published
      (quarantine, reconciliation and ``ops/validation`` were, for inspection)
+  5  another live writer holds one of the day's partitions (the message names its pid, host,
+     start time and run id); nothing was written
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import logging
 
 from ecrec_lib.config import add_config_args, config_from_args
 from ecrec_lib.lake import parse_ds
+from ecrec_lib.partitions import PartitionLocked
 from ecrec_lib.pipeline import io
 from jobs.common import setup_logging, spark_session
 
@@ -55,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     except DataContractError as exc:
         log.error("%s", exc)
         return io.EXIT_CONTRACT
+    except PartitionLocked as exc:
+        log.error("%s", exc)
+        return io.EXIT_LOCKED
     finally:
         spark.stop()
     if result.no_data:

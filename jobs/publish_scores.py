@@ -3,7 +3,9 @@
     python -m jobs.publish_scores --ds 2024-01-01 [--warehouse-url URL] [--schema NAME]
 
 Runs the output contracts (Great Expectations, expectations/score_tables.py) on
-scores/<table>/ds=D/; on any failure exits 1 with the reasons and publishes nothing. Otherwise
+scores/<table>/ds=D/ (on a failure: exit 4 with the reasons, nothing published), then checks
+that the tables all come from the scoring run named by ``ops/runs/ds=D/manifest.json`` (run id,
+rows, model version; a mixed set: exit 1, nothing published). Otherwise
 loads staging tables and swaps the ds partition of every table in one transaction, refreshes
 the ``<table>_latest`` views and drops partitions older than cfg.warehouse_retention_days. The
 same transaction merges clean/catalog/ds=D into the ``items`` dimension and records the night
@@ -21,7 +23,7 @@ from ecrec_lib.config import EcrecConfig, add_config_args, config_from_args
 from ecrec_lib.lake import Lake, parse_ds
 from ecrec_lib.scoring.contracts import ContractContext, validate_tables
 from ecrec_lib.scoring.pipeline import ScoringInputError, purchased_items, read_partition
-from ecrec_lib.scoring.tables import TABLE_COLUMNS, read_table
+from ecrec_lib.scoring.tables import TABLE_COLUMNS, RunManifestError, check_manifest, read_table
 from ecrec_lib.validation import DataContractError
 from ecrec_lib.warehouse import PublishError, WarehouseError, connect, publish
 from ecrec_lib.warehouse.dimensions import items_frame
@@ -30,6 +32,7 @@ from jobs.common import setup_logging
 log = logging.getLogger("jobs.publish_scores")
 EXIT_INVALID = 1
 EXIT_MISSING = 3
+EXIT_CONTRACT = 4  # as every job: a critical data contract failed (the DAG does not retry it)
 
 
 def scoring_summary(lake: Lake, ds: str) -> dict:
@@ -66,6 +69,7 @@ def run(cfg: EcrecConfig, ds: str, k: int | None = None) -> dict[str, int]:
         exclude_purchased=bool(summary.get("exclude_purchased", cfg.exclude_purchased)),
     )
     validate_tables(tables, ctx)
+    check_manifest(lake, ds, tables)
     catalog = read_partition(lake.clean("catalog", ds), True, "clean/catalog",
                              "run the clean job for this ds first")
     assert catalog is not None
@@ -97,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     except DataContractError as exc:
         log.error("output contract failed, nothing published (previous data untouched):\n%s",
                   exc)
-        return EXIT_INVALID
-    except (PublishError, WarehouseError) as exc:
+        return EXIT_CONTRACT
+    except (PublishError, WarehouseError, RunManifestError) as exc:
         log.error("publication refused, previous data untouched: %s", exc)
         return EXIT_INVALID
     except (ScoringInputError, FileNotFoundError) as exc:

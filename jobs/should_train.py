@@ -85,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ds", required=True, help="logical date YYYY-MM-DD")
     parser.add_argument("--force", action="store_true", help="train whatever the data says")
     parser.add_argument("--skip", action="store_true", help="do not train (wins over --force)")
+    parser.add_argument("--fixed-model", default=None,
+                        help="a backfill or pinned-version run: never train (wins over all); "
+                        "the text is recorded as the reason")
     add_config_args(parser)
     args = parser.parse_args(argv)
     setup_logging()
@@ -107,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         has_champion=champion,
         force=args.force,
         skip=args.skip,
+        fixed_model=args.fixed_model,
     )
     out_dir = Path(Lake(cfg.lake_root).ops("training_decision", args.ds))
     out_dir.mkdir(parents=True, exist_ok=True)

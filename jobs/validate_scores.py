@@ -5,8 +5,9 @@
 The same Great Expectations suites ``jobs.publish_scores`` enforces before it publishes
 (``expectations/score_tables.py`` via :mod:`ecrec_lib.scoring.contracts`), run as their own
 step so the nightly DAG shows a contract failure apart from a warehouse failure.
-Exit codes: 0 all critical expectations passed; 1 a critical expectation failed (the log
-names the rule, the observed value and examples); 3 a score partition is missing.
+Exit codes: 0 all critical expectations passed; 1 the tables are not one scoring run's set
+(``ops/runs/ds=D/manifest.json``); 3 a score partition is missing; 4 a critical expectation
+failed (the log names the rule, the observed value and examples; the DAG does not retry it).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from jobs.common import setup_logging
 log = logging.getLogger("jobs.validate_scores")
 EXIT_INVALID = 1
 EXIT_MISSING = 3
+EXIT_CONTRACT = 4
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +39,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from ecrec_lib.scoring.contracts import validate_tables
     from ecrec_lib.scoring.pipeline import ScoringInputError
-    from ecrec_lib.scoring.tables import TABLE_COLUMNS, read_table
+    from ecrec_lib.scoring.tables import (
+        TABLE_COLUMNS,
+        RunManifestError,
+        check_manifest,
+        read_table,
+    )
     from ecrec_lib.validation import DataContractError
     from jobs.publish_scores import contract_context, scoring_summary
 
@@ -52,8 +59,12 @@ def main(argv: list[str] | None = None) -> int:
             exclude_purchased=bool(summary.get("exclude_purchased", cfg.exclude_purchased)),
         )
         outcomes = validate_tables(tables, ctx)
+        check_manifest(lake, args.ds, tables)
     except DataContractError as exc:
         log.error("output contract failed for ds=%s:\n%s", args.ds, exc)
+        return EXIT_CONTRACT
+    except RunManifestError as exc:
+        log.error("%s", exc)
         return EXIT_INVALID
     except (ScoringInputError, FileNotFoundError) as exc:
         log.error("cannot validate ds=%s: %s", args.ds, exc)

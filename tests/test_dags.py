@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from ecrec_lib.orchestration import (
+    EXIT_CONTRACT,
     EXIT_NO_DATA,
     JobFailed,
     decide_training,
@@ -24,6 +25,7 @@ from ecrec_lib.orchestration import (
     job_env,
     partition_ready,
     run_job,
+    run_policy,
     spark_submit_kwargs,
     task_retries,
 )
@@ -58,6 +60,8 @@ _PROBE = textwrap.dedent(
                     "trigger_rule": str(t.trigger_rule.value if hasattr(t.trigger_rule, "value")
                                         else t.trigger_rule),
                     "retries": t.retries,
+                    "timeout_s": t.execution_timeout.total_seconds() if t.execution_timeout
+                    else None,
                     "type": type(t).__name__,
                     "mode": getattr(t, "mode", None),
                 }
@@ -155,7 +159,19 @@ def test_nightly_branch_join_sensor_and_params(parsed: dict) -> None:
     assert tasks["score"]["trigger_rule"] == "none_failed_min_one_success"
     assert tasks["decide_training"]["type"] == "_BranchPythonDecoratedOperator"
     assert tasks["wait_for_raw_events"]["mode"] == "reschedule"
-    assert dag["params"] == ["force_training", "k", "skip_training"]
+    assert dag["params"] == ["force_training", "k", "pin_model_version", "skip_training"]
+
+
+def test_every_task_has_an_execution_timeout_from_env(tmp_path: Path, parsed: dict) -> None:
+    for dag in parsed["dags"].values():
+        for task_id, task in dag["tasks"].items():
+            assert task["timeout_s"], f"{task_id} has no execution_timeout"
+    tasks = parsed["dags"]["ecrec_nightly"]["tasks"]
+    assert tasks["train"]["timeout_s"] > tasks["validate_raw"]["timeout_s"]
+    custom = _probe(tmp_path, ECREC_TASK_TIMEOUT_SPARK_MIN="5", ECREC_TASK_TIMEOUT_LIGHT_MIN="2")
+    tasks = custom["dags"]["ecrec_nightly"]["tasks"]
+    assert tasks["clean"]["timeout_s"] == tasks["build_features"]["timeout_s"] == 300
+    assert tasks["publish"]["timeout_s"] == 120
 
 
 def test_retries_and_spark_submit_from_env(tmp_path: Path) -> None:
@@ -325,3 +341,119 @@ def test_should_train_refuses_to_guess_without_registry(tmp_path: Path, monkeypa
     monkeypatch.setenv("ECREC_MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens
     assert should_train.main(["--ds", "2024-01-01", "--lake", str(lake)]) == 1
     assert not (lake / "ops" / "training_decision").exists()
+
+
+# --- backfills and failure policy ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pin", "run_type", "backfill", "version"),
+    [
+        (None, "scheduled", False, None),
+        (None, "backfill", True, None),
+        ("3", "manual", False, "3"),
+        (" 4 ", "backfill", True, "4"),
+        ("", "manual", False, None),
+    ],
+)
+def test_run_policy(pin, run_type, backfill: bool, version) -> None:
+    policy = run_policy(pin, run_type)
+    assert (policy.backfill, policy.model_version) == (backfill, version)
+    assert policy.fixed_model == (backfill or version is not None)
+
+
+def test_run_policy_reads_airflow_run_types_and_rejects_bad_versions() -> None:
+    from airflow.utils.types import DagRunType
+
+    assert run_policy(None, DagRunType.BACKFILL_JOB).backfill
+    assert not run_policy(None, DagRunType.SCHEDULED).fixed_model
+    with pytest.raises(ValueError, match="registry version number"):
+        run_policy("champion", "manual")
+
+
+def test_backfill_never_trains_even_when_forced() -> None:
+    why = run_policy(None, "backfill").describe()
+    d = decide_training("2024-01-05", new_events=10**6, min_new_events=1, last_training_ds=None,
+                        has_champion=False, force=True, fixed_model=why)
+    assert d.train is False and d.reason == why and "no training, no promotion" in why
+    assert json.loads(d.to_json())["fixed_model"] == why
+
+
+def test_should_train_job_records_a_backfill(tmp_path: Path, monkeypatch) -> None:
+    from jobs import should_train
+
+    monkeypatch.setattr(should_train, "has_champion", lambda cfg: True)
+    lake = tmp_path / "lake"
+    args = ["--ds", "2024-01-05", "--lake", str(lake), "--force",
+            "--fixed-model", "backfill run: scores with the champion, no training, no promotion"]
+    assert should_train.main(args) == 0
+    decision = json.loads((lake / "ops/training_decision/ds=2024-01-05/decision.json").read_text())
+    assert decision["train"] is False and decision["reason"].startswith("backfill run")
+
+
+def _nightly_run(monkeypatch, returncode: int):
+    """dags/ecrec_nightly.py's _run with a job that exits ``returncode``."""
+    import importlib.util
+
+    import airflow.sdk
+
+    from ecrec_lib import orchestration
+
+    spec = importlib.util.spec_from_file_location("ecrec_nightly_dag", REPO / "dags/ecrec_nightly.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(airflow.sdk, "get_current_context", lambda: {"ds": "2024-01-05"})
+
+    def job(name, ds, **kwargs):
+        raise JobFailed(name, ds, returncode, ["ERROR critical expectation failed"])
+
+    monkeypatch.setattr(orchestration, "run_job", job)
+    return module._run
+
+
+def test_contract_failure_is_not_retried_transient_failure_is(monkeypatch) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    run = _nightly_run(monkeypatch, EXIT_CONTRACT)
+    with pytest.raises(AirflowFailException, match="not retrying"):
+        run("validate", dataset="clean_events")
+    run = _nightly_run(monkeypatch, 1)
+    with pytest.raises(JobFailed) as info:  # a plain failure: Airflow retries it
+        run("validate", dataset="clean_events")
+    assert not isinstance(info.value, AirflowFailException)
+
+
+def test_backfill_scores_with_the_pinned_version_and_never_promotes(monkeypatch) -> None:
+    """The nightly DAG's own task callables: score passes --model-version, promote skips."""
+    import importlib.util
+    import types
+
+    import airflow.sdk
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from ecrec_lib import orchestration
+
+    spec = importlib.util.spec_from_file_location("ecrec_nightly_dag", REPO / "dags/ecrec_nightly.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    dag = module.ecrec_nightly()
+    calls: list[tuple[str, dict]] = []
+    monkeypatch.setattr(orchestration, "run_job",
+                        lambda job, ds, **kw: calls.append((job, kw)) or [])
+
+    def context(run_type: str):
+        run = types.SimpleNamespace(run_type=run_type)
+        monkeypatch.setattr(airflow.sdk, "get_current_context",
+                            lambda: {"ds": "2024-01-05", "dag_run": run})
+
+    context("backfill")
+    dag.get_task("score").python_callable(params={"k": None, "pin_model_version": "3"})
+    assert calls[-1][0] == "score_topk" and calls[-1][1]["model_version"] == "3"
+    with pytest.raises(AirflowSkipException, match="aliases are never moved"):
+        dag.get_task("promote").python_callable(params={})
+    assert [c[0] for c in calls] == ["score_topk"]  # promote_model never ran
+    context("scheduled")
+    dag.get_task("score").python_callable(params={"k": 5})
+    assert calls[-1][1]["model_version"] is None and calls[-1][1]["k"] == 5
+    dag.get_task("promote").python_callable(params={})
+    assert calls[-1][0] == "promote_model"

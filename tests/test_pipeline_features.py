@@ -67,6 +67,13 @@ def write_lake(spark, lake: Path, events: dict[str, list[tuple]], catalog: list[
     spark.createDataFrame(catalog, CATALOG_DDL).write.parquet(str(lake / "clean/catalog" / f"ds={DS}"))
 
 
+def mark_empty_day(lake: Path, day: str) -> None:
+    """What jobs.clean_events records for a day whose raw partition held no event."""
+    out = lake / "ops" / "reconciliation" / f"ds={day}" / "events.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"dataset": "events", "ds": day, "status": "no_data"}))
+
+
 def cfg_for(lake: Path, **kw: Any):
     return load_config(env={}, lake_root=str(lake), spark_shuffle_partitions=2, max_seq_len=3,
                        smoothing_prior_weight=2.0, popularity_half_life_days=1.0, **kw)
@@ -76,6 +83,7 @@ def test_run_features_tables_and_contracts(spark, lake_dir: Path) -> None:
     from ecrec_lib.pipeline.features import run_features
 
     write_lake(spark, lake_dir, events_by_day(), catalog_rows())
+    mark_empty_day(lake_dir, "2024-01-02")
     # Tiny fixture: one user per query, so k-anonymity is lowered to 1 through the config.
     result = run_features(spark, cfg_for(lake_dir, min_query_users=1), DS, lookback_days=3)
     assert result.days_missing == ["2024-01-02"] and result.days_present == ["2024-01-01", DS]
@@ -154,6 +162,34 @@ def test_purchase_only_data_without_sessions_queries_or_prices(spark, lake_dir: 
     assert stats["a"]["purchases"] == 2 and not math.isnan(stats["a"]["popularity"])
     prof = {r["user_key"]: r for r in tables["user_profiles"].collect()}
     assert prof["u0"]["price_band"] is None and prof["u0"]["frequency"] == 3
+
+
+def test_a_gap_in_the_window_fails_loudly_and_a_killed_swap_is_recovered(spark, lake_dir: Path) -> None:
+    """A missing day after the lake's first clean day is an error, not a silent skip; a day
+    whose publish was killed between its two renames is restored and used."""
+    from ecrec_lib.pipeline.features import run_features
+    from ecrec_lib.pipeline.io import InputMissingError
+
+    write_lake(spark, lake_dir, events_by_day(), catalog_rows())
+    with pytest.raises(InputMissingError, match=r"missing for \['2024-01-02'\] inside the lookback"):
+        run_features(spark, cfg_for(lake_dir), DS, lookback_days=3)
+    assert not (lake_dir / "features").exists() or not any((lake_dir / "features").rglob("ds=*"))
+    # days before the lake's first clean day are history not there yet: fine
+    mark_empty_day(lake_dir, "2024-01-02")
+    day3 = lake_dir / "clean/events" / f"ds={DS}"
+    day3.rename(day3.parent / f".old-killedrun-ds={DS}")  # killed between the two renames
+    result = run_features(spark, cfg_for(lake_dir), DS, lookback_days=5)
+    assert day3.is_dir() and result.days_present == ["2024-01-01", DS]
+    assert result.days_missing == ["2023-12-30", "2023-12-31", "2024-01-02"]
+    assert result.row_counts["user_sequences"] == 2
+    # the published set names its run: ops/runs/ds=D/features.json and _run.json per table
+    manifest = json.loads((lake_dir / "ops/runs" / f"ds={DS}" / "features.json").read_text())
+    assert manifest["tables"] == result.row_counts
+    for name in manifest["tables"]:
+        part = lake_dir / "features" / name / f"ds={DS}"
+        assert json.loads((part / "_run.json").read_text())["run_id"] == manifest["run_id"]
+        assert [p.name for p in part.parent.iterdir()] == [f"ds={DS}"]  # no staging, no lock
+    assert spark.read.parquet(str(lake_dir / "features/user_sequences")).count() == 2
 
 
 def test_missing_inputs(spark, lake_dir: Path) -> None:

@@ -11,9 +11,19 @@ import pytest
 
 from ecrec_lib.config import load_config
 from ecrec_lib.lake import Lake
+from ecrec_lib.partitions import PartitionLocked, partition_lock
 from ecrec_lib.scoring import cold_start
+from ecrec_lib.scoring.pipeline import ScoringInputError
 from ecrec_lib.scoring.rerank import BlendWeights, blend_and_cap, reasons
-from ecrec_lib.scoring.tables import TABLE_COLUMNS, read_table, write_atomic
+from ecrec_lib.scoring.tables import (
+    TABLE_COLUMNS,
+    RunManifestError,
+    check_manifest,
+    manifest_path,
+    read_run_marker,
+    read_table,
+    write_atomic,
+)
 from jobs import score_topk
 from tests.scoring_support import CATALOG, DS, EVENTS, SEQUENCES, FakeRecommender, write_tiny_lake
 
@@ -181,3 +191,97 @@ def test_missing_inputs_named(lake_dir):
     cfg = load_config(None, env={}, lake_root=str(lake_dir))
     with pytest.raises(Exception, match="clean/catalog partition .* does not exist"):
         score_topk.run(cfg, DS, FakeRecommender(CATALOG), "7", k=5)
+
+
+def test_manifest_names_the_run_of_every_table(scored):
+    cfg, summary, tables = scored
+    lake = Lake(cfg.lake_root)
+    manifest = json.loads(Path(manifest_path(lake, DS)).read_text())
+    assert manifest["run_id"] == summary["run_id"] and manifest["model_version"] == "7"
+    assert {t: e["rows"] for t, e in manifest["tables"].items()} == summary["rows"]
+    assert check_manifest(lake, DS, tables) == manifest
+    for table in TABLE_COLUMNS:
+        assert read_run_marker(table, lake, DS)["run_id"] == summary["run_id"]
+    # the marker is not a data file: the table reads exactly as before
+    assert sorted(p.name for p in Path(lake.scores("trending", DS)).iterdir()) == [
+        "_run.json", "part-00000.parquet"]
+
+
+def test_publish_refuses_a_mixed_set(scored, tmp_path, capfd):
+    """A table re-written by another run (valid data, right schema) beside the others: the
+    manifest check refuses the set and the warehouse stays as it was."""
+    from jobs import publish_scores
+
+    cfg, _, tables = scored
+    lake = Lake(cfg.lake_root)
+    args = ["--ds", DS, "--lake", cfg.lake_root, "--warehouse-url",
+            f"duckdb:///{tmp_path}/wh.duckdb", "--k", "5"]
+    assert publish_scores.main(args) == 0
+    write_atomic("query_topk", tables["query_topk"], lake, DS, run_id="someone-else")
+    assert publish_scores.main(args) == publish_scores.EXIT_INVALID
+    err = capfd.readouterr().err
+    assert "not one run's set" in err and "written by run someone-else" in err
+    with pytest.raises(RunManifestError, match="no run manifest"):
+        Path(manifest_path(lake, DS)).unlink()
+        check_manifest(lake, DS, tables)
+
+
+def test_second_scorer_of_a_ds_is_refused_and_changes_nothing(scored):
+    cfg, summary, tables = scored
+    lake = Lake(cfg.lake_root)
+    with partition_lock(lake.scores("item_related", DS), "first-scorer") as holder:
+        with pytest.raises(PartitionLocked, match=f"run first-scorer \\(pid {holder.pid}"):
+            score_topk.run(cfg, DS, FakeRecommender(CATALOG), "9", k=5)
+    after = {t: read_table(t, lake, DS) for t in TABLE_COLUMNS}
+    for t in TABLE_COLUMNS:
+        pd.testing.assert_frame_equal(after[t], tables[t])
+    assert check_manifest(lake, DS, after)["run_id"] == summary["run_id"]
+
+
+def test_a_scoring_run_killed_before_its_manifest_cannot_be_published(scored, monkeypatch):
+    cfg, _, _ = scored
+    lake = Lake(cfg.lake_root)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the kill lands after the tables, before the manifest
+
+    monkeypatch.setattr(score_topk, "write_manifest", killed)
+    with pytest.raises(KeyboardInterrupt):
+        score_topk.run(cfg, DS, FakeRecommender(CATALOG, version="9"), "9", k=5)
+    tables = {t: read_table(t, lake, DS) for t in TABLE_COLUMNS}
+    with pytest.raises(RunManifestError, match="did not finish"):
+        check_manifest(lake, DS, tables)
+
+
+def test_pinned_model_version_loads_exactly_that_version(tmp_path):
+    cfg = load_config(None, env={}, lake_root=str(tmp_path / "lake"),
+                      mlflow_tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+                      mlflow_artifact_root=str(tmp_path / "artifacts"))
+    with pytest.raises(score_topk.ChampionUnavailable,
+                       match=r"pinned model version 12 \(models:/ecrec-two-tower/12\)"):
+        score_topk.load_model(cfg, None, "12")
+
+
+def _feature_run(lake: Lake, run_ids: dict[str, str], manifest_run: str) -> None:
+    """What jobs.build_features leaves: _run.json per table, ops/runs/ds=D/features.json."""
+    for name, run in run_ids.items():
+        (Path(lake.features(name, DS)) / "_run.json").write_text(json.dumps({"run_id": run}))
+    out = Path(lake.ops("runs", DS))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "features.json").write_text(json.dumps(
+        {"ds": DS, "run_id": manifest_run, "tables": {n: 1 for n in run_ids}}))
+
+
+def test_scoring_refuses_a_feature_set_of_two_runs(lake_dir):
+    write_tiny_lake(lake_dir)
+    lake = Lake(str(lake_dir))
+    cfg = load_config(None, env={}, lake_root=str(lake_dir), n_related=5)
+    present = [p.name for p in (lake_dir / "features").iterdir()]
+    # a features run killed between two publishes: one table new, the others from before
+    _feature_run(lake, {n: "new" if n == "user_sequences" else "old" for n in present}, "old")
+    with pytest.raises(ScoringInputError, match=r"features/user_sequences/ds=.* published by "
+                       r"run new.*Re-run `python -m jobs.build_features"):
+        score_topk.run(cfg, DS, FakeRecommender(CATALOG), "7", k=5)
+    assert not Path(lake.scores("user_topk", DS)).exists()
+    _feature_run(lake, dict.fromkeys(present, "new"), "new")
+    assert score_topk.run(cfg, DS, FakeRecommender(CATALOG), "7", k=5)["features_run_id"] == "new"

@@ -42,6 +42,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ecrec_lib import partitions
 from ecrec_lib import schema as S
 from ecrec_lib.config import EcrecConfig, resolve_pseudonymization_key
 from ecrec_lib.lake import Lake, parse_ds
@@ -443,11 +444,12 @@ def _reason_counts(classified: DataFrame) -> tuple[int, dict[str, int]]:
 
 
 def _reconcile(spark: SparkSession, lake: Lake, dataset: str, ds: str, input_rows: int,
-               dups: int, by_reason: dict[str, int], unknown: dict[str, int]) -> Reconciliation:
+               dups: int, by_reason: dict[str, int], unknown: dict[str, int],
+               run_id: str) -> Reconciliation:
     """Count what was actually staged and check the reconciliation equation."""
     # from the staged files' Parquet footers: what was really written, without a Spark job
-    clean_n = io.count_parquet_rows(spark, io.staging_path(lake.clean(dataset, ds))) or 0
-    quarantine_n = io.count_parquet_rows(spark, io.staging_path(lake.quarantine(dataset, ds))) or 0
+    clean_n = io.count_parquet_rows(spark, io.staging_path(lake.clean(dataset, ds), run_id)) or 0
+    quarantine_n = io.count_parquet_rows(spark, io.staging_path(lake.quarantine(dataset, ds), run_id)) or 0
     rec = Reconciliation(dataset, ds, input_rows, clean_n, quarantine_n, dups, by_reason, unknown)
     if quarantine_n != sum(by_reason.values()):
         rec.status = "unbalanced"
@@ -470,11 +472,11 @@ def _prev_rows(spark: SparkSession, lake: Lake, stage: str, name: str, ds: str) 
 
 
 def _validate_staged(spark: SparkSession, lake: Lake, suite_name: str, final_path: str, ds: str,
-                     ctx_kwargs: dict[str, Any]) -> None:
+                     ctx_kwargs: dict[str, Any], run_id: str) -> None:
     from ecrec_lib.validation import validate
     from expectations import SUITES, SuiteContext
 
-    staged = spark.read.parquet(io.staging_path(final_path))
+    staged = spark.read.parquet(io.staging_path(final_path, run_id))
     suite = SUITES[suite_name](SuiteContext(ds=ds, **ctx_kwargs))
     validate(spark, staged, suite, suite_name, ds, f"{lake.ops('validation', ds)}/{suite_name}")
 
@@ -520,7 +522,8 @@ class _Phases:
         log.info("%s: %.1f s %s", self.what, self._clock() - self.t0, self.times)
 
 
-def run_clean(spark: SparkSession, cfg: EcrecConfig, ds: str, key: bytes | None = None) -> CleanResult:
+def run_clean(spark: SparkSession, cfg: EcrecConfig, ds: str, key: bytes | None = None,
+              run_id: str | None = None) -> CleanResult:
     """Clean the catalog snapshot and the events of ``ds``; publish only what passes its suite.
 
     Raises :class:`~ecrec_lib.pipeline.io.InputMissingError` (raw partition absent),
@@ -536,10 +539,25 @@ def run_clean(spark: SparkSession, cfg: EcrecConfig, ds: str, key: bytes | None 
     quarantine writes; staged row counts come from Parquet footers.
     The events are parsed and counted on a second thread while the catalog is cleaned (the
     catalog's many small jobs leave cores idle); only their classification needs the catalog.
+
+    The job holds the single-writer lock of its four partitions throughout and stages under
+    ``run_id`` (default: a fresh one); :class:`~ecrec_lib.partitions.PartitionLocked` when
+    another writer holds one of them.
     """
     parse_ds(ds)
     lake = Lake(cfg.lake_root)
     key = key if key is not None else resolve_pseudonymization_key()
+    run_id = run_id or partitions.new_run_id()
+    # one writer per partition for the whole write-validate-publish span (a retry beside a
+    # stray run, a manual run): the second one fails naming the first
+    outputs = [lake.partition(stage, name, ds)
+               for stage in ("clean", "quarantine") for name in ("catalog", "events")]
+    with partitions.partition_locks(outputs, run_id):
+        return _run_clean(spark, cfg, ds, key, lake, run_id)
+
+
+def _run_clean(spark: SparkSession, cfg: EcrecConfig, ds: str, key: bytes, lake: Lake,
+               run_id: str) -> CleanResult:
     common = {"volume_drop_fraction": cfg.volume_drop_fraction,
               "late_tolerance_hours": cfg.late_tolerance_hours}
     phases = _Phases(f"clean ds={ds}")
@@ -554,7 +572,7 @@ def run_clean(spark: SparkSession, cfg: EcrecConfig, ds: str, key: bytes | None 
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"clean-{ds}") as pool:
         events_parse = pool.submit(_parse_events, spark, lake, ds)
         try:
-            cat_rec = _clean_catalog(spark, cfg, ds, lake, common, phases)
+            cat_rec = _clean_catalog(spark, cfg, ds, lake, common, phases, run_id)
             ev_parsed, (n, unknown, present) = events_parse.result()
         except BaseException:
             # never leave a parsed day cached behind a failed catalog
@@ -564,7 +582,7 @@ def run_clean(spark: SparkSession, cfg: EcrecConfig, ds: str, key: bytes | None 
             raise
         phases.mark("events_parse_stats")
         return _clean_events(spark, cfg, ds, key, lake, common, phases, pool, cat_rec, ev_parsed,
-                             n, unknown, present)
+                             n, unknown, present, run_id)
 
 
 def _parse_events(
@@ -585,7 +603,7 @@ def _parse_events(
 
 
 def _clean_catalog(spark: SparkSession, cfg: EcrecConfig, ds: str, lake: Lake,
-                   common: dict[str, Any], phases: _Phases) -> Reconciliation:
+                   common: dict[str, Any], phases: _Phases, run_id: str) -> Reconciliation:
     from pyspark import StorageLevel
 
     from ecrec_lib.validation import DataContractError
@@ -603,21 +621,22 @@ def _clean_catalog(spark: SparkSession, cfg: EcrecConfig, ds: str, lake: Lake,
             )
         dups, by_reason = _reason_counts(cat_rows)
         cat_clean, cat_quarantine = catalog_outputs(cat_rows)
-        io.write_staged(cat_clean, lake.clean("catalog", ds), n_files=1)
-        io.write_staged(cat_quarantine, lake.quarantine("catalog", ds), n_files=1)
+        io.write_staged(cat_clean, lake.clean("catalog", ds), run_id, n_files=1)
+        io.write_staged(cat_quarantine, lake.quarantine("catalog", ds), run_id, n_files=1)
         phases.mark("catalog_classify_write")
-        cat_rec = _reconcile(spark, lake, "catalog", ds, cat_n, dups, by_reason, cat_unknown)
+        cat_rec = _reconcile(spark, lake, "catalog", ds, cat_n, dups, by_reason, cat_unknown,
+                             run_id)
         io.write_json(spark, f"{lake.ops('reconciliation', ds)}/catalog.json", cat_rec.to_dict())
-        io.publish(spark, lake.quarantine("catalog", ds))
+        io.publish(spark, lake.quarantine("catalog", ds), run_id)
         try:
             _validate_staged(spark, lake, "catalog", lake.clean("catalog", ds), ds, {
                 **common, "prev_rows": _prev_rows(spark, lake, "clean", "catalog", ds),
                 "min_rows": 1,
-            })
+            }, run_id)
         except DataContractError:
-            io.discard_staged(spark, lake.clean("catalog", ds))
+            io.discard_staged(spark, lake.clean("catalog", ds), run_id)
             raise
-        io.publish(spark, lake.clean("catalog", ds))
+        io.publish(spark, lake.clean("catalog", ds), run_id)
         phases.mark("catalog_gx_publish")
     finally:
         cat_rows.unpersist()
@@ -629,7 +648,7 @@ def _clean_catalog(spark: SparkSession, cfg: EcrecConfig, ds: str, lake: Lake,
 def _clean_events(spark: SparkSession, cfg: EcrecConfig, ds: str, key: bytes, lake: Lake,
                   common: dict[str, Any], phases: _Phases, pool: ThreadPoolExecutor,
                   cat_rec: Reconciliation, ev_parsed: DataFrame, n: int, unknown: dict[str, int],
-                  present: tuple[str, ...]) -> CleanResult:
+                  present: tuple[str, ...], run_id: str) -> CleanResult:
     from pyspark import StorageLevel
 
     from ecrec_lib.validation import DataContractError
@@ -655,28 +674,28 @@ def _clean_events(spark: SparkSession, cfg: EcrecConfig, ds: str, key: bytes, la
             dups, by_reason = _reason_counts(keyed)  # materializes the cache
             phases.mark("events_classify")
             clean, quarantine = event_outputs(keyed)
-            io.write_staged(clean, lake.clean("events", ds),
+            io.write_staged(clean, lake.clean("events", ds), run_id,
                             n_files=max(1, min(spark.sparkContext.defaultParallelism,
                                                math.ceil(n / 250_000))))
-            io.write_staged(quarantine, lake.quarantine("events", ds), n_files=1)
+            io.write_staged(quarantine, lake.quarantine("events", ds), run_id, n_files=1)
             phases.mark("events_write")
         finally:
             keyed.unpersist()
-        rec = _reconcile(spark, lake, "events", ds, n, dups, by_reason, unknown)
+        rec = _reconcile(spark, lake, "events", ds, n, dups, by_reason, unknown, run_id)
         io.write_json(spark, f"{lake.ops('reconciliation', ds)}/events.json", rec.to_dict())
-        io.publish(spark, lake.quarantine("events", ds))
+        io.publish(spark, lake.quarantine("events", ds), run_id)
         try:
             raw_check.result()
             phases.mark("events_gx_raw_wait")
             _validate_staged(spark, lake, "clean_events", lake.clean("events", ds), ds, {
                 **common, "prev_rows": _prev_rows(spark, lake, "clean", "events", ds),
                 "min_rows": max(1, math.ceil(n * cfg.min_clean_fraction)),
-            })
+            }, run_id)
             phases.mark("events_gx_clean")
         except DataContractError:
-            io.discard_staged(spark, lake.clean("events", ds))
+            io.discard_staged(spark, lake.clean("events", ds), run_id)
             raise
-        io.publish(spark, lake.clean("events", ds))
+        io.publish(spark, lake.clean("events", ds), run_id)
     finally:
         if raw_check is not None and not raw_check.done():
             wait([raw_check])  # never unpersist under a running suite

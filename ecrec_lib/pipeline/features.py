@@ -39,6 +39,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ecrec_lib import partitions
 from ecrec_lib import schema as S
 from ecrec_lib.config import EcrecConfig
 from ecrec_lib.lake import FEATURES, Lake, ds_range, parse_ds
@@ -341,13 +342,73 @@ def build_feature_tables(events: DataFrame, catalog: DataFrame, ds: str, days_pr
     }
 
 
+FEATURE_MANIFEST = "features.json"
+
+
+def feature_manifest_path(lake: Lake, ds: str) -> str:
+    """``ops/runs/ds=D/features.json``: the run that published the feature set of ds (written
+    after the last table; each table's ``_run.json`` names its run)."""
+    return f"{lake.ops('runs', ds)}/{FEATURE_MANIFEST}"
+
+
+def window_days(spark: SparkSession, lake: Lake, days: list[str]) -> tuple[list[str], list[str]]:
+    """(days with clean events, days rightly without) of a lookback window; raises
+    :class:`~ecrec_lib.pipeline.io.InputMissingError` naming the days that should have clean
+    events and do not.
+
+    A missing ``clean/events/ds=X`` is first recovered (a swap killed between its two renames
+    leaves the previous copy beside it), under that partition's lock. It is then accepted only
+    when X precedes the lake's first clean day (history not there yet) or X was an empty day
+    (``ops/reconciliation/ds=X/events.json`` says ``no_data``); any other gap would silently
+    shift every feature of the window, so the job fails instead.
+    """
+    present: list[str] = []
+    absent: list[str] = []
+    for d in days:
+        path = lake.clean("events", d)
+        if not io.path_exists(spark, path):
+            with partitions.partition_lock(path, partitions.new_run_id()):
+                partitions.recover_partition(path)
+        (present if io.path_exists(spark, path) else absent).append(d)
+    if not absent:
+        return present, absent
+    first = min(io.list_partitions(spark, lake.dataset("clean", "events")), default=None)
+    gaps = [d for d in absent if first is not None and d > first and not _empty_day(spark, lake, d)]
+    if gaps:
+        raise io.InputMissingError(
+            f"clean events are missing for {gaps} inside the lookback window {days[0]}..{days[-1]} "
+            f"(the lake's clean events start at {first}): features would silently skip those "
+            f"days. Run `python -m jobs.clean_events --ds {gaps[0]}` for each, then re-run"
+        )
+    return present, absent
+
+
+def _empty_day(spark: SparkSession, lake: Lake, ds: str) -> bool:
+    """Was ``ds`` cleaned and found empty (status ``no_data`` in its events reconciliation)?"""
+    record = io.read_json(spark, f"{lake.ops('reconciliation', ds)}/events.json")
+    return bool(record) and record.get("status") == "no_data"
+
+
 def run_features(spark: SparkSession, cfg: EcrecConfig, ds: str,
-                 lookback_days: int | None = None) -> FeatureResult:
+                 lookback_days: int | None = None, run_id: str | None = None) -> FeatureResult:
     """Build, validate and publish ``features/<name>/ds=D`` for every table in lake.FEATURES.
 
     Every table is staged and validated first; nothing is published unless all critical
-    suites pass (raises :class:`~ecrec_lib.validation.DataContractError`).
+    suites pass (raises :class:`~ecrec_lib.validation.DataContractError`). The job holds the
+    single-writer lock of its partitions throughout and stages under ``run_id`` (default: a
+    fresh one). A day of the window missing from clean/events fails the job
+    (:class:`~ecrec_lib.pipeline.io.InputMissingError`) unless it precedes the lake's first
+    clean day or was an empty day (:func:`window_days`).
     """
+    lake = Lake(cfg.lake_root)
+    run_id = run_id or partitions.new_run_id()
+    targets = [lake.features(name, ds) for name in FEATURES] + [lake.ops("runs", ds)]
+    with partitions.partition_locks(targets, run_id):
+        return _run_features(spark, cfg, ds, lookback_days, run_id)
+
+
+def _run_features(spark: SparkSession, cfg: EcrecConfig, ds: str, lookback_days: int | None,
+                  run_id: str) -> FeatureResult:
     from pyspark import StorageLevel
 
     from ecrec_lib.validation import DataContractError, validate
@@ -360,11 +421,11 @@ def run_features(spark: SparkSession, cfg: EcrecConfig, ds: str,
         raise io.InputMissingError(
             f"clean catalog {cat_path} does not exist; run `python -m jobs.clean_events --ds {ds}` first"
         )
-    present = [d for d in days if io.path_exists(spark, lake.clean("events", d))]
-    missing = [d for d in days if d not in present]
+    present, missing = window_days(spark, lake, days)
     if missing:
-        log.warning("features ds=%s: %d of %d lookback days have no clean events: %s",
-                    ds, len(missing), len(days), missing if len(missing) <= 10 else missing[:10] + ["..."])
+        log.warning("features ds=%s: %d of %d lookback days have no clean events (before the "
+                    "lake's first day, or empty days): %s", ds, len(missing), len(days),
+                    missing if len(missing) <= 10 else missing[:10] + ["..."])
     if not present:
         raise io.InputMissingError(
             f"no clean events in the lookback window {days[0]}..{ds} (e.g. {lake.clean('events', ds)}); "
@@ -385,12 +446,13 @@ def run_features(spark: SparkSession, cfg: EcrecConfig, ds: str,
         small = {"search_pairs", "item_cooccurrence", "item_stats", "user_profiles"}
         for name in FEATURES:
             t0 = time.perf_counter()
-            io.write_staged(tables[name], lake.features(name, ds), n_files=2 if name in small else None)
+            io.write_staged(tables[name], lake.features(name, ds), run_id,
+                            n_files=2 if name in small else None)
             log.info("features ds=%s: %s staged in %.1f s", ds, name, time.perf_counter() - t0)
         prev = (parse_ds(ds) - dt.timedelta(days=1)).isoformat()
         try:
             for name in FEATURES:
-                staged = spark.read.parquet(io.staging_path(lake.features(name, ds)))
+                staged = spark.read.parquet(io.staging_path(lake.features(name, ds), run_id))
                 ctx = SuiteContext(
                     ds=ds, prev_rows=io.count_parquet_rows(spark, lake.features(name, prev)),
                     volume_drop_fraction=cfg.volume_drop_fraction,
@@ -398,18 +460,23 @@ def run_features(spark: SparkSession, cfg: EcrecConfig, ds: str,
                 validate(spark, staged, SUITES[name](ctx), name, ds,
                          f"{lake.ops('validation', ds)}/{name}")
                 result.row_counts[name] = io.count_parquet_rows(
-                    spark, io.staging_path(lake.features(name, ds))) or 0
+                    spark, io.staging_path(lake.features(name, ds), run_id)) or 0
         except DataContractError:
             for name in FEATURES:
-                io.discard_staged(spark, lake.features(name, ds))
+                io.discard_staged(spark, lake.features(name, ds), run_id)
             raise
         for name in FEATURES:
-            io.publish(spark, lake.features(name, ds))
+            io.publish(spark, lake.features(name, ds), run_id, marker={
+                "run_id": run_id, "table": name, "ds": ds, "rows": result.row_counts[name]})
         # Counts of the queries search_pairs held back, for the night's report.
         privacy = query_privacy_report(query_publication(events, cfg.min_query_users), ds,
                                        cfg.min_query_users)
         io.write_json(spark, f"{lake.ops('privacy', ds)}/{QUERY_PRIVACY_FILE}", privacy)
         result.query_privacy = privacy
+        # last: a kill inside the loop above leaves tables of two runs, which the previous
+        # manifest (or its absence) exposes to the scorer (check_feature_set)
+        io.write_json(spark, feature_manifest_path(lake, ds),
+                      {"ds": ds, "run_id": run_id, "tables": result.row_counts})
     finally:
         for df in (*shared, events, catalog):
             df.unpersist()

@@ -2,13 +2,17 @@
 
 Publishing protocol (what makes a job atomic and idempotent):
 
-1. every output is first written to a hidden sibling ``.staging-ds=D`` (Spark's partition
-   discovery ignores names starting with ``.``, so readers never see it);
+0. the job holds the single-writer lock of every partition it writes for the whole span
+   (:func:`ecrec_lib.partitions.partition_locks`), which also recovers a swap a killed run
+   left half-done;
+1. every output is first written to a hidden sibling ``.staging-<run id>-ds=D``, unique to the
+   run (Spark's partition discovery ignores names starting with ``.``, so readers never see it);
 2. the output's Great Expectations suite runs on the staged data;
 3. only when every critical suite of the job passed, each staged dir is renamed into place
-   (local paths: ``ds=D`` -> ``.old-ds=D``, staging -> ``ds=D``, old removed). On object stores,
-   where rename is not atomic, the staged data is re-written with Spark's dynamic partition
-   overwrite (``mode("overwrite")`` + ``partitionOverwriteMode=dynamic``), never appended.
+   (local paths: ``ds=D`` -> ``.old-<run id>-ds=D``, staging -> ``ds=D``, old removed:
+   :func:`ecrec_lib.partitions.swap_in`). On object stores, where rename is not atomic, the
+   staged data is re-written with Spark's dynamic partition overwrite (``mode("overwrite")`` +
+   ``partitionOverwriteMode=dynamic``), never appended.
 
 A job failing half-way therefore leaves the previous ``ds=D`` (or none) visible, never a partial one.
 """
@@ -22,6 +26,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ecrec_lib import partitions
 from ecrec_lib.lake import is_local
 from ecrec_lib.lake_files import hadoop_fs as _hadoop_fs
 from ecrec_lib.lake_files import local_path as _local
@@ -41,9 +46,10 @@ EXIT_ERROR = 1  # unexpected failure (bug, infrastructure)
 EXIT_INPUT_MISSING = 2  # an input partition does not exist (message names path and fix)
 EXIT_NO_DATA = 3  # the raw partition exists but holds no line: ops marker status=no_data written
 EXIT_CONTRACT = 4  # a critical Great Expectations expectation failed: nothing was published
+EXIT_LOCKED = 5  # another live writer holds an output partition (message names it): retry later
 
-STAGING_PREFIX = ".staging-"
-OLD_PREFIX = ".old-"
+STAGING_PREFIX = partitions.STAGING_PREFIX
+OLD_PREFIX = partitions.OLD_PREFIX
 
 
 class InputMissingError(FileNotFoundError):
@@ -75,34 +81,44 @@ def delete_path(spark: SparkSession, path: str) -> None:
         fs.delete(jpath, True)
 
 
-def staging_path(final_path: str) -> str:
-    """The hidden sibling a partition is written to before it is published."""
-    parent, _, name = final_path.rstrip("/").rpartition("/")
-    return f"{parent}/{STAGING_PREFIX}{name}"
+def list_partitions(spark: SparkSession, dataset_root: str) -> list[str]:
+    """The ds values of the published ``ds=`` partitions under ``dataset_root``, sorted
+    (hidden staging / old copies and lock files are not partitions)."""
+    if is_local(dataset_root):
+        root = Path(_local(dataset_root))
+        names = [p.name for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+    else:
+        fs, jpath = _hadoop_fs(spark, dataset_root)
+        names = ([s.getPath().getName() for s in fs.listStatus(jpath) if s.isDirectory()]
+                 if fs.exists(jpath) else [])
+    return sorted(n.removeprefix("ds=") for n in names if n.startswith("ds="))
 
 
-def write_staged(df: DataFrame, final_path: str, n_files: int | None = None) -> str:
-    """Write ``df`` as Parquet to the staging sibling of ``final_path`` (overwrite); return it."""
-    stage = staging_path(final_path)
+def staging_path(final_path: str, run_id: str) -> str:
+    """The hidden sibling run ``run_id`` writes a partition to before it is published."""
+    return partitions.staging_path(final_path, run_id)
+
+
+def write_staged(df: DataFrame, final_path: str, run_id: str, n_files: int | None = None) -> str:
+    """Write ``df`` as Parquet to this run's staging sibling of ``final_path``; return it."""
+    stage = staging_path(final_path, run_id)
     out = df.coalesce(n_files) if n_files else df
     out.write.mode("overwrite").parquet(stage)
     return stage
 
 
-def publish(spark: SparkSession, final_path: str) -> None:
-    """Move the staged partition of ``final_path`` into place (see module docstring)."""
-    stage = staging_path(final_path)
+def publish(spark: SparkSession, final_path: str, run_id: str,
+            marker: dict[str, Any] | None = None) -> None:
+    """Move this run's staged partition of ``final_path`` into place (see module docstring).
+
+    ``marker`` is written as ``_run.json`` inside the partition (skipped by Spark and pyarrow),
+    so a reader can tell which run published it; locally it travels with the swap."""
+    stage = staging_path(final_path, run_id)
+    text = json.dumps(marker, sort_keys=True) if marker is not None else None
     if is_local(final_path):
-        final = Path(_local(final_path))
-        staged = Path(_local(stage))
-        old = final.parent / f"{OLD_PREFIX}{final.name}"
-        if old.exists():
-            shutil.rmtree(old)
-        if final.exists():
-            final.rename(old)
-        staged.rename(final)
-        if old.exists():
-            shutil.rmtree(old)
+        if text is not None:
+            (Path(_local(stage)) / partitions.RUN_MARKER).write_text(text)
+        partitions.swap_in(_local(stage), _local(final_path), run_id)
         return
     from pyspark.sql import functions as F
 
@@ -117,11 +133,13 @@ def publish(spark: SparkSession, final_path: str) -> None:
         .parquet(root)
     )
     delete_path(spark, stage)
+    if text is not None:
+        write_text(spark, f"{final_path.rstrip('/')}/{partitions.RUN_MARKER}", text)
 
 
-def discard_staged(spark: SparkSession, final_path: str) -> None:
+def discard_staged(spark: SparkSession, final_path: str, run_id: str) -> None:
     """Remove a staged partition that will not be published (failed validation)."""
-    delete_path(spark, staging_path(final_path))
+    delete_path(spark, staging_path(final_path, run_id))
 
 
 def read_json(spark: SparkSession, path: str) -> dict[str, Any] | None:

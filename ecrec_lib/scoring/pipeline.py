@@ -8,6 +8,7 @@ code per partition.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -109,6 +110,43 @@ def read_partition(path: str, required: bool, what: str, hint: str) -> pd.DataFr
             raise ScoringInputError(f"{what} partition {local} does not exist; {hint}")
         return None
     return pq.read_table(local).to_pandas()
+
+
+def check_feature_set(lake: Lake, ds: str) -> str | None:
+    """The run id of the feature set of ``ds`` after checking that every feature partition it
+    lists was published by that run (``_run.json`` vs ``ops/runs/ds=D/features.json``).
+
+    Raises :class:`ScoringInputError` for a mixed set (a features run killed between two of
+    its publishes). ``None``, with a warning, when there is no manifest (a lake written before
+    manifests existed, hand-made test lakes) or the lake is remote.
+    """
+    from ecrec_lib.partitions import RUN_MARKER
+    from ecrec_lib.pipeline.features import feature_manifest_path
+
+    path = feature_manifest_path(lake, ds)
+    if not is_local(path):
+        return None
+    manifest_file = Path(path.removeprefix("file://"))
+    if not manifest_file.is_file():
+        log.warning("no feature manifest %s: cannot check that the feature tables of ds=%s come "
+                    "from one run", manifest_file, ds)
+        return None
+    manifest = json.loads(manifest_file.read_text())
+    run_id = manifest["run_id"]
+    problems = []
+    for name in sorted(manifest["tables"]):
+        marker_file = Path(lake.features(name, ds).removeprefix("file://")) / RUN_MARKER
+        marker = json.loads(marker_file.read_text()) if marker_file.is_file() else None
+        if marker is None or marker.get("run_id") != run_id:
+            who = f"run {marker['run_id']}" if marker else "an unknown run (no _run.json)"
+            problems.append(f"features/{name}/ds={ds} was published by {who}")
+    if problems:
+        raise ScoringInputError(
+            f"the feature tables of ds={ds} are not one run's set ({manifest_file} names run "
+            f"{run_id}): " + "; ".join(problems)
+            + f". Re-run `python -m jobs.build_features --ds {ds}`, then score"
+        )
+    return run_id
 
 
 def read_inputs(lake: Lake, ds: str) -> ScoringInputs:

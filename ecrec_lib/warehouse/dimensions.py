@@ -267,9 +267,9 @@ def comment_feedback_table(wh: Warehouse, table: str) -> None:
 # ------------------------------------------------------------------ inside the publish transaction
 
 
-def load_items_staging(wh: Warehouse, items: pd.DataFrame) -> str:
-    """``items__staging`` holding the night's items (no constraints: checked before merging)."""
-    staging = ITEMS + "__staging"
+def load_items_staging(wh: Warehouse, items: pd.DataFrame, staging: str) -> str:
+    """``staging`` (``items__staging_<run id>``) holding the night's items (no constraints:
+    checked before merging)."""
     wh.execute(f"DROP TABLE IF EXISTS {wh.fq(staging)}")
     ddl = ", ".join(f"{ident(c)} {t.replace(' NOT NULL', '')}" for c, t in ITEM_COLUMNS.items())
     wh.execute(f"CREATE TABLE {wh.fq(staging)} ({ddl})")

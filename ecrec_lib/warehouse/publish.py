@@ -3,8 +3,9 @@
 1. ``ensure_schema``: schema, main tables, ``<table>_latest`` and ``<table>_named`` views, the
    ``items`` dimension and ``published_nights`` (:mod:`ecrec_lib.warehouse.dimensions`),
    COMMENT ON everything.
-2. Load every table (and the night's catalog items) into ``<table>__staging`` and check it
-   there (row count, ds, key columns).
+2. Load every table (and the night's catalog items) into ``<table>__staging_<run id>`` (unique
+   per publisher, so two publishers of one schema never load into or drop each other's
+   staging) and check it there (row count, ds, key columns).
 3. ONE transaction for all tables: delete the ds partition from the main table, insert from
    staging, delete partitions older than the retention, merge the items, record the night in
    ``published_nights``. Readers see the whole night or none of it (PostgreSQL MVCC; DuckDB's
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
+import uuid
 from collections.abc import Mapping
 
 import pandas as pd
@@ -96,8 +99,14 @@ def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _load_staging(wh: Warehouse, table: str, df: pd.DataFrame, ds: str) -> str:
-    staging = table + STAGING_SUFFIX
+def staging_name(table: str, run_id: str) -> str:
+    """``<table>__staging_<run id>``: a valid identifier on both engines (<= 63 characters)."""
+    token = re.sub(r"[^a-z0-9_]", "_", run_id.lower())[-24:]
+    return f"{table}{STAGING_SUFFIX}_{token}"
+
+
+def _load_staging(wh: Warehouse, table: str, df: pd.DataFrame, ds: str, run_id: str) -> str:
+    staging = staging_name(table, run_id)
     cols = TABLE_COLUMNS[table]
     wh.execute(f"DROP TABLE IF EXISTS {wh.fq(staging)}")
     ddl = ", ".join(f"{ident(c)} {_col_type(c)}" for c in cols)
@@ -139,12 +148,15 @@ def publish(
     retention_days: int,
     *,
     items: pd.DataFrame | None = None,
+    run_id: str | None = None,
 ) -> dict[str, int]:
     """Publish the ds partition of every table in one transaction; returns rows per table.
 
     ``items`` (:func:`dimensions.items_frame` of the night's clean catalog) is merged into the
     ``items`` dimension in the same transaction; the night is recorded in ``published_nights``.
+    ``run_id`` names this publisher's staging tables (default: a fresh id).
     """
+    run_id = run_id or uuid.uuid4().hex[:12]
     unknown = set(tables) - set(TABLE_COLUMNS)
     if unknown:
         raise PublishError(f"unknown score tables {sorted(unknown)}")
@@ -153,10 +165,11 @@ def publish(
     try:
         problems: list[str] = []
         for table, df in tables.items():
-            staged[table] = _load_staging(wh, table, df, ds)
+            staged[table] = _load_staging(wh, table, df, ds, run_id)
             problems += _check_staging(wh, table, staged[table], len(df), ds)
         if items is not None:
-            staged[dimensions.ITEMS] = dimensions.load_items_staging(wh, items)
+            staged[dimensions.ITEMS] = dimensions.load_items_staging(
+                wh, items, staging_name(dimensions.ITEMS, run_id))
             problems += dimensions.check_items_staging(wh, staged[dimensions.ITEMS], len(items))
         if problems:
             raise PublishError("staging checks failed: " + "; ".join(problems))
