@@ -1,4 +1,10 @@
-"""User pseudonymization: ``user_key = hex(HMAC-SHA256(key, user_id))``.
+"""Pseudonymization: ``user_key = hex(HMAC-SHA256(key, user_id))``, and keyed session and
+event ids ``hex(HMAC-SHA256(key, "<field>:" + value))[:32]`` (:func:`keyed_id_py`).
+
+The ids are keyed too because a source may derive them from the person (the Amazon adapter
+used to hash the public reviewer id): an unkeyed hash is reversible by hashing every known
+id. The field name in the message keeps the three kinds apart (an event id equal to a user id
+gets another pseudonym); 128 bits are plenty for uniqueness within and across days.
 
 Spark has ``sha2`` but no HMAC, so a pandas UDF computes it -- once per *distinct* user_id,
 then joined back (users are far fewer than events). The key travels to the executors inside
@@ -19,11 +25,18 @@ if TYPE_CHECKING:
 
 
 BROADCAST_MAX_IDS = 1_000_000  # (id, 64-char key) rows: ~100 MB at most on every executor
+KEYED_ID_FIELDS = ("event_id", "session_id")
+KEYED_ID_HEX = 32  # 128 bits
 
 
 def user_key_py(key: bytes, user_id: str) -> str:
     """Reference implementation (and what the UDF computes)."""
     return hmac.new(key, user_id.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def keyed_id_py(key: bytes, field: str, value: str) -> str:
+    """Reference: the keyed pseudonym of a session or event id (``field`` names which)."""
+    return hmac.new(key, f"{field}:{value}".encode(), hashlib.sha256).hexdigest()[:KEYED_ID_HEX]
 
 
 def _hmac_udf(key: bytes):  # noqa: ANN202 - returns a pandas_udf
@@ -38,6 +51,44 @@ def _hmac_udf(key: bytes):  # noqa: ANN202 - returns a pandas_udf
         )
 
     return hmac_sha256
+
+
+def _keyed_ids_udf(key: bytes, fields: tuple[str, ...]):  # noqa: ANN202 - returns a pandas_udf
+    from pyspark.sql.functions import pandas_udf
+
+    secret = bytes(key)  # captured by the closure only
+    n = KEYED_ID_HEX
+    schema = ", ".join(f"{f} string" for f in fields)
+
+    prefixes = [f"{f}:".encode() for f in fields]
+
+    def keyed(prefix: bytes, v: str | None) -> str | None:
+        return None if v is None else hmac.new(secret, prefix + v.encode("utf-8"), hashlib.sha256).hexdigest()[:n]
+
+    @pandas_udf(schema)
+    def keyed_ids(*cols: pd.Series) -> pd.DataFrame:
+        return pd.DataFrame({
+            f: c.map(lambda v, p=p: keyed(p, v))
+            for f, c, p in zip(fields, cols, prefixes, strict=True)
+        })
+
+    return keyed_ids
+
+
+def key_ids(df: DataFrame, key: bytes, fields: tuple[str, ...] = KEYED_ID_FIELDS) -> DataFrame:
+    """Replace each column of ``fields`` (of :data:`KEYED_ID_FIELDS`) by its keyed pseudonym
+    (:func:`keyed_id_py`; null stays null), row by row in one Python pass: event ids are
+    nearly all distinct, so a distinct-and-join would cost a shuffle for nothing."""
+    from pyspark.sql import functions as F
+
+    if len(key) < 16:
+        raise ValueError("pseudonymization key must be at least 16 bytes")
+    unknown = set(fields) - set(KEYED_ID_FIELDS)
+    if unknown:
+        raise ValueError(f"only {KEYED_ID_FIELDS} are keyed this way, got {sorted(unknown)}")
+    tmp = "__keyed_ids"
+    out = df.withColumn(tmp, _keyed_ids_udf(key, fields)(*[F.col(f) for f in fields]))
+    return out.withColumns({f: F.col(f"{tmp}.{f}") for f in fields}).drop(tmp)
 
 
 def add_user_key(df: DataFrame, key: bytes, id_col: str = "user_id", out_col: str = "user_key",
