@@ -45,15 +45,17 @@ PATTERNS: tuple[tuple[str, str, str], ...] = (
              f"|(?:{_HEX}{{1,4}}:){{0,6}}{_HEX}{{0,4}}::(?:{_HEX}{{1,4}}:){{0,6}}{_HEX}{{0,4}})"
              "(?![0-9A-Za-z:])", "<ip>"),
     ("card", "(?<![0-9])[0-9](?:[ -]?[0-9]){12,18}(?![0-9])", "<card>"),
-    # not inside an alphanumeric id, and never an ISO date (2024-01-01 10:00 is no phone)
-    ("phone", "(?<![0-9A-Za-z+])(?![0-9]{4}-[0-9]{2}-[0-9]{2})\\+?[0-9](?:[ ().-]{0,2}[0-9]){7,14}"
+    # not inside an alphanumeric id or a time (10:00 2024...), never from an ISO date on
+    ("phone", "(?<![0-9A-Za-z+])(?<![0-9]:)(?![0-9]{4}-[0-9]{2}-[0-9]{2})"
+              "\\+?[0-9](?:[ ().-]{0,2}[0-9]){7,14}"
               "(?![0-9A-Za-z])", "<phone>"),
 )
 PSEUDONYM_FIELDS = ("user_id", "session_id", "event_id")  # replaced by keyed pseudonyms
 REDACTED = "<redacted>"
-# A JSON value: a string (its closing quote optional: truncated lines) or any bare token
-# (number, literal, the start of an object or array) up to the next separator.
-_VALUE = '(?:"(?:[^"\\\\]|\\\\.)*"?|[^,}\\]]*)'
+# A JSON value: a string (its closing quote optional: truncated lines), a flat object or
+# array (a deeper one is cut at its first inner close, every scalar in it still goes), or any
+# bare token (number, literal) up to the next separator.
+_VALUE = '(?:"(?:[^"\\\\]|\\\\.)*"?|\\{[^{}]*\\}?|\\[[^\\[\\]]*\\]?|[^,}\\]]*)'
 
 
 def field_pattern(names: tuple[str, ...]) -> str:
@@ -114,7 +116,9 @@ def mask_line_col(line: Column | str, pseudonyms: Mapping[str, Column] | None = 
     from pyspark.sql import functions as F
 
     pseudonyms = pseudonyms or {}
-    out = mask_text_col(line)
+    # a raw line may hold invalid UTF-8 (quarantined as invalid_utf8): U+FFFD for those bytes
+    # here, so the masked text is always valid (the exact bytes are kept in quarantine_raw)
+    out = mask_text_col(F.make_valid_utf8(F.col(line) if isinstance(line, str) else line))
     # Java's replacement syntax: $1 is the group (Python's \1); the tokens hold no $ or \.
     out = F.regexp_replace(out, _PII_PATTERN, f'"$1":"{REDACTED}"')
     for name in PSEUDONYM_FIELDS:
