@@ -29,6 +29,9 @@ LINES = [
     '{"event_id":"e1","user_id":"U12',  # truncated inside the id
     '{ "user_id" : "a\\"b", "address": "1 Main St", "user_agent": "Mozilla/5.0 (X11)"}',
     "{not json", "", "[1, 2]",
+    # long inputs: every pattern must stay linear (and Java's engine must not overflow its stack)
+    json.dumps({"user_id": "u1", "query": "a" * 200_000}), "a.a" * 50_000, "1 " * 50_000,
+    '{"user_id":"' + "\\x" * 50_000,
 ]
 
 

@@ -336,7 +336,8 @@ def catalog_outputs(classified: DataFrame) -> tuple[DataFrame, DataFrame, DataFr
 # ----------------------------------------------------------------------------- events
 
 NORM_PREFIX = "_n_"  # normalized copies of raw event fields, beside the raw ones
-USER_IN_LINE = '(?<!\\\\)"user_id"[ \\t\\r\\n]*:[ \\t\\r\\n]*"((?:[^"\\\\]|\\\\.)*)'
+# unrolled and possessive, like the masking patterns: linear, no stack growth on long lines
+USER_IN_LINE = '(?<!\\\\)"user_id"[ \\t\\r\\n]*:[ \\t\\r\\n]*"([^"\\\\]*+(?:\\\\.[^"\\\\]*+)*+)'
 
 
 def _normalized_event_fields() -> dict[str, Column]:
