@@ -70,7 +70,8 @@ def _plant(lake: Path, ds: str) -> None:
                 "ip": PLANTED_IP, "email": PLANTED_EMAIL, **base, **kw}
 
     lines = [
-        json.dumps(ev("planted-1", 1, phone=PLANTED_PHONE)),  # clean (phone: unknown field)
+        # clean; phone is an unknown field, and so is a key that is itself an address
+        json.dumps(ev("planted-1", 1, phone=PLANTED_PHONE, **{PLANTED_EMAIL: 1})),
         json.dumps(ev("planted-2", 2, event_type="search", item_id=None,
                       query=f"call {PLANTED_PHONE} or mail {PLANTED_EMAIL} from {PLANTED_IP}")),
         json.dumps(ev("planted-3", 3, price=-1.0)),  # quarantined: negative_price

@@ -62,7 +62,7 @@ from ecrec_lib.lake import Lake, parse_ds
 from ecrec_lib.pipeline import io
 from ecrec_lib.pipeline.normalize import clean_text, normalize_queries, parse_utc_timestamp
 from ecrec_lib.pipeline.pseudonymize import BROADCAST_MAX_IDS, add_user_key, key_ids
-from ecrec_lib.privacy.masking import mask_line_col, mask_text_col
+from ecrec_lib.privacy.masking import mask_line_col, mask_text_col, mask_text_py
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -240,12 +240,14 @@ def _field_stats(parsed: DataFrame, fields: dict[str, str]) -> tuple[int, dict[s
     row = parsed.agg(*aggs).first()
     n = int(row["__n"]) if row else 0
     present = tuple(f for f in fields if row and row[f] > 0)
-    unknown = {
-        r["k"]: int(r["n"])
-        for r in parsed.where(F.size("_unknown") > 0)
-        .select(F.explode("_unknown").alias("k")).groupBy("k").agg(F.count(F.lit(1)).alias("n"))
-        .collect()
-    }
+    unknown: dict[str, int] = {}
+    for r in (parsed.where(F.size("_unknown") > 0)
+              .select(F.explode("_unknown").alias("k")).groupBy("k").agg(F.count(F.lit(1)).alias("n"))
+              .collect()):
+        # a key can itself be personal data ({"bob@example.com": 1}): the names go to the
+        # reconciliation record and the logs masked
+        name = mask_text_py(r["k"]) or ""
+        unknown[name] = unknown.get(name, 0) + int(r["n"])
     return n, unknown, present
 
 
