@@ -90,7 +90,7 @@ def test_no_raw_id_or_pii_outside_the_restricted_zones(spark, tmp_path: Path) ->
     from ecrec_lib.pipeline.features import run_features
 
     lake = tmp_path / "lake"
-    generate(str(lake), DS, days=1, users=80, items=40, seed=5, dirty_rate=0.02)
+    generate(str(lake), DS, days=1, users=80, items=60, seed=5, dirty_rate=0.02)
     _plant(lake, DS)
     cfg = load_config(env={}, lake_root=str(lake), spark_shuffle_partitions=2)
     result = run_clean(spark, cfg, DS, key=KEY)
