@@ -4,8 +4,9 @@ Mapping (one review = one purchase):
   * event_time = UTC midnight of the review day + k seconds, k = rank of ``seq_pos`` among
     the user's reviews of that day (0, 1, 2 ...): the within-day order survives, and every
     event stays inside its day.
-  * event_id / session_id = SHA-1 of (user, item, seq_pos) / (user, day): deterministic,
-    and they do not carry the user id (personal data) into clean tables.
+  * event_id / session_id = HMAC-SHA256 with the pseudonymization key of (user, item,
+    seq_pos) / (user, day): deterministic for a key, and not linkable to the public reviewer
+    id without it (an unkeyed hash is: anyone can hash every reviewer id and compare).
   * price, query, position, device, country, ip, email: null; quantity 1.
   * catalog: category_path = "Beauty > " + categories with "|" -> " > "; description "";
     price null; in_stock true; created_at = the item's first review day (items never
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import json
 import os
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from ecrec_lib.config import resolve_pseudonymization_key
 from ecrec_lib.generator.writer import write_jsonl_partition
 from ecrec_lib.lake import Lake
 from ecrec_lib.schema import CATEGORY_SEP
@@ -137,24 +140,31 @@ def read_items(src: str) -> pd.DataFrame:
     return _read_csv(src, ITEMS_FILE, ITEM_COLUMNS, {})
 
 
-def _sha(values: pd.Series, n: int) -> list[str]:
-    return ["az" + hashlib.sha1(v.encode("utf-8")).hexdigest()[:n] for v in values.tolist()]
+def _keyed(key: bytes, kind: str, values: pd.Series, n: int) -> list[str]:
+    """``"az"`` + the first ``n`` hex digits of HMAC-SHA256(key, kind + 0x1f + value)."""
+    prefix = kind.encode("utf-8") + b"\x1f"
+    return ["az" + hmac.new(key, prefix + v.encode("utf-8"), hashlib.sha256).hexdigest()[:n]
+            for v in values.tolist()]
 
 
 def _ds_of(day_ts: np.ndarray) -> np.ndarray:
     return np.datetime_as_string(day_ts.astype("datetime64[s]"), unit="D")
 
 
-def event_frame(interactions: pd.DataFrame) -> pd.DataFrame:
-    """One row per review with the raw event fields (plus ``ds``), sorted by event_time."""
+def event_frame(interactions: pd.DataFrame, key: bytes) -> pd.DataFrame:
+    """One row per review with the raw event fields (plus ``ds``), sorted by event_time;
+    ``key`` (the pseudonymization key) keys the event and session ids."""
+    if len(key) < 16:
+        raise ValueError("the pseudonymization key must be at least 16 bytes")
     df = interactions.copy()
     df["day_ts"] = (df["timestamp"] // DAY) * DAY
     df = df.sort_values(["user_id", "day_ts", "seq_pos"], kind="stable")
     k = df.groupby(["user_id", "day_ts"], sort=False).cumcount().to_numpy()
     df["ts"] = df["day_ts"].to_numpy() + k
     df["ds"] = _ds_of(df["day_ts"].to_numpy())
-    df["event_id"] = _sha(df["user_id"] + "\x1f" + df["item_id"] + "\x1f" + df["seq_pos"].astype(str), 24)
-    df["session_id"] = _sha(df["user_id"] + "\x1f" + df["ds"], 16)
+    df["event_id"] = _keyed(key, "event", df["user_id"] + "\x1f" + df["item_id"] + "\x1f"
+                            + df["seq_pos"].astype(str), 24)
+    df["session_id"] = _keyed(key, "session", df["user_id"] + "\x1f" + df["ds"], 16)
     text = np.datetime_as_string(df["ts"].to_numpy().astype("datetime64[s]"), unit="s")
     df["event_time"] = [t + "+00:00" for t in text.tolist()]
     return df.sort_values(["ts", "event_id"], kind="stable").reset_index(drop=True)
@@ -201,8 +211,12 @@ def ingest(
     ds_mode: str = "daily",
     ds: str | None = None,
     catalog_every_day: bool = False,
+    key: bytes | None = None,
 ) -> IngestSummary:
     """Write raw/events and raw/catalog partitions for the Amazon Beauty files in ``src``.
+
+    ``key`` keys the event and session ids (default: the pseudonymization key, resolved like
+    the clean stage does: ``ECREC_PSEUDO_KEY`` ...; never logged or written).
 
     ``daily``: one events partition per review day, the catalog on the last day (and on
     every event day with ``catalog_every_day``). ``single``: all events and the catalog
@@ -222,7 +236,7 @@ def ingest(
             f"{len(unknown)} item_id(s) of {INTERACTIONS_FILE} are missing from {ITEMS_FILE} "
             f"(e.g. {unknown[:3]}); use the items.csv that belongs to these interactions"
         )
-    events = event_frame(interactions)
+    events = event_frame(interactions, key if key is not None else resolve_pseudonymization_key())
     lake = Lake(lake_root)
     first_ds, last_ds = str(events["ds"].iloc[0]), str(events["ds"].iloc[-1])
     cat_lines = catalog_lines(items, events)

@@ -37,26 +37,48 @@ from ecrec_lib.schema import (
     REASON_BAD_PRICE,
     REASON_BAD_QUANTITY,
     REASON_BAD_TIME,
+    REASON_BAD_TIMESTAMP,
     REASON_BOT,
     REASON_DUPLICATE_ITEM,
+    REASON_INVALID_UTF8,
     REASON_MALFORMED,
     REASON_MISSING_REQUIRED,
     REASON_MISSING_TITLE,
     REASON_MISSING_USER,
     REASON_NEGATIVE_PRICE,
     REASON_OUT_OF_WINDOW,
+    REASON_TOO_LONG,
     REASON_UNKNOWN_ITEM,
+    REASON_WRONG_TYPE,
 )
 
 KINDS = ("events", "catalog")
 DUPLICATE_EVENT_ID = "duplicate_event_id"  # a later line repeats an earlier event_id
 UNEXPECTED_FIELD = "unexpected_field"  # a key the contract does not list (often PII)
-WRONG_TYPE = "wrong_type"  # reported as wrong_type:<field>
+WRONG_TYPE = REASON_WRONG_TYPE  # reported as wrong_type:<field>; clean files it as wrong_type
 NOTE_NON_UTC = "non_utc_offset"  # valid: the clean stage normalizes to UTC
 NOTE_CATALOG_ABSENT = "catalog_absent_item_check_skipped"
 PART_PATTERNS = ("*.json.gz", "*.jsonl.gz", "*.json", "*.jsonl")
 
 _ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$")
+# A date or date-time without offset: well formed, but it cannot be placed in UTC
+# (bad_timestamp; reading it as UTC would shift events by the sender's offset).
+_ISO_NAIVE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?)?$")
+
+# Size limits (field_too_long). A line is measured in UTF-8 bytes, a field in characters.
+# Real events are a few hundred bytes; the limits only stop what no tracker sends (a 200,000
+# character "query" is a bug or an attack, and would be cached, shuffled and embedded).
+MAX_LINE_BYTES: dict[str, int] = {"events": 16_384, "catalog": 131_072}
+MAX_FIELD_CHARS: dict[str, dict[str, int]] = {
+    "events": {
+        "event_id": 128, "event_time": 64, "user_id": 256, "session_id": 128, "event_type": 64,
+        "item_id": 256, "query": 1_000, "device": 64, "country": 64, "ip": 64, "email": 320,
+    },
+    "catalog": {
+        "item_id": 256, "title": 1_000, "description": 65_536, "category_path": 1_000,
+        "brand": 256, "created_at": 64,
+    },
+}
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,),
     "integer": (int,),
@@ -105,6 +127,17 @@ class ContractReport:
         return "\n".join(out)
 
 
+def is_naive_timestamp(value: object) -> bool:
+    """A well-formed ISO-8601 date or date-time *without* offset (contract: invalid)."""
+    return isinstance(value, str) and _ISO_NAIVE.match(value) is not None
+
+
+def too_long_fields(rec: dict, kind: str) -> list[str]:
+    """The string fields of ``rec`` longer than their :data:`MAX_FIELD_CHARS` limit."""
+    limits = MAX_FIELD_CHARS[kind]
+    return [n for n, v in rec.items() if isinstance(v, str) and n in limits and len(v) > limits[n]]
+
+
 def parse_event_time(value: object) -> dt.datetime | None:
     """An ISO-8601 timestamp *with* UTC offset (``Z`` or ``+HH:MM``), else None."""
     if not isinstance(value, str) or not _ISO.match(value):
@@ -143,6 +176,8 @@ def check_event(rec: object) -> tuple[list[str], list[str]]:
             problems.append(UNEXPECTED_FIELD)
         elif value is not None and not _type_ok(value, RAW_EVENT_FIELDS[name]):
             problems.append(f"{WRONG_TYPE}:{name}")
+    if too_long_fields(rec, "events"):
+        problems.append(REASON_TOO_LONG)
     etype = rec.get("event_type")
     if etype is not None and etype not in EVENT_TYPES:
         problems.append(REASON_BAD_EVENT_TYPE)
@@ -153,7 +188,8 @@ def check_event(rec: object) -> tuple[list[str], list[str]]:
     if rec.get("event_time") is not None:
         ts = parse_event_time(rec["event_time"])
         if ts is None:
-            problems.append(REASON_BAD_TIME)
+            problems.append(REASON_BAD_TIMESTAMP if is_naive_timestamp(rec["event_time"])
+                            else REASON_BAD_TIME)
         elif ts.utcoffset() != dt.timedelta(0):
             notes.append(NOTE_NON_UTC)
     price = rec.get("price")
@@ -180,21 +216,35 @@ def check_catalog_row(rec: object) -> list[str]:
             problems.append(UNEXPECTED_FIELD)
         elif value is not None and not _type_ok(value, RAW_CATALOG_FIELDS[name]):
             problems.append(f"{WRONG_TYPE}:{name}")
+    if too_long_fields(rec, "catalog"):
+        problems.append(REASON_TOO_LONG)
     price = rec.get("price")
     if _type_ok(price, "number") and price < 0:
         problems.append(REASON_BAD_PRICE)
     if rec.get("created_at") is not None and parse_event_time(rec["created_at"]) is None:
-        problems.append(REASON_BAD_TIME)
+        problems.append(REASON_BAD_TIMESTAMP if is_naive_timestamp(rec["created_at"])
+                        else REASON_BAD_TIME)
     return sorted(set(problems))
 
 
-def _read_lines(path: str) -> Iterator[tuple[int, str]]:
+def _read_lines(path: str, kind: str) -> Iterator[tuple[int, str, list[str]]]:
+    """(line number, text, line-level problems) of every non-blank line. The bytes are decoded
+    strictly: a line that is not UTF-8 is reported (``invalid_utf8``), never silently decoded
+    with U+FFFD, which could merge two ids; an over-long line is ``field_too_long``."""
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
-        for n, line in enumerate(fh, start=1):
-            line = line.rstrip("\n")
-            if line.strip():
-                yield n, line
+    limit = MAX_LINE_BYTES[kind]
+    with opener(path, "rb") as fh:
+        for n, raw in enumerate(fh, start=1):
+            raw = raw.rstrip(b"\n")
+            if not raw.strip():
+                continue
+            problems = [REASON_TOO_LONG] if len(raw) > limit else []
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                line = raw.decode("utf-8", errors="replace")
+                problems.append(REASON_INVALID_UTF8)
+            yield n, line, problems
 
 
 def _loads(line: str) -> object:
@@ -225,13 +275,14 @@ def _validate(
     for path in paths:
         report.paths.append(path)
         name = os.path.basename(path)
-        for n, line in _read_lines(path):
+        for n, line, line_problems in _read_lines(path, kind):
             report.lines += 1
             rec = _loads(line)
             if kind == "events":
                 problems, notes = check_event(rec)
             else:
                 problems, notes = check_catalog_row(rec), []
+            problems = sorted({*problems, *line_problems})
             if isinstance(rec, dict):
                 key = rec.get("event_id" if kind == "events" else "item_id")
                 if isinstance(key, str):
@@ -315,7 +366,7 @@ def catalog_item_ids(lake_root: str, ds: str) -> set[str] | None:
         return None
     ids: set[str] = set()
     for path in files:
-        for _, line in _read_lines(path):
+        for _, line, _problems in _read_lines(path, "catalog"):
             rec = _loads(line)
             if isinstance(rec, dict) and isinstance(rec.get("item_id"), str):
                 ids.add(rec["item_id"])

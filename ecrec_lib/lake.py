@@ -18,6 +18,11 @@ from pathlib import Path
 RAW = ("events", "catalog")
 CLEAN = ("events", "catalog")
 QUARANTINE = ("events", "catalog")
+# Restricted: the exact raw lines of quarantined rows (raw ids, PII). Like raw/, readable only by
+# the pipeline and its operators; deleted after QUARANTINE_RAW_RETENTION_DAYS by the housekeeping
+# job (docs/data_contracts.md).
+QUARANTINE_RAW = ("events", "catalog")
+QUARANTINE_RAW_RETENTION_DAYS = 30
 FEATURES = ("user_sequences", "item_stats", "user_profiles", "search_pairs", "item_cooccurrence")
 SCORES = ("user_topk", "item_related", "query_topk", "trending")
 OPS = ("reconciliation", "validation", "training", "training_decision", "promotion", "scoring", "report", "feedback",
@@ -97,6 +102,10 @@ class Lake:
 
     def quarantine(self, name: str, ds: str) -> str:
         return self.partition("quarantine", name, ds)
+
+    def quarantine_raw(self, name: str, ds: str) -> str:
+        """Restricted zone: the raw lines behind ``quarantine/<name>`` (personal data)."""
+        return self.partition("quarantine_raw", name, ds)
 
     def features(self, name: str, ds: str) -> str:
         return self.partition("features", name, ds)

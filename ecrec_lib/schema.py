@@ -72,7 +72,14 @@ CLEAN_CATALOG_COLUMNS = (
     "in_stock",
     "created_at",  # timestamp, UTC
 )
-QUARANTINE_EXTRA_COLUMNS = ("reason", "raw_line")  # why, and the original text when unparsable
+# why, and the line with personal data masked (ecrec_lib.privacy.masking); the exact line is
+# only in the restricted quarantine_raw zone
+QUARANTINE_EXTRA_COLUMNS = ("reason", "masked_line")
+# quarantine_raw/<dataset>/ds=D (restricted): the row's id in quarantine (event_id keyed /
+# item_id), its reason, the exact raw bytes, and whether they are the original line or, for a
+# line whose contract fields parsed, those raw fields re-serialized as JSON.
+QUARANTINE_RAW_EVENT_COLUMNS = ("event_id", "user_key", "reason", "raw_line", "line_is_original")
+QUARANTINE_RAW_CATALOG_COLUMNS = ("item_id", "reason", "raw_line", "line_is_original")
 
 # Quarantine reasons (the `reason` column).
 REASON_MALFORMED = "malformed_json"
@@ -88,6 +95,10 @@ REASON_BOT = "bot_traffic"
 REASON_MISSING_TITLE = "missing_title"
 REASON_BAD_PRICE = "bad_price"
 REASON_DUPLICATE_ITEM = "conflicting_item_id"
+REASON_INVALID_UTF8 = "invalid_utf8"  # the line is not valid UTF-8 (never decoded with U+FFFD)
+REASON_TOO_LONG = "field_too_long"  # the line or a string field over its contract limit
+REASON_WRONG_TYPE = "wrong_type"  # a field of the wrong JSON type (e.g. a number as user_id)
+REASON_BAD_TIMESTAMP = "bad_timestamp"  # a timestamp without UTC offset (never read as UTC)
 
 # --- features (Parquet under features/<name>/ds=D/) -------------------------------------
 # user_sequences: one row per user active in the lookback window.

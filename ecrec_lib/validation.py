@@ -14,6 +14,10 @@
   and dataset, linking to its page.
 * :func:`enforce` logs warnings and raises :class:`DataContractError` with a readable summary
   (expectation, column, observed value, offending examples) when a critical one failed.
+* ``ops/`` is outside the restricted zones, so sample values never reach it (nor the logs) as
+  they were: :func:`scrub_samples` replaces the samples of ``redact_columns`` (raw ids and
+  PII, for the raw suite) by ``<redacted>`` and masks e-mails, phones, IPs and card numbers
+  in every other sample (``ecrec_lib.privacy.masking``).
 """
 
 from __future__ import annotations
@@ -40,6 +44,12 @@ MAX_EXAMPLES = 5
 SENSITIVE_COLUMNS = frozenset({"user_id", "user_key", "ip", "email", "user_agent", "phone",
                                "name", "address"})
 WITHHELD = "[withheld: personal-data column]"
+
+REDACTED = "<redacted>"
+# the keys of a GX result that hold values of the data (not counts or types)
+SAMPLE_KEYS = ("partial_unexpected_list", "partial_unexpected_counts", "partial_unexpected_index_list",
+               "unexpected_list", "unexpected_index_list", "unexpected_index_query", "observed_value",
+               "details")
 _PRELOAD: threading.Thread | None = None  # see preload_in_background
 
 
@@ -193,7 +203,48 @@ def _outcome(res: Any) -> ExpectationOutcome:
     )
 
 
-def run_suite(df: DataFrame, suite: Any, dataset: str, ds: str | None = None) -> SuiteOutcome:
+def _mask_values(value: Any) -> Any:
+    from ecrec_lib.privacy.masking import mask_text_py
+
+    if isinstance(value, str):
+        return mask_text_py(value)
+    if isinstance(value, list):
+        return [_mask_values(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _mask_values(v) for k, v in value.items()}
+    return value
+
+
+def _scrub_result(result: dict[str, Any], redact: bool) -> dict[str, Any]:
+    out = dict(result)
+    for k in SAMPLE_KEYS:
+        if k not in out or out[k] is None:
+            continue
+        numeric = isinstance(out[k], (int, float)) and not isinstance(out[k], bool)
+        out[k] = out[k] if numeric else (REDACTED if redact else _mask_values(out[k]))
+    return out
+
+
+def scrub_samples(outcome: SuiteOutcome, redact_columns: tuple[str, ...] = ()) -> SuiteOutcome:
+    """``outcome`` with sample values made safe for ``ops/`` and logs (in place; returned):
+    those of an expectation on a column of ``redact_columns`` are replaced by ``<redacted>``
+    (a raw user id looks like any other string), all others masked by pattern."""
+    for r in outcome.results:
+        redact = r.column in redact_columns
+        r.examples = [REDACTED] * len(r.examples) if redact else _mask_values(r.examples)
+        if r.details is not None:
+            r.details = REDACTED if redact else _mask_values(r.details)  # type: ignore[assignment]
+        if isinstance(r.observed, (str, list, dict)):
+            r.observed = REDACTED if redact else _mask_values(r.observed)
+    for res in outcome.gx_result.get("results", []):
+        kwargs = (res.get("expectation_config") or {}).get("kwargs") or {}
+        if isinstance(res.get("result"), dict):
+            res["result"] = _scrub_result(res["result"], kwargs.get("column") in redact_columns)
+    return outcome
+
+
+def run_suite(df: DataFrame, suite: Any, dataset: str, ds: str | None = None,
+              redact_columns: tuple[str, ...] = ()) -> SuiteOutcome:
     """Validate ``df`` against ``suite`` (a ``gx.ExpectationSuite``); never raises on failures.
 
     Two passes, same verdicts as one SUMMARY run: the whole suite first with
@@ -240,6 +291,7 @@ def run_suite(df: DataFrame, suite: Any, dataset: str, ds: str | None = None) ->
         results=[_outcome(r) for r in results],
         gx_result=json.loads(json.dumps(result.to_json_dict(), default=str)),
     )
+    scrub_samples(outcome, redact_columns)
     log.info("suite '%s' (ds=%s): %d expectations (%d re-run for details) in %.1f s", dataset, ds,
              len(outcome.results), len(failed), time.perf_counter() - started)
     return outcome
@@ -434,10 +486,12 @@ def enforce(outcome: SuiteOutcome) -> None:
 
 
 def validate(
-    spark: SparkSession, df: DataFrame, suite: Any, dataset: str, ds: str, out_dir: str | None
+    spark: SparkSession, df: DataFrame, suite: Any, dataset: str, ds: str, out_dir: str | None,
+    redact_columns: tuple[str, ...] = (),
 ) -> SuiteOutcome:
-    """run_suite + store_outcome (when ``out_dir``) + enforce."""
-    outcome = run_suite(df, suite, dataset, ds)
+    """run_suite + store_outcome (when ``out_dir``) + enforce; samples of ``redact_columns``
+    never leave the process (:func:`scrub_samples`)."""
+    outcome = run_suite(df, suite, dataset, ds, redact_columns)
     if out_dir:
         store_outcome(spark, outcome, out_dir)
     enforce(outcome)

@@ -3,7 +3,8 @@
     python -m jobs.clean_events --ds 2024-01-01 [--lake ./lake] [--master local[*]] [--config F]
 
 Reads ``raw/catalog/ds=D`` and ``raw/events/ds=D`` (gzipped JSON lines), writes
-``clean/{catalog,events}/ds=D``, ``quarantine/{catalog,events}/ds=D``,
+``clean/{catalog,events}/ds=D``, ``quarantine/{catalog,events}/ds=D`` (masked lines), the
+restricted ``quarantine_raw/{catalog,events}/ds=D`` (the exact lines),
 ``ops/reconciliation/ds=D/{catalog,events}.json`` and ``ops/validation/ds=D/<suite>/``.
 Rules and their order: :mod:`ecrec_lib.pipeline.clean`. Needs the pseudonymization key
 (``ECREC_PSEUDO_KEY`` / ``ECREC_PSEUDO_KEY_FILE`` / Airflow connection).

@@ -7,6 +7,8 @@
 on the last day only (``--catalog-every-day`` also writes it beside every event day).
 ``single`` writes all events and the catalog under one ds (``--ds``, default the last
 review day): what demos and benchmarks use. Mapping: docs/data_contracts.md.
+Event and session ids are keyed with the pseudonymization key (``ECREC_PSEUDO_KEY``,
+``ECREC_PSEUDO_KEY_FILE`` or the Airflow connection ``ecrec_pseudonymization``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import argparse
 import logging
 
 from ecrec_lib.amazon import DS_MODES, SourceDataError, ingest
-from ecrec_lib.config import add_config_args, config_from_args
+from ecrec_lib.config import ConfigError, add_config_args, config_from_args
 from jobs.common import setup_logging
 
 log = logging.getLogger("jobs.ingest_amazon")
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(args)
     try:
         summary = ingest(args.src, cfg.lake_root, args.ds_mode, args.ds, args.catalog_every_day)
-    except (SourceDataError, ValueError) as exc:
+    except (SourceDataError, ConfigError, ValueError) as exc:
         log.error("%s", exc)
         return 2
     print(summary.format())

@@ -24,14 +24,17 @@ from ecrec_lib.schema import (
     REASON_BAD_PRICE,
     REASON_BAD_QUANTITY,
     REASON_BAD_TIME,
+    REASON_BAD_TIMESTAMP,
     REASON_BOT,
     REASON_DUPLICATE_ITEM,
+    REASON_INVALID_UTF8,
     REASON_MALFORMED,
     REASON_MISSING_REQUIRED,
     REASON_MISSING_TITLE,
     REASON_MISSING_USER,
     REASON_NEGATIVE_PRICE,
     REASON_OUT_OF_WINDOW,
+    REASON_TOO_LONG,
     REASON_UNKNOWN_ITEM,
 )
 
@@ -77,7 +80,12 @@ def write(path: Path, lines: list[str | dict]) -> Path:
         (event(event_type="click", item_id=None), REASON_MISSING_REQUIRED),
         (event(event_type="search", item_id=None, query=None, price=None), REASON_MISSING_REQUIRED),
         (event(event_type="wishlist"), REASON_BAD_EVENT_TYPE),
-        (event(event_time="2024-01-01T10:00:00"), REASON_BAD_TIME),  # no offset
+        (event(event_time="2024-01-01T10:00:00"), REASON_BAD_TIMESTAMP),  # no offset
+        (event(event_time="2024-01-01"), REASON_BAD_TIMESTAMP),  # a date: no time, no offset
+        (event(user_id=123), "wrong_type:user_id"),
+        (event(event_type="search", item_id=None, query={"text": "mug"}), "wrong_type:query"),
+        (event(event_type="search", item_id=None, query="a" * 200_000), REASON_TOO_LONG),
+        (event(user_id="u" * 257), REASON_TOO_LONG),
         (event(event_time="yesterday"), REASON_BAD_TIME),
         (event(event_time="2024-01-01T25:00:00+00:00"), REASON_BAD_TIME),
         (event(price=-1.0), REASON_NEGATIVE_PRICE),
@@ -185,7 +193,8 @@ def test_bot_traffic_is_more_than_the_limit_per_minute(tmp_path: Path, per_minut
         (item(price=-2.0), REASON_BAD_PRICE),
         (item(price="cheap"), "wrong_type:price"),
         (item(in_stock="yes"), "wrong_type:in_stock"),
-        (item(created_at="2023-12-01"), REASON_BAD_TIME),
+        (item(created_at="2023-12-01"), REASON_BAD_TIMESTAMP),  # no offset
+        (item(created_at="soon"), REASON_BAD_TIME),
         ('{"item_id": "P9", "title": ', REASON_MALFORMED),
         (item(item_id="P1", price=5.99), REASON_DUPLICATE_ITEM),  # same id, other content
     ],
@@ -241,7 +250,46 @@ def test_docs_name_every_schema_column_and_reason() -> None:
             names.add(value)
         elif attr.endswith(("_COLUMNS", "_FIELDS", "_REQUIRED", "_TYPES")) or attr == "DEVICES":
             names.update(value)
-    for stage in ("RAW", "CLEAN", "QUARANTINE", "FEATURES", "SCORES", "OPS"):
+    for stage in ("RAW", "CLEAN", "QUARANTINE", "QUARANTINE_RAW", "FEATURES", "SCORES", "OPS"):
         names.update(getattr(lake, stage))
     missing = sorted(n for n in names if f"`{n}`" not in doc and f"/{n}/" not in doc)
     assert not missing, f"docs/data_contracts.md does not mention {missing}"
+
+
+def test_invalid_utf8_is_reported_never_decoded_as_a_replacement(tmp_path: Path) -> None:
+    """Two ids that differ only in their invalid bytes would both decode to "u\ufffd1": the
+    validator names the line instead of merging them; a real U+FFFD (valid UTF-8) is fine."""
+    good = json.dumps(event(event_id="ok")).encode()
+    bad = json.dumps(event(event_id="bad", user_id="u#1")).encode().replace(b"u#1", b"u\xff\xfe1")
+    real = json.dumps(event(event_id="fffd", user_id="u\ufffd1"), ensure_ascii=False).encode()
+    path = tmp_path / "p.json.gz"
+    path.write_bytes(gzip.compress(b"\n".join([good, bad, real]) + b"\n"))
+    report = validate_raw_events_file(str(path))
+    assert report.problems == {REASON_INVALID_UTF8: 1}, report.format()
+    assert report.examples[REASON_INVALID_UTF8] == ["p.json.gz:2"]
+    assert report.conforming == 2
+
+
+def test_size_limits_come_from_the_contract(tmp_path: Path) -> None:
+    """A line over MAX_LINE_BYTES is field_too_long even when every field is short (many unknown
+    fields); a field exactly at its limit conforms."""
+    limit = contracts.MAX_FIELD_CHARS["events"]["query"]
+    at_limit = event(event_id="a", event_type="search", item_id=None, query="q" * limit)
+    over = event(event_id="b", event_type="search", item_id=None, query="q" * (limit + 1))
+    wide = event(event_id="c", **{f"x{i}": "v" * 100 for i in range(200)})  # ~21 kB of fields
+    path = write(tmp_path / "p.json.gz", [at_limit, over, wide])
+    report = validate_raw_events_file(str(path))
+    assert report.problems[REASON_TOO_LONG] == 2, report.format()
+    assert report.examples[REASON_TOO_LONG] == ["p.json.gz:2", "p.json.gz:3"]
+    assert len(json.dumps(wide)) > contracts.MAX_LINE_BYTES["events"]
+    cat = write(tmp_path / "catalog" / "c.json.gz", [item(), item(item_id="P2", title="t" * 1_001)])
+    assert validate_raw_catalog_file(str(cat)).problems == {REASON_TOO_LONG: 1}
+
+
+def test_naive_timestamps_are_bad_timestamp_not_unparsable() -> None:
+    assert contracts.is_naive_timestamp("2024-01-01T10:00:00")
+    assert contracts.is_naive_timestamp("2024-01-01 10:00:00.5")
+    assert not contracts.is_naive_timestamp("2024-01-01T10:00:00+00:00")
+    assert not contracts.is_naive_timestamp("yesterday")
+    problems, _ = contracts.check_catalog_row(item(created_at="2023-12-01T00:00:00")), None
+    assert problems == [REASON_BAD_TIMESTAMP]

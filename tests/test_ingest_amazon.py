@@ -184,3 +184,28 @@ def test_real_amazon_beauty_counts(amazon_dir: Path, tmp_path: Path) -> None:
     assert len({json.loads(x)["event_id"] for x in lines[:20_000]}) == 20_000
     catalog = validate_raw_partition(str(tmp_path), "catalog", ds)
     assert catalog.lines == 12_101 and catalog.problems == {"missing_title": 7}
+
+
+def test_event_and_session_ids_are_keyed(tmp_path: Path) -> None:
+    """The ids are HMACs under the pseudonymization key: stable for one key, different under
+    another, and not the unkeyed SHA-1 anyone could recompute from the public reviewer id."""
+    import hashlib
+    import hmac
+
+    src = str(make_src(tmp_path))
+    key_a, key_b = b"amazon-test-key-a-0123456789", b"amazon-test-key-b-0123456789"
+    ingest(src, str(tmp_path / "a"), key=key_a)
+    ingest(src, str(tmp_path / "a2"), key=key_a)
+    ingest(src, str(tmp_path / "b"), key=key_b)
+    a = records(tmp_path / "a", "events", "2024-01-01")
+    assert a == records(tmp_path / "a2", "events", "2024-01-01")  # deterministic for a key
+    b = records(tmp_path / "b", "events", "2024-01-01")
+    assert {r["event_id"] for r in a}.isdisjoint(r["event_id"] for r in b)
+    assert a[0]["session_id"] != b[0]["session_id"]
+    want = "az" + hmac.new(key_a, b"session\x1fA1\x1f2024-01-01", hashlib.sha256).hexdigest()[:16]
+    assert {r["session_id"] for r in a} == {want}
+    unkeyed = "az" + hashlib.sha1(b"A1\x1f2024-01-01").hexdigest()[:16]
+    assert unkeyed != want
+    with pytest.raises(ValueError, match="at least 16 bytes"):
+        ingest(src, str(tmp_path / "c"), key=b"short")
+

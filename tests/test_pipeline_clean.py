@@ -12,7 +12,7 @@ import pytest
 
 from ecrec_lib import schema as S
 from ecrec_lib.config import load_config
-from ecrec_lib.pipeline.pseudonymize import user_key_py
+from ecrec_lib.pipeline.pseudonymize import keyed_id_py, user_key_py
 
 pytestmark = pytest.mark.spark
 
@@ -21,14 +21,21 @@ KEY = b"unit-test-key-0123456789abcdef"
 
 
 def write_raw(lake: Path, dataset: str, ds: str, lines: list[Any], name: str = "part-0") -> Path:
-    """Write gzipped JSON lines (dicts are dumped, strings written verbatim)."""
+    """Write gzipped JSON lines (dicts are dumped, strings written verbatim, bytes as they are)."""
     d = lake / "raw" / dataset / f"ds={ds}"
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"{name}.json.gz"
-    with gzip.open(path, "wt", encoding="utf-8") as fh:
+    with gzip.open(path, "wb") as fh:
         for line in lines:
-            fh.write((line if isinstance(line, str) else json.dumps(line)) + "\n")
+            data = line if isinstance(line, bytes) else (
+                line if isinstance(line, str) else json.dumps(line)).encode("utf-8")
+            fh.write(data + b"\n")
     return path
+
+
+def kid(event_id: str) -> str:
+    """The keyed pseudonym clean gives a raw event id."""
+    return keyed_id_py(KEY, "event_id", event_id)
 
 
 def item(item_id: str, title: str | None = "Red Nail Polish", price: float | None = 9.5,
@@ -109,8 +116,11 @@ def test_clean_rules_reconciliation_and_idempotence(spark, lake_dir: Path) -> No
     assert rec["unknown_fields_dropped"] == {"new_field": 1}
     assert result.events is not None and result.events.balanced
 
-    clean = {r["event_id"]: r for r in read(spark, lake_dir / "clean/events" / f"ds={DS}")}
+    raw_ids = {kid(e): e for e in ("e1", "e2", "e3", "e4", "e5", "e6")}
+    clean = {raw_ids.get(r["event_id"], r["event_id"]): r
+             for r in read(spark, lake_dir / "clean/events" / f"ds={DS}")}
     assert sorted(clean) == ["e1", "e2", "e3", "e4", "e5", "e6"]
+    assert clean["e1"]["session_id"] == keyed_id_py(KEY, "session_id", "s1")
     assert tuple(spark.read.parquet(str(lake_dir / "clean/events" / f"ds={DS}")).columns) == S.CLEAN_EVENT_COLUMNS
     assert clean["e1"]["user_key"] == user_key_py(KEY, "u1") and clean["e5"]["user_key"] == user_key_py(KEY, "u2")
     assert clean["e2"]["event_time"].hour == 10  # normalized to UTC
@@ -121,10 +131,25 @@ def test_clean_rules_reconciliation_and_idempotence(spark, lake_dir: Path) -> No
     assert "10.0.0.1" not in blob and "a@b.c" not in blob and '"u1"' not in blob
 
     quarantine = read(spark, lake_dir / "quarantine/events" / f"ds={DS}")
-    assert {r["event_id"]: r["reason"] for r in quarantine}["q8"] == S.REASON_UNKNOWN_ITEM
+    assert {r["event_id"]: r["reason"] for r in quarantine}[kid("q8")] == S.REASON_UNKNOWN_ITEM
     malformed = [r for r in quarantine if r["reason"] == S.REASON_MALFORMED]
-    assert malformed[0]["raw_line"] == "{not json"
-    assert all(r["raw_line"] is None for r in quarantine if r["reason"] != S.REASON_MALFORMED)
+    assert malformed[0]["masked_line"] == "{not json"
+    # every quarantined row keeps a masked line: keyed ids, PII redacted, no raw value
+    q5 = next(r for r in quarantine if r["event_id"] == kid("q5"))
+    assert f'"user_id":"{user_key_py(KEY, "u1")}"' in q5["masked_line"]
+    assert f'"event_id":"{kid("q5")}"' in q5["masked_line"] and '"price":-3.0' in q5["masked_line"]
+    assert all(r["masked_line"] for r in quarantine)
+    blob = json.dumps([list(r.values()) for r in quarantine], default=str)
+    assert "10.0.0.1" not in blob and "a@b.c" not in blob and '"u1"' not in blob
+    assert '"q5"' not in blob and '"s1"' not in blob
+    # the exact lines live only in the restricted zone, one per quarantined row
+    raw_q = read(spark, lake_dir / "quarantine_raw/events" / f"ds={DS}")
+    assert sorted(r["event_id"] or "" for r in raw_q) == sorted(r["event_id"] or "" for r in quarantine)
+    by_id = {r["event_id"]: r for r in raw_q}
+    assert json.loads(by_id[kid("q5")]["raw_line"])["ip"] == "10.0.0.1"
+    assert by_id[kid("q5")]["line_is_original"] is False  # parsed: the raw fields re-serialized
+    garbage = [r for r in raw_q if r["reason"] == S.REASON_MALFORMED]
+    assert garbage[0]["raw_line"] == b"{not json" and garbage[0]["line_is_original"] is True
 
     # catalog: null price kept, blank title and negative price quarantined, category = level 1
     cat = {r["item_id"]: r for r in read(spark, lake_dir / "clean/catalog" / f"ds={DS}")}
@@ -133,6 +158,8 @@ def test_clean_rules_reconciliation_and_idempotence(spark, lake_dir: Path) -> No
     assert cat["i3"]["price"] is None and cat["i1"]["description"] == "a thing"
     qcat = {r["item_id"]: r["reason"] for r in read(spark, lake_dir / "quarantine/catalog" / f"ds={DS}")}
     assert qcat == {"i4": S.REASON_MISSING_TITLE, "i5": S.REASON_BAD_PRICE}
+    raw_cat = {r["item_id"]: r for r in read(spark, lake_dir / "quarantine_raw/catalog" / f"ds={DS}")}
+    assert json.loads(raw_cat["i5"]["raw_line"])["price"] == -1.0 and raw_cat["i5"]["line_is_original"]
 
     # validation results and the HTML report are stored per suite
     for suite in ("raw_events", "clean_events", "catalog"):
@@ -142,7 +169,8 @@ def test_clean_rules_reconciliation_and_idempotence(spark, lake_dir: Path) -> No
 
     # idempotent: a second run replaces the partitions with identical content, no staging left
     run_clean(spark, cfg, DS, key=KEY)
-    again = {r["event_id"]: r for r in read(spark, lake_dir / "clean/events" / f"ds={DS}")}
+    again = {raw_ids.get(r["event_id"], r["event_id"]): r
+             for r in read(spark, lake_dir / "clean/events" / f"ds={DS}")}
     assert again == clean
     leftovers = [p.name for p in (lake_dir / "clean/events").iterdir() if p.name.startswith(".")]
     assert leftovers == []
@@ -268,7 +296,8 @@ def test_classification_reads_the_cached_normalized_parse(spark, lake_dir: Path)
 
     def outputs(parsed: Any) -> tuple[list[Any], list[Any]]:
         keyed = C.key_events(C.classify_events(parsed, catalog, DS, cfg), KEY, parsed)
-        clean, quarantine = C.event_outputs(keyed)
+        clean, quarantine, raw = C.event_outputs(keyed, parsed)
+        assert raw.count() == quarantine.count()
         return sorted(map(tuple, clean.collect())), sorted(map(str, quarantine.collect()))
 
     try:
@@ -282,3 +311,47 @@ def test_classification_reads_the_cached_normalized_parse(spark, lake_dir: Path)
         assert len(quarantine) == 3  # unknown item, missing user, malformed line
     finally:
         normalized.unpersist()
+
+
+def test_bad_bytes_are_quarantined_with_a_reason_never_coerced(spark, lake_dir: Path) -> None:
+    """A number as user_id, an object as query, a timestamp without offset, invalid UTF-8 in
+    user_id and a 200,000-character query each land in quarantine with their own reason,
+    counted in a balanced reconciliation; the exact bytes stay in quarantine_raw."""
+    from ecrec_lib.pipeline.clean import run_clean
+
+    write_raw(lake_dir, "catalog", DS, default_catalog())
+    utf8 = json.dumps(event("b4", user="u#1")).encode().replace(b"u#1", b"u\xff\xfe1")
+    lines: list[Any] = [
+        event("g1"), event("g2", user="u2"),
+        event("g3", "search", item_id=None, query="Mail bob@example.com or +49 170 1234567"),
+        event("b1", user=123),  # type: ignore[arg-type]
+        event("b2", "search", item_id=None, query={"text": "nail polish"}),
+        event("b3", t=f"{DS}T10:00:00"),
+        utf8,
+        event("b5", "search", item_id=None, query="a" * 200_000),
+        event("g1", price=1.0, user=7),  # wrong-typed copy of g1's id: quarantined, not a dup
+    ]
+    write_raw(lake_dir, "events", DS, [*lines, event("g2", user="u2")])  # one real duplicate
+    run_clean(spark, cfg_for(lake_dir, min_clean_fraction=0.2), DS, key=KEY)
+
+    rec = json.loads((lake_dir / "ops/reconciliation" / f"ds={DS}" / "events.json").read_text())
+    assert rec["quarantine_by_reason"] == {
+        S.REASON_WRONG_TYPE: 3, S.REASON_BAD_TIMESTAMP: 1, S.REASON_INVALID_UTF8: 1,
+        S.REASON_TOO_LONG: 1,
+    }
+    assert (rec["input_rows"], rec["clean_rows"], rec["duplicate_rows"]) == (10, 3, 1)
+    assert rec["balanced"] is True
+    clean = {r["event_id"]: r for r in read(spark, lake_dir / "clean/events" / f"ds={DS}")}
+    assert sorted(clean) == sorted(kid(e) for e in ("g1", "g2", "g3"))
+    assert clean[kid("g3")]["query"] == "mail <email> or <phone>"
+    assert clean[kid("g1")]["price"] == 9.5  # the good g1 won, not the wrong-typed copy
+
+    quarantine = read(spark, lake_dir / "quarantine/events" / f"ds={DS}")
+    reasons = sorted((r["reason"], r["event_id"]) for r in quarantine)
+    assert (S.REASON_BAD_TIMESTAMP, kid("b3")) in reasons and (S.REASON_TOO_LONG, kid("b5")) in reasons
+    bad_utf8 = next(r for r in quarantine if r["reason"] == S.REASON_INVALID_UTF8)
+    assert "\ufffd" not in (bad_utf8["user_key"] or "") and '"user_id":"' in bad_utf8["masked_line"]
+    assert "u\ufffd\ufffd1" not in bad_utf8["masked_line"]  # the raw id is masked, even mangled
+    raw_q = {r["reason"]: r for r in read(spark, lake_dir / "quarantine_raw/events" / f"ds={DS}")}
+    assert raw_q[S.REASON_INVALID_UTF8]["raw_line"] == utf8  # the exact bytes, not a decoding
+    assert len(raw_q[S.REASON_TOO_LONG]["raw_line"]) > 200_000

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ecrec_lib import schema as S
-from ecrec_lib.pipeline.pseudonymize import user_key_py
+from ecrec_lib.pipeline.pseudonymize import keyed_id_py, user_key_py
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark, pytest.mark.e2e]
 
@@ -60,10 +60,12 @@ def test_clean_and_features_on_local_cluster(tmp_path: Path, spark) -> None:
         S.REASON_BOT, S.REASON_BAD_EVENT_TYPE, S.REASON_NEGATIVE_PRICE, S.REASON_BAD_QUANTITY,
         S.REASON_OUT_OF_WINDOW, S.REASON_UNKNOWN_ITEM}
 
-    # user_key computed on the executors equals the HMAC with the key from the file
+    # user_key and the keyed event ids computed on the executors equal the HMACs with the key
+    # from the file
     clean = spark.read.parquet(str(lake / "clean/events/ds=2024-01-02"))
     raw = [json.loads(line) for line in _raw_lines(lake / "raw/events/ds=2024-01-02")]
-    by_event = {r["event_id"]: r["user_id"].strip() for r in raw
+    by_event = {keyed_id_py(KEY.encode(), "event_id", r["event_id"].strip()): r["user_id"].strip()
+                for r in raw
                 if isinstance(r, dict) and r.get("event_id") and isinstance(r.get("user_id"), str)}
     for row in clean.select("event_id", "user_key").limit(20).collect():
         assert row["user_key"] == user_key_py(KEY.encode(), by_event[row["event_id"]])

@@ -1,7 +1,14 @@
 """Clean one day of raw data: catalog snapshot first, then events.
 
+Line checks shared by both datasets (first, in this order; limits in ``ecrec_lib.contracts``):
+  ``invalid_utf8``                 the line's bytes are not UTF-8 (never decoded as U+FFFD)
+  ``field_too_long``               the line or a string field over its contract limit
+  ``wrong_type``                   a contract field of the wrong JSON type (a number as
+                                   user_id, an object as query), found in the raw text: the
+                                   JSON reader would silently turn it into a string
+
 Catalog rules (first match wins; ``reason`` column of quarantine/catalog):
-  1. ``malformed_json``            line is not a JSON object of the contract's types
+  1. the line checks, then ``malformed_json`` (line is not a JSON object)
   2. ``missing_required_field``    no item_id
   3. ``missing_title``             title null or blank
   4. ``bad_price``                 negative or NaN price (a *null* price is allowed: real
@@ -12,11 +19,11 @@ Catalog rules (first match wins; ``reason`` column of quarantine/catalog):
 Exact duplicates (identical normalized content) are dropped and counted.
 
 Event rules (first match wins; ``reason`` column of quarantine/events):
-  1. ``malformed_json``            unparsable line, or a field of the wrong JSON type
+  1. the line checks, then ``malformed_json`` (unparsable line)
   2. ``missing_user_id``
   3. ``missing_required_field``    event_id, event_time, session_id or event_type null; item_id
                                    null on an item event; query null on a search
-  4. ``unparsable_event_time``
+  4. ``unparsable_event_time``, ``bad_timestamp`` (parsable but without UTC offset)
   5. ``bot_traffic``               the user has more than ``cfg.bot_max_events_per_minute``
                                    events in some UTC minute of the day (counted after
                                    dedupe over rows that pass rules 1-4): *all* their events
@@ -28,6 +35,12 @@ Event rules (first match wins; ``reason`` column of quarantine/events):
  10. ``unknown_item_id``           item_id not in the day's clean catalog
 Exact duplicates by event_id (among parsable rows) are removed before the rules, keeping the
 row with the smallest hash of the raw line (identical lines: any one of them), and counted.
+
+Privacy boundary: clean and quarantine hold no raw id or PII. ``user_id`` becomes ``user_key``,
+``event_id`` / ``session_id`` their keyed pseudonyms (after the dedupe, which compares the raw
+ids), PII fields are dropped, search queries are masked by pattern
+(``ecrec_lib.privacy.masking``), and a quarantined row keeps a *masked* line. The exact line
+goes only to the restricted ``quarantine_raw/<dataset>/ds=D`` (one row per quarantined row).
 
 Reconciliation (``ops/reconciliation/ds=D/{events,catalog}.json``): input rows = clean +
 quarantined + duplicates, checked against the *staged Parquet files* before anything is
@@ -45,10 +58,12 @@ from typing import TYPE_CHECKING, Any
 from ecrec_lib import partitions
 from ecrec_lib import schema as S
 from ecrec_lib.config import EcrecConfig, resolve_pseudonymization_key
+from ecrec_lib.contracts import MAX_FIELD_CHARS, MAX_LINE_BYTES
 from ecrec_lib.lake import Lake, parse_ds
 from ecrec_lib.pipeline import io
 from ecrec_lib.pipeline.normalize import clean_text, normalize_queries, parse_utc_timestamp
-from ecrec_lib.pipeline.pseudonymize import BROADCAST_MAX_IDS, add_user_key
+from ecrec_lib.pipeline.pseudonymize import BROADCAST_MAX_IDS, add_user_key, key_ids
+from ecrec_lib.privacy.masking import mask_line_col, mask_text_col, mask_text_py
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -57,15 +72,30 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CORRUPT = "_corrupt_record"
+# raw fields whose values never appear in ops/ (validation samples): ids and personal data
+RAW_REDACTED_COLUMNS = ("user_id", "session_id", "event_id", *S.PII_FIELDS)
+LINE_RULES = (S.REASON_INVALID_UTF8, S.REASON_TOO_LONG, S.REASON_WRONG_TYPE)
 EVENT_RULES = (
-    S.REASON_MALFORMED, S.REASON_MISSING_USER, S.REASON_MISSING_REQUIRED, S.REASON_BAD_TIME,
-    S.REASON_BOT, S.REASON_BAD_EVENT_TYPE, S.REASON_NEGATIVE_PRICE, S.REASON_BAD_QUANTITY,
-    S.REASON_OUT_OF_WINDOW, S.REASON_UNKNOWN_ITEM,
+    *LINE_RULES, S.REASON_MALFORMED, S.REASON_MISSING_USER, S.REASON_MISSING_REQUIRED,
+    S.REASON_BAD_TIME, S.REASON_BAD_TIMESTAMP, S.REASON_BOT, S.REASON_BAD_EVENT_TYPE,
+    S.REASON_NEGATIVE_PRICE, S.REASON_BAD_QUANTITY, S.REASON_OUT_OF_WINDOW, S.REASON_UNKNOWN_ITEM,
 )
 CATALOG_RULES = (
-    S.REASON_MALFORMED, S.REASON_MISSING_REQUIRED, S.REASON_MISSING_TITLE, S.REASON_BAD_PRICE,
-    S.REASON_DUPLICATE_ITEM,
+    *LINE_RULES, S.REASON_MALFORMED, S.REASON_MISSING_REQUIRED, S.REASON_MISSING_TITLE,
+    S.REASON_BAD_PRICE, S.REASON_DUPLICATE_ITEM,
 )
+# A time of day followed by a UTC offset at the end of the text; try_to_timestamp also accepts
+# text without one (and reads it in the session time zone), which the contract calls invalid.
+TIME_WITH_OFFSET = "[Tt ][0-9]{2}:[0-9]{2}.*[0-9](?:Z|z|[+-][0-9]{2}(?::?[0-9]{2})?)$"
+_JSON_WS = "[ \\t\\r\\n]*"
+# How a value of the wrong JSON type starts, per contract type (``n`` not followed by ``ull``:
+# not null; an integer written with a fraction or exponent is not an integer).
+_WRONG_START = {
+    "string": "[-0-9tf\\[{]|n(?!ull)",
+    "number": "[tf\"\\[{]|n(?!ull)",
+    "integer": "[tf\"\\[{]|n(?!ull)|-?[0-9]+[.eE]",
+    "boolean": "[-0-9\"\\[{]|n(?!ull)|t(?!rue)|f(?!alse)",
+}
 QUARANTINE_EVENT_COLUMNS = (
     "event_id", "event_time", "user_key", "session_id", "event_type", "item_id", "query",
     "position", "price", "quantity", "device", "country", *S.QUARANTINE_EXTRA_COLUMNS,
@@ -78,6 +108,38 @@ QUARANTINE_CATALOG_COLUMNS = (
 
 class ReconciliationError(RuntimeError):
     """Input rows != clean + quarantined + duplicates: rows would be lost; nothing published."""
+
+
+def wrong_type_pattern(fields: dict[str, str]) -> str:
+    """A regex matching a raw JSON line where some contract field holds a value of the wrong
+    JSON type. Spark's JSON reader turns a number, boolean, object or array given for a string
+    field into its text (``123`` -> ``"123"``), so the type is only visible in the raw text.
+    A key inside a string value is escaped (``\\"user_id\\"``) and never matches; a key of a
+    nested object that repeats a contract name does (conservative: quarantined, not lost)."""
+    parts = []
+    for json_type, start in _WRONG_START.items():
+        names = [n for n, t in fields.items() if t == json_type]
+        if names:
+            parts.append(f'(?<!\\\\)"(?:{"|".join(names)})"{_JSON_WS}:{_JSON_WS}(?:{start})')
+    return "|".join(parts)
+
+
+def _line_problem(fields: dict[str, str], kind: str) -> Column:
+    """The first line check that fails (:data:`LINE_RULES`), or null; on the raw line and the
+    parsed string fields, all built-in expressions (no Python, no extra pass)."""
+    from pyspark.sql import functions as F
+
+    limits = MAX_FIELD_CHARS[kind]
+    too_long = F.octet_length("raw_line") > F.lit(MAX_LINE_BYTES[kind])
+    for name, limit in limits.items():
+        if name in fields:
+            too_long = too_long | F.coalesce(F.length(name) > F.lit(limit), F.lit(False))
+    wrong = F.col("_keys").isNotNull() & F.col("raw_line").rlike(wrong_type_pattern(fields))
+    return _first_reason([
+        (S.REASON_INVALID_UTF8, ~F.is_valid_utf8("raw_line")),
+        (S.REASON_TOO_LONG, too_long),
+        (S.REASON_WRONG_TYPE, wrong),
+    ])
 
 
 def spark_schema(fields: dict[str, str]) -> StructType:
@@ -139,19 +201,26 @@ class CleanResult:
     no_data: bool = False
 
 
-def _parse(spark: SparkSession, path: str, fields: dict[str, str], what: str) -> DataFrame:
-    """Raw lines -> typed columns + ``_malformed``, ``_hash``, ``_unknown``; raw_line kept only
-    for malformed rows (the parsed fields already carry everything else)."""
+def _parse(spark: SparkSession, path: str, fields: dict[str, str], what: str,
+           keep_all_lines: bool = False) -> DataFrame:
+    """Raw lines -> typed columns + ``_malformed``, ``_bad`` (the failed line check of
+    :data:`LINE_RULES`, or null), ``_hash``, ``_unknown``; raw_line kept only for malformed and
+    ``_bad`` rows (the parsed fields already carry everything else), or for every row with
+    ``keep_all_lines`` (the catalog: a few thousand lines)."""
     from pyspark.sql import functions as F
 
     parsed = io.parse_json_lines(io.read_raw_lines(spark, path, what), spark_schema(fields), CORRUPT)
     known = F.array(*[F.lit(n) for n in fields])
     malformed = F.col(CORRUPT).isNotNull() | F.col("_keys").isNull()
     non_null = sum((F.col(n).isNotNull().cast("int") for n in fields), F.lit(0))
+    bad = _line_problem(fields, what)
+    parsed = parsed.withColumn("_bad", bad)
+    keep = F.lit(True) if keep_all_lines else (malformed | F.col("_bad").isNotNull())
     return parsed.select(
         *[F.col(n) for n in fields],
         malformed.alias("_malformed"),
-        F.when(malformed, F.col("raw_line")).alias("raw_line"),
+        "_bad",
+        F.when(keep, F.col("raw_line")).alias("raw_line"),
         F.xxhash64("raw_line").alias("_hash"),
         # a row identity for tie-breaks between identical lines; the callers cache this frame,
         # so every consumer sees the same ids (a recomputation reads the same splits in order)
@@ -172,12 +241,14 @@ def _field_stats(parsed: DataFrame, fields: dict[str, str]) -> tuple[int, dict[s
     row = parsed.agg(*aggs).first()
     n = int(row["__n"]) if row else 0
     present = tuple(f for f in fields if row and row[f] > 0)
-    unknown = {
-        r["k"]: int(r["n"])
-        for r in parsed.where(F.size("_unknown") > 0)
-        .select(F.explode("_unknown").alias("k")).groupBy("k").agg(F.count(F.lit(1)).alias("n"))
-        .collect()
-    }
+    unknown: dict[str, int] = {}
+    for r in (parsed.where(F.size("_unknown") > 0)
+              .select(F.explode("_unknown").alias("k")).groupBy("k").agg(F.count(F.lit(1)).alias("n"))
+              .collect()):
+        # a key can itself be personal data ({"bob@example.com": 1}): the names go to the
+        # reconciliation record and the logs masked
+        name = mask_text_py(r["k"]) or ""
+        unknown[name] = unknown.get(name, 0) + int(r["n"])
     return n, unknown, present
 
 
@@ -211,16 +282,17 @@ def classify_catalog(parsed: DataFrame) -> DataFrame:
         F.col("in_stock"),
         F.col("created_at").alias("created_at_raw"),
         parse_utc_timestamp("created_at").alias("created_at"),
-        "_malformed", "raw_line", "_hash",
+        "_malformed", "_bad", "raw_line", "_hash",
     )
     content = ["item_id", "title", "description", "category_path", "brand", "price", "in_stock",
                "created_at"]
     df = df.withColumn("_content_hash", F.xxhash64(*content))
-    exact = Window.partitionBy(*content).orderBy(F.col("_malformed"), "_hash")
+    parsable = ~F.col("_malformed") & F.col("_bad").isNull()
+    exact = Window.partitionBy(*content).orderBy(parsable.desc(), "_hash")
     df = df.withColumn(
-        "_dup", F.when(~F.col("_malformed"), F.row_number().over(exact) > 1).otherwise(F.lit(False))
+        "_dup", F.when(parsable, F.row_number().over(exact) > 1).otherwise(F.lit(False))
     )
-    valid = (~F.col("_malformed") & ~F.col("_dup") & F.col("item_id").isNotNull()
+    valid = (parsable & ~F.col("_dup") & F.col("item_id").isNotNull()
              & F.col("title").isNotNull() & ~(F.coalesce(F.col("price") < 0, F.lit(False)) | F.isnan("price")))
     # valid rows first: only they compete for the item_id (dups/invalid rows share the partition)
     newest = Window.partitionBy("item_id").orderBy(
@@ -228,6 +300,7 @@ def classify_catalog(parsed: DataFrame) -> DataFrame:
     )
     df = df.withColumn("_rank", F.when(valid, F.row_number().over(newest)))
     reason = _first_reason([
+        *[(r, F.col("_bad") == r) for r in LINE_RULES],
         (S.REASON_MALFORMED, F.col("_malformed")),
         (S.REASON_MISSING_REQUIRED, F.col("item_id").isNull()),
         (S.REASON_MISSING_TITLE, F.col("title").isNull()),
@@ -237,8 +310,9 @@ def classify_catalog(parsed: DataFrame) -> DataFrame:
     return df.withColumn("reason", F.when(~F.col("_dup"), reason))
 
 
-def catalog_outputs(classified: DataFrame) -> tuple[DataFrame, DataFrame]:
-    """(clean catalog, quarantined catalog) from :func:`classify_catalog`'s output."""
+def catalog_outputs(classified: DataFrame) -> tuple[DataFrame, DataFrame, DataFrame]:
+    """(clean catalog, quarantined catalog, its raw lines for ``quarantine_raw``) from
+    :func:`classify_catalog`'s output (parsed with every raw line kept)."""
     from pyspark.sql import functions as F
 
     keep = classified.where(~F.col("_dup"))
@@ -249,26 +323,38 @@ def catalog_outputs(classified: DataFrame) -> tuple[DataFrame, DataFrame]:
             for c in S.CLEAN_CATALOG_COLUMNS
         ]
     )
-    quarantine = keep.where(F.col("reason").isNotNull()).select(
-        *[F.col("created_at_raw").alias("created_at") if c == "created_at" else F.col(c)
+    rejected = keep.where(F.col("reason").isNotNull())
+    quarantine = rejected.select(
+        *[F.col("created_at_raw").alias("created_at") if c == "created_at"
+          else mask_line_col("raw_line").alias(c) if c == "masked_line" else F.col(c)
           for c in QUARANTINE_CATALOG_COLUMNS]
     )
-    return clean, quarantine
+    raw = rejected.select(
+        "item_id", "reason", F.col("raw_line").cast("binary").alias("raw_line"),
+        F.lit(True).alias("line_is_original"),
+    )
+    return clean, quarantine, raw
 
 
 # ----------------------------------------------------------------------------- events
 
 NORM_PREFIX = "_n_"  # normalized copies of raw event fields, beside the raw ones
+# unrolled and possessive, like the masking patterns: linear, no stack growth on long lines
+USER_IN_LINE = '(?<!\\\\)"user_id"[ \\t\\r\\n]*:[ \\t\\r\\n]*"([^"\\\\]*+(?:\\\\.[^"\\\\]*+)*+)'
 
 
 def _normalized_event_fields() -> dict[str, Column]:
     """Raw event field -> its normalized value (trimmed ids, lower/upper-cased codes, UTC time)."""
     from pyspark.sql import functions as F
 
+    # A malformed line's user is still found when its text shows one: its quarantined row then
+    # carries a user_key (an erasure request can find it) and its masked line the pseudonym.
+    line_user = F.when(F.col("user_id").isNull() & F.col("raw_line").isNotNull(),
+                       F.regexp_extract("raw_line", USER_IN_LINE, 1))
     return {
         "event_id": clean_text("event_id"),
         "event_time": parse_utc_timestamp(F.trim("event_time")),
-        "user_id": clean_text("user_id"),
+        "user_id": clean_text(F.coalesce(F.col("user_id"), line_user)),
         "session_id": clean_text("session_id"),
         "event_type": F.lower(clean_text("event_type")),
         "item_id": clean_text("item_id"),
@@ -325,14 +411,14 @@ def classify_events(
         F.col("quantity"),
         norm("device"),
         norm("country"),
-        "_malformed", "raw_line", "_hash", "_row",
+        "_malformed", "_bad", "_hash", "_row",
     )
     # Duplicates: among the parsable rows of an event_id, the one with the smallest line hash is
     # kept (identical lines: any one, they are the same row). Only the ids seen more than once
     # (a small table) are joined back, so the day's rows are not shuffled and sorted by
     # event_id; a malformed, partly parsed copy never takes part, so it cannot displace the
     # good one.
-    dedupable = ~F.col("_malformed") & F.col("event_id").isNotNull()
+    dedupable = ~F.col("_malformed") & F.col("_bad").isNull() & F.col("event_id").isNotNull()
     repeated = (
         df.where(dedupable).groupBy("event_id")
         .agg(F.count(F.lit(1)).alias("_copies"), F.min_by("_row", "_hash").alias("_keep"))
@@ -343,7 +429,7 @@ def classify_events(
         repeated = F.broadcast(repeated)
     df = df.join(repeated, F.col("event_id") == F.col("_dup_id"), "left")
     df = df.withColumn("_dup", dedupable & F.coalesce(F.col("_row") != F.col("_keep"), F.lit(False)))
-    df = df.drop("_dup_id", "_keep", "_row")
+    df = df.drop("_dup_id", "_keep")  # _row stays: event_outputs finds quarantined lines by it
 
     missing_required = (
         F.col("event_id").isNull() | F.col("event_time_raw").isNull() | F.col("session_id").isNull()
@@ -352,10 +438,12 @@ def classify_events(
         | ((F.col("event_type") == "search") & clean_text("query").isNull())
     )
     pre_bot = [
+        *[(r, F.col("_bad") == r) for r in LINE_RULES],
         (S.REASON_MALFORMED, F.col("_malformed")),
         (S.REASON_MISSING_USER, F.col("user_id").isNull()),
         (S.REASON_MISSING_REQUIRED, missing_required),
         (S.REASON_BAD_TIME, F.col("event_time").isNull()),
+        (S.REASON_BAD_TIMESTAMP, ~F.trim("event_time_raw").rlike(TIME_WITH_OFFSET)),
     ]
     # The bot aggregate and the main branch both read these rows: from the cached normalized
     # parse, so neither recomputes the normalization and no second copy of the day is made.
@@ -386,12 +474,15 @@ def classify_events(
         (S.REASON_OUT_OF_WINDOW, (F.col("event_time") < F.lit(start)) | (F.col("event_time") >= F.lit(end))),
         (S.REASON_UNKNOWN_ITEM, F.col("item_id").isNotNull() & F.col("_known_item").isNull()),
     ])
-    return df.withColumn("reason", F.when(~F.col("_dup"), reason)).drop("_pre", "_bot", "_known_item")
+    return df.withColumn("reason", F.when(~F.col("_dup"), reason)).drop(
+        "_pre", "_bot", "_known_item", "_bad"
+    )
 
 
 def key_events(classified: DataFrame, key: bytes, parsed: DataFrame | None = None) -> DataFrame:
-    """All rows (``_dup`` and ``reason`` kept) with ``user_key`` (HMAC; ``user_id`` dropped) and
-    ``query_norm`` (normalized query).
+    """All rows (``_dup`` and ``reason`` kept) with ``user_key`` (HMAC; ``user_id`` dropped),
+    ``event_id`` and ``session_id`` replaced by their keyed pseudonyms (the dedupe already ran
+    on the raw ids) and ``query_norm`` (normalized query, then masked by pattern).
 
     Both UDFs run once per *distinct* value inside this one plan, so persisting its result lets
     the reason counts, the clean and the quarantine writes share a single evaluation. With
@@ -406,16 +497,26 @@ def key_events(classified: DataFrame, key: bytes, parsed: DataFrame | None = Non
         parsed = normalize_events(parsed)
         ids = parsed.select(F.col(NORM_PREFIX + "user_id").alias("user_id"))
         queries = parsed.select("query")
-    keyed = add_user_key(classified, key, ids=ids, materialize=parsed is not None).drop("user_id")
-    return normalize_queries(keyed.withColumn("query_norm", F.col("query")), "query_norm",
-                             values=queries)
+    keyed = key_ids(add_user_key(classified, key, ids=ids, materialize=parsed is not None)
+                    .drop("user_id"), key)
+    keyed = normalize_queries(keyed.withColumn("query_norm", F.col("query")), "query_norm",
+                              values=queries)
+    # masked after normalization: NFKC turns full-width digits and @ into the ASCII ones
+    return keyed.withColumn("query_norm", mask_text_col("query_norm"))
 
 
-def event_outputs(classified: DataFrame, key: bytes | None = None) -> tuple[DataFrame, DataFrame]:
-    """(clean events, quarantined events): pseudonymized, PII and unknown fields dropped.
+def event_outputs(classified: DataFrame, parsed: DataFrame, key: bytes | None = None,
+                  broadcast_quarantine: bool = True) -> tuple[DataFrame, DataFrame, DataFrame]:
+    """(clean events, quarantined events, their raw lines for ``quarantine_raw``).
 
-    ``classified`` is :func:`classify_events`' output (then ``key`` is required) or, already
-    keyed, :func:`key_events`' output (``key=None``). Quarantine keeps the raw query text.
+    Clean and quarantine are pseudonymized with PII and unknown fields dropped; quarantine
+    keeps the raw query masked by pattern and a masked line. ``classified`` is
+    :func:`classify_events`' output (then ``key`` is required) or, already keyed,
+    :func:`key_events`' output (``key=None``); ``parsed`` is the parse it came from, where each
+    quarantined row's line is looked up by ``_row``: the kept raw line, or the raw contract
+    fields re-serialized as JSON for a line that parsed (only quarantined rows are looked up, so
+    the day's cached rows never carry a second copy of their text). ``broadcast_quarantine``:
+    the quarantined rows are few enough to broadcast to that lookup.
     """
     from pyspark.sql import functions as F
 
@@ -424,11 +525,33 @@ def event_outputs(classified: DataFrame, key: bytes | None = None) -> tuple[Data
         *[F.col("query_norm").alias("query") if c == "query" else F.col(c)
           for c in S.CLEAN_EVENT_COLUMNS]
     )
-    quarantine = keyed.where(F.col("reason").isNotNull()).select(
-        *[F.col("event_time_raw").alias("event_time") if c == "event_time" else F.col(c)
-          for c in QUARANTINE_EVENT_COLUMNS]
+    rejected = keyed.where(F.col("reason").isNotNull()).select(
+        *[F.col("event_time_raw").alias("event_time") if c == "event_time"
+          else mask_text_col("query").alias("query") if c == "query" else F.col(c)
+          for c in QUARANTINE_EVENT_COLUMNS if c != "masked_line"],
+        "_row",
     )
-    return clean, quarantine
+    if broadcast_quarantine:
+        rejected = F.broadcast(rejected)
+    raw_fields = [c for c in S.RAW_EVENT_FIELDS]
+    lines = parsed.select(F.col("_row").alias("_line_row"), "raw_line",
+                          *[F.col(c).alias(f"_raw_{c}") for c in raw_fields])
+    joined = rejected.join(lines, F.col("_row") == F.col("_line_row"), "left")
+    original = F.col("raw_line").isNotNull()
+    line = F.when(original, F.col("raw_line")).otherwise(
+        F.to_json(F.struct(*[F.col(f"_raw_{c}").alias(c) for c in raw_fields]))
+    )
+    joined = joined.withColumn("_line", line).withColumn("_original", original)
+    quarantine = joined.select(
+        *[mask_line_col("_line", {"user_id": F.col("user_key"), "session_id": F.col("session_id"),
+                                  "event_id": F.col("event_id")}).alias(c)
+          if c == "masked_line" else F.col(c) for c in QUARANTINE_EVENT_COLUMNS]
+    )
+    raw = joined.select(
+        "event_id", "user_key", "reason", F.col("_line").cast("binary").alias("raw_line"),
+        F.col("_original").alias("line_is_original"),
+    )
+    return clean, quarantine, raw
 
 
 # ----------------------------------------------------------------------------- job logic
@@ -450,16 +573,18 @@ def _reconcile(spark: SparkSession, lake: Lake, dataset: str, ds: str, input_row
     # from the staged files' Parquet footers: what was really written, without a Spark job
     clean_n = io.count_parquet_rows(spark, io.staging_path(lake.clean(dataset, ds), run_id)) or 0
     quarantine_n = io.count_parquet_rows(spark, io.staging_path(lake.quarantine(dataset, ds), run_id)) or 0
+    raw_n = io.count_parquet_rows(spark, io.staging_path(lake.quarantine_raw(dataset, ds), run_id)) or 0
     rec = Reconciliation(dataset, ds, input_rows, clean_n, quarantine_n, dups, by_reason, unknown)
-    if quarantine_n != sum(by_reason.values()):
+    # every quarantined row has exactly one raw line in the restricted zone
+    if quarantine_n != sum(by_reason.values()) or raw_n != quarantine_n:
         rec.status = "unbalanced"
     if not rec.balanced or rec.status == "unbalanced":
         rec.status = "unbalanced"
         io.write_json(spark, f"{lake.ops('reconciliation', ds)}/{dataset}.json", rec.to_dict())
         raise ReconciliationError(
             f"{dataset} ds={ds}: input {input_rows} != clean {clean_n} + quarantined {quarantine_n} "
-            f"+ duplicates {dups} (per reason {by_reason}); nothing published -- this is a bug "
-            "in the cleaning rules, see ops/reconciliation"
+            f"+ duplicates {dups} (per reason {by_reason}; raw lines kept {raw_n}); nothing "
+            "published -- this is a bug in the cleaning rules, see ops/reconciliation"
         )
     return rec
 
@@ -496,10 +621,13 @@ def _validate_raw(spark: SparkSession, lake: Lake, parsed: DataFrame, present: t
     if not present:
         log.error("events ds=%s: no raw line parses as a JSON object; raw suite skipped", ds)
         return
+    # Its results land in ops/ (readable beyond the restricted zones): sample values of raw
+    # ids and PII are redacted, the rest masked by pattern (ecrec_lib.validation).
     validate(
-        spark, parsed.where(~F.col("_malformed")).select(*present),
+        spark, parsed.where(~F.col("_malformed") & F.col("_bad").isNull()).select(*present),
         SUITES["raw_events"](SuiteContext(ds=ds, present_columns=present, **common)),
         "raw_events", ds, f"{lake.ops('validation', ds)}/raw_events",
+        redact_columns=RAW_REDACTED_COLUMNS,
     )
 
 
@@ -540,7 +668,7 @@ def run_clean(spark: SparkSession, cfg: EcrecConfig, ds: str, key: bytes | None 
     The events are parsed and counted on a second thread while the catalog is cleaned (the
     catalog's many small jobs leave cores idle); only their classification needs the catalog.
 
-    The job holds the single-writer lock of its four partitions throughout and stages under
+    The job holds the single-writer lock of its six partitions throughout and stages under
     ``run_id`` (default: a fresh one); :class:`~ecrec_lib.partitions.PartitionLocked` when
     another writer holds one of them.
     """
@@ -551,7 +679,8 @@ def run_clean(spark: SparkSession, cfg: EcrecConfig, ds: str, key: bytes | None 
     # one writer per partition for the whole write-validate-publish span (a retry beside a
     # stray run, a manual run): the second one fails naming the first
     outputs = [lake.partition(stage, name, ds)
-               for stage in ("clean", "quarantine") for name in ("catalog", "events")]
+               for stage in ("clean", "quarantine", "quarantine_raw")
+               for name in ("catalog", "events")]
     with partitions.partition_locks(outputs, run_id):
         return _run_clean(spark, cfg, ds, key, lake, run_id)
 
@@ -609,7 +738,7 @@ def _clean_catalog(spark: SparkSession, cfg: EcrecConfig, ds: str, lake: Lake,
     from ecrec_lib.validation import DataContractError
 
     cat_path = lake.raw("catalog", ds)
-    cat_parsed = _parse(spark, cat_path, S.RAW_CATALOG_FIELDS, "catalog").persist(
+    cat_parsed = _parse(spark, cat_path, S.RAW_CATALOG_FIELDS, "catalog", keep_all_lines=True).persist(
         StorageLevel.MEMORY_AND_DISK
     )
     cat_rows = classify_catalog(cat_parsed).persist(StorageLevel.MEMORY_AND_DISK)
@@ -620,13 +749,15 @@ def _clean_catalog(spark: SparkSession, cfg: EcrecConfig, ds: str, lake: Lake,
                 f"catalog snapshot {cat_path} is empty; land a non-empty snapshot and re-run"
             )
         dups, by_reason = _reason_counts(cat_rows)
-        cat_clean, cat_quarantine = catalog_outputs(cat_rows)
+        cat_clean, cat_quarantine, cat_raw = catalog_outputs(cat_rows)
         io.write_staged(cat_clean, lake.clean("catalog", ds), run_id, n_files=1)
         io.write_staged(cat_quarantine, lake.quarantine("catalog", ds), run_id, n_files=1)
+        io.write_staged(cat_raw, lake.quarantine_raw("catalog", ds), run_id, n_files=1)
         phases.mark("catalog_classify_write")
         cat_rec = _reconcile(spark, lake, "catalog", ds, cat_n, dups, by_reason, cat_unknown,
                              run_id)
         io.write_json(spark, f"{lake.ops('reconciliation', ds)}/catalog.json", cat_rec.to_dict())
+        io.publish(spark, lake.quarantine_raw("catalog", ds), run_id)
         io.publish(spark, lake.quarantine("catalog", ds), run_id)
         try:
             _validate_staged(spark, lake, "catalog", lake.clean("catalog", ds), ds, {
@@ -673,16 +804,22 @@ def _clean_events(spark: SparkSession, cfg: EcrecConfig, ds: str, key: bytes, la
         try:
             dups, by_reason = _reason_counts(keyed)  # materializes the cache
             phases.mark("events_classify")
-            clean, quarantine = event_outputs(keyed)
+            clean, quarantine, quarantine_raw = event_outputs(
+                keyed, ev_parsed, broadcast_quarantine=sum(by_reason.values()) <= BROADCAST_MAX_IDS
+            )
             io.write_staged(clean, lake.clean("events", ds), run_id,
                             n_files=max(1, min(spark.sparkContext.defaultParallelism,
                                                math.ceil(n / 250_000))))
             io.write_staged(quarantine, lake.quarantine("events", ds), run_id, n_files=1)
+            io.write_staged(quarantine_raw, lake.quarantine_raw("events", ds), run_id, n_files=1)
             phases.mark("events_write")
         finally:
             keyed.unpersist()
         rec = _reconcile(spark, lake, "events", ds, n, dups, by_reason, unknown, run_id)
         io.write_json(spark, f"{lake.ops('reconciliation', ds)}/events.json", rec.to_dict())
+        # the restricted copy first: a kill between the two never leaves a quarantined row
+        # whose raw line is lost
+        io.publish(spark, lake.quarantine_raw("events", ds), run_id)
         io.publish(spark, lake.quarantine("events", ds), run_id)
         try:
             raw_check.result()

@@ -40,7 +40,7 @@ def validate_partition(spark: SparkSession, cfg: EcrecConfig, dataset: str, ds: 
     """Run ``dataset``'s suite on partition ``ds``; store results; raise on critical failure."""
     from pyspark.sql import functions as F
 
-    from ecrec_lib.pipeline.clean import _field_stats, _parse
+    from ecrec_lib.pipeline.clean import RAW_REDACTED_COLUMNS, _field_stats, _parse
     from ecrec_lib.validation import validate
     from expectations import SUITES, SuiteContext
 
@@ -57,8 +57,9 @@ def validate_partition(spark: SparkSession, cfg: EcrecConfig, dataset: str, ds: 
     if dataset == "raw_events":
         parsed = _parse(spark, path, S.RAW_EVENT_FIELDS, "events").cache()
         _, _, present = _field_stats(parsed, S.RAW_EVENT_FIELDS)
-        df = parsed.where(~F.col("_malformed")).select(*present)
+        df = parsed.where(~F.col("_malformed") & F.col("_bad").isNull()).select(*present)
         ctx = SuiteContext(present_columns=present, **common)
+        redact: tuple[str, ...] = RAW_REDACTED_COLUMNS
     else:
         df = spark.read.parquet(path)
         prev = (parse_ds(ds) - dt.timedelta(days=1)).isoformat()
@@ -68,4 +69,5 @@ def validate_partition(spark: SparkSession, cfg: EcrecConfig, dataset: str, ds: 
             min_rows = max(1, math.ceil(int(rec.get("input_rows", 0)) * cfg.min_clean_fraction))
         ctx = SuiteContext(prev_rows=io.count_parquet_rows(spark, lake.partition(stage, name, prev)),
                            min_rows=min_rows, **common)
-    return validate(spark, df, SUITES[dataset](ctx), dataset, ds, out_dir)
+        redact = ()
+    return validate(spark, df, SUITES[dataset](ctx), dataset, ds, out_dir, redact)
