@@ -16,6 +16,8 @@ wait_for_clean_events → compute_feedback → check_hit_rate
   Definitions: `ecrec_lib/feedback.py`.
 * `check_hit_rate` fails the run with an `ALERT:` message when the hit rate falls below
   `(1 - feedback_drop_threshold)` x its trailing 7-day mean.
+* `compute_feedback` writes the warehouse, so it runs in the Airflow pool `ecrec_warehouse`
+  (1 slot, shared with the nightly `publish`): one warehouse writer at a time.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import datetime as dt
 import pendulum
 from airflow.sdk import dag, task
 
-from ecrec_lib.orchestration import dag_timetable, task_retries
+from ecrec_lib.orchestration import WAREHOUSE_POOL, dag_timetable, task_retries
 
 
 def _run(job: str, **flags: object) -> list[str]:
@@ -66,7 +68,7 @@ def ecrec_feedback() -> None:
 
         return partition_ready(Lake(load_config().lake_root).clean("events", ds))
 
-    @task
+    @task(pool=WAREHOUSE_POOL)
     def compute_feedback() -> None:
         """Metrics of yesterday's recommendations + drift, into `metrics_daily`/`drift_daily`."""
         _run("feedback")

@@ -7,8 +7,10 @@ validated even when an earlier one fails, and the exit code is the worst outcome
 
 Datasets: raw_events, clean_events, catalog, user_sequences, item_stats, user_profiles,
 search_pairs, item_cooccurrence. Results go to ``ops/validation/ds=D/<dataset>/`` (results.json
-and index.html). Exit codes: 0 passed (warnings are logged), 2 partition missing,
-4 a critical expectation failed (the summary names expectation, observed value and examples).
+and index.html). Exit codes: 0 passed (warnings are logged), 2 partition missing (or raw not
+completely landed: no ``_SUCCESS`` marker), 3 no data (every dataset asked for is a landed raw
+partition without a line: the DAG skips), 4 a critical expectation failed (the summary names
+expectation, observed value and examples).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     spark = spark_session(cfg, f"validate-{'+'.join(args.dataset)}-{args.ds}", args.master)
     worst = io.EXIT_OK
+    no_data = 0
     try:
         for dataset in args.dataset:
             try:
@@ -51,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
             except io.InputMissingError as exc:
                 log.error("%s: %s", dataset, exc)
                 worst = max(worst, io.EXIT_INPUT_MISSING)
+            except io.NoDataError as exc:
+                log.warning("%s: no data: %s", dataset, exc)
+                no_data += 1
             except DataContractError as exc:
                 log.error("%s: %s", dataset, exc)
                 worst = max(worst, io.EXIT_CONTRACT)
@@ -58,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(outcome.summary())
     finally:
         spark.stop()
-    return worst
+    # "no data" only when nothing else was judged: a failure or a passed dataset next to an
+    # empty one keeps its own outcome.
+    return io.EXIT_NO_DATA if no_data == len(args.dataset) else worst
 
 
 if __name__ == "__main__":
