@@ -6,6 +6,8 @@ Runs the output contracts (Great Expectations, expectations/score_tables.py) on
 scores/<table>/ds=D/; on any failure exits 1 with the reasons and publishes nothing. Otherwise
 loads staging tables and swaps the ds partition of every table in one transaction, refreshes
 the ``<table>_latest`` views and drops partitions older than cfg.warehouse_retention_days.
+A DuckDB file held by another process is retried with backoff for cfg.warehouse_lock_wait_s;
+after the commit the read copy for BI tools (``<dir>/read/<file>``) is refreshed.
 """
 
 from __future__ import annotations
@@ -63,8 +65,12 @@ def run(cfg: EcrecConfig, ds: str, k: int | None = None) -> dict[str, int]:
         exclude_purchased=bool(summary.get("exclude_purchased", cfg.exclude_purchased)),
     )
     validate_tables(tables, ctx)
-    with connect(cfg.warehouse_url, cfg.warehouse_schema) as wh:
-        return publish(wh, tables, ds, cfg.warehouse_retention_days)
+    with connect(cfg.warehouse_url, cfg.warehouse_schema,
+                 lock_wait_s=cfg.warehouse_lock_wait_s) as wh:
+        rows = publish(wh, tables, ds, cfg.warehouse_retention_days)
+        if cfg.warehouse_read_copy:
+            wh.refresh_read_copy()
+        return rows
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -88,7 +88,7 @@ def test_same_seed_gives_identical_bytes(tmp_path: Path, small_lake) -> None:
     again = tmp_path / "again"
     generate(str(again), **SMALL)
     first, second = all_files(lake), all_files(again)
-    assert len(first) == 4  # 2 days x (events, catalog)
+    assert len(first) == 8  # 2 days x (events, catalog) x (part, _SUCCESS manifest)
     assert first == second
 
 
