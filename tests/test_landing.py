@@ -139,3 +139,18 @@ def test_validate_and_clean_on_landing_and_empty_days(spark, tmp_path: Path) -> 
     rec = json.loads((lake / f"ops/reconciliation/ds={DS}/events.json").read_text())
     assert rec["status"] == "no_data" and rec["input_rows"] == 0
     assert not (lake / f"clean/events/ds={DS}").exists()
+
+
+def test_validate_job_settles_landing_before_spark(tmp_path: Path, capfd) -> None:
+    from jobs import validate
+
+    lake = tmp_path / "lake"
+    events = _part(lake)
+    write_jsonl_partition(str(events), [])  # landed, no event
+    argv = ["--dataset", "raw_events", "--ds", DS, "--lake", str(lake), "--master", "local[1]"]
+    assert validate.main(argv) == 3  # no data: the DAG skips
+    assert "raw_events: no data" in capfd.readouterr().err
+    (events / LANDING_MARKER).unlink()
+    _land(events, ['{"a": 1}'])
+    assert validate.main(argv) == 2
+    assert f"touch {events}/_SUCCESS" in capfd.readouterr().err
