@@ -154,3 +154,23 @@ def test_validate_job_settles_landing_before_spark(tmp_path: Path, capfd) -> Non
     _land(events, ['{"a": 1}'])
     assert validate.main(argv) == 2
     assert f"touch {events}/_SUCCESS" in capfd.readouterr().err
+
+
+def test_the_report_states_a_no_data_night(tmp_path: Path) -> None:
+    from ecrec_lib.config import load_config
+    from jobs.daily_report import collect, render
+
+    lake = tmp_path / "lake"
+    cfg = load_config(None, env={}, lake_root=str(lake),
+                      warehouse_url=f"duckdb://{tmp_path}/wh/warehouse.duckdb")
+    rec = lake / "ops" / "reconciliation" / f"ds={DS}" / "events.json"
+    rec.parent.mkdir(parents=True)
+    rec.write_text(json.dumps({"dataset": "events", "ds": DS, "input_rows": 0, "status": "no_data"}))
+    report = collect(cfg, DS)
+    assert report["outcome"]["status"] == "no_data"
+    text = render(report)
+    assert f"**no data**: raw events partition {_part(lake)} landed without any event" in text
+    assert "published warehouse tables were left as they were" in text
+    rec.write_text(json.dumps({"dataset": "events", "ds": DS, "input_rows": 5, "status": "ok"}))
+    assert collect(cfg, DS)["outcome"]["status"] == "processed"
+    assert "no data" not in render(collect(cfg, DS))

@@ -358,3 +358,16 @@ def test_postgres_readers_in_open_transactions_never_block_publication(scored_la
         with connect(postgres_url, schema) as wh:
             wh.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
     assert cfg.warehouse_url == postgres_url
+
+
+def test_the_table_by_table_read_copy_equals_the_byte_copy(duck, tmp_path):
+    cfg, path = duck
+    byte_copy = read_copy_path(path)
+    with connect(cfg.warehouse_url, cfg.warehouse_schema) as wh:
+        wh._copy_database(tmp_path / "by_table.duckdb")  # the path taken when the WAL is not empty
+    for copy in (byte_copy, tmp_path / "by_table.duckdb"):
+        with connect(f"duckdb://{copy}", cfg.warehouse_schema, read_only=True) as wh:
+            for table in TABLE_COLUMNS:
+                got = wh.query(f"SELECT * FROM {wh.fq(table + '_latest')} ORDER BY ALL")
+                assert len(got) == len(read_table(table, Lake(cfg.lake_root), DS))
+            assert wh.column_comments("user_topk")["rank"]

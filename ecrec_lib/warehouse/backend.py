@@ -27,6 +27,7 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -239,30 +240,46 @@ class DuckDBWarehouse(Warehouse):
 
     def refresh_read_copy(self) -> Path | None:
         """Write a snapshot of the whole database to ``read/<file>`` (a hidden temp file beside
-        it, renamed over the previous one). It is made inside this writer's connection, so no
-        other writer can interleave; a BI session holding the previous copy keeps reading it
-        (its lock is on the replaced file, never on the new one or on the warehouse)."""
+        it, renamed over the previous one); a BI session holding the previous copy keeps reading
+        it (its lock is on the replaced file, never on the new one or on the warehouse).
+
+        Consistent because it runs inside this writer's connection, after its commit: no other
+        process can write while we hold the file. ``CHECKPOINT`` moves everything into the main
+        file, which is then copied byte for byte (0.1 s for 68 MB where ``COPY FROM DATABASE``
+        took 9 s, BENCHMARKS.md); if the write-ahead log is not empty after the checkpoint the
+        copy is made table by table with ``COPY FROM DATABASE`` instead.
+        """
         if self.path == ":memory:":
             return None
         target = read_copy_path(self.path)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-        catalog = self.scalar("SELECT current_database()")
-        self.con.execute(f"ATTACH '{tmp}' AS __ecrec_read_copy")
+        self.con.execute("CHECKPOINT")
+        wal = Path(f"{self.path}.wal")
         try:
-            self.con.execute(f'COPY FROM DATABASE "{catalog}" TO __ecrec_read_copy')
-            self.con.execute("DETACH __ecrec_read_copy")
+            if wal.is_file() and wal.stat().st_size > 0:
+                log.warning("%s not empty after CHECKPOINT: copying the read copy table by table", wal)
+                self._copy_database(tmp)
+            else:
+                shutil.copyfile(self.path, tmp)
             os.replace(tmp, target)
         except BaseException:
-            import duckdb
-
-            with contextlib.suppress(duckdb.Error):  # the original error is re-raised below
-                self.con.execute("DETACH DATABASE IF EXISTS __ecrec_read_copy")
             for leftover in (tmp, Path(f"{tmp}.wal")):
                 leftover.unlink(missing_ok=True)
             raise
         log.info("read copy of %s refreshed: %s", self.path, target)
         return target
+
+    def _copy_database(self, tmp: Path) -> None:
+        import duckdb
+
+        catalog = self.scalar("SELECT current_database()")
+        self.con.execute(f"ATTACH '{tmp}' AS __ecrec_read_copy")
+        try:
+            self.con.execute(f'COPY FROM DATABASE "{catalog}" TO __ecrec_read_copy')
+        finally:
+            with contextlib.suppress(duckdb.Error):  # an error of the COPY itself propagates
+                self.con.execute("DETACH DATABASE IF EXISTS __ecrec_read_copy")
 
     def close(self) -> None:
         self.con.close()
