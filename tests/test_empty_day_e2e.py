@@ -3,7 +3,7 @@
 The producer landed the catalog and a `_SUCCESS` marker with no event file. The run succeeds
 as "no data": the sensor sees the marker, validate_raw and clean skip with the reason, nothing
 downstream runs, the report says why, and yesterday's published warehouse tables are exactly
-as they were.
+as they were. The feedback DAG of that day skips too.
 """
 
 from __future__ import annotations
@@ -77,3 +77,9 @@ def test_an_empty_day_is_skipped_as_no_data(tmp_path: Path) -> None:
     for table, df in before.items():
         assert len(df) == 2
         pd.testing.assert_frame_equal(after[table], df)
+
+    # the feedback DAG has nothing to judge either: it skips instead of waiting 12 h
+    ok, out = dags_test(env, "ecrec_feedback", DAY)
+    assert ok, tail(out)
+    assert f"no data for ds={DAY}: no events landed, nothing to judge" in out
+    assert not (lake / f"ops/feedback/ds={DAY}").exists()
