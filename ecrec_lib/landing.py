@@ -66,7 +66,9 @@ def _list(path: str) -> tuple[dict[str, int], str | None] | None:
     if "://" in path and not path.startswith("file://"):
         from pyarrow import fs
 
-        filesystem, root = fs.FileSystem.from_uri(path)
+        # Spark's Hadoop schemes name the same stores pyarrow opens as s3://
+        uri = "s3://" + path.split("://", 1)[1] if path.startswith(("s3a://", "s3n://")) else path
+        filesystem, root = fs.FileSystem.from_uri(uri)
         if filesystem.get_file_info(root).type != fs.FileType.Directory:
             return None
         infos = filesystem.get_file_info(fs.FileSelector(root))
