@@ -371,3 +371,22 @@ def test_the_table_by_table_read_copy_equals_the_byte_copy(duck, tmp_path):
                 got = wh.query(f"SELECT * FROM {wh.fq(table + '_latest')} ORDER BY ALL")
                 assert len(got) == len(read_table(table, Lake(cfg.lake_root), DS))
             assert wh.column_comments("user_topk")["rank"]
+
+
+def test_lock_wait_config_from_env_and_checked():
+    from ecrec_lib.config import ConfigError
+
+    cfg = load_config(None, env={"ECREC_WAREHOUSE_LOCK_WAIT_S": "12.5",
+                                 "ECREC_WAREHOUSE_READ_COPY": "false"})
+    assert cfg.warehouse_lock_wait_s == 12.5 and cfg.warehouse_read_copy is False
+    with pytest.raises(ConfigError, match="warehouse_lock_wait_s must be >= 0"):
+        load_config(None, env={"ECREC_WAREHOUSE_LOCK_WAIT_S": "-1"})
+
+
+def test_publish_job_refreshes_the_read_copy(scored_lake, tmp_path):
+    path = tmp_path / "wh" / "warehouse.duckdb"
+    args = ["--ds", DS, "--lake", str(scored_lake), "--warehouse-url", f"duckdb://{path}",
+            "--k", "5"]
+    assert publish_scores.main(args) == 0
+    with connect(f"duckdb://{read_copy_path(path)}", "ecrec", read_only=True) as wh:
+        assert partitions(wh, "user_topk") == [DS]
