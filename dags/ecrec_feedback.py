@@ -16,16 +16,21 @@ wait_for_clean_events → compute_feedback → check_hit_rate
   Definitions: `ecrec_lib/feedback.py`.
 * `check_hit_rate` fails the run with an `ALERT:` message when the hit rate falls below
   `(1 - feedback_drop_threshold)` x its trailing 7-day mean.
+* A day the nightly run skipped as "no data" (`ops/reconciliation/ds=<ds>/events.json`
+  status `no_data`) skips this run too: there are no events to judge the lists against.
+* `compute_feedback` writes the warehouse, so it runs in the Airflow pool `ecrec_warehouse`
+  (1 slot, shared with the nightly `publish`): one warehouse writer at a time.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pendulum
 from airflow.sdk import dag, task
 
-from ecrec_lib.orchestration import dag_timetable, task_retries, task_timeouts
+from ecrec_lib.orchestration import WAREHOUSE_POOL, dag_timetable, task_retries, task_timeouts
 
 
 def _run(job: str, **flags: object) -> list[str]:
@@ -60,14 +65,23 @@ def _run(job: str, **flags: object) -> list[str]:
 def ecrec_feedback() -> None:
     @task.sensor(poke_interval=300, timeout=12 * 3600, mode="reschedule")
     def wait_for_clean_events(ds: str | None = None) -> bool:
-        """Wait until the nightly run has written `clean/events/ds=<ds>`."""
+        """Wait until the nightly run has written `clean/events/ds=<ds>`; skip the run when the
+        nightly run recorded the day as "no data" (its raw events landed empty)."""
+        import json
+
+        from airflow.sdk.exceptions import AirflowSkipException
+
         from ecrec_lib.config import load_config
         from ecrec_lib.lake import Lake
         from ecrec_lib.orchestration import partition_ready
 
-        return partition_ready(Lake(load_config().lake_root).clean("events", ds))
+        lake = Lake(load_config().lake_root)
+        rec = Path(lake.ops("reconciliation", ds)) / "events.json"
+        if rec.is_file() and json.loads(rec.read_text()).get("status") == "no_data":
+            raise AirflowSkipException(f"no data for ds={ds}: no events landed, nothing to judge")
+        return partition_ready(lake.clean("events", ds))
 
-    @task
+    @task(pool=WAREHOUSE_POOL)
     def compute_feedback() -> None:
         """Metrics of yesterday's recommendations + drift, into `metrics_daily`/`drift_daily`."""
         _run("feedback")

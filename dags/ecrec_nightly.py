@@ -22,6 +22,13 @@ wait_for_raw_events → validate_raw → clean → validate_clean → build_feat
 * **Online serving**: `export_online` writes the user and related-item lists to Redis as a
   new version and switches readers to it atomically; if it fails, readers keep the previous
   night and the warehouse stays published (re-run the task).
+* **Publishing** is atomic: a failed run leaves yesterday's warehouse tables intact. It runs
+  in the Airflow pool `ecrec_warehouse` (1 slot, shared with the feedback DAG's writes):
+  one warehouse writer at a time.
+* **Landing and empty days**: the sensor waits for the producers' `_SUCCESS` marker in
+  `raw/events/ds=<ds>` and `raw/catalog/ds=<ds>` (its log names the path); a landed day
+  without events is skipped as "no data" (validate_raw and clean say so, the rest of the
+  run is skipped, nothing is published) and the report states the reason.
 * Re-running a date replaces exactly its partitions; backfills work date by date
   (`max_active_runs=1`).
 
@@ -48,7 +55,7 @@ from pathlib import Path
 import pendulum
 from airflow.sdk import Param, dag, task
 
-from ecrec_lib.orchestration import dag_timetable, task_retries, task_timeouts
+from ecrec_lib.orchestration import WAREHOUSE_POOL, dag_timetable, task_retries, task_timeouts
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TIMEOUTS = task_timeouts()
@@ -103,8 +110,10 @@ def _policy(params: dict | None):  # noqa: ANN202 - RunPolicy, imported lazily
     return run_policy((params or {}).get("pin_model_version"), run_type)
 
 
-def _spark_or_python(job: str, python_task):  # noqa: ANN001, ANN202 - Airflow objects
-    """The Spark job as SparkSubmitOperator when ECREC_SPARK_SUBMIT=1, else the python task."""
+def _spark_or_python(job: str, python_task, **operator_kwargs):  # noqa: ANN001, ANN202, ANN003
+    """The Spark job as SparkSubmitOperator when ECREC_SPARK_SUBMIT=1, else the python task
+    (``operator_kwargs``, e.g. the trigger rule, go to the SparkSubmitOperator; the python
+    task carries its own in its decorator)."""
     if os.environ.get("ECREC_SPARK_SUBMIT", "").strip().lower() not in {"1", "true", "yes"}:
         return python_task()
     from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
@@ -115,6 +124,7 @@ def _spark_or_python(job: str, python_task):  # noqa: ANN001, ANN202 - Airflow o
         task_id=python_task.function.__name__,
         doc_md=python_task.function.__doc__,
         execution_timeout=TIMEOUTS["spark"],
+        **operator_kwargs,
         **spark_submit_kwargs(job, "{{ ds }}"),
     )
 
@@ -141,20 +151,31 @@ def _spark_or_python(job: str, python_task):  # noqa: ANN001, ANN202 - Airflow o
 def ecrec_nightly() -> None:
     @task.sensor(poke_interval=300, timeout=6 * 3600, mode="reschedule")
     def wait_for_raw_events(ds: str | None = None) -> bool:
-        """Wait (rescheduling, 6 h timeout) until `raw/events/ds=<ds>` holds a data file."""
+        """Wait (rescheduling, 6 h timeout) until `raw/events/ds=<ds>` and `raw/catalog/ds=<ds>`
+        have completely landed: the producer's `_SUCCESS` marker, written after its last data
+        file, is there (docs/data_contracts.md, "Landing"). Each poke logs the paths it waits for."""
+        import logging
+
         from ecrec_lib.config import load_config
         from ecrec_lib.lake import Lake
         from ecrec_lib.orchestration import partition_ready
 
         lake = Lake(load_config().lake_root)
-        return partition_ready(lake.raw("events", ds)) and partition_ready(lake.raw("catalog", ds))
+        logger = logging.getLogger("ecrec.task")
+        ready = [partition_ready(lake.raw(name, ds), landed=True, logger=logger)
+                 for name in ("events", "catalog")]
+        return all(ready)
 
     @task
     def validate_raw() -> None:
-        """Run the raw-events Great Expectations suite (critical failures stop the run)."""
-        _run("validate", dataset="raw_events")
+        """Run the raw-events Great Expectations suite (critical failures stop the run); a
+        landed day without events is skipped as "no data"."""
+        _run("validate", skip_if_no_data=True, dataset="raw_events")
 
-    @task(execution_timeout=TIMEOUTS["spark"])
+    # none_failed: on an empty day validate_raw is skipped and clean still runs, to record the
+    # day's "no data" status (ops/reconciliation) that the report states; clean runs the raw
+    # suite itself, so it never publishes a day validate_raw did not see.
+    @task(execution_timeout=TIMEOUTS["spark"], trigger_rule="none_failed")
     def clean() -> None:
         """Spark: parse, deduplicate, pseudonymize and quarantine raw events and catalog."""
         _run("clean_events", skip_if_no_data=True)
@@ -241,7 +262,7 @@ def ecrec_nightly() -> None:
         """Run the output contracts on the score tables before publishing."""
         _run("validate_scores", k=(params or {}).get("k"))
 
-    @task
+    @task(pool=WAREHOUSE_POOL)
     def publish(params: dict | None = None) -> None:
         """Publish the score tables to the warehouse atomically (old tables kept on failure)."""
         _run("publish_scores", k=(params or {}).get("k"))
@@ -251,7 +272,9 @@ def ecrec_nightly() -> None:
         """Write the night's lists to Redis as a new version, then switch readers to it."""
         _run("export_online")
 
-    @task
+    # none_failed: an empty day (everything after clean skipped) still gets its report, with
+    # the reason; a failed run gets none.
+    @task(trigger_rule="none_failed")
     def report() -> None:
         """Write ops/report/ds=<ds>/report.md|json|html (plots; also logged to MLflow) and print it."""
         _run("daily_report")
@@ -265,7 +288,7 @@ def ecrec_nightly() -> None:
     (
         wait_for_raw_events()
         >> validate_raw()
-        >> _spark_or_python("clean_events", clean)
+        >> _spark_or_python("clean_events", clean, trigger_rule="none_failed")
         >> validate_clean()
         >> _spark_or_python("build_features", build_features)
         >> validate_features()

@@ -53,6 +53,9 @@ class EcrecConfig:
     warehouse_url: str = "duckdb:///./warehouse/warehouse.duckdb"  # or postgresql://user@host/db
     warehouse_schema: str = "ecrec"  # schema that holds the score tables and views
     warehouse_retention_days: int = 14  # older ds partitions are deleted at publish time
+    # DuckDB: how long an open retries a file another process holds (capped exponential backoff)
+    warehouse_lock_wait_s: float = 300.0
+    warehouse_read_copy: bool = True  # DuckDB: refresh <dir>/read/<file> for BI after each write
 
     # --- Spark -----------------------------------------------------------------
     spark_master: str = "local[*]"
@@ -269,6 +272,8 @@ def _validate(cfg: EcrecConfig) -> None:
                 f"the DuckDB file name '{stem}.duckdb' equals warehouse_schema '{stem}', which makes "
                 "DuckDB table names ambiguous; rename the file (e.g. warehouse.duckdb) or the schema"
             )
+    if cfg.warehouse_lock_wait_s < 0:
+        raise ConfigError(f"warehouse_lock_wait_s must be >= 0 seconds, got {cfg.warehouse_lock_wait_s}")
     if not cfg.online_redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(
             f"online_redis_url must start with redis://, rediss:// or unix://, got "

@@ -61,6 +61,13 @@ DEFAULT_TIMEOUT_MIN = {"light": 60, "spark": 180, "train": 360, "score": 180}
 KILL_GRACE_S = 15.0
 # Set by run_job in the job's environment: the task process the job belongs to.
 PARENT_PID_ENV = "ECREC_PARENT_PID"
+
+# The Airflow pool every task that writes the warehouse runs in (both DAGs): DuckDB allows one
+# writer per file, so one slot. Created with `airflow pools set` (scripts/airflow_standalone.sh,
+# README "Warehouse writers and readers").
+WAREHOUSE_POOL = "ecrec_warehouse"
+WAREHOUSE_POOL_SLOTS = 1
+WAREHOUSE_POOL_DESCRIPTION = "one writer at a time into the ecrec warehouse (DuckDB file lock)"
 # Exit code of a job that found an empty input partition (jobs.clean_events documents it;
 # same value as ecrec_lib.pipeline.io.EXIT_NO_DATA): the DAG skips the rest of the run.
 EXIT_NO_DATA = 3
@@ -442,12 +449,24 @@ def dag_timetable(env: Mapping[str, str] | None = None) -> Any:
     return CronDataIntervalTimetable(cron, timezone="UTC")
 
 
-def partition_ready(path: str) -> bool:
+def partition_ready(path: str, *, landed: bool = False, logger: logging.Logger | None = None) -> bool:
     """True when a lake partition exists and holds a data file or a ``_SUCCESS`` marker.
 
     Hidden files (``.crc``, staging leftovers) do not count. A partition holding only
     ``_SUCCESS`` is an empty day: the clean job turns it into the "no data" outcome.
+
+    ``landed=True`` applies the raw landing contract (:mod:`ecrec_lib.landing`): ready only once
+    the producer's ``_SUCCESS`` marker (written after its last data file) is there and agrees
+    with the files, so a half-copied day is waited for, never processed. The marker's path
+    and what is still missing go to ``logger`` on every check.
     """
+    if landed:
+        from ecrec_lib.landing import landing_status
+
+        status = landing_status(path)
+        (logger or log).info("%s %s: %s", "ready:" if status.ready else "waiting for",
+                             status.marker, status.reason)
+        return status.ready
     if "://" in path and not path.startswith("file://"):
         from pyarrow import fs  # remote lakes only; pyarrow is light next to Spark
 
@@ -578,6 +597,8 @@ __all__ = [
     "SPARK_CONN_ID",
     "SPARK_JOBS",
     "TrainingDecision",
+    "WAREHOUSE_POOL",
+    "WAREHOUSE_POOL_SLOTS",
     "decide_training",
     "bind_to_parent",
     "error_tail",

@@ -12,7 +12,8 @@ Rules and their order: :mod:`ecrec_lib.pipeline.clean`. Needs the pseudonymizati
 Exit codes (the DAG branches on them):
   0  published
   1  unexpected error
-  2  an input partition is missing (the message names the path and the fix)
+  2  an input partition is missing, or has not completely landed (no ``_SUCCESS`` marker from
+     its producer yet, docs/data_contracts.md "Landing"; the message names the path and the fix)
   3  no data: the raw events partition is empty; ``ops/reconciliation/ds=D/events.json`` has
      ``"status": "no_data"`` and nothing was published for events (skip downstream tasks)
   4  data contract failure: a critical expectation failed; the clean partition was not published
@@ -27,7 +28,8 @@ import argparse
 import logging
 
 from ecrec_lib.config import add_config_args, config_from_args
-from ecrec_lib.lake import parse_ds
+from ecrec_lib.lake import Lake, parse_ds
+from ecrec_lib.landing import require_landed
 from ecrec_lib.partitions import PartitionLocked
 from ecrec_lib.pipeline import io
 from jobs.common import setup_logging, spark_session
@@ -45,6 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     parse_ds(args.ds)
     cfg = config_from_args(args)
     log.info("config: %s", cfg.to_dict())
+    try:  # before the JVM starts: a half-landed day is refused in milliseconds
+        for name in ("catalog", "events"):
+            log.info("raw %s: %s", name,
+                     require_landed(Lake(cfg.lake_root).raw(name, args.ds), f"raw {name}").reason)
+    except io.InputMissingError as exc:
+        log.error("%s", exc)
+        return io.EXIT_INPUT_MISSING
 
     from ecrec_lib.pipeline.clean import run_clean
     from ecrec_lib.validation import DataContractError, preload_in_background

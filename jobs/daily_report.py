@@ -12,7 +12,8 @@ lake score partitions and of the warehouse tables for ``ds``, writes
 embedded so the file stands alone; :mod:`ecrec_lib.reporting`), refreshes the validation
 index ``ops/validation/index.html``, logs the three files to an MLflow run ``report-<ds>``
 in ``<experiment>-reports`` and prints the Markdown (it lands in the Airflow task log).
-Missing pieces are reported as missing, never invented.
+Missing pieces are reported as missing, never invented. A day
+skipped as "no data" (its raw events landed empty) is reported as such, with the reason.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def _warehouse_rows(cfg: EcrecConfig, ds: str) -> dict[str, Any]:
     from ecrec_lib.warehouse import WarehouseError, connect
 
     try:
-        with connect(cfg.warehouse_url, cfg.warehouse_schema, read_only=True) as wh:
+        with connect(cfg.warehouse_url, cfg.warehouse_schema, read_only=True,
+                     lock_wait_s=cfg.warehouse_lock_wait_s) as wh:
             tables = wh.query(
                 "SELECT table_name, max(CASE WHEN column_name = 'ds' THEN 1 ELSE 0 END) AS has_ds "
                 "FROM information_schema.columns WHERE table_schema = %s "
@@ -97,6 +99,20 @@ def _warehouse_rows(cfg: EcrecConfig, ds: str) -> dict[str, Any]:
         return {"error": str(exc)}
 
 
+def outcome(lake: Lake, ops: dict[str, Any], ds: str) -> dict[str, str]:
+    """The night's outcome: ``no_data`` (with the reason) when clean found the raw events
+    partition landed without a line, else ``processed``."""
+    events = (ops.get("reconciliation") or {}).get("events")
+    if isinstance(events, dict) and events.get("status") == "no_data":
+        return {
+            "status": "no_data",
+            "reason": f"raw events partition {lake.raw('events', ds)} landed without any event: "
+                      "nothing was cleaned, scored or published for this ds; the published "
+                      "warehouse tables were left as they were",
+        }
+    return {"status": "processed", "reason": "the day's events were processed"}
+
+
 def collect(cfg: EcrecConfig, ds: str) -> dict[str, Any]:
     """Everything the report shows, as one JSON-ready dict."""
     lake = Lake(cfg.lake_root)
@@ -107,6 +123,7 @@ def collect(cfg: EcrecConfig, ds: str) -> dict[str, Any]:
         ops[name] = found[files[0].removesuffix(".json")] if len(files) == 1 else found
     return {
         "ds": ds,
+        "outcome": outcome(lake, ops, ds),
         "lake_rows": _lake_rows(lake, ds),
         "warehouse_rows": _warehouse_rows(cfg, ds),
         "ops": ops,
@@ -137,7 +154,11 @@ def _pick(doc: Any, *keys: str) -> Any:
 def render(report: dict[str, Any]) -> str:
     """The report as Markdown."""
     ds, ops = report["ds"], report["ops"]
-    lines = [f"# ecrec daily report — {ds}", "", "## Rows", "", "| table | rows |", "|---|---|"]
+    lines = [f"# ecrec daily report — {ds}", ""]
+    out = report.get("outcome")
+    if out and out["status"] != "processed":
+        lines += [f"**{out['status'].replace('_', ' ')}**: {out['reason']}", ""]
+    lines += ["## Rows", "", "| table | rows |", "|---|---|"]
     lines += [f"| lake {k} | {_fmt(v)} |" for k, v in report["lake_rows"].items()]
     wh = report["warehouse_rows"]
     if "error" in wh:

@@ -173,7 +173,8 @@ def replace_partition(cfg: EcrecConfig, table: str, ds: str, df: pd.DataFrame) -
 
     frame = df.copy()
     frame.insert(0, "ds", parse_ds(ds))
-    with connect(cfg.warehouse_url, cfg.warehouse_schema) as wh:
+    with connect(cfg.warehouse_url, cfg.warehouse_schema,
+                 lock_wait_s=cfg.warehouse_lock_wait_s) as wh:
         cols = ", ".join(f"{c} {_sql_type(df[c].dtype)}" for c in df.columns)
         wh.execute(f"CREATE SCHEMA IF NOT EXISTS {wh.schema}")
         wh.execute(f"CREATE TABLE IF NOT EXISTS {wh.fq(table)} (ds DATE NOT NULL, {cols})")
@@ -185,6 +186,8 @@ def replace_partition(cfg: EcrecConfig, table: str, ds: str, df: pd.DataFrame) -
 
         if table in FEEDBACK_TABLE_COMMENTS:
             comment_feedback_table(wh, table)  # BI users read the table's meaning in their client
+        if cfg.warehouse_read_copy:
+            wh.refresh_read_copy()
     log.info("warehouse %s.%s: replaced ds=%s with %d rows", cfg.warehouse_schema, table, ds,
              len(frame))
 

@@ -10,6 +10,8 @@ loads staging tables and swaps the ds partition of every table in one transactio
 the ``<table>_latest`` views and drops partitions older than cfg.warehouse_retention_days. The
 same transaction merges clean/catalog/ds=D into the ``items`` dimension and records the night
 in ``published_nights`` (docs/bi.md shows what an analyst reads).
+A DuckDB file held by another process is retried with backoff for cfg.warehouse_lock_wait_s;
+after the commit the read copy for BI tools (``<dir>/read/<file>``) is refreshed.
 """
 
 from __future__ import annotations
@@ -77,8 +79,12 @@ def run(cfg: EcrecConfig, ds: str, k: int | None = None) -> dict[str, int]:
         items = items_frame(catalog, ds)
     except ValueError as exc:
         raise PublishError(str(exc)) from None
-    with connect(cfg.warehouse_url, cfg.warehouse_schema) as wh:
-        return publish(wh, tables, ds, cfg.warehouse_retention_days, items=items)
+    with connect(cfg.warehouse_url, cfg.warehouse_schema,
+                 lock_wait_s=cfg.warehouse_lock_wait_s) as wh:
+        rows = publish(wh, tables, ds, cfg.warehouse_retention_days, items=items)
+        if cfg.warehouse_read_copy:
+            wh.refresh_read_copy()
+        return rows
 
 
 def main(argv: list[str] | None = None) -> int:

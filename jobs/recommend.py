@@ -140,7 +140,11 @@ def run(cfg: EcrecConfig, args: argparse.Namespace, out: TextIO | None = None,
         model: Recommender | None = None) -> None:
     """Look up what ``args`` asks for and print it to ``out`` (stdout by default)."""
     out = out or sys.stdout
-    with connect(cfg.warehouse_url, cfg.warehouse_schema, read_only=True) as wh:
+    live_query = None
+    # Read-only and only for the look-ups: another process holding the DuckDB file (even to
+    # read) blocks a publish, so the model load and live encoding below happen after close.
+    with connect(cfg.warehouse_url, cfg.warehouse_schema, read_only=True,
+                 lock_wait_s=cfg.warehouse_lock_wait_s) as wh:
         if args.user is not None:
             df = lookup_user(wh, args.user, args.k, args.ds)
             day = str(pd.Timestamp(df["ds"].iat[0]).date())
@@ -157,15 +161,17 @@ def run(cfg: EcrecConfig, args: argparse.Namespace, out: TextIO | None = None,
             df = lookup_query(wh, query, args.k, args.ds)
             if df.empty:
                 day = published_ds(wh, "query_topk" if args.ds else "user_topk", args.ds)
-                if model is None:
-                    from jobs.score_topk import load_model
-
-                    _, model = load_model(cfg, args.model_uri)
-                df = search_free_text(cfg, model, query, args.k, day)
+                live_query = query
                 header = f"Results for query {query!r} (live, champion query encoder, ds {day}):"
             else:
                 day = str(pd.Timestamp(df["ds"].iat[0]).date())
                 header = f"Results for query {query!r} (precomputed, ds {day}):"
+    if live_query is not None:
+        if model is None:
+            from jobs.score_topk import load_model
+
+            _, model = load_model(cfg, args.model_uri)
+        df = search_free_text(cfg, model, live_query, args.k, day)
     names = titles(cfg, day)
     if header is None:
         header = f"Items related to {_name(args.item, names)} (ds {day}):"

@@ -7,8 +7,10 @@ validated even when an earlier one fails, and the exit code is the worst outcome
 
 Datasets: raw_events, clean_events, catalog, user_sequences, item_stats, user_profiles,
 search_pairs, item_cooccurrence. Results go to ``ops/validation/ds=D/<dataset>/`` (results.json
-and index.html). Exit codes: 0 passed (warnings are logged), 2 partition missing,
-4 a critical expectation failed (the summary names expectation, observed value and examples).
+and index.html). Exit codes: 0 passed (warnings are logged), 2 partition missing (or raw not
+completely landed: no ``_SUCCESS`` marker), 3 no data (every dataset asked for is a landed raw
+partition without a line: the DAG skips), 4 a critical expectation failed (the summary names
+expectation, observed value and examples).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import argparse
 import logging
 
 from ecrec_lib.config import add_config_args, config_from_args
-from ecrec_lib.lake import parse_ds
+from ecrec_lib.lake import Lake, parse_ds
+from ecrec_lib.landing import require_landed
 from ecrec_lib.pipeline import io
 from ecrec_lib.pipeline.contracts import DATASETS
 from jobs.common import setup_logging, spark_session
@@ -42,23 +45,47 @@ def main(argv: list[str] | None = None) -> int:
     from ecrec_lib.pipeline.contracts import validate_partition
     from ecrec_lib.validation import DataContractError
 
-    spark = spark_session(cfg, f"validate-{'+'.join(args.dataset)}-{args.ds}", args.master)
     worst = io.EXIT_OK
-    try:
-        for dataset in args.dataset:
+    no_data = 0
+    pending = []
+    for dataset in args.dataset:
+        # The raw landing is settled from the directory listing, before any JVM starts: a
+        # half-landed day is refused and a landed day without a data file is "no data" at once.
+        if dataset == "raw_events":
+            path = Lake(cfg.lake_root).raw("events", args.ds)
             try:
-                outcome = validate_partition(spark, cfg, dataset, args.ds, store=not args.no_store)
+                landed = require_landed(path, "raw events")
             except io.InputMissingError as exc:
                 log.error("%s: %s", dataset, exc)
                 worst = max(worst, io.EXIT_INPUT_MISSING)
-            except DataContractError as exc:
-                log.error("%s: %s", dataset, exc)
-                worst = max(worst, io.EXIT_CONTRACT)
-            else:
-                print(outcome.summary())
-    finally:
-        spark.stop()
-    return worst
+                continue
+            if landed.empty:
+                log.warning("%s: no data: %s (%s): nothing to validate", dataset, path, landed.reason)
+                no_data += 1
+                continue
+        pending.append(dataset)
+    if pending:
+        spark = spark_session(cfg, f"validate-{'+'.join(pending)}-{args.ds}", args.master)
+        try:
+            for dataset in pending:
+                try:
+                    outcome = validate_partition(spark, cfg, dataset, args.ds, store=not args.no_store)
+                except io.InputMissingError as exc:
+                    log.error("%s: %s", dataset, exc)
+                    worst = max(worst, io.EXIT_INPUT_MISSING)
+                except io.NoDataError as exc:
+                    log.warning("%s: no data: %s", dataset, exc)
+                    no_data += 1
+                except DataContractError as exc:
+                    log.error("%s: %s", dataset, exc)
+                    worst = max(worst, io.EXIT_CONTRACT)
+                else:
+                    print(outcome.summary())
+        finally:
+            spark.stop()
+    # "no data" only when nothing else was judged: a failure or a passed dataset next to an
+    # empty one keeps its own outcome.
+    return io.EXIT_NO_DATA if no_data == len(args.dataset) else worst
 
 
 if __name__ == "__main__":

@@ -45,6 +45,8 @@ echo "ecrec demo: ${DEMO_DAYS} days from $DEMO_START, ${DEMO_USERS} users, ${DEM
      "epochs=$ECREC_EPOCHS, latency guardrail=${ECREC_GUARDRAIL_MAX_MS_PER_1K_USERS} ms/1k users"
 step "setup: Airflow metadata DB in $AIRFLOW_HOME (SQLite), local secrets in .secrets/"
 [ -f "$AIRFLOW_HOME/airflow.db" ] || airflow db migrate >"$LOG_DIR/airflow_db_migrate.log" 2>&1
+airflow pools set ecrec_warehouse 1 "one writer at a time into the ecrec warehouse" \
+  >>"$LOG_DIR/airflow_db_migrate.log" 2>&1
 echo "  ok"
 
 step "generate ${DEMO_DAYS} days of shop data from $DEMO_START (${DEMO_USERS} users, ${DEMO_ITEMS} items) into $ECREC_LAKE_ROOT"

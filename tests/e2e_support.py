@@ -76,7 +76,17 @@ def generate(env: dict[str, str], start: str, days: int, users: int, items: int)
 
 
 def airflow_migrate(env: dict[str, str]) -> None:
+    """The metadata DB, and the warehouse writers' pool as every installation sets it up."""
+    from ecrec_lib.orchestration import (
+        WAREHOUSE_POOL,
+        WAREHOUSE_POOL_DESCRIPTION,
+        WAREHOUSE_POOL_SLOTS,
+    )
+
     proc = run([str(VENV_BIN / "airflow"), "db", "migrate"], env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    proc = run([str(VENV_BIN / "airflow"), "pools", "set", WAREHOUSE_POOL,
+                str(WAREHOUSE_POOL_SLOTS), WAREHOUSE_POOL_DESCRIPTION], env, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
 
 

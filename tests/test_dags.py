@@ -18,6 +18,7 @@ import pytest
 from ecrec_lib.orchestration import (
     EXIT_CONTRACT,
     EXIT_NO_DATA,
+    WAREHOUSE_POOL,
     JobFailed,
     decide_training,
     error_tail,
@@ -64,6 +65,7 @@ _PROBE = textwrap.dedent(
                     else None,
                     "type": type(t).__name__,
                     "mode": getattr(t, "mode", None),
+                    "pool": t.pool,
                 }
                 for t in dag.tasks
             },
@@ -174,6 +176,23 @@ def test_every_task_has_an_execution_timeout_from_env(tmp_path: Path, parsed: di
     assert tasks["publish"]["timeout_s"] == 120
 
 
+def test_empty_day_skips_through_and_is_reported(parsed: dict) -> None:
+    tasks = parsed["dags"]["ecrec_nightly"]["tasks"]
+    # validate_raw skips an empty day; clean still runs to record no_data; the report runs
+    # after a skipped tail but not after a failure.
+    assert tasks["clean"]["trigger_rule"] == "none_failed"
+    assert tasks["report"]["trigger_rule"] == "none_failed"
+    assert tasks["validate_clean"]["trigger_rule"] == "all_success"
+
+
+def test_warehouse_writers_share_one_pool(parsed: dict) -> None:
+    assert WAREHOUSE_POOL == "ecrec_warehouse"
+    pools = {(dag_id, t): v["pool"] for dag_id, d in parsed["dags"].items()
+             for t, v in d["tasks"].items()}
+    writers = {("ecrec_nightly", "publish"), ("ecrec_feedback", "compute_feedback")}
+    assert {k for k, pool in pools.items() if pool == WAREHOUSE_POOL} == writers
+
+
 def test_retries_and_spark_submit_from_env(tmp_path: Path) -> None:
     parsed = _probe(tmp_path, ECREC_TASK_RETRIES="0", ECREC_SPARK_SUBMIT="1",
                     ECREC_DAG_SCHEDULE="none")
@@ -182,6 +201,7 @@ def test_retries_and_spark_submit_from_env(tmp_path: Path) -> None:
     tasks = parsed["dags"]["ecrec_nightly"]["tasks"]
     assert {t["retries"] for t in tasks.values()} == {0}
     assert tasks["clean"]["type"] == "SparkSubmitOperator"
+    assert tasks["clean"]["trigger_rule"] == "none_failed"
     assert tasks["build_features"]["type"] == "SparkSubmitOperator"
     assert tasks["train"]["type"] == "_PythonDecoratedOperator"
     assert {t: v["downstream"] for t, v in tasks.items()} == NIGHTLY_EDGES
@@ -271,6 +291,26 @@ def test_partition_ready(tmp_path: Path) -> None:
     empty_day.mkdir()
     (empty_day / "_SUCCESS").write_text("")
     assert partition_ready(str(empty_day))
+
+
+def test_partition_ready_landed_waits_for_the_marker(tmp_path: Path, caplog) -> None:
+    import logging
+
+    logger = logging.getLogger("test.sensor")
+    part = tmp_path / "raw" / "events" / "ds=2024-01-01"
+    with caplog.at_level(logging.INFO, logger="test.sensor"):
+        assert not partition_ready(str(part), landed=True, logger=logger)
+        part.mkdir(parents=True)
+        (part / "part-00000.json.gz").write_bytes(b"x" * 10)
+        assert partition_ready(str(part))  # the generic check sees a data file...
+        assert not partition_ready(str(part), landed=True, logger=logger)  # ...landing is not done
+        (part / "_SUCCESS").write_text("")
+        assert partition_ready(str(part), landed=True, logger=logger)
+    messages = [r.getMessage() for r in caplog.records]
+    marker = f"{part}/_SUCCESS"
+    assert messages[0].startswith(f"waiting for {marker}: partition ") and "does not exist" in messages[0]
+    assert messages[1].startswith(f"waiting for {marker}: 1 data file(s) but no _SUCCESS")
+    assert messages[2] == f"ready: {marker}: landed: _SUCCESS present, 1 data file(s)"
 
 
 @pytest.mark.parametrize(

@@ -88,7 +88,7 @@ def test_same_seed_gives_identical_bytes(tmp_path: Path, small_lake) -> None:
     again = tmp_path / "again"
     generate(str(again), **SMALL)
     first, second = all_files(lake), all_files(again)
-    assert len(first) == 4  # 2 days x (events, catalog)
+    assert len(first) == 8  # 2 days x (events, catalog) x (part, _SUCCESS manifest)
     assert first == second
 
 
@@ -103,10 +103,10 @@ def test_rerun_replaces_partitions_idempotently(tmp_path: Path) -> None:
     path = str(tmp_path / "raw" / "events" / "ds=2024-01-01")
     write_jsonl_partition(path, [f'{{"n":{i}}}' for i in range(5)], max_lines=2)
     assert sorted(p.name for p in Path(path).iterdir()) == [
-        "part-00000.json.gz", "part-00001.json.gz", "part-00002.json.gz",
+        "_SUCCESS", "part-00000.json.gz", "part-00001.json.gz", "part-00002.json.gz",
     ]
     write_jsonl_partition(path, ['{"n":9}'], max_lines=2)
-    assert [p.name for p in Path(path).iterdir()] == ["part-00000.json.gz"]
+    assert sorted(p.name for p in Path(path).iterdir()) == ["_SUCCESS", "part-00000.json.gz"]
     assert gzip.decompress((Path(path) / "part-00000.json.gz").read_bytes()) == b'{"n":9}\n'
     assert not any(p.name.startswith(".") for p in Path(path).parent.iterdir())
 

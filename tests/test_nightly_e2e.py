@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from ecrec_lib.landing import manifest_text
 from tests.e2e_support import airflow_migrate, dags_test, generate, pipeline_env, tail
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -151,6 +152,9 @@ def test_critical_expectation_failure_keeps_published_tables(platform: dict) -> 
     part.write_bytes(gzip.compress(
         "\n".join(json.dumps({**r, "price": -1.0}) for r in rows).encode() + b"\n"
     ))
+    # re-landed as a producer would: the marker (a manifest of sizes) is written again, last
+    (part.parent / "_SUCCESS").write_text(
+        manifest_text({part.name: part.stat().st_size}, len(rows)))
     ok, out = dags_test(env, "ecrec_nightly", D3)
     assert not ok, "the run should have failed on the corrupted catalog"
     assert "state=failed" in [ln for ln in out.splitlines() if "DagRun Finished" in ln][-1]

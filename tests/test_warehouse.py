@@ -1,10 +1,16 @@
 """Publication to the warehouse: DuckDB and PostgreSQL, atomic swap, views, retention,
-comments, and output contracts blocking bad nights."""
+comments, output contracts blocking bad nights, and concurrency: a reader process holding
+the DuckDB file makes the writer wait (bounded, the holder's PID named), the read copy for BI
+never blocks it, PostgreSQL readers never block it."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -14,7 +20,16 @@ import pytest
 from ecrec_lib.config import EcrecConfig, load_config
 from ecrec_lib.lake import Lake
 from ecrec_lib.scoring.tables import TABLE_COLUMNS, read_table, write_atomic
-from ecrec_lib.warehouse import PublishError, connect, dimensions, partitions, publish
+from ecrec_lib.warehouse import (
+    PublishError,
+    WarehouseError,
+    WarehouseLockedError,
+    connect,
+    dimensions,
+    partitions,
+    publish,
+    read_copy_path,
+)
 from jobs import publish_scores, score_topk
 from tests.scoring_support import CATALOG, DS, FakeRecommender, write_tiny_lake
 
@@ -288,3 +303,197 @@ def test_connection_error_names_the_url_without_its_password() -> None:
         connect(f"postgresql://ecrec:{password}@127.0.0.1:1/warehouse", "ecrec")
     assert password not in str(err.value)
     assert "postgresql://ecrec:***@127.0.0.1:1/warehouse" in str(err.value)
+
+
+# --- one writer, readers that never block it -------------------------------------------------
+
+_HOLDER = """
+import sys, time, duckdb
+con = duckdb.connect(sys.argv[1], read_only=True)
+print("open", con.execute("SELECT CAST(max(ds) AS VARCHAR) FROM ecrec.user_topk").fetchone()[0],
+      flush=True)
+if sys.argv[2] == "stdin":  # hold until told, then read again: which night does it see?
+    sys.stdin.readline()
+    print(con.execute("SELECT CAST(max(ds) AS VARCHAR) FROM ecrec.user_topk").fetchone()[0],
+          flush=True)
+else:
+    time.sleep(float(sys.argv[2]))
+con.close()
+"""
+
+
+def _hold(path: Path | str, how: str) -> subprocess.Popen:
+    """A second process holding the DuckDB file read-only (like a BI tool); returns once open."""
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(path), how], text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("open"), line
+    proc.opened = line.split()[1]  # type: ignore[attr-defined]
+    return proc
+
+
+@pytest.fixture()
+def duck(scored_lake, tmp_path) -> tuple[EcrecConfig, Path]:
+    """A DuckDB warehouse with DS published (and its read copy), and DS2's tables to publish."""
+    url = f"duckdb://{tmp_path}/wh.duckdb"
+    cfg = load_config(None, env={}, lake_root=str(scored_lake), warehouse_url=url,
+                      warehouse_lock_wait_s=30.0)
+    with connect(url, cfg.warehouse_schema) as wh:
+        publish(wh, {t: read_table(t, Lake(str(scored_lake)), DS) for t in TABLE_COLUMNS}, DS, 14)
+        assert wh.refresh_read_copy() == read_copy_path(tmp_path / "wh.duckdb")
+    return cfg, tmp_path / "wh.duckdb"
+
+
+def _publish_ds2(cfg: EcrecConfig, lock_wait_s: float) -> None:
+    tables = {t: read_table(t, Lake(cfg.lake_root), DS2) for t in TABLE_COLUMNS}
+    with connect(cfg.warehouse_url, cfg.warehouse_schema, lock_wait_s=lock_wait_s) as wh:
+        publish(wh, tables, DS2, cfg.warehouse_retention_days)
+        wh.refresh_read_copy()
+
+
+def test_a_reader_process_blocks_the_writer_which_waits_and_publishes(duck, caplog):
+    cfg, path = duck
+    holder = _hold(path, "3")  # read_only=True: a shared lock, still exclusive of a writer
+    t0 = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="ecrec_lib.warehouse.backend"):
+        _publish_ds2(cfg, lock_wait_s=30.0)
+    waited = time.monotonic() - t0
+    assert holder.wait(timeout=10) == 0
+    assert waited >= 2.0, f"the writer did not wait for the reader ({waited:.1f} s)"
+    retries = [r.getMessage() for r in caplog.records if "is locked by" in r.getMessage()]
+    assert retries and all(f"(PID {holder.pid})" in m for m in retries)
+    with connect(cfg.warehouse_url, cfg.warehouse_schema, read_only=True) as wh:
+        assert partitions(wh, "user_topk") == [DS, DS2]
+
+
+def test_the_lock_wait_is_bounded_and_names_the_holder(duck):
+    cfg, path = duck
+    holder = _hold(path, "3")
+    t0 = time.monotonic()
+    with pytest.raises(WarehouseLockedError) as info:
+        _publish_ds2(cfg, lock_wait_s=0.5)
+    assert time.monotonic() - t0 < 2.5
+    assert info.value.pid == holder.pid and info.value.tries >= 3
+    msg = str(info.value)
+    assert f"(PID {holder.pid})" in msg and f"ps -o pid,etime,args -p {holder.pid}" in msg
+    assert "warehouse_lock_wait_s" in msg and str(read_copy_path(path)) in msg
+    holder.wait(timeout=10)
+    with connect(cfg.warehouse_url, cfg.warehouse_schema, read_only=True) as wh:
+        assert partitions(wh, "user_topk") == [DS]  # nothing half-published
+
+
+def test_a_bi_session_on_the_read_copy_never_blocks_publication(duck):
+    cfg, path = duck
+    copy = read_copy_path(path)
+    bi = _hold(copy, "stdin")  # holds the copy for the whole publish
+    try:
+        assert bi.opened == DS
+        _publish_ds2(cfg, lock_wait_s=0.0)  # not a single retry allowed
+        out, _ = bi.communicate("\n", timeout=10)
+    finally:
+        bi.kill()
+    assert out.strip() == DS  # the open session keeps the snapshot it opened
+    assert not [p.name for p in copy.parent.iterdir() if p.name != copy.name]  # no temp left
+    with connect(f"duckdb:///{copy}", cfg.warehouse_schema, read_only=True) as wh:
+        assert partitions(wh, "user_topk") == [DS, DS2]  # a new session sees the new night
+        assert wh.column_comments("user_topk")["rank"]
+        assert len(wh.query("SELECT * FROM ecrec.user_topk_latest")) == len(
+            read_table("user_topk", Lake(cfg.lake_root), DS2))
+
+
+def test_only_the_lock_conflict_is_retried_with_capped_backoff(monkeypatch, tmp_path):
+    import duckdb
+
+    from ecrec_lib.warehouse.backend import open_duckdb
+
+    locked = duckdb.IOException(
+        f'IO Error: Could not set lock on file "{tmp_path}/x.duckdb": Conflicting lock is held '
+        "in /usr/bin/python3.11 (PID 4242). However, you would be able to open this database in "
+        "read-only mode")
+    calls, naps, now = [], [], [0.0]
+
+    def fake_connect(path, read_only):
+        calls.append(path)
+        raise locked
+
+    def sleep(s):
+        naps.append(s)
+        now[0] += s
+
+    monkeypatch.setattr(duckdb, "connect", fake_connect)
+    with pytest.raises(WarehouseLockedError, match=r"/usr/bin/python3\.11 \(PID 4242\)") as info:
+        open_duckdb(str(tmp_path / "x.duckdb"), False, 20.0, sleep=sleep, clock=lambda: now[0])
+    assert naps[:6] == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6, 3.2])
+    assert max(naps) == 5.0 and sum(naps) == pytest.approx(20.0)
+    assert info.value.pid == 4242 and len(calls) == len(naps) + 1
+
+    def other_io_error(path, read_only):
+        raise duckdb.IOException("IO Error: Cannot open file: Permission denied")
+
+    naps.clear()
+    monkeypatch.setattr(duckdb, "connect", other_io_error)
+    with pytest.raises(WarehouseError, match="Permission denied") as info2:
+        open_duckdb(str(tmp_path / "x.duckdb"), False, 20.0, sleep=sleep, clock=lambda: now[0])
+    assert not isinstance(info2.value, WarehouseLockedError) and naps == []
+
+
+@pytest.mark.postgres
+def test_postgres_readers_in_open_transactions_never_block_publication(scored_lake, postgres_url):
+    import psycopg
+
+    schema = f"ecrec_test_{uuid.uuid4().hex[:10]}"
+    cfg = load_config(None, env={}, lake_root=str(scored_lake), warehouse_url=postgres_url,
+                      warehouse_schema=schema)
+    with connect(postgres_url, schema) as wh:
+        publish(wh, {t: read_table(t, Lake(str(scored_lake)), DS) for t in TABLE_COLUMNS}, DS, 14)
+    reader = psycopg.connect(postgres_url)  # a BI session: its transaction stays open
+    try:
+        for table in TABLE_COLUMNS:
+            reader.execute(f"SELECT count(*) FROM {schema}.{table}_latest").fetchone()
+            reader.execute(f"SELECT count(*) FROM {schema}.{table}").fetchone()
+        with connect(postgres_url, schema) as wh:
+            wh.execute("SET lock_timeout = '5s'")  # a blocked publish fails here, not hangs
+            publish(wh, {t: read_table(t, Lake(str(scored_lake)), DS2) for t in TABLE_COLUMNS},
+                    DS2, 14)
+            assert partitions(wh, "user_topk") == [DS, DS2]
+        reader.rollback()
+        got = reader.execute(f"SELECT max(ds) FROM {schema}.user_topk_latest").fetchone()[0]
+        assert str(got) == DS2
+    finally:
+        reader.close()
+        with connect(postgres_url, schema) as wh:
+            wh.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    assert cfg.warehouse_url == postgres_url
+
+
+def test_the_table_by_table_read_copy_equals_the_byte_copy(duck, tmp_path):
+    cfg, path = duck
+    byte_copy = read_copy_path(path)
+    with connect(cfg.warehouse_url, cfg.warehouse_schema) as wh:
+        wh._copy_database(tmp_path / "by_table.duckdb")  # the path taken when the WAL is not empty
+    for copy in (byte_copy, tmp_path / "by_table.duckdb"):
+        with connect(f"duckdb://{copy}", cfg.warehouse_schema, read_only=True) as wh:
+            for table in TABLE_COLUMNS:
+                got = wh.query(f"SELECT * FROM {wh.fq(table + '_latest')} ORDER BY ALL")
+                assert len(got) == len(read_table(table, Lake(cfg.lake_root), DS))
+            assert wh.column_comments("user_topk")["rank"]
+
+
+def test_lock_wait_config_from_env_and_checked():
+    from ecrec_lib.config import ConfigError
+
+    cfg = load_config(None, env={"ECREC_WAREHOUSE_LOCK_WAIT_S": "12.5",
+                                 "ECREC_WAREHOUSE_READ_COPY": "false"})
+    assert cfg.warehouse_lock_wait_s == 12.5 and cfg.warehouse_read_copy is False
+    with pytest.raises(ConfigError, match="warehouse_lock_wait_s must be >= 0"):
+        load_config(None, env={"ECREC_WAREHOUSE_LOCK_WAIT_S": "-1"})
+
+
+def test_publish_job_refreshes_the_read_copy(scored_lake, tmp_path):
+    path = tmp_path / "wh" / "warehouse.duckdb"
+    args = ["--ds", DS, "--lake", str(scored_lake), "--warehouse-url", f"duckdb://{path}",
+            "--k", "5"]
+    assert publish_scores.main(args) == 0
+    with connect(f"duckdb://{read_copy_path(path)}", "ecrec", read_only=True) as wh:
+        assert partitions(wh, "user_topk") == [DS]

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ecrec_lib.lake import is_local, replace_local_dir
+from ecrec_lib.landing import LANDING_MARKER, manifest_text
 
 PART_MAX_LINES = 65_536  # several part files per partition: one Spark read task each, so 2+ cores
 # parse a day in parallel (and compress it in parallel here)
@@ -27,7 +28,9 @@ def write_jsonl_partition(path: str, lines: list[str], max_lines: int = PART_MAX
     """Replace the partition directory ``path`` with gzipped JSON-lines parts of ``lines``.
 
     The parts are written to a hidden sibling directory first and swapped in, so readers
-    never see half a partition and a re-run replaces (never appends to) the old one.
+    never see half a partition and a re-run replaces (never appends to) the old one. The
+    ``_SUCCESS`` landing manifest (:mod:`ecrec_lib.landing`) is written after the last part;
+    no lines give no part at all, only the marker: an empty day, not a day of one blank line.
     """
     if not is_local(path):
         raise ValueError(f"the generator writes local lakes only, got {path}; generate locally and copy")
@@ -35,14 +38,16 @@ def write_jsonl_partition(path: str, lines: list[str], max_lines: int = PART_MAX
     # equal-sized parts (not max_lines + a small remainder): balanced read tasks
     n_parts = max(1, -(-len(lines) // max_lines))
     size = max(1, -(-len(lines) // n_parts))
-    chunks = [lines[i : i + size] for i in range(0, len(lines), size)] or [[]]
+    chunks = [lines[i : i + size] for i in range(0, len(lines), size)]
     # zlib releases the GIL, so threads compress the parts on all cores.
-    with ThreadPoolExecutor(max_workers=min(len(chunks), os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, min(len(chunks), os.cpu_count() or 1))) as pool:
         blobs = list(pool.map(_compress, chunks))
 
     def write(tmp: Path) -> None:
         for i, blob in enumerate(blobs):
             (tmp / part_name(i)).write_bytes(blob)
+        sizes = {part_name(i): len(blob) for i, blob in enumerate(blobs)}
+        (tmp / LANDING_MARKER).write_text(manifest_text(sizes, len(lines)))  # last: landing done
 
     replace_local_dir(path.rstrip("/"), write)
     return [os.path.join(path, part_name(i)) for i in range(len(blobs))]

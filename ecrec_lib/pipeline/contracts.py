@@ -37,7 +37,10 @@ def _location(lake: Lake, dataset: str, ds: str) -> tuple[str, str, str]:
 
 def validate_partition(spark: SparkSession, cfg: EcrecConfig, dataset: str, ds: str,
                        store: bool = True) -> SuiteOutcome:
-    """Run ``dataset``'s suite on partition ``ds``; store results; raise on critical failure."""
+    """Run ``dataset``'s suite on partition ``ds``; store results; raise on critical failure.
+
+    Raw events: :class:`~ecrec_lib.landing.LandingIncompleteError` before the ``_SUCCESS``
+    marker, :class:`~ecrec_lib.pipeline.io.NoDataError` for a landed day without a line."""
     from pyspark.sql import functions as F
 
     from ecrec_lib.pipeline.clean import RAW_REDACTED_COLUMNS, _field_stats, _parse
@@ -55,8 +58,15 @@ def validate_partition(spark: SparkSession, cfg: EcrecConfig, dataset: str, ds: 
     common = {"ds": ds, "volume_drop_fraction": cfg.volume_drop_fraction,
               "late_tolerance_hours": cfg.late_tolerance_hours}
     if dataset == "raw_events":
+        from ecrec_lib.landing import require_landed
+
+        require_landed(path, "raw events")  # a half-landed day is refused, never judged
         parsed = _parse(spark, path, S.RAW_EVENT_FIELDS, "events").cache()
-        _, _, present = _field_stats(parsed, S.RAW_EVENT_FIELDS)
+        n, _, present = _field_stats(parsed, S.RAW_EVENT_FIELDS)
+        if n == 0:
+            parsed.unpersist()
+            raise io.NoDataError(f"raw events partition {path} has landed without a line: an "
+                                 "empty day, nothing to validate (clean records it as no_data)")
         df = parsed.where(~F.col("_malformed") & F.col("_bad").isNull()).select(*present)
         ctx = SuiteContext(present_columns=present, **common)
         redact: tuple[str, ...] = RAW_REDACTED_COLUMNS

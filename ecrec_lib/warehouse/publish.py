@@ -9,7 +9,9 @@
 3. ONE transaction for all tables: delete the ds partition from the main table, insert from
    staging, delete partitions older than the retention, merge the items, record the night in
    ``published_nights``. Readers see the whole night or none of it (PostgreSQL MVCC; DuckDB's
-   single-writer transactions).
+   single-writer transactions). PostgreSQL readers never block the publish (nothing here takes
+   a lock a reader's ACCESS SHARE conflicts with); DuckDB readers of other processes do (file
+   lock): see :mod:`ecrec_lib.warehouse.backend`.
 Any failure before the commit leaves the published data exactly as it was.
 """
 
@@ -78,10 +80,15 @@ def ensure_schema(wh: Warehouse) -> None:
         ddl = ", ".join(f"{ident(c)} {_col_type(c)} NOT NULL" if c != "reason_item_id"
                         else f"{ident(c)} {_col_type(c)}" for c in cols)
         wh.execute(f"CREATE TABLE IF NOT EXISTS {wh.fq(table)} ({ddl})")
-        wh.execute(
-            f"CREATE OR REPLACE VIEW {wh.fq(table + '_latest')} AS SELECT * FROM {wh.fq(table)} "
-            f"WHERE ds = (SELECT max(ds) FROM {wh.fq(table)})"
-        )
+        # Created once, not replaced every night: on PostgreSQL, CREATE OR REPLACE VIEW takes an
+        # ACCESS EXCLUSIVE lock that waits for every open reader transaction on the view (a BI
+        # session), so a reader would block the publish (measured; test_warehouse). The view
+        # selects whatever the table holds, so its definition does not change between nights.
+        if not wh.relation_exists(table + "_latest"):
+            wh.execute(
+                f"CREATE VIEW {wh.fq(table + '_latest')} AS SELECT * FROM {wh.fq(table)} "
+                f"WHERE ds = (SELECT max(ds) FROM {wh.fq(table)})"
+            )
         wh.execute(f"COMMENT ON TABLE {wh.fq(table)} IS " + _lit(TABLE_COMMENTS[table]))
         wh.execute(
             f"COMMENT ON VIEW {wh.fq(table + '_latest')} IS "
