@@ -24,6 +24,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ecrec_lib.deploy.airflow_api import AirflowApi, run_id_for, wait_for  # noqa: E402
+from ecrec_lib.orchestration import (  # noqa: E402
+    WAREHOUSE_POOL,
+    WAREHOUSE_POOL_DESCRIPTION,
+    WAREHOUSE_POOL_SLOTS,
+)
 
 RUN_TIMEOUT_S = 3600
 
@@ -102,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         passwords = home / "simple_auth_manager_passwords.json.generated"
         wait_for(f"{passwords}", passwords.exists, 120, log=args.log)
         api.login("admin", json.loads(passwords.read_text())["admin"])
+        api.ensure_pool(WAREHOUSE_POOL, WAREHOUSE_POOL_SLOTS, WAREHOUSE_POOL_DESCRIPTION)
         for dag_id in dags:
             wait_for(f"the DAG processor to register {dag_id}",
                      lambda d=dag_id: api.call("GET", f"/api/v2/dags/{d}")[0] == 200, 300,

@@ -63,6 +63,13 @@ class AirflowApi:
         body = self.ok("POST", "/auth/token", {"username": username, "password": password})
         self.token = body["access_token"]
 
+    def ensure_pool(self, name: str, slots: int, description: str) -> None:
+        """Create pool ``name`` unless it exists (tasks of a missing pool never start)."""
+        status, body = self.call("POST", "/api/v2/pools",
+                                 {"name": name, "slots": slots, "description": description})
+        if status not in (200, 201, 409):
+            raise AirflowApiError(f"create pool {name} -> HTTP {status}: {str(body)[:500]}")
+
     def set_paused(self, dag_id: str, paused: bool) -> None:
         body = self.ok("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": paused})
         if body.get("is_paused") is not paused:

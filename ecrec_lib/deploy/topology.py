@@ -31,13 +31,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ecrec_lib.orchestration import WAREHOUSE_POOL, WAREHOUSE_POOL_SLOTS
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 # Marks every process of one topology, so a check can find strays by root.
 ROOT_ENV = "ECREC_TOPOLOGY_ROOT"
 STOP_GRACE_S = 20.0
-# compose's airflow-init service: run once before the Airflow services start.
-INIT_COMMAND = (str(VENV_BIN / "airflow"), "db", "migrate")
+# compose's airflow-init service: run once before the Airflow services start (the metadata
+# database, then the pool every warehouse writer runs in).
+INIT_COMMANDS = (
+    (str(VENV_BIN / "airflow"), "db", "migrate"),
+    (str(VENV_BIN / "airflow"), "pools", "set", WAREHOUSE_POOL, str(WAREHOUSE_POOL_SLOTS),
+     "one writer at a time into the ecrec warehouse"),
+)
 
 
 class TopologyError(RuntimeError):
@@ -371,13 +378,14 @@ def start(topo: Topology, timeout: float = 300.0, echo: Callable[[str], None] = 
                     f"port {port} for {svc.name} is taken by another process; stop it or "
                     "choose other ports (ECREC_PROD_*_PORT)")
     if any(s.name.startswith("airflow") for s in todo):
-        echo("airflow db migrate ...")
         af = topo.airflow_env()
-        proc = subprocess.run(list(INIT_COMMAND), cwd=REPO_ROOT,
-                              env=af, capture_output=True, text=True, timeout=600)
-        if proc.returncode != 0:
-            raise TopologyError("airflow db migrate failed:\n" + proc.stdout[-2000:]
-                                + proc.stderr[-3000:])
+        for cmd in INIT_COMMANDS:
+            echo(" ".join(cmd[1:4]) + " ...")
+            proc = subprocess.run(list(cmd), cwd=REPO_ROOT, env=af, capture_output=True,
+                                  text=True, timeout=600)
+            if proc.returncode != 0:
+                raise TopologyError(f"{' '.join(cmd[1:])} failed:\n" + proc.stdout[-2000:]
+                                    + proc.stderr[-3000:])
     for svc in todo:
         pid = _spawn(topo, svc)
         echo(f"started {svc.name} (pid {pid})")
