@@ -28,8 +28,9 @@ import datetime as dt
 from pathlib import Path
 
 import pendulum
-from airflow.sdk import dag, task
+from airflow.sdk import Asset, dag, task
 
+from ecrec_lib.lineage import TASK_LINEAGE, asset_uri
 from ecrec_lib.orchestration import WAREHOUSE_POOL, dag_timetable, task_retries, task_timeouts
 
 
@@ -81,7 +82,10 @@ def ecrec_feedback() -> None:
             raise AirflowSkipException(f"no data for ds={ds}: no events landed, nothing to judge")
         return partition_ready(lake.clean("events", ds))
 
-    @task(pool=WAREHOUSE_POOL)
+    @task(pool=WAREHOUSE_POOL, **{
+        key: [Asset(name=n, uri=asset_uri(n), group="ecrec") for n in names]
+        for key, names in zip(("inlets", "outlets"), TASK_LINEAGE["compute_feedback"],
+                              strict=True)})
     def compute_feedback() -> None:
         """Metrics of yesterday's recommendations + drift, into `metrics_daily`/`drift_daily`."""
         _run("feedback")

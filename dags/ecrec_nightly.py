@@ -53,12 +53,37 @@ import os
 from pathlib import Path
 
 import pendulum
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Asset, Param, dag, task
 
+from ecrec_lib.lineage import TASK_LINEAGE, asset_uri
 from ecrec_lib.orchestration import WAREHOUSE_POOL, dag_timetable, task_retries, task_timeouts
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TIMEOUTS = task_timeouts()
+# Lineage for the Assets view: raw -> clean -> features -> model -> scores -> warehouse/Redis.
+ASSETS = {name: Asset(name=name, uri=asset_uri(name), group="ecrec")
+          for ins, outs in TASK_LINEAGE.values() for name in (*ins, *outs)}
+
+
+def _lineage(task_id: str) -> dict[str, list[Asset]]:
+    """The inlets and outlets of ``task_id`` (ecrec_lib.lineage.TASK_LINEAGE)."""
+    ins, outs = TASK_LINEAGE[task_id]
+    return {"inlets": [ASSETS[n] for n in ins], "outlets": [ASSETS[n] for n in outs]}
+
+
+def _figures(task_id: str) -> dict[str, dict]:
+    """Attach the night's figures (from the job's ops records) to each outlet's asset event;
+    returned as the task's XCom, so the grid shows them too."""
+    from airflow.sdk import get_current_context
+
+    from ecrec_lib.config import load_config
+    from ecrec_lib.lineage import figures
+
+    ctx = get_current_context()
+    figs = figures(task_id, load_config().lake_root, ctx["ds"])
+    for name, extra in figs.items():
+        ctx["outlet_events"][ASSETS[name]].extra = {"ds": ctx["ds"], **extra}
+    return figs
 
 
 DEFAULT_ARGS = {
@@ -125,6 +150,7 @@ def _spark_or_python(job: str, python_task, **operator_kwargs):  # noqa: ANN001,
         doc_md=python_task.function.__doc__,
         execution_timeout=TIMEOUTS["spark"],
         **operator_kwargs,
+        **_lineage(python_task.function.__name__),
         **spark_submit_kwargs(job, "{{ ds }}"),
     )
 
@@ -149,22 +175,39 @@ def _spark_or_python(job: str, python_task, **operator_kwargs):  # noqa: ANN001,
     },
 )
 def ecrec_nightly() -> None:
-    @task.sensor(poke_interval=300, timeout=6 * 3600, mode="reschedule")
+    @task.sensor(poke_interval=300, timeout=6 * 3600, mode="reschedule", soft_fail=True)
     def wait_for_raw_events(ds: str | None = None) -> bool:
-        """Wait (rescheduling, 6 h timeout) until `raw/events/ds=<ds>` and `raw/catalog/ds=<ds>`
-        have completely landed: the producer's `_SUCCESS` marker, written after its last data
-        file, is there (docs/data_contracts.md, "Landing"). Each poke logs the paths it waits for."""
+        """Wait (rescheduling, 6 h timeout, then skipped) until `raw/events/ds=<ds>` and
+        `raw/catalog/ds=<ds>` have completely landed: the producer's `_SUCCESS` marker, written
+        after its last data file, is there (docs/data_contracts.md, "Landing"). Each poke logs
+        the paths it waits for. A day that ended more than `landing_grace_hours` ago without
+        its data is skipped at once: a past date does not block the runs queued behind it."""
+        import datetime
         import logging
 
+        from airflow.sdk.exceptions import AirflowSkipException
+
         from ecrec_lib.config import load_config
-        from ecrec_lib.lake import Lake
+        from ecrec_lib.lake import Lake, parse_ds
         from ecrec_lib.orchestration import partition_ready
 
-        lake = Lake(load_config().lake_root)
+        cfg = load_config()
+        lake = Lake(cfg.lake_root)
         logger = logging.getLogger("ecrec.task")
-        ready = [partition_ready(lake.raw(name, ds), landed=True, logger=logger)
-                 for name in ("events", "catalog")]
-        return all(ready)
+        paths = [lake.raw(name, ds) for name in ("events", "catalog")]
+        ready = [partition_ready(path, landed=True, logger=logger) for path in paths]
+        if all(ready):
+            return True
+        day_end = datetime.datetime.combine(parse_ds(ds) + datetime.timedelta(days=1),
+                                            datetime.time(), datetime.UTC)
+        late = datetime.datetime.now(datetime.UTC) - day_end
+        if late > datetime.timedelta(hours=cfg.landing_grace_hours):
+            raise AirflowSkipException(
+                f"no complete landing of ds={ds} in {', '.join(paths)} and the day ended "
+                f"{late.total_seconds() / 3600:.0f} h ago (> landing_grace_hours="
+                f"{cfg.landing_grace_hours:g}): night skipped. Land the data (with _SUCCESS) "
+                "and clear this run to process it.")
+        return False
 
     @task
     def validate_raw() -> None:
@@ -175,20 +218,32 @@ def ecrec_nightly() -> None:
     # none_failed: on an empty day validate_raw is skipped and clean still runs, to record the
     # day's "no data" status (ops/reconciliation) that the report states; clean runs the raw
     # suite itself, so it never publishes a day validate_raw did not see.
-    @task(execution_timeout=TIMEOUTS["spark"], trigger_rule="none_failed")
-    def clean() -> None:
-        """Spark: parse, deduplicate, pseudonymize and quarantine raw events and catalog."""
+    @task(execution_timeout=TIMEOUTS["spark"], trigger_rule="none_failed", **_lineage("clean"))
+    def clean(ds: str | None = None) -> dict:
+        """Spark: parse, deduplicate, pseudonymize and quarantine raw events and catalog.
+        Returns (and attaches to the clean assets) rows in / clean / quarantined by reason."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from ecrec_lib.config import load_config
+        from ecrec_lib.lake import Lake
+        from ecrec_lib.orchestration import partition_ready
+
+        events = Lake(load_config().lake_root).raw("events", ds)
+        if not partition_ready(events, landed=True):  # the sensor gave up on a past date
+            raise AirflowSkipException(f"{events} has not landed: nothing to clean")
         _run("clean_events", skip_if_no_data=True)
+        return _figures("clean")
 
     @task
     def validate_clean() -> None:
         """Run the clean-events and catalog suites on the clean partition."""
         _run("validate", dataset=["clean_events", "catalog"])
 
-    @task(execution_timeout=TIMEOUTS["spark"])
-    def build_features() -> None:
+    @task(execution_timeout=TIMEOUTS["spark"], **_lineage("build_features"))
+    def build_features() -> dict:
         """Spark: user sequences, item stats, user profiles, search pairs, co-occurrence."""
         _run("build_features")
+        return _figures("build_features")
 
     @task
     def validate_features() -> None:
@@ -219,18 +274,19 @@ def ecrec_nightly() -> None:
         print(f"training decision for {ds}: train={decision['train']} ({decision['reason']})")
         return "train" if decision["train"] else "keep_champion"
 
-    @task(execution_timeout=TIMEOUTS["train"])
+    @task(execution_timeout=TIMEOUTS["train"], **_lineage("train"))
     def train() -> None:
         """Train the two-tower model; logs the run to MLflow (ops/training summary)."""
         _run("train_encoders", no_register=True, no_progress=True)
 
-    @task
-    def register() -> None:
+    @task(**_lineage("register"))
+    def register() -> dict:
         """Register the trained run as a new model version with alias `challenger`."""
         _run("register_model")
+        return _figures("register")
 
-    @task
-    def promote(params: dict | None = None) -> None:
+    @task(**_lineage("promote"))
+    def promote(params: dict | None = None) -> dict:
         """Promotion gate: challenger becomes `champion` only if it beats it on holdout."""
         from airflow.sdk.exceptions import AirflowSkipException
 
@@ -238,6 +294,7 @@ def ecrec_nightly() -> None:
         if policy.fixed_model:  # never reached through the branch; a guard for manual clears
             raise AirflowSkipException(f"{policy.describe()}: aliases are never moved")
         _run("promote_model")
+        return _figures("promote")
 
     @task
     def keep_champion(ds: str | None = None) -> None:
@@ -250,24 +307,27 @@ def ecrec_nightly() -> None:
         path = Path(Lake(load_config().lake_root).ops("training_decision", ds)) / "decision.json"
         print(f"keeping the champion: {json.loads(path.read_text())['reason']}")
 
-    @task(trigger_rule="none_failed_min_one_success", execution_timeout=TIMEOUTS["score"])
-    def score(params: dict | None = None) -> None:
+    @task(trigger_rule="none_failed_min_one_success", execution_timeout=TIMEOUTS["score"],
+          **_lineage("score"))
+    def score(params: dict | None = None) -> dict:
         """Batch-score top-K recommendations with the champion (or the pinned version of a
         backfill) into lake `scores/`."""
         _run("score_topk", k=(params or {}).get("k"),
              model_version=_policy(params).model_version)
+        return _figures("score")
 
     @task
     def validate_scores(params: dict | None = None) -> None:
         """Run the output contracts on the score tables before publishing."""
         _run("validate_scores", k=(params or {}).get("k"))
 
-    @task(pool=WAREHOUSE_POOL)
-    def publish(params: dict | None = None) -> None:
+    @task(pool=WAREHOUSE_POOL, **_lineage("publish"))
+    def publish(params: dict | None = None) -> dict:
         """Publish the score tables to the warehouse atomically (old tables kept on failure)."""
         _run("publish_scores", k=(params or {}).get("k"))
+        return _figures("publish")
 
-    @task
+    @task(**_lineage("export_online"))
     def export_online() -> None:
         """Write the night's lists to Redis as a new version, then switch readers to it."""
         _run("export_online")
@@ -275,9 +335,19 @@ def ecrec_nightly() -> None:
     # none_failed: an empty day (everything after clean skipped) still gets its report, with
     # the reason; a failed run gets none.
     @task(trigger_rule="none_failed")
-    def report() -> None:
-        """Write ops/report/ds=<ds>/report.md|json|html (plots; also logged to MLflow) and print it."""
+    def report(ds: str | None = None) -> dict:
+        """Write ops/report/ds=<ds>/report.md|json|html (plots; also logged to MLflow) and print it.
+        Returns where the report and the validation pages are (the XCom links to them)."""
+        from ecrec_lib.config import load_config
+        from ecrec_lib.lake import Lake
+
         _run("daily_report")
+        lake = Lake(load_config().lake_root)
+        links = {"report_html": f"{lake.ops('report', ds)}/report.html",
+                 "validation_index": lake.dataset("ops", "validation") + "/index.html"}
+        print("report: " + links["report_html"] + "  validation pages: "
+              + links["validation_index"])
+        return links
 
     decision = decide_training()
     keep = keep_champion()

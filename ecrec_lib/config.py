@@ -82,6 +82,10 @@ class EcrecConfig:
     min_clean_fraction: float = 0.5  # clean rows below this share of raw input rows fail the job
     max_cooccurrence_per_item: int = 50  # item_cooccurrence keeps the top N partners per item
 
+    # A raw day that ended this many hours ago without landing is skipped by the nightly
+    # sensor at once (a past date must not block the runs queued behind it).
+    landing_grace_hours: float = 6.0
+
     # --- features --------------------------------------------------------------
     lookback_days: int = 30
     max_seq_len: int = 50  # last N item events kept per user

@@ -465,6 +465,7 @@ def test_contract_failure_is_not_retried_transient_failure_is(monkeypatch) -> No
 
 def test_backfill_scores_with_the_pinned_version_and_never_promotes(monkeypatch) -> None:
     """The nightly DAG's own task callables: score passes --model-version, promote skips."""
+    import collections
     import importlib.util
     import types
 
@@ -481,14 +482,20 @@ def test_backfill_scores_with_the_pinned_version_and_never_promotes(monkeypatch)
     monkeypatch.setattr(orchestration, "run_job",
                         lambda job, ds, **kw: calls.append((job, kw)) or [])
 
+    events = collections.defaultdict(types.SimpleNamespace)  # outlet asset -> its event
+
     def context(run_type: str):
         run = types.SimpleNamespace(run_type=run_type)
         monkeypatch.setattr(airflow.sdk, "get_current_context",
-                            lambda: {"ds": "2024-01-05", "dag_run": run})
+                            lambda: {"ds": "2024-01-05", "dag_run": run, "outlet_events": events})
 
     context("backfill")
     dag.get_task("score").python_callable(params={"k": None, "pin_model_version": "3"})
     assert calls[-1][0] == "score_topk" and calls[-1][1]["model_version"] == "3"
+    # every score table's asset event carries the night (figures: none recorded in this lake)
+    assert {a.name for a in events} == {f"scores/{t}" for t in
+                                         ("user_topk", "item_related", "query_topk", "trending")}
+    assert all(e.extra["ds"] == "2024-01-05" for e in events.values())
     with pytest.raises(AirflowSkipException, match="aliases are never moved"):
         dag.get_task("promote").python_callable(params={})
     assert [c[0] for c in calls] == ["score_topk"]  # promote_model never ran
@@ -497,3 +504,36 @@ def test_backfill_scores_with_the_pinned_version_and_never_promotes(monkeypatch)
     assert calls[-1][1]["model_version"] is None and calls[-1][1]["k"] == 5
     dag.get_task("promote").python_callable(params={})
     assert calls[-1][0] == "promote_model"
+
+
+def test_tasks_declare_their_lineage_and_a_past_night_without_data_is_skipped_fast(
+    monkeypatch, tmp_path
+) -> None:
+    """Assets: each task's inlets/outlets are ecrec_lib.lineage's; the sensor skips at once a
+    day long over with nothing landed, naming the paths (it must not block the queue 6 h)."""
+    import importlib.util
+
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from ecrec_lib.lineage import TASK_LINEAGE, asset_uri
+
+    spec = importlib.util.spec_from_file_location("ecrec_nightly_dag2", REPO / "dags/ecrec_nightly.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    dag = module.ecrec_nightly()
+    for task_id, (ins, outs) in TASK_LINEAGE.items():
+        if task_id not in dag.task_ids:
+            continue  # the feedback DAG's task
+        task = dag.get_task(task_id)
+        assert [a.uri for a in task.outlets] == [asset_uri(n) for n in outs], task_id
+        assert [a.uri for a in task.inlets] == [asset_uri(n) for n in ins], task_id
+
+    monkeypatch.setenv("ECREC_LAKE_ROOT", str(tmp_path / "lake"))
+    sensor = dag.get_task("wait_for_raw_events")
+    assert sensor.soft_fail
+    with pytest.raises(AirflowSkipException, match=r"raw/events/ds=2024-01-05.*landing_grace"):
+        sensor.python_callable(ds="2024-01-05")
+    # today's night is not over yet: keep waiting
+    import datetime
+
+    assert sensor.python_callable(ds=datetime.date.today().isoformat()) is False
