@@ -1,5 +1,7 @@
-"""The Airflow UI as a person uses it: a real `airflow standalone`, a run triggered over the
-REST API, and a headless Chromium that logs in and sees the successful run.
+"""The UIs as people use them: a real `airflow standalone`, a run triggered over the REST API,
+and a headless Chromium that logs in and sees the successful run, opens a task's log (the data
+engineer), sees the lineage in the Assets view, and opens the night's HTML report with its
+plots (what the report task links to).
 
 Leaves screenshots in test-artifacts/ (git-ignored). Every process it starts is stopped
 (SIGINT to `airflow standalone`, then SIGTERM/SIGKILL to its process group) and the test
@@ -14,13 +16,17 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from ecrec_lib.deploy.airflow_api import AirflowApi
+from ecrec_lib.orchestration import (
+    WAREHOUSE_POOL,
+    WAREHOUSE_POOL_DESCRIPTION,
+    WAREHOUSE_POOL_SLOTS,
+)
 from tests.e2e_support import REPO, VENV_BIN, generate, pipeline_env
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.e2e]
@@ -38,29 +44,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-class Api:
-    def __init__(self, base: str) -> None:
-        self.base = base
-        self.token = ""
-
-    def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, object]:
-        headers = {"Content-Type": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        req = urllib.request.Request(self.base + path, method=method, headers=headers,
-                                     data=None if body is None else json.dumps(body).encode())
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                raw = resp.read()
-                status = resp.status
-        except urllib.error.HTTPError as exc:
-            raw, status = exc.read(), exc.code
-        try:
-            return status, json.loads(raw or b"null")
-        except json.JSONDecodeError:
-            return status, raw.decode(errors="replace")
 
 
 def _processes_of(airflow_home: str) -> list:
@@ -160,37 +143,15 @@ def _wait(predicate, timeout: float, what: str, log: Path, every: float = 3.0): 
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; standalone log:\n{tail}")
 
 
-def _failure_details(api: Api) -> str:
-    _, tis = api.call("GET", f"/api/v2/dags/ecrec_nightly/dagRuns/{RUN_ID}/taskInstances")
-    rows = tis.get("task_instances", []) if isinstance(tis, dict) else []
-    lines = [f"{t['task_id']}: {t['state']}" for t in rows]
-    for t in rows:
-        if t["state"] == "failed":
-            _, text = api.call(
-                "GET", f"/api/v2/dags/ecrec_nightly/dagRuns/{RUN_ID}/taskInstances/"
-                f"{t['task_id']}/logs/{max(t.get('try_number') or 1, 1)}?full_content=true",
-            )
-            lines.append(f"--- log of {t['task_id']} ---\n{str(text)[-4000:]}")
-    return "\n".join(lines)
-
-
 def test_triggered_nightly_run_shows_success_in_ui(standalone: dict) -> None:
     base, log, home = standalone["base"], standalone["log"], Path(standalone["home"])
-    api = Api(base)
-
-    def healthy() -> bool:
-        status, body = api.call("GET", "/api/v2/monitor/health") if _port_open(base) else (0, {})
-        return status == 200 and all(
-            body.get(part, {}).get("status") == "healthy"
-            for part in ("metadatabase", "scheduler", "dag_processor")
-        )
-
-    _wait(healthy, 240, "the API server, scheduler and DAG processor to be healthy", log)
+    api = AirflowApi(base)
+    _wait(lambda: _port_open(base) and api.healthy(), 240,
+          "the API server, scheduler and DAG processor to be healthy", log)
     password_file = home / "simple_auth_manager_passwords.json.generated"
     password = json.loads(password_file.read_text())["admin"]
-    status, body = api.call("POST", "/auth/token", {"username": "admin", "password": password})
-    assert status in (200, 201), body
-    api.token = body["access_token"]
+    api.login("admin", password)
+    api.ensure_pool(WAREHOUSE_POOL, WAREHOUSE_POOL_SLOTS, WAREHOUSE_POOL_DESCRIPTION)
 
     _wait(lambda: api.call("GET", "/api/v2/dags/ecrec_nightly")[0] == 200, 180,
           "the DAG processor to register ecrec_nightly", log)
@@ -207,7 +168,18 @@ def test_triggered_nightly_run_shows_success_in_ui(standalone: dict) -> None:
         return state if state in ("success", "failed") else None
 
     state = _wait(finished, RUN_TIMEOUT_S, "the triggered run to finish", log, every=10)
-    assert state == "success", "the nightly run failed:\n" + _failure_details(api)
+    assert state == "success", "the nightly run failed:\n" + api.failure_report(
+        "ecrec_nightly", RUN_ID)
+    # The report task's XCom names the HTML report; the clean task's holds the night's figures.
+    _, xcom = api.call("GET", f"/api/v2/dags/ecrec_nightly/dagRuns/{RUN_ID}/taskInstances/"
+                       "report/xcomEntries/return_value")
+    report_html = Path(json.loads(xcom["value"])["report_html"] if isinstance(xcom["value"], str)
+                       else xcom["value"]["report_html"])
+    assert report_html.is_file(), xcom
+    _, events = api.call("GET", "/api/v2/assets/events?limit=100")
+    by_asset = {e["uri"]: e["extra"] for e in events["asset_events"]}
+    clean_extra = by_asset["x-ecrec://lake/clean/events"]
+    assert clean_extra["input_rows"] > 0 and "quarantine_by_reason" in clean_extra, clean_extra
 
     from playwright.sync_api import expect, sync_playwright
 
@@ -235,6 +207,27 @@ def test_triggered_nightly_run_shows_success_in_ui(standalone: dict) -> None:
             body = page.inner_text("body")
             assert "Failed" not in body.split("Task Instances", 1)[0], "run header shows Failed"
             page.screenshot(path=str(ARTIFACTS / "airflow_ui_run_success.png"), full_page=True)
+
+            # A task log opens from the run (the scheduler's task runner wrote it).
+            page.goto(f"{base}/dags/ecrec_nightly/runs/{RUN_ID}/tasks/clean")
+            expect(page.get_by_text("jobs.clean_events").first).to_be_visible(timeout=60_000)
+            assert "Log file not found" not in page.inner_text("body")
+            page.screenshot(path=str(ARTIFACTS / "airflow_ui_task_log.png"), full_page=True)
+
+            # The Assets view lists the lineage the tasks declared.
+            page.goto(f"{base}/assets")
+            for name in ("raw/events", "clean/events", "features/user_sequences", "model",
+                         "scores/user_topk", "warehouse/user_topk"):
+                expect(page.get_by_text(name, exact=True).first).to_be_visible(timeout=60_000)
+            page.screenshot(path=str(ARTIFACTS / "airflow_ui_assets.png"), full_page=True)
+
+            # The night's report, with its plots rendered.
+            page.goto(report_html.as_uri())
+            images = page.locator("img")
+            expect(images.first).to_be_visible(timeout=30_000)
+            widths = page.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
+            assert len(widths) >= 3 and all(w > 100 for w in widths), widths
+            page.screenshot(path=str(ARTIFACTS / "report_html.png"), full_page=True)
         finally:
             browser.close()
 
