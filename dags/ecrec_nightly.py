@@ -9,7 +9,8 @@ as a subprocess; the job's log is streamed into the task log.
 wait_for_raw_events → validate_raw → clean → validate_clean → build_features
   → validate_features → decide_training ─┬─ train → register → promote ─┐
                                           └─ keep_champion ──────────────┴→ score
-  → validate_scores → publish → report
+  → validate_scores → publish ─┬─ report
+                               └─ housekeeping
 ```
 
 * **Data contracts**: Great Expectations suites run on raw, clean, feature and score
@@ -20,6 +21,8 @@ wait_for_raw_events → validate_raw → clean → validate_clean → build_feat
 * **Publishing** is atomic: a failed run leaves yesterday's warehouse tables intact.
 * Re-running a date replaces exactly its partitions; backfills work date by date
   (`max_active_runs=1`).
+* **Housekeeping** deletes lake partitions and warehouse rows past each zone's retention
+  (`*_retention_days`), never the lookback window or the champion's training window.
 
 Params: `k` (top-K per user, default: config `top_k`), `force_training`, `skip_training`.
 Schedule: daily at 00:00 UTC for the day just ended (`ECREC_DAG_SCHEDULE` overrides the
@@ -206,6 +209,11 @@ def ecrec_nightly() -> None:
         """Write ops/report/ds=<ds>/report.md|json and print it here."""
         _run("daily_report")
 
+    @task
+    def housekeeping() -> None:
+        """Delete partitions past each zone's retention (never the lookback/training window)."""
+        _run("housekeeping")
+
     decision = decide_training()
     keep = keep_champion()
     trained = train()
@@ -223,7 +231,9 @@ def ecrec_nightly() -> None:
     )
     decision >> trained >> register() >> promoted >> scored
     decision >> keep >> scored
-    scored >> validate_scores() >> publish() >> report()
+    published = publish()
+    scored >> validate_scores() >> published >> report()
+    published >> housekeeping()
 
 
 ecrec_nightly()

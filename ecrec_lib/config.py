@@ -26,6 +26,17 @@ PSEUDO_KEY_FILE_ENV = "ECREC_PSEUDO_KEY_FILE"
 PSEUDO_KEY_CONN_ID = "ecrec_pseudonymization"
 
 
+# Lake zone -> its retention key (jobs.housekeeping, ecrec_lib/privacy/retention.py).
+RETENTION_KEYS = {
+    "raw": "raw_retention_days",
+    "quarantine_raw": "quarantine_raw_retention_days",
+    "quarantine": "quarantine_retention_days",
+    "clean": "clean_retention_days",
+    "features": "features_retention_days",
+    "scores": "scores_retention_days",
+}
+
+
 class ConfigError(ValueError):
     """Bad configuration: the message names the key and how to fix it."""
 
@@ -104,6 +115,16 @@ class EcrecConfig:
 
     # --- feedback loop ---------------------------------------------------------
     feedback_drop_threshold: float = 0.5  # hit rate below (1 - this) x 7-day mean fails
+
+    # --- retention (jobs.housekeeping; warehouse: warehouse_retention_days) -----
+    # Days of ds partitions kept per lake zone, the night's ds included; older ones are
+    # deleted. Each must cover lookback_days (the features and the model read that window).
+    raw_retention_days: int = 90
+    quarantine_raw_retention_days: int = 30  # restricted zone: raw lines of quarantined rows
+    quarantine_retention_days: int = 90
+    clean_retention_days: int = 90
+    features_retention_days: int = 30
+    scores_retention_days: int = 30
 
     def to_dict(self) -> dict[str, Any]:
         """All fields as plain values (safe to log: contains no secret)."""
@@ -223,6 +244,13 @@ def _validate(cfg: EcrecConfig) -> None:
     for name in ("lookback_days", "max_seq_len", "top_k", "embedding_dim", "batch_size", "epochs"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"config key '{name}' must be positive, got {getattr(cfg, name)}")
+    for name in RETENTION_KEYS.values():
+        if getattr(cfg, name) < cfg.lookback_days:
+            raise ConfigError(
+                f"config key '{name}' is {getattr(cfg, name)} days, shorter than lookback_days "
+                f"{cfg.lookback_days}: housekeeping would delete partitions the nightly features "
+                f"and training still read; set it to at least {cfg.lookback_days}"
+            )
 
 
 def resolve_pseudonymization_key(env: Mapping[str, str] | None = None) -> bytes:

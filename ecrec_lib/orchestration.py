@@ -251,6 +251,7 @@ class TrainingDecision:
     has_champion: bool
     force: bool
     skip: bool
+    champion_flagged: bool = False  # the champion holds erased users' data (jobs.forget_users)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -265,8 +266,10 @@ def decide_training(
     has_champion: bool,
     force: bool = False,
     skip: bool = False,
+    champion_flagged: bool = False,
 ) -> TrainingDecision:
-    """Train when forced, when there is no champion yet, or past ``min_new_events``.
+    """Train when forced, when there is no champion yet, when the champion is flagged by an
+    erasure request (it holds erased users' data), or past ``min_new_events``.
 
     ``skip`` wins over everything (an operator's explicit "do not train tonight").
     """
@@ -278,6 +281,8 @@ def decide_training(
         train, reason = True, "force_training param set"
     elif not has_champion:
         train, reason = True, "no champion model registered yet"
+    elif champion_flagged:
+        train, reason = True, "the champion holds data of erased users (erasure flag): retrain"
     elif new_events >= min_new_events:
         since = f"since {last_training_ds}" if last_training_ds else "in the data"
         train, reason = True, f"{new_events} new clean events {since} >= {min_new_events}"
@@ -295,6 +300,7 @@ def decide_training(
         has_champion=has_champion,
         force=force,
         skip=skip,
+        champion_flagged=champion_flagged,
     )
 
 

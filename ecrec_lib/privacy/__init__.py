@@ -1,0 +1,1 @@
+"""Personal data and secrets: masking, redaction, erasure and retention."""
