@@ -540,3 +540,32 @@ def test_flag_models_by_training_window(tmp_path: Path) -> None:
     assert not reg.is_flagged(client.get_model_version(cfg.registered_model_name, "2"))
     with pytest.raises(reg.RegistryError, match="erased users"):
         manual_promote(client, cfg, "1", by="t", reason="r", check_artifact=False)
+
+
+@pytest.mark.postgres
+def test_erase_from_postgres_warehouse(postgres_url: str) -> None:
+    import uuid
+
+    from ecrec_lib.config import load_config
+    from ecrec_lib.privacy.forget import erase_from_warehouse
+    from ecrec_lib.warehouse import connect
+
+    schema = f"ecrec_forget_{uuid.uuid4().hex[:10]}"
+    cfg = load_config(None, env={}, warehouse_url=postgres_url, warehouse_schema=schema)
+    with connect(postgres_url, schema) as wh:
+        wh.execute(f"CREATE SCHEMA {schema}")
+        wh.execute(f"CREATE TABLE {schema}.user_topk (ds DATE, user_key TEXT, item_id TEXT)")
+        wh.execute(f"CREATE TABLE {schema}.metrics_daily (ds DATE, hit_rate DOUBLE PRECISION)")
+        wh.execute(f"CREATE VIEW {schema}.user_topk_latest AS SELECT * FROM {schema}.user_topk")
+        wh.execute(f"INSERT INTO {schema}.user_topk VALUES (%s, %s, 'i'), (%s, %s, 'i'), "
+                   "(%s, %s, 'j')", [DS, K1, DS, K2, DS, K1])
+        wh.execute(f"INSERT INTO {schema}.metrics_daily VALUES (%s, 0.5)", [DS])
+    try:
+        assert erase_from_warehouse(cfg, [K1]) == {"user_topk": 2}
+        assert erase_from_warehouse(cfg, [K1]) == {"user_topk": 0}
+        with connect(postgres_url, schema) as wh:
+            assert wh.query(f"SELECT user_key FROM {schema}.user_topk")["user_key"].tolist() == [K2]
+            assert wh.scalar(f"SELECT count(*) FROM {schema}.metrics_daily") == 1
+    finally:
+        with connect(postgres_url, schema) as wh:
+            wh.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
