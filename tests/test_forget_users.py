@@ -31,6 +31,7 @@ from tests.e2e_support import (
 
 D1, D2, D3, D4 = "2024-05-01", "2024-05-02", "2024-05-03", "2024-05-04"
 MODEL = "ecrec-two-tower"
+NIGHT_S = 2400  # one nightly run; a shared CI box can be slow
 # Lake folders that may name the users by design: the generator's truth sidecar (tests only),
 # the erasure audit and the done request files (pseudonyms), training scratch (checkpoints).
 NOT_LIVE = ("raw/_truth", "ops/forget", "requests/forget/done", "models", "cache")
@@ -106,11 +107,11 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> dict:
     lake = Path(env["ECREC_LAKE_ROOT"])
     generate(env, D1, days=4, users=300, items=100)
     airflow_migrate(env)
-    ok, out = dags_test(env, "ecrec_nightly", D1)
+    ok, out = dags_test(env, "ecrec_nightly", D1, timeout=NIGHT_S)
     assert ok, "nightly day 1 failed:\n" + tail(out)
     keep = dict(env, ECREC_MIN_NEW_EVENTS_TO_TRAIN="100000000")
     for ds in (D2, D3):
-        ok, out = dags_test(keep, "ecrec_nightly", ds)
+        ok, out = dags_test(keep, "ecrec_nightly", ds, timeout=NIGHT_S)
         assert ok, f"nightly {ds} failed:\n" + tail(out)
 
     # Two users active on days 1 and 3 (inside the champion's training window and scored).
@@ -128,7 +129,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> dict:
     assert ok, "ecrec_forget failed:\n" + tail(forget_out)
     after_forget = {"leaks": _leaks(lake, raw_ids, keys), "warehouse": _warehouse_rows(env, keys)}
 
-    ok, out4 = dags_test(keep, "ecrec_nightly", D4)
+    ok, out4 = dags_test(keep, "ecrec_nightly", D4, timeout=NIGHT_S)
     assert ok, "nightly day 4 failed:\n" + tail(out4)
     return {"env": env, "lake": lake, "raw_ids": raw_ids, "keys": keys, "client": client,
             "old_champion": old_champion, "before": before, "after_forget": after_forget,
@@ -540,6 +541,11 @@ def test_flag_models_by_training_window(tmp_path: Path) -> None:
     assert not reg.is_flagged(client.get_model_version(cfg.registered_model_name, "2"))
     with pytest.raises(reg.RegistryError, match="erased users"):
         manual_promote(client, cfg, "1", by="t", reason="r", check_artifact=False)
+    from jobs.models import format_rows, version_rows
+
+    rows = version_rows(reg.list_versions(client, cfg.registered_model_name))
+    assert [r["erasure_pending"] for r in rows] == [True, False, True]
+    assert "ERASURE PENDING" in format_rows(rows)
 
 
 @pytest.mark.postgres
