@@ -4,11 +4,11 @@
                                 [--workdir /tmp/ecrec_bench_forget] [--reuse]
 
 Builds the lake once under ``<workdir>/pristine`` with ``ecrec_lib.generator`` (1% dirt),
-``run_clean`` and ``run_features`` for every day (Spark, lookback = ``--days``), a synthetic
-``scores/user_topk`` of ``--topk`` rows per featurized user and day, and a DuckDB warehouse
-holding the last day's ``user_topk``. Each timed run works on a hard-linked copy of it
-(``cp -al``: erasure writes new files and swaps folders, it never edits a file in place, so the
-pristine lake stays intact) and erases ``--forget`` random users who have events (raw ids)
+``run_clean`` and ``run_features`` for every day (Spark, lookback = ``--days``) and a synthetic
+``scores/user_topk`` of ``--topk`` rows per featurized user and day. Each timed run works on a
+hard-linked copy of it (``cp -al``: erasure writes new files and swaps folders, it never edits a
+lake file in place, so the pristine lake stays intact) and a fresh DuckDB warehouse holding the
+last day's ``user_topk``, and erases ``--forget`` random users who have events (raw ids)
 with :func:`ecrec_lib.privacy.forget.forget_users`. ``--reuse`` skips the build when the
 pristine lake exists. Prints the seconds and rows removed per zone, and writes them to
 ``<workdir>/bench_forget.json``. No model registry is involved (an empty one: flagging
@@ -47,8 +47,6 @@ def build_lake(cfg: EcrecConfig, days: list[str], events_per_day: int, topk: int
     from ecrec_lib.generator import generate
     from ecrec_lib.pipeline.clean import run_clean
     from ecrec_lib.pipeline.features import run_features
-    from ecrec_lib.warehouse import connect
-
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     generate(cfg.lake_root, days[0], len(days), users=max(1000, events_per_day // 20),
@@ -79,11 +77,19 @@ def build_lake(cfg: EcrecConfig, days: list[str], events_per_day: int, topk: int
         out = Path(lake.scores("user_topk", ds))
         out.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, out / "part-00000.parquet")
+    return timings
+
+
+def load_warehouse(cfg: EcrecConfig, ds: str) -> None:
+    """A fresh DuckDB warehouse holding ``ds``'s user_topk (a file edited in place, so it is
+    built for each run rather than hard-linked from the pristine copy)."""
+    from ecrec_lib.warehouse import connect
+
+    scores = Lake(cfg.lake_root).scores("user_topk", ds)
     with connect(cfg.warehouse_url, cfg.warehouse_schema) as wh:
         wh.execute(f"CREATE SCHEMA IF NOT EXISTS {cfg.warehouse_schema}")
         wh.execute(f"CREATE OR REPLACE TABLE {wh.fq('user_topk')} AS SELECT * FROM "
-                   f"read_parquet('{lake.scores('user_topk', days[-1])}/*.parquet')")
-    return timings
+                   f"read_parquet('{scores}/*.parquet')")
 
 
 def pick_users(lake_root: str, ds: str, n: int, seed: int) -> list[str]:
@@ -131,11 +137,13 @@ def main(argv: list[str] | None = None) -> int:
         pristine.mkdir(parents=True)
         build = build_lake(cfg_for(pristine), days, args.events_per_day, args.topk, key)
     shutil.rmtree(run_dir, ignore_errors=True)
-    subprocess.run(["cp", "-al", str(pristine), str(run_dir)], check=True)
+    run_dir.mkdir(parents=True)
+    subprocess.run(["cp", "-al", str(pristine / "lake"), str(run_dir / "lake")], check=True)
 
     from ecrec_lib.privacy.forget import ForgetRequest, forget_users
 
     cfg = cfg_for(run_dir)
+    load_warehouse(cfg, days[-1])
     users = pick_users(cfg.lake_root, days[0], args.forget, args.seed)
     request = ForgetRequest.build(users, key)
     t0 = time.perf_counter()
