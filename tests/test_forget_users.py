@@ -380,6 +380,7 @@ def test_forget_is_idempotent(tiny_lake: dict) -> None:
     assert _live_text(lake) == snapshot
     assert (lake / f"ops/reconciliation/ds={DS}/events.json").read_text() == rec
     assert again["rows_removed_by_zone"] == first["rows_removed_by_zone"]
+    assert again["warehouse_rows_removed"] == first["warehouse_rows_removed"] == {"user_topk": 1}
     assert len((lake / "ops/forget/forget_log.jsonl").read_text().splitlines()) == 1
 
 

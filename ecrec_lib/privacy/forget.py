@@ -617,10 +617,17 @@ def forget_users(cfg: EcrecConfig, request: ForgetRequest, key: bytes,
     }
     _write_json(record_path, record)
 
-    record["flagged_model_versions"] = flag_models(cfg, request.request_id, active)
-    say(f"model versions flagged: {record['flagged_model_versions'] or 'none'}")
-    record["warehouse_rows_removed"] = erase_from_warehouse(cfg, request.pseudonyms)
-    say(f"warehouse rows removed: {record['warehouse_rows_removed'] or 'none'}")
+    # the record adds up every run of the request (a re-run finds nothing left to remove)
+    flagged = flag_models(cfg, request.request_id, active)
+    say(f"model versions flagged: {flagged or 'none'}")
+    record["flagged_model_versions"] = sorted(
+        set((earlier or {}).get("flagged_model_versions", [])) | set(flagged), key=int)
+    removed_wh = Counter((earlier or {}).get("warehouse_rows_removed", {}))
+    now_wh = erase_from_warehouse(cfg, request.pseudonyms)
+    say(f"warehouse rows removed: {now_wh or 'none'}")
+    removed_wh.update(now_wh)
+    record["warehouse_rows_removed"] = dict(sorted(removed_wh.items()))
+    _write_json(record_path, record)  # a kill from here on keeps these counts
 
     removed_now: dict[str, int] = {}
     for name, scan in sorted(scans.items()):
