@@ -471,22 +471,27 @@ def check_balance(scans: Iterable[PartitionScan]) -> list[str]:
 # ----------------------------------------------------------------------------- warehouse
 
 
+def warehouse_exists(url: str) -> bool:
+    """False only for a DuckDB file not created yet (nothing published: nothing to change)."""
+    if not url.startswith("duckdb://"):
+        return True
+    path = url.removeprefix("duckdb://")
+    path = path[1:] if path.startswith("/./") else path
+    return path == "/:memory:" or Path(path).is_file()
+
+
 def erase_from_warehouse(cfg: EcrecConfig, pseudonyms: Iterable[str]) -> dict[str, int]:
     """Delete the users' rows from every base table with a ``user_key`` column, in one
     transaction; returns rows deleted per table (nothing to do without a warehouse)."""
     from ecrec_lib.warehouse import connect
     from ecrec_lib.warehouse.backend import ident
 
-    url = cfg.warehouse_url
-    if url.startswith("duckdb://"):
-        path = url.removeprefix("duckdb://")
-        path = path[1:] if path.startswith("/./") else path
-        if path != "/:memory:" and not Path(path).is_file():
-            log.info("no DuckDB warehouse at %s yet: nothing to erase there", path)
-            return {}
+    if not warehouse_exists(cfg.warehouse_url):
+        log.info("no DuckDB warehouse at %s yet: nothing to erase there", cfg.warehouse_url)
+        return {}
     keys = sorted(pseudonyms)
     out: dict[str, int] = {}
-    with connect(url, cfg.warehouse_schema) as wh:
+    with connect(cfg.warehouse_url, cfg.warehouse_schema) as wh:
         tables = wh.query(
             "SELECT c.table_name AS t FROM information_schema.columns c "
             "JOIN information_schema.tables t ON t.table_schema = c.table_schema "
@@ -695,4 +700,5 @@ __all__ = [
     "scan_partition",
     "update_reconciliation",
     "version_window",
+    "warehouse_exists",
 ]

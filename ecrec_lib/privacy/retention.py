@@ -28,7 +28,7 @@ from typing import Any
 
 from ecrec_lib.config import RETENTION_KEYS, EcrecConfig
 from ecrec_lib.lake import Lake, ds_range, is_local, parse_ds
-from ecrec_lib.privacy.forget import Partition, lake_partitions
+from ecrec_lib.privacy.forget import Partition, lake_partitions, warehouse_exists
 
 log = logging.getLogger(__name__)
 DELETED_PREFIX = ".deleted-"
@@ -105,15 +105,11 @@ def trim_warehouse(cfg: EcrecConfig, ds: str, dry_run: bool = False) -> dict[str
 
     if cfg.warehouse_retention_days <= 0:
         return {}
-    url = cfg.warehouse_url
-    if url.startswith("duckdb://"):
-        path = url.removeprefix("duckdb://")
-        path = path[1:] if path.startswith("/./") else path
-        if path != "/:memory:" and not Path(path).is_file():
-            return {}
+    if not warehouse_exists(cfg.warehouse_url):
+        return {}
     limit = parse_ds(cutoff(ds, cfg.warehouse_retention_days))
     out: dict[str, int] = {}
-    with connect(url, cfg.warehouse_schema) as wh:
+    with connect(cfg.warehouse_url, cfg.warehouse_schema) as wh:
         tables = wh.query(
             "SELECT c.table_name AS t FROM information_schema.columns c "
             "JOIN information_schema.tables t ON t.table_schema = c.table_schema "
