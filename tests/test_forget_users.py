@@ -542,6 +542,13 @@ def test_flag_models_by_training_window(tmp_path: Path) -> None:
     assert not reg.is_flagged(client.get_model_version(cfg.registered_model_name, "2"))
     with pytest.raises(reg.RegistryError, match="erased users"):
         manual_promote(client, cfg, "1", by="t", reason="r", check_artifact=False)
+    from jobs.should_train import champion_state
+
+    assert champion_state(cfg) == (False, False)
+    client.set_registered_model_alias(cfg.registered_model_name, "champion", "2")
+    assert champion_state(cfg) == (True, False)
+    client.set_registered_model_alias(cfg.registered_model_name, "champion", "1")
+    assert champion_state(cfg) == (True, True)  # the next night must retrain
     from jobs.models import format_rows, version_rows
 
     rows = version_rows(reg.list_versions(client, cfg.registered_model_name))
