@@ -417,6 +417,20 @@ def test_kill_midway_leaves_partitions_whole_and_rerun_finishes(tiny_lake: dict,
     assert rec["input_rows"] == 1 and rec["balanced"] is True
 
 
+def test_a_raw_day_not_cleaned_yet_is_erased_without_balance(tiny_lake: dict) -> None:
+    from ecrec_lib.privacy.forget import forget_users
+
+    lake, cfg = tiny_lake["lake"], tiny_lake["cfg"]
+    landed = lake / "raw/events/ds=2024-02-02"  # tonight's raw day, the nightly has not run
+    landed.mkdir(parents=True)
+    (landed / "part-00000.json.gz").write_bytes(gzip.compress(
+        (_line("e7", U1) + "\n" + _line("e8", U2) + "\n").encode()))
+    record = forget_users(cfg, _request(), KEY)
+    assert record["rows_removed_by_zone"]["raw"] == 6
+    assert b'"U1"' not in gzip.decompress((landed / "part-00000.json.gz").read_bytes())
+    assert not (lake / "ops/reconciliation/ds=2024-02-02").exists()
+
+
 def test_unbalanced_rows_change_nothing(tiny_lake: dict) -> None:
     from ecrec_lib.privacy.forget import ForgetError, forget_users
 

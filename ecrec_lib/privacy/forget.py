@@ -449,16 +449,21 @@ def update_reconciliation(lake: Lake, ds: str, request_id: str, scans: Mapping[s
     return rec
 
 
-def check_balance(scans: Iterable[PartitionScan]) -> list[str]:
-    """Days where the users' raw lines != their clean + quarantined rows + duplicate lines."""
+def check_balance(scans: Iterable[PartitionScan], cleaned_days: Iterable[str]) -> list[str]:
+    """Days where the users' raw lines != their clean + quarantined rows + duplicate lines.
+
+    Only ``cleaned_days`` (those with a reconciliation record) are checked: a raw day that
+    landed but is not cleaned yet has no derived rows to balance against.
+    """
+    cleaned = set(cleaned_days)
     per_ds: dict[str, dict[str, PartitionScan]] = {}
     for s in scans:
         if s.partition.dataset == "events" and s.partition.zone in ("raw", "clean", "quarantine"):
             per_ds.setdefault(s.partition.ds, {})[s.partition.zone] = s
     problems = []
     for ds, z in sorted(per_ds.items()):
-        if "raw" not in z:
-            continue  # raw already gone (retention): nothing to balance against
+        if "raw" not in z or ds not in cleaned:
+            continue  # raw gone (retention) or not cleaned yet: nothing to balance against
         raw = z["raw"]
         clean = z["clean"].rows if "clean" in z else 0
         quar = z["quarantine"].rows if "quarantine" in z else 0
@@ -601,7 +606,9 @@ def forget_users(cfg: EcrecConfig, request: ForgetRequest, key: bytes,
                                    int(s["duplicate_lines"]))
                for name, s in ((earlier or {}).get("plan") or {}).items()}
     plan = {**planned, **scans}
-    problems = check_balance(plan.values())
+    cleaned = [ds for ds in {s.partition.ds for s in plan.values()}
+               if (Path(lake.ops("reconciliation", ds)) / "events.json").is_file()]
+    problems = check_balance(plan.values(), cleaned)
     if problems:
         raise ForgetError(
             "the users' rows do not balance, so some derived row of theirs would be missed; "
