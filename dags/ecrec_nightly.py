@@ -10,7 +10,8 @@ wait_for_raw_events → validate_raw → clean → validate_clean → build_feat
   → validate_features → decide_training ─┬─ train → register → promote ─┐
                                           └─ keep_champion ──────────────┴→ score
   → validate_scores → publish ─┬→ report
-                               └→ export_online
+                               ├→ export_online
+                               └→ housekeeping
 ```
 
 * **Data contracts**: Great Expectations suites run on raw, clean, feature and score
@@ -31,6 +32,8 @@ wait_for_raw_events → validate_raw → clean → validate_clean → build_feat
   run is skipped, nothing is published) and the report states the reason.
 * Re-running a date replaces exactly its partitions; backfills work date by date
   (`max_active_runs=1`).
+* **Housekeeping** deletes lake partitions and warehouse rows past each zone's retention
+  (`*_retention_days`), never the lookback window or the champion's training window.
 
 * **Backfills** (`run_type == backfill`, or the `pin_model_version` param) score with one
   fixed model version (the param, else the champion when scoring starts) and never train or
@@ -349,6 +352,11 @@ def ecrec_nightly() -> None:
               + links["validation_index"])
         return links
 
+    @task(pool=WAREHOUSE_POOL)  # it trims the warehouse too: one writer at a time
+    def housekeeping() -> None:
+        """Delete partitions past each zone's retention (never the lookback/training window)."""
+        _run("housekeeping")
+
     decision = decide_training()
     keep = keep_champion()
     trained = train()
@@ -369,6 +377,7 @@ def ecrec_nightly() -> None:
     published = scored >> validate_scores() >> publish()
     published >> report()
     published >> export_online()
+    published >> housekeeping()
 
 
 ecrec_nightly()

@@ -33,6 +33,17 @@ PSEUDO_KEY_CONN_ID = "ecrec_pseudonymization"
 FILE_ENV_SUFFIX = "_FILE"  # ECREC_<FIELD>_FILE: the field's value is the named file's content
 
 
+# Lake zone -> its retention key (jobs.housekeeping, ecrec_lib/privacy/retention.py).
+RETENTION_KEYS = {
+    "raw": "raw_retention_days",
+    "quarantine_raw": "quarantine_raw_retention_days",
+    "quarantine": "quarantine_retention_days",
+    "clean": "clean_retention_days",
+    "features": "features_retention_days",
+    "scores": "scores_retention_days",
+}
+
+
 class ConfigError(ValueError):
     """Bad configuration: the message names the key and how to fix it (credentials redacted)."""
 
@@ -135,6 +146,16 @@ class EcrecConfig:
     # A search query reaches search_pairs / query_topk only when this many distinct users
     # issued it in the window (k-anonymity); PII-shaped queries never do.
     min_query_users: int = 5
+
+    # --- retention (jobs.housekeeping; warehouse: warehouse_retention_days) -----
+    # Days of ds partitions kept per lake zone, the night's ds included; older ones are
+    # deleted. Each must cover lookback_days (the features and the model read that window).
+    raw_retention_days: int = 90
+    quarantine_raw_retention_days: int = 30  # restricted zone: raw lines of quarantined rows
+    quarantine_retention_days: int = 90
+    clean_retention_days: int = 90
+    features_retention_days: int = 30
+    scores_retention_days: int = 30
 
     def to_dict(self) -> dict[str, Any]:
         """All fields as plain values, credentials in URLs redacted: safe to log and to send
@@ -292,6 +313,13 @@ def _validate(cfg: EcrecConfig) -> None:
                  "min_query_users", "online_old_version_ttl_s", "online_partial_ttl_s"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"config key '{name}' must be positive, got {getattr(cfg, name)}")
+    for name in RETENTION_KEYS.values():
+        if getattr(cfg, name) < cfg.lookback_days:
+            raise ConfigError(
+                f"config key '{name}' is {getattr(cfg, name)} days, shorter than lookback_days "
+                f"{cfg.lookback_days}: housekeeping would delete partitions the nightly features "
+                f"and training still read; set it to at least {cfg.lookback_days}"
+            )
 
 
 def resolve_pseudonymization_key(env: Mapping[str, str] | None = None) -> bytes:

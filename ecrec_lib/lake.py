@@ -27,6 +27,8 @@ FEATURES = ("user_sequences", "item_stats", "user_profiles", "search_pairs", "it
 SCORES = ("user_topk", "item_related", "query_topk", "trending")
 OPS = ("reconciliation", "validation", "training", "training_decision", "promotion", "scoring", "report", "feedback",
        "runs")
+# Records of the privacy jobs (ecrec_lib/privacy/): retention runs and erasure audits.
+OPS = (*OPS, "housekeeping", "forget")
 
 
 def parse_ds(ds: str) -> dt.date:

@@ -535,6 +535,7 @@ class TrainingDecision:
     force: bool
     skip: bool
     fixed_model: str | None = None  # why this run must not train (backfill / pinned version)
+    champion_flagged: bool = False  # the champion holds erased users' data (jobs.forget_users)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -550,8 +551,10 @@ def decide_training(
     force: bool = False,
     skip: bool = False,
     fixed_model: str | None = None,
+    champion_flagged: bool = False,
 ) -> TrainingDecision:
-    """Train when forced, when there is no champion yet, or past ``min_new_events``.
+    """Train when forced, when there is no champion yet, when the champion is flagged by an
+    erasure request (it holds erased users' data), or past ``min_new_events``.
 
     ``fixed_model`` (a backfill or pinned run, :meth:`RunPolicy.describe`) wins over
     everything, then ``skip`` (an operator's explicit "do not train tonight").
@@ -566,6 +569,8 @@ def decide_training(
         train, reason = True, "force_training param set"
     elif not has_champion:
         train, reason = True, "no champion model registered yet"
+    elif champion_flagged:
+        train, reason = True, "the champion holds data of erased users (erasure flag): retrain"
     elif new_events >= min_new_events:
         since = f"since {last_training_ds}" if last_training_ds else "in the data"
         train, reason = True, f"{new_events} new clean events {since} >= {min_new_events}"
@@ -584,6 +589,7 @@ def decide_training(
         force=force,
         skip=skip,
         fixed_model=fixed_model or None,
+        champion_flagged=champion_flagged,
     )
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from ecrec_lib.config import add_config_args, config_from_args
 from ecrec_lib.registry.client import (
+    ERASURE_TAG,
     RegistryError,
     aliases_by_version,
     connect,
@@ -61,6 +62,7 @@ def version_rows(
             "decision_run_id": tags.get("decision_run_id", ""),
             "champion_since": tags.get("champion_since", ""),
             "artifact_invalid": "artifact_invalid" in tags,
+            "erasure_pending": ERASURE_TAG in tags,  # trained on users erased since
         })
     return rows
 
@@ -74,6 +76,8 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
         decisions = " ".join(f"{ds}:{d}" for ds, d in r["decisions"].items()) or "-"
         if r["artifact_invalid"]:
             decisions += " [ARTIFACT INVALID]"
+        if r["erasure_pending"]:
+            decisions += " [ERASURE PENDING: never promoted again]"
         lines.append(f"{r['version']:>7}  {','.join(r['aliases']) or '-':<22} {r['ds']:<10}  "
                      f"{metrics:<60} {decisions}")
     return "\n".join(lines)

@@ -7,7 +7,8 @@ Counts the clean events that arrived since the last training (partitions
 ``ops/training/ds=Y/summary.json`` with Y < ds, so re-running a date decides the same
 way), asks the MLflow registry whether a ``champion`` exists, and writes
 ``ops/training_decision/ds=D/decision.json`` (rules: :func:`ecrec_lib.orchestration.decide_training`:
-``--skip`` wins, then ``--force``, then "no champion", then ``min_new_events_to_train``).
+``--skip`` wins, then ``--force``, then "no champion", then a champion flagged by an erasure
+request (``jobs.forget_users``), then ``min_new_events_to_train``).
 Exit 0 whatever the decision; 1 when the registry cannot be reached (never guess).
 """
 
@@ -65,19 +66,21 @@ def count_new_events(cfg: EcrecConfig, ds: str, since: str | None) -> int:
     return total
 
 
-def has_champion(cfg: EcrecConfig) -> bool:
-    """Whether the registry has a ``champion``; a never-created SQLite registry has none."""
+def champion_state(cfg: EcrecConfig) -> tuple[bool, bool]:
+    """(a ``champion`` exists, it is flagged by an erasure request); a never-created SQLite
+    registry has none."""
     uri = cfg.registry_uri
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         log.info("no MLflow database at %s yet: no champion", uri)
-        return False
-    from ecrec_lib.registry.client import CHAMPION, connect, get_alias_version
+        return False, False
+    from ecrec_lib.registry.client import CHAMPION, connect, get_alias_version, is_flagged
 
     client = connect(cfg)
     version = get_alias_version(client, cfg.registered_model_name, CHAMPION)
-    log.info("current champion of %s: %s", cfg.registered_model_name,
-             version.version if version else "none")
-    return version is not None
+    flagged = is_flagged(version)
+    log.info("current champion of %s: %s%s", cfg.registered_model_name,
+             version.version if version else "none", " (erasure flag)" if flagged else "")
+    return version is not None, flagged
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     from ecrec_lib.registry.client import RegistryError
 
     try:
-        champion = has_champion(cfg)
+        champion, flagged = champion_state(cfg)
     except RegistryError as exc:
         log.error("cannot decide whether to train: %s", exc)
         return 1
@@ -108,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         min_new_events=cfg.min_new_events_to_train,
         last_training_ds=since,
         has_champion=champion,
+        champion_flagged=flagged,
         force=args.force,
         skip=args.skip,
         fixed_model=args.fixed_model,

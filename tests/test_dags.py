@@ -113,10 +113,12 @@ NIGHTLY_EDGES = {
     "keep_champion": ["score"],
     "score": ["validate_scores"],
     "validate_scores": ["publish"],
-    "publish": ["export_online", "report"],
+    "publish": ["export_online", "housekeeping", "report"],
     "report": [],
     "export_online": [],
+    "housekeeping": [],
 }
+FORGET_EDGES = {"wait_for_requests": ["forget_users"], "forget_users": []}
 FEEDBACK_EDGES = {
     "wait_for_clean_events": ["compute_feedback"],
     "compute_feedback": ["check_hit_rate"],
@@ -126,7 +128,7 @@ FEEDBACK_EDGES = {
 
 def test_no_import_errors_and_fast_parse(parsed: dict) -> None:
     assert parsed["import_errors"] == {}
-    assert set(parsed["dags"]) == {"ecrec_nightly", "ecrec_feedback"}
+    assert set(parsed["dags"]) == {"ecrec_nightly", "ecrec_feedback", "ecrec_forget"}
     for name, seconds in parsed["parse_s"].items():
         assert seconds < 2.0, f"{name} took {seconds:.2f}s to parse (budget 2 s)"
 
@@ -136,7 +138,9 @@ def test_parsing_imports_no_heavy_module(parsed: dict) -> None:
 
 
 @pytest.mark.parametrize(
-    ("dag_id", "edges"), [("ecrec_nightly", NIGHTLY_EDGES), ("ecrec_feedback", FEEDBACK_EDGES)]
+    ("dag_id", "edges"),
+    [("ecrec_nightly", NIGHTLY_EDGES), ("ecrec_feedback", FEEDBACK_EDGES),
+     ("ecrec_forget", FORGET_EDGES)],
 )
 def test_task_graph(parsed: dict, dag_id: str, edges: dict) -> None:
     tasks = parsed["dags"][dag_id]["tasks"]
@@ -152,6 +156,19 @@ def test_docs_and_run_policy(parsed: dict, dag_id: str) -> None:
     assert dag["schedule"] == "0 0 * * *"
     for task_id, task in dag["tasks"].items():
         assert len(task["doc_md"].strip()) > 20, f"{dag_id}.{task_id} has no doc_md"
+        assert task["retries"] == 2
+
+
+def test_forget_dag_docs_and_run_policy(parsed: dict) -> None:
+    dag = parsed["dags"]["ecrec_forget"]
+    assert dag["doc_md"].lstrip().startswith("# ecrec_forget")
+    assert "requests/forget/" in dag["doc_md"]
+    assert dag["max_active_runs"] == 1 and dag["catchup"] is False
+    assert dag["schedule"] == "0 12 * * *"  # away from the nightly run's partitions
+    tasks = dag["tasks"]
+    assert tasks["wait_for_requests"]["mode"] == "reschedule"
+    for task_id, task in tasks.items():
+        assert len(task["doc_md"].strip()) > 20, f"ecrec_forget.{task_id} has no doc_md"
         assert task["retries"] == 2
 
 
@@ -321,6 +338,9 @@ def test_partition_ready_landed_waits_for_the_marker(tmp_path: Path, caplog) -> 
         ({"new_events": 0, "has_champion": False}, True, "no champion"),
         ({"new_events": 0, "has_champion": True, "force": True}, True, "force_training"),
         ({"new_events": 5000, "has_champion": False, "force": True, "skip": True}, False,
+         "skip_training"),
+        ({"new_events": 5, "has_champion": True, "champion_flagged": True}, True, "erased users"),
+        ({"new_events": 5, "has_champion": True, "champion_flagged": True, "skip": True}, False,
          "skip_training"),
     ],
 )

@@ -244,6 +244,26 @@ def test_better_challenger_promoted_worse_one_rejected_and_rerun_replaces_the_li
     assert [(r["ds"], r["decision"]) for r in lines if r["kind"] == "gate"] == [(DS, "rejected")]
 
 
+def test_flagged_champion_is_replaced_and_a_flagged_challenger_never_promoted(env, logged):
+    client, cfg = env
+    name = cfg.registered_model_name
+    v_good = register(env, logged, "good")
+    reg.set_champion(client, name, v_good, action="manual", by="t", reason="seed champion")
+    reg.flag_for_erasure(client, name, v_good, "fr-test")  # jobs.forget_users did this
+    v_med = register(env, logged, "medium")
+    assert promote_model.main(["--ds", DS]) == 0
+    d = decision_file(cfg)
+    assert d["decision"] == "promoted" and reg.resolve_champion(cfg, client)[0] == v_med
+    assert d["metrics"]["challenger"]["ndcg@10"] < d["metrics"]["champion"]["ndcg@10"]
+    assert "erased users" in d["reasons"]
+    # The flagged, better model comes back as challenger: evaluated, never promoted.
+    assert register(env, logged, "good") == v_good
+    assert promote_model.main(["--ds", DS]) == 0
+    d = decision_file(cfg)
+    assert d["decision"] == "rejected" and reg.resolve_champion(cfg, client)[0] == v_med
+    assert "never promoted" in d["reasons"]
+
+
 def test_guardrail_blocks_a_better_model(env, logged, monkeypatch):
     client, cfg = env
     register(env, logged, "good")

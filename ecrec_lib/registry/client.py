@@ -263,6 +263,45 @@ def resolve_champion(cfg: EcrecConfig, client: MlflowClient | None = None) -> tu
     return str(mv.version), model_version_uri(cfg.registered_model_name, str(mv.version))
 
 
+# ------------------------------------------------------------------ erasure flags
+
+# Version tag set by jobs.forget_users on every version whose training window held an erased
+# user: JSON list of the erasure request ids. A flagged version is never promoted again and a
+# flagged champion forces the next night to retrain (see should_train and the gate).
+ERASURE_TAG = "erasure_pending"
+
+
+def erasure_requests(mv: ModelVersion) -> list[str]:
+    """The erasure request ids a version is flagged with (empty: not flagged)."""
+    raw = (mv.tags or {}).get(ERASURE_TAG, "")
+    if not raw:
+        return []
+    try:
+        ids = json.loads(raw)
+    except json.JSONDecodeError:
+        raise RegistryError(
+            f"version {mv.version} has an unreadable '{ERASURE_TAG}' tag {raw[:100]!r}; it must be a "
+            "JSON list of request ids: fix it in the MLflow UI (never delete it: the version "
+            "holds erased users' data)"
+        ) from None
+    return [str(i) for i in ids] if isinstance(ids, list) else [str(ids)]
+
+
+def is_flagged(mv: ModelVersion | None) -> bool:
+    """Whether a version holds data of an erased user (``None``: no version, not flagged)."""
+    return mv is not None and bool(erasure_requests(mv))
+
+
+def flag_for_erasure(client: MlflowClient, name: str, version: str, request_id: str) -> bool:
+    """Add ``request_id`` to the version's erasure tag; False when it was already there."""
+    mv = get_version(client, name, version)
+    ids = erasure_requests(mv)
+    if request_id in ids:
+        return False
+    client.set_model_version_tag(name, str(version), ERASURE_TAG, json.dumps([*ids, request_id]))
+    return True
+
+
 # ------------------------------------------------------------------ registration
 
 

@@ -230,14 +230,30 @@ def decide(
     challenger: Mapping[str, float],
     champion: Mapping[str, float] | None,
     popularity: Mapping[str, float],
+    *,
+    champion_flagged: bool = False,
+    challenger_flagged: bool = False,
 ) -> GateResult:
     """Promote iff the challenger beats the reference on NDCG@10 and breaks no guardrail.
 
     The reference is the champion plus ``cfg.promotion_margin``; with no champion yet, the
     popularity baseline on the same holdout (a first model must at least beat it).
+    Erasure flags (``jobs.forget_users``) override the comparison: a flagged challenger is never
+    promoted; a clean challenger that passes the guardrails replaces a flagged champion even
+    when it is not better, because the champion holds erased users' data.
     """
     guardrails, failures = check_guardrails(cfg, challenger)
     reasons = list(failures)
+    if challenger_flagged:
+        reasons.append("challenger holds data of erased users (erasure flag): never promoted")
+        return GateResult(promote=False, reasons=reasons, guardrails=guardrails)
+    if champion is not None and champion_flagged:
+        reasons.append(
+            f"champion holds data of erased users (erasure flag): replaced by a clean challenger "
+            f"that passes the guardrails (challenger NDCG@10 {challenger[NDCG]:.4f}, champion "
+            f"{champion[NDCG]:.4f})"
+        )
+        return GateResult(promote=not failures, reasons=reasons, guardrails=guardrails)
     if champion is not None:
         bar = champion[NDCG] + cfg.promotion_margin
         better = challenger[NDCG] > bar

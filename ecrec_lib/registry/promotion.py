@@ -384,7 +384,8 @@ def run_gate(
 
     d.metrics["popularity"] = gate.evaluate_popularity(holdout)
     verdict = gate.decide(cfg, d.metrics["challenger"], d.metrics.get("champion"),
-                          d.metrics["popularity"])
+                          d.metrics["popularity"], champion_flagged=reg.is_flagged(champion),
+                          challenger_flagged=reg.is_flagged(challenger))
     d.reasons.extend(verdict.reasons)
     d.guardrails = verdict.guardrails
     if verdict.promote:
@@ -403,6 +404,16 @@ def run_gate(
 
 
 # ------------------------------------------------------------------ manual control
+
+
+def _refuse_flagged(mv: ModelVersion) -> None:
+    """A version flagged by an erasure request holds erased users' data: never champion again."""
+    if reg.is_flagged(mv):
+        raise reg.RegistryError(
+            f"version {mv.version} holds data of erased users (erasure requests "
+            f"{reg.erasure_requests(mv)}), so it cannot become champion; promote a version trained "
+            "after the erasure, or let the next night retrain"
+        )
 
 
 def _record_manual(
@@ -447,7 +458,7 @@ def manual_promote(
 ) -> dict[str, Any]:
     """Make ``version`` champion by hand (after checking its artifact loads) and record it."""
     name = cfg.registered_model_name
-    reg.get_version(client, name, version)
+    _refuse_flagged(reg.get_version(client, name, version))
     current = reg.get_alias_version(client, name, reg.CHAMPION)
     if current is not None and str(current.version) == str(version):
         raise reg.RegistryError(f"version {version} is already the champion of {name!r}")
@@ -469,6 +480,7 @@ def manual_rollback(
     """Move ``champion`` back to the previous champion and record it."""
     name = cfg.registered_model_name
     target = reg.previous_champion(client, name)
+    _refuse_flagged(reg.get_version(client, name, target))
     if check_artifact:
         load_checked(loader, name, target)
     entry = reg.rollback_champion(client, name, by=by, reason=reason)
