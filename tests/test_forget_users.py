@@ -258,13 +258,17 @@ def tiny_lake(tmp_path: Path) -> dict:
         {"event_id": "e1", "event_time": t, "user_key": K1, "item_id": "i1"},
         {"event_id": "e2", "event_time": t, "user_key": K1, "item_id": "i1"},
         {"event_id": "e3", "event_time": t, "user_key": K2, "item_id": "i1"}])
+    # as clean writes them: quarantine keeps masked lines (the user id replaced by its
+    # pseudonym), the restricted quarantine_raw the exact bytes of each quarantined line
     _write_parquet(lake / f"quarantine/events/ds={DS}", [
-        {"user_key": None, "reason": "malformed_json", "raw_line": RAW_LINES[4]},
-        {"user_key": K1, "reason": "unknown_item_id", "raw_line": RAW_LINES[5]}])
-    qr = lake / f"quarantine_raw/events/ds={DS}"
-    qr.mkdir(parents=True)
-    (qr / "part-00000.json.gz").write_bytes(gzip.compress(
-        "\n".join([RAW_LINES[4], RAW_LINES[5]]).encode() + b"\n"))
+        {"user_key": None, "reason": "malformed_json",
+         "masked_line": RAW_LINES[4].replace(U1, K1)},
+        {"user_key": K1, "reason": "unknown_item_id", "masked_line": RAW_LINES[5].replace(U1, K1)}])
+    _write_parquet(lake / f"quarantine_raw/events/ds={DS}", [
+        {"event_id": None, "user_key": None, "reason": "malformed_json",
+         "raw_line": RAW_LINES[4].encode(), "line_is_original": True},
+        {"event_id": "e5", "user_key": K1, "reason": "unknown_item_id",
+         "raw_line": RAW_LINES[5].encode(), "line_is_original": True}])
     _write_parquet(lake / f"features/user_sequences/ds={DS}",
                    [{"user_key": K1, "item_ids": ["i1", "i1"]}, {"user_key": K2, "item_ids": ["i1"]}])
     _write_parquet(lake / f"features/item_stats/ds={DS}", [{"item_id": "i1", "views": 3}])

@@ -64,7 +64,9 @@ log = logging.getLogger(__name__)
 # restricted zone of quarantined raw lines, may also be <zone>/ds=D).
 ZONES = ("raw", "quarantine_raw", "quarantine", "clean", "features", "scores")
 USER_COLUMNS = ("user_key", "user_id")  # Parquet columns that name a user
-LINE_COLUMN = "raw_line"  # Parquet column holding an original (or masked) raw line
+# Parquet columns holding a line: the exact bytes (quarantine_raw) or the masked text
+# (quarantine), where the user id is replaced by its pseudonym
+LINE_COLUMNS = ("raw_line", "masked_line")
 LINE_SUFFIXES = (".json.gz", ".jsonl.gz", ".txt.gz", ".json", ".jsonl", ".txt")
 LEFTOVER_PREFIXES = (".old-", ".tmp-")  # replace_local_dir / publish leftovers after a kill
 AUDIT_DIR = ("ops", "forget")
@@ -260,11 +262,13 @@ def _parquet_mask(table: pa.Table, matcher: UserMatcher, scan_pseudonyms: bool) 
                 hit = pa.array([v is not None and matcher.id_matches(v.encode())
                                 for v in values.to_pylist()], pa.bool_())
             mask = pc.or_(mask, pc.fill_null(hit, False))
-    if LINE_COLUMN in table.column_names:
-        lines = table.column(LINE_COLUMN).to_pylist()
-        hit = pa.array([v is not None and matcher.line_matches(v.encode(), scan_pseudonyms)
-                        for v in lines], pa.bool_())
-        mask = pc.or_(mask, hit)
+    for col in LINE_COLUMNS:
+        if col in table.column_names:
+            lines = table.column(col).to_pylist()
+            hit = pa.array([v is not None and matcher.line_matches(
+                v if isinstance(v, bytes) else v.encode(), scan_pseudonyms) for v in lines],
+                pa.bool_())
+            mask = pc.or_(mask, hit)
     return mask.to_pylist()
 
 
@@ -272,7 +276,7 @@ def _parquet_user_columns(path: Path) -> list[str]:
     import pyarrow.parquet as pq
 
     names = pq.read_schema(path).names
-    return [c for c in (*USER_COLUMNS, LINE_COLUMN, "reason") if c in names]
+    return [c for c in (*USER_COLUMNS, *LINE_COLUMNS, "reason") if c in names]
 
 
 @dataclass
@@ -301,7 +305,7 @@ def scan_partition(part: Partition, matcher: UserMatcher) -> PartitionScan:
     for f in _data_files(part.path):
         if _kind(f) == "parquet":
             cols = _parquet_user_columns(f)
-            if not any(c in cols for c in (*USER_COLUMNS, LINE_COLUMN)):
+            if not any(c in cols for c in (*USER_COLUMNS, *LINE_COLUMNS)):
                 continue
             table = pq.read_table(f, columns=cols)
             mask = _parquet_mask(table, matcher, pseudo_lines)
@@ -350,7 +354,7 @@ def rewrite_partition(part: Partition, matcher: UserMatcher) -> int:
         for f in _data_files(part.path):
             if _kind(f) == "parquet":
                 cols = _parquet_user_columns(f)
-                if any(c in cols for c in (*USER_COLUMNS, LINE_COLUMN)):
+                if any(c in cols for c in (*USER_COLUMNS, *LINE_COLUMNS)):
                     table = pq.read_table(f)
                     mask = _parquet_mask(table, matcher, pseudo_lines)
                     n = sum(mask)
