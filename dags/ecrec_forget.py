@@ -32,7 +32,7 @@ import os
 import pendulum
 from airflow.sdk import dag, task
 
-from ecrec_lib.orchestration import WAREHOUSE_POOL, task_retries
+from ecrec_lib.orchestration import WAREHOUSE_POOL, task_retries, task_timeouts
 
 
 def _schedule() -> object:
@@ -57,6 +57,7 @@ def _schedule() -> object:
         "retry_delay": dt.timedelta(minutes=2),
         "retry_exponential_backoff": True,
         "max_retry_delay": dt.timedelta(minutes=30),
+        "execution_timeout": task_timeouts()["light"],
     },
     doc_md=__doc__,
     tags=["ecrec", "privacy"],

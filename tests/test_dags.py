@@ -206,7 +206,9 @@ def test_warehouse_writers_share_one_pool(parsed: dict) -> None:
     assert WAREHOUSE_POOL == "ecrec_warehouse"
     pools = {(dag_id, t): v["pool"] for dag_id, d in parsed["dags"].items()
              for t, v in d["tasks"].items()}
-    writers = {("ecrec_nightly", "publish"), ("ecrec_feedback", "compute_feedback")}
+    # every task that writes the warehouse: publication, feedback tables, retention, erasure
+    writers = {("ecrec_nightly", "publish"), ("ecrec_feedback", "compute_feedback"),
+               ("ecrec_nightly", "housekeeping"), ("ecrec_forget", "forget_users")}
     assert {k for k, pool in pools.items() if pool == WAREHOUSE_POOL} == writers
 
 
@@ -442,12 +444,13 @@ def test_backfill_never_trains_even_when_forced() -> None:
 def test_should_train_job_records_a_backfill(tmp_path: Path, monkeypatch) -> None:
     from jobs import should_train
 
-    monkeypatch.setattr(should_train, "has_champion", lambda cfg: True)
+    monkeypatch.setattr(should_train, "champion_state", lambda cfg: (True, True))
     lake = tmp_path / "lake"
     args = ["--ds", "2024-01-05", "--lake", str(lake), "--force",
             "--fixed-model", "backfill run: scores with the champion, no training, no promotion"]
     assert should_train.main(args) == 0
     decision = json.loads((lake / "ops/training_decision/ds=2024-01-05/decision.json").read_text())
+    # a backfill never trains, not even to replace a champion flagged for erasure
     assert decision["train"] is False and decision["reason"].startswith("backfill run")
 
 
