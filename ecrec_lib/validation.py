@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,12 +39,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_EXAMPLES = 5
-# Columns whose example values never go to the stored pages: the raw id and PII fields
-# (schema.PII_FIELDS), and user_key, which holds whatever a broken upstream wrote into it.
-SENSITIVE_COLUMNS = frozenset({"user_id", "user_key", "ip", "email", "user_agent", "phone",
-                               "name", "address"})
-WITHHELD = "[withheld: personal-data column]"
-
+# Columns whose example values never leave a suite run, in any suite: the raw id and PII
+# fields (schema.PII_FIELDS), and user_key, which holds whatever a broken upstream wrote into it.
+SENSITIVE_COLUMNS = ("user_id", "user_key", "ip", "email", "user_agent", "phone", "name",
+                     "address")
 REDACTED = "<redacted>"
 # the keys of a GX result that hold values of the data (not counts or types)
 SAMPLE_KEYS = ("partial_unexpected_list", "partial_unexpected_counts", "partial_unexpected_index_list",
@@ -291,7 +289,7 @@ def run_suite(df: DataFrame, suite: Any, dataset: str, ds: str | None = None,
         results=[_outcome(r) for r in results],
         gx_result=json.loads(json.dumps(result.to_json_dict(), default=str)),
     )
-    scrub_samples(outcome, redact_columns)
+    scrub_samples(outcome, (*SENSITIVE_COLUMNS, *redact_columns))
     log.info("suite '%s' (ds=%s): %d expectations (%d re-run for details) in %.1f s", dataset, ds,
              len(outcome.results), len(failed), time.perf_counter() - started)
     return outcome
@@ -304,34 +302,6 @@ def _cfg_key(cfg: Any) -> str:
 
 def _gx_column(res: Mapping[str, Any]) -> str | None:
     return ((res.get("expectation_config") or {}).get("kwargs") or {}).get("column")
-
-
-def redacted(outcome: SuiteOutcome) -> SuiteOutcome:
-    """A copy without example values of :data:`SENSITIVE_COLUMNS` (what the stored pages get).
-
-    Counts and percentages stay; the values (``examples``, GX's ``partial_unexpected_*``
-    lists, a listed observed value) are replaced by :data:`WITHHELD`.
-    """
-    results = []
-    for r in outcome.results:
-        if r.column in SENSITIVE_COLUMNS:
-            observed = r.observed if isinstance(r.observed, int | float | bool) else (
-                None if r.observed is None else WITHHELD)
-            r = replace(r, examples=[WITHHELD] if r.examples else [], observed=observed,
-                        details=None)
-        results.append(r)
-    gx_result = copy.deepcopy(outcome.gx_result)
-    for res in gx_result.get("results", []):
-        if _gx_column(res) in SENSITIVE_COLUMNS:
-            body = res.get("result") or {}
-            for key in ("partial_unexpected_list", "partial_unexpected_counts",
-                        "partial_unexpected_index_list", "unexpected_list", "details"):
-                if key in body:
-                    body[key] = [WITHHELD]
-            if "observed_value" in body and not isinstance(body["observed_value"],
-                                                           int | float | bool | None):
-                body["observed_value"] = WITHHELD
-    return SuiteOutcome(outcome.dataset, outcome.ds, results, gx_result)
 
 
 def _observed_text(value: Any) -> str:
@@ -385,13 +355,12 @@ tr.crit,td.crit{background:#fdd}tr.warn,td.warn{background:#ffe9b3}tr.ok,td.ok{b
 
 
 def store_outcome(spark: SparkSession, outcome: SuiteOutcome, out_dir: str) -> None:
-    """Write ``results.json`` and ``index.html`` for one suite run under ``out_dir``
-    (personal-data example values withheld, see :func:`redacted`)."""
+    """Write ``results.json`` and ``index.html`` for one suite run under ``out_dir`` (the
+    outcome's samples were scrubbed by :func:`run_suite`: see :func:`scrub_samples`)."""
     from ecrec_lib.lake_files import write_json, write_text
 
-    safe = redacted(outcome)
-    write_json(spark, f"{out_dir}/results.json", safe.to_dict())
-    write_text(spark, f"{out_dir}/index.html", render_html(safe))
+    write_json(spark, f"{out_dir}/results.json", outcome.to_dict())
+    write_text(spark, f"{out_dir}/index.html", render_html(outcome))
 
 
 # ------------------------------------------------------------------ the index across days

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import html
 import json
 import logging
 from pathlib import Path
@@ -31,7 +32,7 @@ def test_every_suite_builds_with_severities() -> None:
 def test_clean_events_suite_failures_are_readable(spark, tmp_path: Path, caplog) -> None:
     from ecrec_lib.schema import CLEAN_EVENT_COLUMNS
     from ecrec_lib.validation import (
-        WITHHELD,
+        REDACTED,
         DataContractError,
         enforce,
         run_suite,
@@ -74,8 +75,9 @@ def test_clean_events_suite_failures_are_readable(spark, tmp_path: Path, caplog)
         enforce(outcome)
     msg = str(err.value)
     assert "5 critical" in msg and "-5.0" in msg and "e0" in msg
-    # an e-mail where a user_key belongs is shown masked: ops/ and logs never carry it
-    assert "<email>" in msg and "alice@example.com" not in msg
+    # an e-mail where a user_key belongs is redacted like every sample of a personal-data
+    # column: ops/ and logs never carry it
+    assert "user_key" in msg and REDACTED in msg and "alice@example.com" not in msg
     assert "observed=12" in msg and "previous partition (100 rows" in msg
     assert tuple(bad_df.columns) == CLEAN_EVENT_COLUMNS
 
@@ -98,9 +100,10 @@ def test_clean_events_suite_failures_are_readable(spark, tmp_path: Path, caplog)
                            for r in passing)
     assert by_key[("expect_column_values_to_not_be_null", "event_id")]["unexpected_count"] == 0
     assert "<td>12</td>" in page and "<td>0 (0.00%)</td>" in page
-    # A pseudonym column's bad value is an email here: withheld from the page and the JSON.
-    for text in (page, (bad_dir / "results.json").read_text()):
-        assert "alice@example.com" not in text and WITHHELD in text
+    # A pseudonym column's bad value is an email here: redacted from the page and the JSON.
+    for text, redacted in ((page, html.escape(REDACTED)),
+                           ((bad_dir / "results.json").read_text(), REDACTED)):
+        assert "alice@example.com" not in text and redacted in text
     assert "-5.0" in page  # other columns keep their examples
     index = write_index(root).read_text()
     assert index.index(DS) < index.index("2023-12-31")  # newest first
