@@ -93,3 +93,59 @@ def test_cuda_kernel_matches_cpu():
     cpu = topk_inner_product(users, items, 20, device="cpu", threads=1)
     gpu = topk_inner_product(users, items, 20, device="cuda")
     np.testing.assert_array_equal(cpu.indices, gpu.indices)
+
+
+faiss = pytest.importorskip("faiss")
+
+
+@pytest.mark.parametrize("shape", [(64, 3000, 8, 10), (40, 900, 16, 100), (9, 5, 4, 10),
+                                   (300, 2000, 4, 20)])
+def test_faiss_path_matches_kernel_and_reference_with_exclusions_and_ties(shape):
+    from ecrec_lib.scoring.topk_faiss import topk_faiss
+
+    n, m, d, k = shape
+    users, items, rng = _int_data(n, m, d, seed=m + 1)
+    # Histories of very different lengths (one user has seen most of the catalog), repeats
+    # included: the per-width search groups and the wide-exclusion rows are both exercised.
+    exclude = [rng.choice(m, rng.integers(0, 4), replace=True) for _ in range(n)]
+    exclude[0] = rng.choice(m, (3 * m) // 4, replace=False)
+    mask = rng.random(m) > 0.2
+    got = topk_faiss(users, items, k, exclude=exclude, item_mask=mask, threads=2)
+    kern = topk_inner_product(users, items, k, exclude=exclude, item_mask=mask, threads=1)
+    ref = topk_reference(users, items, k, exclude=exclude, item_mask=mask)
+    np.testing.assert_array_equal(got.indices, kern.indices)
+    np.testing.assert_array_equal(got.indices, ref.indices)
+    np.testing.assert_array_equal(got.scores, ref.scores)
+    for u in range(n):
+        assert not set(got.indices[u]) & set(exclude[u])
+    if d <= 8 and m > 4 * k:
+        # Few distinct small-integer scores: some tie groups ran past FAISS's list.
+        assert got.stats["tie_fallback_rows"] > 0
+
+
+def test_faiss_path_same_sets_as_kernel_on_random_floats():
+    from ecrec_lib.scoring.topk_faiss import topk_faiss
+
+    rng = np.random.default_rng(4)
+    users = rng.standard_normal((200, 32)).astype(np.float32)
+    items = rng.standard_normal((20000, 32)).astype(np.float32)
+    exclude = [rng.choice(20000, rng.integers(0, 60), replace=False) for _ in range(200)]
+    got = topk_faiss(users, items, 50, exclude=exclude, threads=2)
+    kern = topk_inner_product(users, items, 50, exclude=exclude, threads=1)
+    np.testing.assert_array_equal(got.indices, kern.indices)
+    np.testing.assert_allclose(got.scores, kern.scores, rtol=1e-5, atol=1e-5)
+    assert got.stats["tie_fallback_rows"] == 0  # no float ties: FAISS's list sufficed
+
+
+def test_topk_exact_chooses_a_path_and_names_bad_methods():
+    from ecrec_lib.scoring.topk_faiss import topk_exact
+
+    users, items, _ = _int_data(5, 300, 8, seed=7)
+    a = topk_exact(users, items, 7, device="cpu")
+    b = topk_exact(users, items, 7, device="cpu", method="kernel", threads=1)
+    assert a.stats["method"] == "faiss"
+    np.testing.assert_array_equal(a.indices, b.indices)
+    with pytest.raises(ValueError, match="method must be"):
+        topk_exact(users, items, 7, method="annoy")
+    with pytest.raises(ValueError, match="same width"):
+        topk_exact(np.zeros((2, 3)), np.zeros((4, 5)), 2)
