@@ -2,10 +2,13 @@
 
 FAISS's brute-force search (blocked sgemm + per-query heaps) is faster than the torch kernel in
 :mod:`ecrec_lib.scoring.topk` on CPU (see BENCHMARKS.md, "Exact top-K vs FAISS; the served
-path"), but it knows nothing of per-user exclusions and breaks score ties arbitrarily. So each
-user is searched for ``k + (its excluded count) + 1`` items (users grouped into power-of-two
-widths, so one heavy history does not widen everybody's heap), its excluded items are dropped,
-and the rest are ordered by score descending, then item index ascending -- the kernel's order.
+path"), but it knows nothing of per-user exclusions and breaks score ties arbitrarily. So every
+user is first searched for ``k + 1 + slack`` items, its excluded items are dropped, and the rest
+are ordered by score descending, then item index ascending -- the kernel's order. FAISS's cost
+grows with the search width (its result heaps, not the GEMM, dominate at d=64), so only the users
+whose first list could not prove their top-k (too many of their excluded items in it, or a tie
+at the k-th place) are searched again, for ``k + (their excluded count) + 1`` items (grouped
+into power-of-two widths, so one heavy history does not widen everybody's search).
 
 Why this is exact: every item FAISS did not return scores at most ``m``, the lowest score it did
 return for that user. When the k-th kept score is strictly above ``m``, no unreturned item can
@@ -50,9 +53,11 @@ def topk_faiss(
     exclude: Sequence[np.ndarray] | None = None,
     item_mask: np.ndarray | None = None,
     threads: int | None = None,
+    slack: int = 16,
 ) -> TopKResult:
     """Exact top-``k`` by inner product through FAISS: the same sets, order and padding as
-    :func:`ecrec_lib.scoring.topk.topk_inner_product` (``exclude``/``item_mask`` as there)."""
+    :func:`ecrec_lib.scoring.topk.topk_inner_product` (``exclude``/``item_mask`` as there).
+    ``slack``: extra places in the first search for excluded items that rank high."""
     import faiss
 
     if k <= 0:
@@ -97,9 +102,20 @@ def topk_faiss(
     index.add(items)
     redo: list[np.ndarray] = []
     searched = 0
+    first = min(n_items, k + 1 + slack)
     try:
-        for w in np.unique(width):
-            rows_w = np.flatnonzero(width == w)
+        again = []
+        for r0 in range(0, n_users, SEARCH_ROWS):
+            rows = np.arange(r0, min(n_users, r0 + SEARCH_ROWS))
+            dist, lab = index.search(users[rows], first)
+            searched += dist.size
+            again.append(_keep(rows, dist, lab, key, n_items, k, out_idx, out_scores))
+        again_rows = np.concatenate(again)
+        wider = width[again_rows] > first  # else the failure was a tie: no width fixes it
+        redo.append(again_rows[~wider])
+        again_rows = again_rows[wider]
+        for w in np.unique(width[again_rows]):
+            rows_w = again_rows[width[again_rows] == w]
             for r0 in range(0, len(rows_w), SEARCH_ROWS):
                 rows = rows_w[r0 : r0 + SEARCH_ROWS]
                 dist, lab = index.search(users[rows], int(w))
@@ -107,6 +123,7 @@ def topk_faiss(
                 redo.append(_keep(rows, dist, lab, key, n_items, k, out_idx, out_scores))
     finally:
         faiss.omp_set_num_threads(saved)
+    stats["second_search_rows"] = int(len(again_rows))
 
     redo_rows = np.concatenate(redo)
     for r in redo_rows:
@@ -126,11 +143,18 @@ def _keep(rows: np.ndarray, dist: np.ndarray, lab: np.ndarray, key: np.ndarray, 
     w = lab.shape[1]
     low = dist[:, -1].copy()  # FAISS lists are sorted: every unreturned item scores <= this
     gone = lab < 0
-    if len(key):
-        gone |= np.isin(rows[:, None] * (n_items + 1) + lab, key)
+    if len(key):  # ``key`` is sorted: a binary search beats np.isin's hashing here
+        cand = rows[:, None] * (n_items + 1) + lab
+        at = np.minimum(np.searchsorted(key, cand), len(key) - 1)
+        gone |= key[at] == cand
     dist = np.where(gone, -np.inf, dist)
     lab = np.where(gone, n_items, lab)  # after every real index in the tie order
-    order = np.lexsort((lab, -dist), axis=1)[:, :k]
+    # FAISS's lists come sorted by score: only rows with equal neighbours need the index order;
+    # the others just move their excluded entries to the end.
+    order = np.argsort(gone, axis=1, kind="stable")[:, :k]
+    tied = (dist[:, 1:] == dist[:, :-1]).any(1) if w > 1 else np.zeros(len(rows), bool)
+    if tied.any():
+        order[tied] = np.lexsort((lab[tied], -dist[tied]), axis=1)[:, :k]
     kd = np.take_along_axis(dist, order, 1)
     kl = np.take_along_axis(lab, order, 1)
     kout = kd.shape[1]
