@@ -141,13 +141,19 @@ def test_faiss_path_same_sets_as_kernel_on_random_floats():
 
 
 def test_topk_exact_chooses_a_path_and_names_bad_methods():
-    from ecrec_lib.scoring.topk_faiss import topk_exact
+    from ecrec_lib.scoring.topk_faiss import choose_method, topk_exact
 
+    assert choose_method("cpu", "fp32", load1=1.5, cores=2) == "faiss"
+    assert choose_method("cpu", "fp32", load1=9.0, cores=2) == "kernel"  # oversubscribed
+    assert choose_method("cuda", "fp32", load1=0.0, cores=2) == "kernel"
+    assert choose_method("cpu", "bf16", load1=0.0, cores=2) == "kernel"
     users, items, _ = _int_data(5, 300, 8, seed=7)
-    a = topk_exact(users, items, 7, device="cpu")
+    a = topk_exact(users, items, 7, device="cpu", method="faiss")
     b = topk_exact(users, items, 7, device="cpu", method="kernel", threads=1)
-    assert a.stats["method"] == "faiss"
+    c = topk_exact(users, items, 7, device="cpu")
+    assert a.stats["method"] == "faiss" and "method" not in b.stats
     np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_array_equal(c.indices, b.indices)
     with pytest.raises(ValueError, match="method must be"):
         topk_exact(users, items, 7, method="annoy")
     with pytest.raises(ValueError, match="same width"):

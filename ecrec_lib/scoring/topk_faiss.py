@@ -28,6 +28,11 @@ from ecrec_lib.scoring.topk import TopKResult, _exclusion_pairs, topk_inner_prod
 
 # Users searched per FAISS call: bounds the (rows x width) distance/label buffers.
 SEARCH_ROWS = 8192
+# ``topk_exact(method="auto")`` takes FAISS while the 1-minute load average per core is at most
+# this: idle, FAISS IndexFlatIP was ~1.8x the kernel; with the cores oversubscribed its OpenMP
+# threads wait on each other and the kernel (one thread per user block, no barriers) won
+# (BENCHMARKS.md, "Exact top-K vs FAISS; the served path").
+FAISS_MAX_LOAD_PER_CORE = 1.0
 
 
 def faiss_available() -> bool:
@@ -180,6 +185,15 @@ def _exact_row(u: np.ndarray, items: np.ndarray, banned: np.ndarray, k: int,
     out_i[n:] = -1
 
 
+def choose_method(device: str, precision: str, load1: float, cores: int) -> str:
+    """The measured rule: ``faiss`` on CPU in fp32 when ``faiss`` imports and the 1-minute
+    load average is at most :data:`FAISS_MAX_LOAD_PER_CORE` per core; else ``kernel`` (CUDA,
+    bf16, or a busy machine, where FAISS's OpenMP threads degrade)."""
+    if device != "cpu" or precision != "fp32" or not faiss_available():
+        return "kernel"
+    return "faiss" if load1 <= FAISS_MAX_LOAD_PER_CORE * cores else "kernel"
+
+
 def topk_exact(
     users: np.ndarray,
     items: np.ndarray,
@@ -194,17 +208,16 @@ def topk_exact(
 ) -> TopKResult:
     """Exact top-``k``: FAISS or the torch kernel, the same result either way.
 
-    ``method="auto"`` takes FAISS when the work runs on CPU in fp32 and ``faiss`` imports,
-    else the kernel (CUDA, bf16). Measured rule, BENCHMARKS.md "Exact top-K vs FAISS; the
-    served path": on this project's CPUs FAISS won at every load level measured.
+    ``method="auto"`` (see :func:`choose_method`) takes FAISS on CPU in fp32 while the machine
+    is not oversubscribed, else the kernel; ``faiss`` or ``kernel`` force one.
     """
     from ecrec_lib.scoring.topk import resolve_device
 
     if method not in {"auto", "faiss", "kernel"}:
         raise ValueError(f"method must be auto, faiss or kernel, got {method!r}")
     if method == "auto":
-        on_cpu = resolve_device(device) == "cpu"
-        method = "faiss" if on_cpu and precision == "fp32" and faiss_available() else "kernel"
+        method = choose_method(resolve_device(device), precision, os.getloadavg()[0],
+                               os.cpu_count() or 1)
     if method == "faiss":
         return topk_faiss(users, items, k, exclude=exclude, item_mask=item_mask,
                           threads=threads)
