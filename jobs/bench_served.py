@@ -91,7 +91,7 @@ def synthetic_recommender(n_items: int, seqs: list[np.ndarray], times: list[np.n
         seqs[:nr], n_items, [brands[b - 1] for b in brand], [categories[c - 1] for c in cat],
         (knn, users, lin), train_times=times[:nr],
         config=RankerConfig(max_rounds=100, early_stopping=20, boosters=1,
-                            min_queries=min(200, nr // 4), threads=1))
+                            min_queries=min(50, nr // 4), threads=1))
     if ranker is None:
         raise RuntimeError(f"the synthetic ranker did not fit ({report.get('skipped')}); use "
                            "more --users")
@@ -208,8 +208,11 @@ def run_served(args: argparse.Namespace) -> int:
     load_start = load_average()
     t = time.perf_counter()
     if args.served == "synthetic":
-        seqs, times = synthetic_sequences(args.users, args.items, args.seed)
+        # Enough training sequences for the neighbourhood parts to cover a large catalog; the
+        # first --users of them are served (as nightly, the served users are training users).
+        seqs, times = synthetic_sequences(max(args.users, args.items // 2), args.items, args.seed)
         rec = synthetic_recommender(args.items, seqs, times, args.seed, dim=args.dim)
+        seqs, times = seqs[: args.users], times[: args.users]
     else:
         from ecrec_lib.models.artifact import load_recommender_dir
 
