@@ -1,5 +1,10 @@
 """Scoring benchmark: the top-K kernel vs numpy, FAISS and Spark ALS on the same embeddings.
 
+    python -m jobs.bench_scoring --users 20000 --items 100000 --dim 64 --k 100 \\
+      --baseline-users 20000 --rounds 5 --threads 2 --history 20 --skip als
+    python -m jobs.bench_scoring --served synthetic --users 100000 --items 100000
+    python -m jobs.bench_scoring --served MODEL_DIR --users 20000
+
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \\
       python -m jobs.bench_scoring --users 100000 --items 100000 --dim 64 --k 100
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \\
@@ -9,7 +14,11 @@
 (OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, set on some machines, slow numpy's BLAS; unset them for
 a fair reference: the report names the BLAS kernel numpy actually ran, from threadpoolctl.)
 Random L2-normalized embeddings. The kernel scores every user (or --sample-users); numpy and
-FAISS score --baseline-users of them (throughput is linear in users); Spark ALS
+FAISS score --baseline-users of them (throughput is linear in users); ``faiss_exact`` is
+:func:`ecrec_lib.scoring.topk_faiss.topk_faiss` (FAISS plus the kernel's exclusions and tie
+order: the production CPU path) and gets the same --history exclusions as the kernel, while bare
+IndexFlatIP gets none. --served times the whole served path instead (jobs/bench_served.py).
+Load averages (``uptime``) before and after are part of the report. Spark ALS
 recommendForAllUsers (rank = dim) runs on --als-users x --als-items. Top-K sets are compared on
 --verify-users users. Prints a Markdown table and writes --out JSON.
 """
@@ -51,16 +60,34 @@ def blas_info() -> list[dict]:
     return [{k: i.get(k) for k in keep} for i in threadpool_info() if i.get("user_api") == "blas"]
 
 
+def random_histories(n_users: int, n_items: int, mean: int, seed: int) -> list[np.ndarray]:
+    """Per-user excluded items: geometric lengths with this mean (a few long histories, as in
+    real logs), at most 20 x mean."""
+    if mean <= 0:
+        return [np.empty(0, np.int64) for _ in range(n_users)]
+    rng = np.random.default_rng(seed)
+    lens = np.minimum(rng.geometric(1.0 / mean, n_users), 20 * mean)
+    flat = rng.integers(0, n_items, int(lens.sum()))
+    return np.split(flat, np.cumsum(lens)[:-1])
+
+
+def load_average() -> list[float]:
+    """1/5/15-minute load averages, as ``uptime`` prints them."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 def set_agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean([set(x) == set(y) for x, y in zip(a, b, strict=True)]))
 
 
-def explain_mismatches(users, items, a, b, k) -> dict:
+def explain_mismatches(users, items, a, b, k, hist=None) -> dict:
     """For rows whose sets differ: the fp64 score gap at the boundary (a float tie if tiny)."""
     rows = [i for i in range(len(a)) if set(a[i]) != set(b[i])]
     gaps = []
     for r in rows:
         s = items.astype(np.float64) @ users[r].astype(np.float64)
+        if hist is not None:
+            s[hist[r]] = -np.inf
         srt = np.sort(s)[::-1]
         gaps.append(float(srt[k - 1] - srt[k]))
     return {"rows": len(rows), "max_boundary_gap_fp64": max(gaps) if gaps else 0.0}
@@ -122,12 +149,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="interleaved rounds of kernel/numpy/FAISS on the same baseline "
                         "users (shared machines: best and median of each are reported)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: cores)")
+    parser.add_argument("--history", type=int, default=20,
+                        help="mean excluded (seen) items per user for the kernel and faiss_exact")
+    parser.add_argument("--served", default=None,
+                        help="time the whole served path instead: a --save-models directory "
+                        "of jobs.benchmark_quality, or 'synthetic'")
+    parser.add_argument("--seed", type=int, default=0, help="synthetic data seed (--served)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     setup_logging()
+    if args.served:
+        from jobs.bench_served import run_served
+
+        return run_served(args)
     import torch
 
     from ecrec_lib.scoring.topk import resolve_device, topk_inner_product, topk_numpy_argpartition
+    from ecrec_lib.scoring.topk_faiss import topk_faiss
 
     threads = args.threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
@@ -139,22 +177,24 @@ def main(argv: list[str] | None = None) -> int:
         "kernel_users": n_score, "threads": threads, "device": device,
         "env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")},
         "numpy_blas": blas_info(), "torch": torch.__version__, "methods": {},
+        "history_mean": args.history, "load_average_start": load_average(),
     }
     t = time.perf_counter()
     users = random_unit(n_score, args.dim, seed=1)
     items = random_unit(args.items, args.dim, seed=2)
     log.info("data ready in %.1fs, peak RSS %.0f MB", time.perf_counter() - t, peak_rss_mb())
     res["data_rss_mb"] = peak_rss_mb()
+    hist = random_histories(n_score, args.items, args.history, seed=3)
     nv = min(args.verify_users, n_score)
     tops = {}
     for prec in filter(None, args.precision.split(",")):
         t = time.perf_counter()
-        r = topk_inner_product(users, items, args.k, device=device, precision=prec,
-                               threads=threads)
+        r = topk_inner_product(users, items, args.k, exclude=hist, device=device,
+                               precision=prec, threads=threads)
         if device == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t
-        tops[prec] = r.indices[:nv]
+        tops[f"kernel_{r.stats['precision']}"] = r.indices[:nv]
         res["methods"][f"kernel_{r.stats['precision']}"] = {
             "users": n_score, "seconds": dt, "users_per_s": n_score / dt,
             "peak_rss_mb": peak_rss_mb(), "stats": r.stats}
@@ -173,6 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     if "faiss" not in skip:
         import faiss
 
+        t = time.perf_counter()
+        r = topk_faiss(users[:nb], items, args.k, exclude=hist[:nb], threads=threads)
+        dt = time.perf_counter() - t
+        res["methods"]["faiss_exact"] = {"users": nb, "seconds": dt, "users_per_s": nb / dt,
+                                         "stats": r.stats}
+        tops["faiss_exact"] = r.indices[:nv]
+        log.info("faiss_exact: %.0f users/s", nb / dt)
         faiss.omp_set_num_threads(threads)
         index = faiss.IndexFlatIP(args.dim)
         index.add(items)
@@ -185,22 +232,30 @@ def main(argv: list[str] | None = None) -> int:
         del index
     if args.rounds > 0:
         res["interleaved"] = interleaved(users[:nb], items, args.k, args.rounds, device, threads,
-                                         skip)
+                                         skip, hist[:nb])
     if "als" not in skip:
         res["methods"]["spark_als_recommendForAllUsers"] = bench_als(
             args.dim, args.k, min(args.als_users, args.users), min(args.als_items, args.items),
             threads)
         res["methods"]["spark_als_recommendForAllUsers"]["note"] = "sampled users x items"
     agree = {}
+    # Only like with like: the kernel and faiss_exact exclude the histories, the bare
+    # baselines do not.
+    excluding = {n for n in tops if n.startswith("kernel") or n == "faiss_exact"}
     names = list(tops)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
+            if (a in excluding) != (b in excluding):
+                continue
             agree[f"{a}~{b}"] = {
                 "set_agreement": set_agreement(tops[a], tops[b]),
-                **explain_mismatches(users[:nv], items, tops[a], tops[b], args.k)}
+                "identical_order": float(np.mean((tops[a] == tops[b]).all(1))),
+                **explain_mismatches(users[:nv], items, tops[a], tops[b], args.k,
+                                     hist[:nv] if a in excluding else None)}
     res["agreement_on_users"] = nv
     res["agreement"] = agree
     res["peak_rss_mb"] = peak_rss_mb()
+    res["load_average_end"] = load_average()
     print(markdown(res))
     if args.out:
         with open(args.out, "w") as fh:
@@ -208,23 +263,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def interleaved(users, items, k, rounds, device, threads, skip) -> dict:
+def interleaved(users, items, k, rounds, device, threads, skip, hist) -> dict:
     """kernel / numpy / FAISS timed back to back on the same users, ``rounds`` times, so a
-    noisy shared machine slows all of them alike."""
+    noisy shared machine slows all of them alike. The kernel and faiss_exact exclude ``hist``."""
     import statistics
 
     from ecrec_lib.scoring.topk import topk_inner_product, topk_numpy_argpartition
+    from ecrec_lib.scoring.topk_faiss import topk_faiss
 
-    fns = {"kernel_fp32": lambda: topk_inner_product(users, items, k, device=device,
-                                                     threads=threads)}
+    fns = {"kernel_fp32": lambda: topk_inner_product(users, items, k, exclude=hist,
+                                                     device=device, threads=threads)}
     if "numpy" not in skip:
         fns["numpy_matmul_argpartition"] = lambda: topk_numpy_argpartition(users, items, k)
     if "faiss" not in skip:
         import faiss
 
+        faiss.omp_set_num_threads(threads)
         index = faiss.IndexFlatIP(items.shape[1])
         index.add(items)
         fns["faiss_IndexFlatIP"] = lambda: index.search(users, k)
+        fns["faiss_exact"] = lambda: topk_faiss(users, items, k, exclude=hist, threads=threads)
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
@@ -234,12 +292,16 @@ def interleaved(users, items, k, rounds, device, threads, skip) -> dict:
     n = len(users)
     out = {name: {"users": n, "best_users_per_s": n / min(ts),
                   "median_users_per_s": n / statistics.median(ts)} for name, ts in times.items()}
-    kern = out["kernel_fp32"]
-    for name in out:
-        if name != "kernel_fp32":
-            kern[f"speedup_vs_{name}_best"] = kern["best_users_per_s"] / out[name]["best_users_per_s"]
-            kern[f"speedup_vs_{name}_median"] = (kern["median_users_per_s"]
-                                                 / out[name]["median_users_per_s"])
+    for mine in ("kernel_fp32", "faiss_exact"):
+        if mine not in out:
+            continue
+        kern = out[mine]
+        for name in out:
+            if name not in {"kernel_fp32", "faiss_exact"}:
+                kern[f"speedup_vs_{name}_best"] = (kern["best_users_per_s"]
+                                                   / out[name]["best_users_per_s"])
+                kern[f"speedup_vs_{name}_median"] = (kern["median_users_per_s"]
+                                                     / out[name]["median_users_per_s"])
     return out
 
 
@@ -274,7 +336,9 @@ def markdown(res: dict) -> str:
         f"{res['kernel_users']:,} users; peak RSS {res['peak_rss_mb']:.0f} MB "
         f"(data alone {res['data_rss_mb']:.0f} MB). numpy BLAS: "
         + ", ".join(f"{b['internal_api']} {b['architecture']} x{b['num_threads']}"
-                    for b in res["numpy_blas"]),
+                    for b in res["numpy_blas"])
+        + f". Mean excluded items per user (kernel, faiss_exact): {res['history_mean']}. "
+        f"Load average at start {res['load_average_start']}, at end {res['load_average_end']}.",
         "",
         "| method | users timed | seconds | users/s |",
         "|---|---:|---:|---:|",
@@ -290,12 +354,15 @@ def markdown(res: dict) -> str:
         for name, m in rounds.items():
             lines.append(f"| {name} | {m['users']:,} | {m['best_users_per_s']:,.0f} | "
                          f"{m['median_users_per_s']:,.0f} |")
-        sp = {k: v for k, v in rounds["kernel_fp32"].items() if k.startswith("speedup")}
-        lines.append("")
-        lines.append("Kernel speed-ups: " + ", ".join(f"{k[11:]} {v:.2f}x" for k, v in sp.items()))
+        for mine in ("kernel_fp32", "faiss_exact"):
+            if mine in rounds:
+                sp = {k: v for k, v in rounds[mine].items() if k.startswith("speedup")}
+                lines += ["", f"{mine} speed-ups: "
+                          + ", ".join(f"{k[11:]} {v:.2f}x" for k, v in sp.items())]
     lines += ["", f"Top-K set agreement on {res['agreement_on_users']} users:"]
     for pair, a in res["agreement"].items():
-        lines.append(f"- {pair}: {a['set_agreement']:.4f} ({a['rows']} differing rows, largest "
+        lines.append(f"- {pair}: sets {a['set_agreement']:.4f}, order "
+                     f"{a['identical_order']:.4f} ({a['rows']} differing rows, largest "
                      f"fp64 boundary gap {a['max_boundary_gap_fp64']:.2e})")
     return "\n".join(lines)
 

@@ -113,13 +113,13 @@ def search_free_text(
 ) -> pd.DataFrame:
     """Encode the query with the model and search the in-stock catalog snapshot of ds."""
     from ecrec_lib.scoring.pipeline import build_item_space, read_partition
-    from ecrec_lib.scoring.topk import topk_inner_product
+    from ecrec_lib.scoring.topk_faiss import topk_exact
 
     catalog = read_partition(Lake(cfg.lake_root).clean("catalog", ds), True, "clean/catalog",
                     "the catalog snapshot of the published ds is needed for free-text search")
     items = build_item_space(model, catalog, None)
     qv = model.encode_queries([query])
-    top = topk_inner_product(qv, items.emb, k, item_mask=items.in_stock, device="cpu")
+    top = topk_exact(qv, items.emb, k, item_mask=items.in_stock, device="cpu")
     ok = top.indices[0] >= 0
     return pd.DataFrame({"ds": ds, "rank": range(1, int(ok.sum()) + 1),
                          "item_id": items.item_ids[top.indices[0][ok]],

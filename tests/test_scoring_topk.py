@@ -93,3 +93,68 @@ def test_cuda_kernel_matches_cpu():
     cpu = topk_inner_product(users, items, 20, device="cpu", threads=1)
     gpu = topk_inner_product(users, items, 20, device="cuda")
     np.testing.assert_array_equal(cpu.indices, gpu.indices)
+
+
+faiss = pytest.importorskip("faiss")
+
+
+@pytest.mark.parametrize("shape", [(64, 3000, 8, 10), (40, 900, 16, 100), (9, 5, 4, 10),
+                                   (300, 2000, 4, 20)])
+@pytest.mark.parametrize("slack", [0, 16])
+def test_faiss_path_matches_kernel_and_reference_with_exclusions_and_ties(shape, slack):
+    from ecrec_lib.scoring.topk_faiss import topk_faiss
+
+    n, m, d, k = shape
+    users, items, rng = _int_data(n, m, d, seed=m + 1)
+    # Histories of very different lengths (one user has seen most of the catalog), repeats
+    # included: the per-width search groups and the wide-exclusion rows are both exercised.
+    exclude = [rng.choice(m, rng.integers(0, 4), replace=True) for _ in range(n)]
+    exclude[0] = rng.choice(m, (3 * m) // 4, replace=False)
+    mask = rng.random(m) > 0.2
+    got = topk_faiss(users, items, k, exclude=exclude, item_mask=mask, threads=2, slack=slack)
+    kern = topk_inner_product(users, items, k, exclude=exclude, item_mask=mask, threads=1)
+    ref = topk_reference(users, items, k, exclude=exclude, item_mask=mask)
+    np.testing.assert_array_equal(got.indices, kern.indices)
+    np.testing.assert_array_equal(got.indices, ref.indices)
+    np.testing.assert_array_equal(got.scores, ref.scores)
+    for u in range(n):
+        assert not set(got.indices[u]) & set(exclude[u])
+    if slack == 0 and d <= 8 and m > 4 * k:
+        # Few distinct small-integer scores: some tie groups ran past FAISS's first list, and
+        # the heavy history pushed user 0 into a second, wider search.
+        assert got.stats["tie_fallback_rows"] > 0
+        assert got.stats["second_search_rows"] > 0
+
+
+def test_faiss_path_same_sets_as_kernel_on_random_floats():
+    from ecrec_lib.scoring.topk_faiss import topk_faiss
+
+    rng = np.random.default_rng(4)
+    users = rng.standard_normal((200, 32)).astype(np.float32)
+    items = rng.standard_normal((20000, 32)).astype(np.float32)
+    exclude = [rng.choice(20000, rng.integers(0, 60), replace=False) for _ in range(200)]
+    got = topk_faiss(users, items, 50, exclude=exclude, threads=2)
+    kern = topk_inner_product(users, items, 50, exclude=exclude, threads=1)
+    np.testing.assert_array_equal(got.indices, kern.indices)
+    np.testing.assert_allclose(got.scores, kern.scores, rtol=1e-5, atol=1e-5)
+    assert got.stats["tie_fallback_rows"] == 0  # no float ties: FAISS's list sufficed
+
+
+def test_topk_exact_chooses_a_path_and_names_bad_methods():
+    from ecrec_lib.scoring.topk_faiss import choose_method, topk_exact
+
+    assert choose_method("cpu", "fp32", load1=1.5, cores=2) == "faiss"
+    assert choose_method("cpu", "fp32", load1=9.0, cores=2) == "kernel"  # oversubscribed
+    assert choose_method("cuda", "fp32", load1=0.0, cores=2) == "kernel"
+    assert choose_method("cpu", "bf16", load1=0.0, cores=2) == "kernel"
+    users, items, _ = _int_data(5, 300, 8, seed=7)
+    a = topk_exact(users, items, 7, device="cpu", method="faiss")
+    b = topk_exact(users, items, 7, device="cpu", method="kernel", threads=1)
+    c = topk_exact(users, items, 7, device="cpu")
+    assert a.stats["method"] == "faiss" and "method" not in b.stats
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_array_equal(c.indices, b.indices)
+    with pytest.raises(ValueError, match="method must be"):
+        topk_exact(users, items, 7, method="annoy")
+    with pytest.raises(ValueError, match="same width"):
+        topk_exact(np.zeros((2, 3)), np.zeros((4, 5)), 2)

@@ -223,11 +223,16 @@ class TwoTowerRecommender(VectorRecommender):
         self.model.eval()
         table = self.item_table()
         L = self.mcfg.max_seq_len
+        # Batches of similar lengths, each padded only to its longest history: right padding
+        # changes no output (the causal tower never attends forward) but costs attention and
+        # MLP time on every row, and most histories are far shorter than max_seq_len.
+        order = np.argsort([min(len(h), L) for h in histories], kind="stable")
         out = []
         for start in range(0, len(histories), batch_size):
-            chunk = range(start, min(start + batch_size, len(histories)))
-            seq = np.zeros((len(chunk), L), dtype=np.int64)
-            typ = np.zeros((len(chunk), L), dtype=np.int64)
+            chunk = order[start : start + batch_size]
+            width = max(1, min(L, max(len(histories[u]) for u in chunk)))
+            seq = np.zeros((len(chunk), width), dtype=np.int64)
+            typ = np.zeros((len(chunk), width), dtype=np.int64)
             lengths = np.zeros(len(chunk), dtype=np.int64)
             for r, u in enumerate(chunk):
                 h = np.asarray(histories[u], dtype=np.int64)[-L:]
@@ -248,7 +253,9 @@ class TwoTowerRecommender(VectorRecommender):
             out.append(v)
         if not out:
             return torch.zeros(0, self.mcfg.dim)
-        return torch.cat(out)
+        vecs = torch.empty(len(histories), out[0].shape[1], dtype=out[0].dtype, device=out[0].device)
+        vecs[torch.as_tensor(order, device=vecs.device)] = torch.cat(out)
+        return vecs
 
     @torch.no_grad()
     def score_histories(

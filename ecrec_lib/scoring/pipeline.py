@@ -26,7 +26,7 @@ from ecrec_lib.privacy.queries import hold_back_reason
 from ecrec_lib.schema import ITEM_RELATED_COLUMNS, QUERY_TOPK_COLUMNS, USER_TOPK_COLUMNS
 from ecrec_lib.scoring import cold_start
 from ecrec_lib.scoring.rerank import BlendWeights, blend_and_cap, normalized_popularity, reasons
-from ecrec_lib.scoring.topk import topk_inner_product
+from ecrec_lib.scoring.topk_faiss import topk_exact
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +285,7 @@ def item_related(
     COOCCURRENCE_WEIGHT x (co-occurrence count / the item's max count) on the candidate pool."""
     n = len(items.item_ids)
     pool = POOL_FACTOR * params.n_related
-    top = topk_inner_product(
+    top = topk_exact(
         items.emb, items.emb, pool, exclude=[np.array([i]) for i in range(n)],
         item_mask=items.in_stock, device=params.device, precision=params.precision,
     )
@@ -347,7 +347,7 @@ def query_topk(
     if not queries:
         return _empty(QUERY_TOPK_COLUMNS)
     qv = np.asarray(model.encode_queries(queries), dtype=np.float32)
-    top = topk_inner_product(
+    top = topk_exact(
         qv, items.emb, params.k, item_mask=items.in_stock, device=params.device,
         precision=params.precision,
     )
