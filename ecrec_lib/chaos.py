@@ -531,7 +531,10 @@ class Harness:
         tag = f"trial{i:03d}"
         if self.work.exists():
             shutil.rmtree(self.work)
-        shutil.copytree(self.snapshot_dir(ds, job), self.work, symlinks=True)
+        # a swap window opens only when a partition is replaced: start from the state after
+        # the job's reference run (a re-run of a finished night, as a retry or a backfill)
+        start = CHAIN[CHAIN.index(job) + 1] if mode == "swap" else job
+        shutil.copytree(self.snapshot_dir(ds, start), self.work, symlinks=True)
         days = self.cfg.days[: self.cfg.days.index(ds) + 1]
         failures: list[str] = []
         with Reader(self.lake, self.warehouse, days) as reader:
@@ -607,12 +610,17 @@ class Harness:
             time.sleep(0.05)
         return False
 
-    def run(self) -> dict[str, Any]:
-        """Reference, then every trial; the report (see :func:`summarize`)."""
+    def run(self, on_trial: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Reference, then every trial; the report (see :func:`summarize`). ``on_trial`` gets
+        the report so far after each trial (a long run keeps a readable partial report)."""
         t0 = time.monotonic()
         self.build_reference()
         reference_s = time.monotonic() - t0
-        results = [self.run_trial(i) for i in range(self.cfg.trials)]
+        results: list[TrialResult] = []
+        for i in range(self.cfg.trials):
+            results.append(self.run_trial(i))
+            if on_trial is not None:
+                on_trial(summarize(self.cfg, results, reference_s, self.model_version))
         return summarize(self.cfg, results, reference_s, self.model_version)
 
 
@@ -621,6 +629,7 @@ def summarize(cfg: ChaosConfig, results: Sequence[TrialResult], reference_s: flo
     """The JSON report: totals first, then one entry per trial."""
     return {
         "trials": len(results),
+        "trials_planned": cfg.trials,
         "faults_injected": sum(r.fault_landed for r in results),
         "recovered": sum(r.recovered for r in results),
         "rows_lost": sum(r.rows_lost for r in results),

@@ -34,6 +34,13 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(n.strip() for n in text.split(",") if n.strip())
 
 
+def _write(out: Path, report: dict) -> None:
+    """Write the report atomically (rewritten after every trial)."""
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lake", required=True,
@@ -57,13 +64,13 @@ def main(argv: list[str] | None = None) -> int:
                           seed=args.seed, start=args.start, users=args.users, items=args.items,
                           modes=args.modes, jobs=args.jobs)
         log.info("config: %s", cfg)
-        report = Harness(cfg).run()
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        report = Harness(cfg).run(on_trial=lambda partial: _write(out, partial))
     except ChaosError as exc:
         log.error("%s", exc)
         return 2
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+    _write(out, report)
     totals = {k: report[k] for k in ("trials", "faults_injected", "recovered", "rows_lost",
                                       "half_published_seen", "stray_processes")}
     log.info("chaos report %s: %s", out, totals)
