@@ -17,7 +17,13 @@ generated lake, every job a real ``python -m jobs.<name>`` process in its own pr
      test hook :data:`ecrec_lib.partitions.FAULT_PAUSE_SWAP_ENV` holds that window open and
      announces it);
    * ``second_writer``: start a second copy of J while the first holds its partition locks
-     (expected: the second is refused, the first finishes).
+     (the hook holds the first inside its first swap meanwhile; expected: the second is
+     refused, exit 5, and the first finishes). A second writer that only ran after the first
+     had finished is no fault and is reported as not landed.
+
+   ``swap`` and ``second_writer`` trials of a lake job start from the state *after* its
+   reference run (a swap window opens only when a partition is replaced: a retry or a backfill
+   of a finished night); ``kill`` trials start from the state before it.
 
    Then re-run the night from J on (as an Airflow retry would: the failed task, then its
    downstream tasks) and compare the fingerprints of nights 1..n with the reference.
@@ -57,7 +63,7 @@ from typing import Any
 
 from ecrec_lib.lake import parse_ds
 from ecrec_lib.orchestration import PARENT_PID_ENV, REPO_ROOT, job_command, job_env
-from ecrec_lib.partitions import FAULT_PAUSE_SWAP_ENV, FAULT_SWAP_MARKER, LOCK_PREFIX
+from ecrec_lib.partitions import FAULT_PAUSE_SWAP_ENV, FAULT_SWAP_MARKER
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +78,8 @@ DATA_STAGES = ("clean", "quarantine", "features", "scores")
 EXIT_LOCKED = 5
 # How long the swap hook holds the window open: long enough to land a kill on a loaded box.
 SWAP_PAUSE_S = 30.0
+# How long a first writer holds its locks (paused in its first swap) for a second writer.
+SECOND_WRITER_HOLD_S = 45.0
 JOB_TIMEOUT_S = 900.0
 
 
@@ -533,7 +541,7 @@ class Harness:
             shutil.rmtree(self.work)
         # a swap window opens only when a partition is replaced: start from the state after
         # the job's reference run (a re-run of a finished night, as a retry or a backfill)
-        start = CHAIN[CHAIN.index(job) + 1] if mode == "swap" else job
+        start = CHAIN[CHAIN.index(job) + 1] if job in SWAPPING_JOBS and mode != "kill" else job
         shutil.copytree(self.snapshot_dir(ds, start), self.work, symlinks=True)
         days = self.cfg.days[: self.cfg.days.index(ds) + 1]
         failures: list[str] = []
@@ -556,7 +564,8 @@ class Harness:
         )
         self.progress(f"trial {i}: {mode} {job} ds={ds} landed={landed} -> recovered="
                       f"{result.recovered} lost={lost} half={len(reader.seen)} strays="
-                      f"{len(strays)} ({result.seconds} s) {detail}")
+                      f"{len(strays)} ({result.seconds} s) {detail}"
+                      + "".join(f"\n  {line}" for line in result.failures + result.differ))
         return result
 
     def _inject(self, job: str, ds: str, mode: str, token: str, tag: str, reader: Reader,
@@ -565,17 +574,24 @@ class Harness:
         must be re-run)."""
         publishing = reader.publishing() if job == "publish_scores" else contextlib.nullcontext()
         if mode == "second_writer":
+            # the first writer pauses inside its first swap, locks held, so the second (which
+            # needs seconds to start) surely meets it there
+            hold = {FAULT_PAUSE_SWAP_ENV: str(SECOND_WRITER_HOLD_S)} if job in SWAPPING_JOBS \
+                else {}
             with publishing:
-                first = self._start(job, ds, token, f"{tag}-first")
-                held = self._wait_for_lock(first, ds)
+                first = self._start(job, ds, token, f"{tag}-first", **hold)
+                self._wait_for_lock(first, ds)
                 second = self._start(job, ds, token, f"{tag}-second")
                 rc2 = second.wait()
+                overlapped = first.running()  # the first still ran when the second ended
                 rc1 = first.wait()
-            if rc2 == 0:
+            if rc2 == 0 and overlapped:
                 failures.append(f"second writer of {job} succeeded beside the first")
             if rc1 != 0:
                 failures.append(f"first writer of {job} exited {rc1} (second exited {rc2})")
-            return held, f"first exited {rc1}, second exited {rc2}", rc1 != 0
+            detail = f"first exited {rc1}, second exited {rc2}" + (
+                "" if overlapped else " (the first had finished: no overlap, no fault)")
+            return overlapped, detail, rc1 != 0
         extra = {FAULT_PAUSE_SWAP_ENV: str(SWAP_PAUSE_S)} if mode == "swap" else {}
         with publishing:
             p = self._start(job, ds, token, f"{tag}-fault", **extra)
@@ -598,17 +614,14 @@ class Harness:
                     if landed else f"the job finished before the kill at {delay:.1f} s"
         return landed, detail, True
 
-    def _wait_for_lock(self, first: JobProcess, ds: str) -> bool:
-        """Until the first writer holds a partition lock of ds (lock files are created and
-        removed by their holder), or a random moment for the warehouse publisher."""
+    def _wait_for_lock(self, first: JobProcess, ds: str) -> None:
+        """Until the first writer is paused in a swap, its locks held (or it ended); for the
+        warehouse publisher, which neither locks nor swaps lake partitions, a random moment."""
         if first.job == "publish_scores":
             time.sleep(self.rng.uniform(0.2, 0.9) * self.durations[(ds, first.job)])
-            return first.running()
-        while first.running():
-            if any(self.lake.glob(f"*/*/{LOCK_PREFIX}ds={ds}")):
-                return True
-            time.sleep(0.05)
-        return False
+            return
+        while first.running() and not first.swap_window.wait(0.05):
+            pass
 
     def run(self, on_trial: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Reference, then every trial; the report (see :func:`summarize`). ``on_trial`` gets

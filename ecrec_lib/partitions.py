@@ -228,10 +228,12 @@ def _siblings(final: Path, prefix: str) -> list[Path]:
 
 
 def fault_pause_between_renames(final: str | Path) -> None:
-    """Test hook: sleep ``ECREC_FAULT_PAUSE_SWAP_S`` seconds between the two renames of a swap
-    (unset or 0: return at once). Prints :data:`FAULT_SWAP_MARKER` first, so the chaos harness
-    can SIGKILL the writer while the partition is swapped out; never set in production."""
-    raw = os.environ.get(FAULT_PAUSE_SWAP_ENV, "").strip()
+    """Test hook: sleep ``ECREC_FAULT_PAUSE_SWAP_S`` seconds between the two renames of the
+    first swap of this process (unset or 0: return at once). Prints :data:`FAULT_SWAP_MARKER`
+    first, so the chaos harness can SIGKILL the writer while the partition is swapped out, or
+    start a second writer while this one surely holds its locks; never set in production."""
+    # popped: one pause per process, however many partitions it swaps
+    raw = os.environ.pop(FAULT_PAUSE_SWAP_ENV, "").strip()
     if not raw:
         return
     try:
