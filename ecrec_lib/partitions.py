@@ -33,6 +33,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import tempfile
 import time
 import uuid
@@ -50,6 +51,10 @@ TMP_PREFIX = ".tmp-"
 RUN_MARKER = "_run.json"
 LOCK_DIR_ENV = "ECREC_LOCK_DIR"
 RUN_ID_ENV = "ECREC_RUN_ID"
+# Test hook of the fault-injection harness (jobs.chaos): seconds to sleep between the two
+# renames of a swap, announced on stderr, so a kill can land in that window on purpose.
+FAULT_PAUSE_SWAP_ENV = "ECREC_FAULT_PAUSE_SWAP_S"
+FAULT_SWAP_MARKER = "ECREC_FAULT swap window open:"
 # Airflow's context variables, when present, say which task instance holds a lock.
 _AIRFLOW_CTX = ("AIRFLOW_CTX_DAG_ID", "AIRFLOW_CTX_TASK_ID", "AIRFLOW_CTX_DAG_RUN_ID",
                 "AIRFLOW_CTX_TRY_NUMBER")
@@ -222,6 +227,25 @@ def _siblings(final: Path, prefix: str) -> list[Path]:
                   if p.name.startswith(prefix) and p.name.endswith(tail))
 
 
+def fault_pause_between_renames(final: str | Path) -> None:
+    """Test hook: sleep ``ECREC_FAULT_PAUSE_SWAP_S`` seconds between the two renames of the
+    first swap of this process (unset or 0: return at once). Prints :data:`FAULT_SWAP_MARKER`
+    first, so the chaos harness can SIGKILL the writer while the partition is swapped out, or
+    start a second writer while this one surely holds its locks; never set in production."""
+    # popped: one pause per process, however many partitions it swaps
+    raw = os.environ.pop(FAULT_PAUSE_SWAP_ENV, "").strip()
+    if not raw:
+        return
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ValueError(f"{FAULT_PAUSE_SWAP_ENV} must be a number of seconds, got {raw!r}") from None
+    if seconds <= 0:
+        return
+    print(f"{FAULT_SWAP_MARKER} {final}", file=sys.stderr, flush=True)
+    time.sleep(seconds)
+
+
 def swap_in(staged: str | Path, final: str | Path, run_id: str) -> None:
     """Move the staged directory into place: ``final -> .old-<run id>-<name>``,
     ``staged -> final``, old removed. A kill anywhere leaves a state
@@ -233,6 +257,7 @@ def swap_in(staged: str | Path, final: str | Path, run_id: str) -> None:
         shutil.rmtree(old)
     if final.exists():
         os.rename(final, old)
+        fault_pause_between_renames(final)
     os.rename(staged, final)
     if old.exists():
         shutil.rmtree(old)
@@ -329,6 +354,7 @@ __all__ = [
     "PartitionLocked",
     "RecoveryError",
     "check_run_id",
+    "fault_pause_between_renames",
     "lock_file",
     "new_run_id",
     "partition_lock",
