@@ -601,3 +601,23 @@ def test_erase_from_postgres_warehouse(postgres_url: str) -> None:
     finally:
         with connect(postgres_url, schema) as wh:
             wh.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def test_a_rewritten_raw_day_still_reads_as_landed(tiny_lake: dict) -> None:
+    """The producer's landing manifest lists file sizes: erasure rewrites it with the new ones,
+    or the sensor would wait for a landing that never ends (and the night be skipped)."""
+    from ecrec_lib.landing import landing_status
+    from ecrec_lib.privacy.forget import forget_users
+
+    lake, cfg = tiny_lake["lake"], tiny_lake["cfg"]
+    raw = lake / f"raw/events/ds={DS}"
+    part = raw / "part-00000.json.gz"
+    (raw / "_SUCCESS").write_text(json.dumps({"files": {part.name: part.stat().st_size},
+                                              "lines": len(RAW_LINES)}))
+    assert landing_status(str(raw)).ready
+    forget_users(cfg, _request(), KEY)
+    status = landing_status(str(raw))
+    assert status.ready, status
+    manifest = json.loads((raw / "_SUCCESS").read_text())
+    assert manifest["files"] == {part.name: part.stat().st_size}
+    assert manifest["lines"] == 1  # U2's one line is all that is left

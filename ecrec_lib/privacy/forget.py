@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 from ecrec_lib.config import EcrecConfig
 from ecrec_lib.lake import Lake, ds_range, is_local, parse_ds, replace_local_dir
+from ecrec_lib.landing import LANDING_MARKER
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -375,12 +376,33 @@ def rewrite_partition(part: Partition, matcher: UserMatcher) -> int:
         for f in sorted(part.path.iterdir()):
             if not f.is_file() or f.name in rewritten:
                 continue
+            if f.name == LANDING_MARKER and rewritten:
+                continue  # rewritten below: its manifest lists the old sizes
             if f.name.startswith(".") and f.name.endswith(".crc") and f.name[1:-4] in rewritten:
                 continue  # the checksum of a file that changed
             _link_or_copy(f, tmp / f.name)
+        marker = part.path / LANDING_MARKER
+        if rewritten and marker.is_file():
+            _refresh_landing_manifest(marker.read_text(), tmp)
 
     replace_local_dir(part.path, write)
     return removed
+
+
+def _refresh_landing_manifest(old: str, folder: Path) -> None:
+    """``_SUCCESS`` for a rewritten raw day: an empty marker stays empty; a landing manifest
+    (docs/data_contracts.md, "Landing") lists the new sizes and line count, so the day still
+    reads as landed (a stale size would make the sensor wait for a landing that never ends)."""
+    out = folder / LANDING_MARKER
+    if not old.strip():
+        out.write_text("")
+        return
+    manifest = json.loads(old)
+    files = {name: (folder / name).stat().st_size for name in manifest.get("files", {})}
+    manifest["files"] = files
+    if "lines" in manifest:
+        manifest["lines"] = sum(sum(1 for ln in _read_lines(folder / n) if ln) for n in files)
+    out.write_text(json.dumps(manifest, indent=1))
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
