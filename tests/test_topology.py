@@ -119,8 +119,9 @@ def test_two_nights_on_the_process_topology(topo) -> None:  # noqa: ANN001 - a T
     # Spark: the Spark jobs ran on the standalone master, through spark-submit.
     master = _json(f"{topo.spark_ui_url}/json/")
     apps = [a["name"] for a in master.get("completedapps", []) + master.get("activeapps", [])]
-    for job in ("ecrec-clean_events", "ecrec-build_features"):
-        assert apps.count(job) >= len(NIGHTS), f"{job} missing from the master's apps: {apps}"
+    for job in ("clean_events", "build_features"):  # each job names its app <job>-<ds>
+        for ds in NIGHTS:
+            assert f"{job}-{ds}" in apps, f"{job} of {ds} missing from the master's apps: {apps}"
 
     # MLflow: the registry lives on the server; a champion is aliased.
     from ecrec_lib.config import load_config
