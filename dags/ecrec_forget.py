@@ -27,22 +27,19 @@ partition while it is being erased (`ECREC_FORGET_SCHEDULE` overrides the cron; 
 from __future__ import annotations
 
 import datetime as dt
-import os
 
 import pendulum
 from airflow.sdk import dag, task
 
-from ecrec_lib.orchestration import WAREHOUSE_POOL, task_retries, task_timeouts
+from ecrec_lib.orchestration import WAREHOUSE_POOL, dag_timetable, task_retries, task_timeouts
 
 
 def _schedule() -> object:
-    from airflow.timetables.interval import CronDataIntervalTimetable
-
-    off = {"none", "off", "manual", ""}
-    cron = os.environ.get("ECREC_FORGET_SCHEDULE", "0 12 * * *").strip()
-    if cron.lower() in off or os.environ.get("ECREC_DAG_SCHEDULE", "-").strip().lower() in off:
+    """Daily at 12:00 UTC (``ECREC_FORGET_SCHEDULE`` overrides); off with the other DAGs when
+    ``ECREC_DAG_SCHEDULE`` says ``none``."""
+    if dag_timetable() is None:
         return None
-    return CronDataIntervalTimetable(cron, timezone="UTC")
+    return dag_timetable(cron_env="ECREC_FORGET_SCHEDULE", default_cron="0 12 * * *")
 
 
 @dag(

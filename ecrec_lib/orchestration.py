@@ -434,7 +434,8 @@ def task_retries(env: Mapping[str, str] | None = None) -> int:
     return value
 
 
-def dag_timetable(env: Mapping[str, str] | None = None) -> Any:
+def dag_timetable(env: Mapping[str, str] | None = None, *, cron_env: str = "ECREC_DAG_SCHEDULE",
+                  default_cron: str = "0 0 * * *") -> Any:
     """The DAGs' schedule: a daily interval [D, D+1) UTC, so the run for ds=D starts once D is over.
 
     ``ECREC_DAG_SCHEDULE`` overrides the cron; ``none`` keeps a DAG manual-only (triggered runs
@@ -443,7 +444,7 @@ def dag_timetable(env: Mapping[str, str] | None = None) -> Any:
     from airflow.timetables.interval import CronDataIntervalTimetable
 
     env = os.environ if env is None else env
-    cron = env.get("ECREC_DAG_SCHEDULE", "0 0 * * *").strip()
+    cron = env.get(cron_env, default_cron).strip()
     if cron.lower() in {"none", "off", "manual", ""}:
         return None
     return CronDataIntervalTimetable(cron, timezone="UTC")
