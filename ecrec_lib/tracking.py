@@ -56,8 +56,8 @@ def configure_mlflow(tracking_uri: str, experiment: str, artifact_root: str = ""
 
     _ensure_sqlite_dir(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
-    if registry_uri:
-        mlflow.set_registry_uri(registry_uri)
+    # Always set: an MLFLOW_REGISTRY_URI inherited from the parent process would otherwise win.
+    mlflow.set_registry_uri(registry_uri or tracking_uri)
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
         location = artifact_location(artifact_root, experiment) if artifact_root else None

@@ -316,7 +316,7 @@ def log_report_run(cfg: EcrecConfig, ds: str, files: list[Path]) -> str:
     from ecrec_lib.reporting import REPORT_EXPERIMENT_DESCRIPTION, REPORT_EXPERIMENT_SUFFIX
 
     check_reachable(cfg.mlflow_tracking_uri)
-    client = MlflowClient(tracking_uri=cfg.mlflow_tracking_uri)
+    client = MlflowClient(tracking_uri=cfg.mlflow_tracking_uri, registry_uri=cfg.registry_uri)
     exp_id = ensure_experiment(client, cfg, cfg.mlflow_experiment + REPORT_EXPERIMENT_SUFFIX,
                                REPORT_EXPERIMENT_DESCRIPTION)
     found = client.search_runs([exp_id], f"tags.ds = '{ds}'", max_results=1)

@@ -29,6 +29,26 @@ def under_ci() -> bool:
     return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_uris_per_test():
+    """Jobs run in-process set MLflow's process-wide URIs and the MLFLOW_*_URI variables that
+    subprocesses inherit: without this reset a later test (or its Airflow run) would read and
+    write an earlier test's registry."""
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = {k: os.environ.get(k) for k in keys}
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory: pytest.TempPathFactory):
     """One local[2] SparkSession for the whole run (JVM start costs ~8 s)."""

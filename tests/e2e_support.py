@@ -16,7 +16,7 @@ TEST_PSEUDO_KEY = "test-pseudonymization-key-0123456789"
 def pipeline_env(root: Path, **extra: str) -> dict[str, str]:
     """Environment of a whole platform under ``root``: lake, warehouse, MLflow, AIRFLOW_HOME."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AIRFLOW", "ECREC_", "PYTEST"))}
+           if not k.startswith(("AIRFLOW", "ECREC_", "PYTEST", "MLFLOW_TRACKING", "MLFLOW_REGISTRY"))}
     (root / "mlruns").mkdir(parents=True, exist_ok=True)
     env.update(
         PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
