@@ -355,3 +355,46 @@ def test_bad_bytes_are_quarantined_with_a_reason_never_coerced(spark, lake_dir: 
     raw_q = {r["reason"]: r for r in read(spark, lake_dir / "quarantine_raw/events" / f"ds={DS}")}
     assert raw_q[S.REASON_INVALID_UTF8]["raw_line"] == utf8  # the exact bytes, not a decoding
     assert len(raw_q[S.REASON_TOO_LONG]["raw_line"]) > 200_000
+
+
+def test_erasure_counts_a_users_lines_as_clean_does(spark, lake_dir: Path) -> None:
+    """An erasure request balances a user's raw lines against clean + quarantined rows +
+    duplicates per day; it must attribute and dedupe lines exactly as clean does. The lines
+    where the two could part: a line cut inside the user id (its fragment "u1" is another
+    user's whole id: it names no user), a line cut after the id (still that user's), a
+    wrong-typed and an over-long copy of an event id (quarantined, not duplicates), a real
+    duplicate, and an id padded with whitespace."""
+    from ecrec_lib.pipeline.clean import run_clean
+    from ecrec_lib.privacy.forget import (
+        ForgetRequest,
+        UserMatcher,
+        check_balance,
+        lake_partitions,
+        scan_partition,
+    )
+
+    write_raw(lake_dir, "catalog", DS, default_catalog())
+    cut_in_id = json.dumps(event("t2", user="u12"))
+    cut_in_id = cut_in_id[: cut_in_id.index('"u12"') + 3]  # ... "user_id": "u1
+    lines: list[Any] = [
+        event("t1", user="u12"), cut_in_id, json.dumps(event("t3", user="u12"))[:120],
+        event("t1", "search", item_id=None, query="a" * 2_000, user="u12"),
+        event("t4", user="u1"), event("t4", user="u1", query={"text": "x"}),
+        event("t6", user="u1"), event("t6", user="u1"), event("t7", user=" u3 "),
+    ]
+    write_raw(lake_dir, "events", DS, lines)
+    run_clean(spark, cfg_for(lake_dir, min_clean_fraction=0.2), DS, key=KEY)
+
+    quarantine = read(spark, lake_dir / "quarantine/events" / f"ds={DS}")
+    fragment = next(r for r in quarantine if '"user_id":"<user_id>' in r["masked_line"])
+    assert fragment["user_key"] is None and fragment["reason"] == S.REASON_MALFORMED
+    assert user_key_py(KEY, "u1") not in fragment["masked_line"]
+    expected = {"u12": (3, 1, 2, 0), "u1": (4, 2, 1, 1), "u3": (1, 1, 0, 0)}
+    for user, (raw_n, clean_n, quarantined, dups) in expected.items():
+        matcher = UserMatcher(ForgetRequest.build([user], KEY), KEY)
+        scans = {f"{p.zone}/{p.dataset}": scan_partition(p, matcher)
+                 for p in lake_partitions(lake_dir) if p.dataset == "events"}
+        got = (scans["raw/events"].rows, scans["clean/events"].rows,
+               scans["quarantine/events"].rows, scans["raw/events"].duplicate_lines)
+        assert got == (raw_n, clean_n, quarantined, dups), user
+        assert check_balance(scans.values(), [DS]) == [], user

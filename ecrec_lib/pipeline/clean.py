@@ -61,7 +61,12 @@ from ecrec_lib.config import EcrecConfig, resolve_pseudonymization_key
 from ecrec_lib.contracts import MAX_FIELD_CHARS, MAX_LINE_BYTES
 from ecrec_lib.lake import Lake, parse_ds
 from ecrec_lib.pipeline import io
-from ecrec_lib.pipeline.normalize import clean_text, normalize_queries, parse_utc_timestamp
+from ecrec_lib.pipeline.normalize import (
+    clean_text,
+    clean_text_py,
+    normalize_queries,
+    parse_utc_timestamp,
+)
 from ecrec_lib.pipeline.pseudonymize import BROADCAST_MAX_IDS, add_user_key, key_ids
 from ecrec_lib.privacy.masking import mask_line_col, mask_text_col, mask_text_py
 
@@ -122,6 +127,30 @@ def wrong_type_pattern(fields: dict[str, str]) -> str:
         if names:
             parts.append(f'(?<!\\\\)"(?:{"|".join(names)})"{_JSON_WS}:{_JSON_WS}(?:{start})')
     return "|".join(parts)
+
+
+def dedupe_event_id_py(line: bytes) -> str | None:
+    """Reference twin of the events dedupe key: the normalized ``event_id`` of a line that takes
+    part in the dedupe, or None. Like :func:`classify_events`, a line that fails a line check
+    (:data:`LINE_RULES`) or does not parse as a JSON object never does: it is quarantined."""
+    import json
+    import re
+
+    if len(line) > MAX_LINE_BYTES["events"]:
+        return None
+    try:
+        text = line.decode("utf-8")
+        obj = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict) or re.search(wrong_type_pattern(S.RAW_EVENT_FIELDS), text):
+        return None
+    limits = MAX_FIELD_CHARS["events"]
+    if any(isinstance(obj.get(n), str) and len(obj[n]) > limits[n]
+           for n in S.RAW_EVENT_FIELDS if n in limits):
+        return None
+    eid = obj.get("event_id")
+    return clean_text_py(eid) if isinstance(eid, str) else None
 
 
 def _line_problem(fields: dict[str, str], kind: str) -> Column:
@@ -340,7 +369,9 @@ def catalog_outputs(classified: DataFrame) -> tuple[DataFrame, DataFrame, DataFr
 
 NORM_PREFIX = "_n_"  # normalized copies of raw event fields, beside the raw ones
 # unrolled and possessive, like the masking patterns: linear, no stack growth on long lines
-USER_IN_LINE = '(?<!\\\\)"user_id"[ \\t\\r\\n]*:[ \\t\\r\\n]*"([^"\\\\]*+(?:\\\\.[^"\\\\]*+)*+)'
+# The closing quote is required: a line cut inside the id holds a fragment of it, which may
+# be another user's whole id (u12 -> u1); such a line names no user.
+USER_IN_LINE = '(?<!\\\\)"user_id"[ \\t\\r\\n]*:[ \\t\\r\\n]*"([^"\\\\]*+(?:\\\\.[^"\\\\]*+)*+)"'
 
 
 def _normalized_event_fields() -> dict[str, Column]:

@@ -29,6 +29,17 @@ def normalize_query_py(text: str | None) -> str | None:
     return out or None
 
 
+_JAVA_WS = re.compile("[ \t\n\x0b\f\r]+")
+
+
+def clean_text_py(text: str | None) -> str | None:
+    """Reference twin of :func:`clean_text`: Java's whitespace runs -> one space, spaces
+    trimmed; blank -> None."""
+    if text is None:
+        return None
+    return _JAVA_WS.sub(" ", text).strip(" ") or None
+
+
 def clean_text(col: Column | str) -> Column:
     """Trim and collapse internal whitespace; blank strings become null."""
     from pyspark.sql import functions as F

@@ -55,6 +55,8 @@ from typing import TYPE_CHECKING, Any
 from ecrec_lib.config import EcrecConfig
 from ecrec_lib.lake import Lake, ds_range, is_local, parse_ds, replace_local_dir
 from ecrec_lib.landing import LANDING_MARKER
+from ecrec_lib.pipeline.clean import dedupe_event_id_py
+from ecrec_lib.pipeline.normalize import clean_text_py
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -177,10 +179,14 @@ def line_user_id(line: bytes) -> bytes | None:
     value = m.group(1)
     if b"\\" in value:  # JSON escapes: decode them as the clean stage's parser does
         try:
-            return json.loads(b'"' + value + b'"').encode("utf-8")
+            value = json.loads(b'"' + value + b'"').encode("utf-8")
         except ValueError:
             return value
-    return value
+    try:  # whitespace normalized as clean's user id is (a line that is not UTF-8 stays as it is)
+        text = clean_text_py(value.decode("utf-8"))
+    except UnicodeDecodeError:
+        return value
+    return text.encode("utf-8") if text is not None else None
 
 
 # ----------------------------------------------------------------------------- partitions
@@ -319,22 +325,12 @@ def scan_partition(part: Partition, matcher: UserMatcher) -> PartitionScan:
             if line and matcher.line_matches(line, pseudo_lines):
                 scan.rows += 1
                 if part.zone == "raw" and part.dataset == "events":
-                    eid = _event_id(line)
+                    eid = dedupe_event_id_py(line)
                     if eid is not None:
                         event_ids[eid] += 1
     scan.by_reason = {str(k): v for k, v in reasons.items()}
     scan.duplicate_lines = sum(n - 1 for n in event_ids.values())
     return scan
-
-
-def _event_id(line: bytes) -> str | None:
-    """The trimmed event_id of a parsable line: the clean stage dedupes those lines by it."""
-    try:
-        obj = json.loads(line)
-    except ValueError:
-        return None
-    eid = obj.get("event_id") if isinstance(obj, dict) else None
-    return eid.strip() or None if isinstance(eid, str) else None
 
 
 def rewrite_partition(part: Partition, matcher: UserMatcher) -> int:
