@@ -15,6 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ecrec_lib.landing import LANDING_MARKER, manifest_text
+
+PLANTED_USER = "PLANTED-USER-7f3a9"
+PLANTED_EMAIL = "planted.person@example.org"
+PLANTED_PHONE = "+44 20 7946 0958"
+PLANTED_IP = "203.0.113.77"
+PLANTED = (PLANTED_USER, PLANTED_EMAIL, PLANTED_PHONE, PLANTED_IP)
+
 
 @dataclass(frozen=True)
 class Hit:
@@ -114,3 +122,38 @@ def hits_outside(hits: list[Hit], allowed_top: tuple[str, ...]) -> list[Hit]:
 
 def format_hits(hits: list[Hit]) -> str:
     return json.dumps([h.__dict__ for h in hits], indent=1)
+
+
+def plant_raw_pii(lake: Path, ds: str) -> None:
+    """Add a part file of lines carrying :data:`PLANTED` beside the generated ones of raw
+    events day ``ds`` (a landing manifest, when the day has one, is rewritten to list it)."""
+    day = lake / "raw" / "events" / f"ds={ds}"
+    first = json.loads(gzip.decompress(sorted(day.glob("*.json.gz"))[0].read_bytes()).splitlines()[0])
+    base = {k: first[k] for k in ("item_id", "session_id", "device", "country")}
+    base["item_id"] = base["item_id"] or next(
+        json.loads(x)["item_id"] for x in gzip.decompress(
+            sorted((lake / "raw" / "catalog" / f"ds={ds}").glob("*.json.gz"))[0].read_bytes()
+        ).splitlines()
+    )
+
+    def ev(eid: str, minute: int, **kw: object) -> dict:
+        return {"event_id": eid, "event_time": f"{ds}T12:{minute:02d}:00+00:00", "user_id": PLANTED_USER,
+                "event_type": "view", "query": None, "position": 1, "price": 5.0, "quantity": None,
+                "ip": PLANTED_IP, "email": PLANTED_EMAIL, **base, **kw}
+
+    lines = [
+        # clean; phone is an unknown field, and so is a key that is itself an address
+        json.dumps(ev("planted-1", 1, phone=PLANTED_PHONE, **{PLANTED_EMAIL: 1})),
+        json.dumps(ev("planted-2", 2, event_type="search", item_id=None,
+                      query=f"call {PLANTED_PHONE} or mail {PLANTED_EMAIL} from {PLANTED_IP}")),
+        json.dumps(ev("planted-3", 3, price=-1.0)),  # quarantined: negative_price
+        json.dumps(ev("planted-4", 4, position="first", phone=PLANTED_PHONE)),  # wrong_type: line kept
+        json.dumps(ev("planted-5", 5, phone=PLANTED_PHONE))[:-40],  # truncated: malformed_json
+    ]
+    (day / "part-planted.json.gz").write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    marker = day / LANDING_MARKER
+    if marker.exists():
+        files = {p.name: p.stat().st_size for p in day.glob("*.json.gz")}
+        total = sum(len([ln for ln in gzip.decompress(p.read_bytes()).splitlines() if ln.strip()])
+                    for p in day.glob("*.json.gz"))
+        marker.write_text(manifest_text(files, total))

@@ -19,11 +19,24 @@ import pytest
 
 from ecrec_lib.landing import manifest_text
 from tests.e2e_support import airflow_migrate, dags_test, generate, pipeline_env, tail
+from tests.privacy_support import PLANTED, format_hits, plant_raw_pii, scan_tree
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 D1, D2, D3 = "2024-03-01", "2024-03-02", "2024-03-03"
 SCORE_TABLES = ("user_topk", "item_related", "query_topk", "trending")
+# A credential in a URL-shaped setting: Redis accepts any password for its default user when
+# none is configured (ACL "nopass"), so the night really runs with it.
+PLANTED_SECRET = "Planted-Redis-Secret-5b1e"
+
+
+def _with_password(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if "@" in parts.netloc:  # the test Redis has its own credentials: keep them
+        return url
+    return urlunsplit(parts._replace(netloc=f"default:{PLANTED_SECRET}@{parts.netloc}"))
 
 
 def _warehouse_counts(env: dict[str, str]) -> dict[tuple[str, str], int]:
@@ -41,8 +54,9 @@ def _warehouse_counts(env: dict[str, str]) -> dict[tuple[str, str], int]:
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[dict]:
     root = tmp_path_factory.mktemp("e2e")
-    env = pipeline_env(root, ECREC_ONLINE_REDIS_URL=redis_url)
+    env = pipeline_env(root, ECREC_ONLINE_REDIS_URL=_with_password(redis_url))
     generate(env, D1, days=3, users=300, items=100)
+    plant_raw_pii(Path(env["ECREC_LAKE_ROOT"]), D1)  # raw id, e-mail, phone, IP in day 1
     airflow_migrate(env)
     runs: dict[str, tuple[bool, str]] = {}
     runs["d1"] = dags_test(env, "ecrec_nightly", D1)
@@ -87,6 +101,23 @@ def test_day1_trains_registers_promotes_and_publishes(platform: dict) -> None:
     assert "| warehouse user_topk |" in report
     # The report is printed into the task log too.
     assert f"ecrec daily report — {D1}" in platform["runs"]["d1"][1]
+
+
+def test_personal_data_and_secrets_stay_inside_their_boundary(platform: dict) -> None:
+    """After the nights, the raw id, e-mail, phone and IP planted in day 1 and the Redis password
+    appear nowhere but raw/ and quarantine_raw/: not in the rest of the lake, the MLflow store
+    and its artifacts, the warehouse, Airflow's files, or any task's log."""
+    root = platform["root"]
+    needles = [*PLANTED, PLANTED_SECRET]
+    restricted = ("lake/raw/", "lake/quarantine_raw/")
+    hits = scan_tree(root, needles)
+    leaks = [h for h in hits if not h.path.startswith(restricted)]
+    assert leaks == [], "personal data or the secret outside the restricted zones:\n" + format_hits(leaks)
+    # the scan would have found them: every planted value is in the restricted zone
+    assert {h.needle for h in hits if h.path.startswith("lake/quarantine_raw/")} == set(PLANTED)
+    for name, (_, log) in platform["runs"].items():  # task logs: dags test prints them
+        found = [n for n in needles if n.lower() in log.lower()]
+        assert found == [], f"{name}'s task logs hold {found}"
 
 
 def test_day2_keeps_champion_and_publishes(platform: dict) -> None:

@@ -14,15 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.privacy_support import format_hits, hits_outside, scan_tree
+from tests.privacy_support import PLANTED, format_hits, hits_outside, plant_raw_pii, scan_tree
 
 DS = "2024-03-01"
 KEY = b"boundary-test-key-0123456789"
-PLANTED_USER = "PLANTED-USER-7f3a9"
-PLANTED_EMAIL = "planted.person@example.org"
-PLANTED_PHONE = "+44 20 7946 0958"
-PLANTED_IP = "203.0.113.77"
-PLANTED = (PLANTED_USER, PLANTED_EMAIL, PLANTED_PHONE, PLANTED_IP)
 RESTRICTED = ("raw", "quarantine_raw")
 
 
@@ -53,34 +48,6 @@ def test_scanner_reads_values_not_compressed_bytes(tmp_path: Path) -> None:
     ]
 
 
-def _plant(lake: Path, ds: str) -> None:
-    """Add a part file of planted lines beside the generated ones."""
-    day = lake / "raw" / "events" / f"ds={ds}"
-    first = json.loads(gzip.decompress(sorted(day.glob("*.json.gz"))[0].read_bytes()).splitlines()[0])
-    base = {k: first[k] for k in ("item_id", "session_id", "device", "country")}
-    base["item_id"] = base["item_id"] or next(
-        json.loads(x)["item_id"] for x in gzip.decompress(
-            sorted((lake / "raw" / "catalog" / f"ds={ds}").glob("*.json.gz"))[0].read_bytes()
-        ).splitlines()
-    )
-
-    def ev(eid: str, minute: int, **kw: object) -> dict:
-        return {"event_id": eid, "event_time": f"{ds}T12:{minute:02d}:00+00:00", "user_id": PLANTED_USER,
-                "event_type": "view", "query": None, "position": 1, "price": 5.0, "quantity": None,
-                "ip": PLANTED_IP, "email": PLANTED_EMAIL, **base, **kw}
-
-    lines = [
-        # clean; phone is an unknown field, and so is a key that is itself an address
-        json.dumps(ev("planted-1", 1, phone=PLANTED_PHONE, **{PLANTED_EMAIL: 1})),
-        json.dumps(ev("planted-2", 2, event_type="search", item_id=None,
-                      query=f"call {PLANTED_PHONE} or mail {PLANTED_EMAIL} from {PLANTED_IP}")),
-        json.dumps(ev("planted-3", 3, price=-1.0)),  # quarantined: negative_price
-        json.dumps(ev("planted-4", 4, position="first", phone=PLANTED_PHONE)),  # wrong_type: line kept
-        json.dumps(ev("planted-5", 5, phone=PLANTED_PHONE))[:-40],  # truncated: malformed_json
-    ]
-    (day / "part-planted.json.gz").write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
-
-
 @pytest.mark.spark
 @pytest.mark.slow
 def test_no_raw_id_or_pii_outside_the_restricted_zones(spark, tmp_path: Path) -> None:
@@ -91,7 +58,7 @@ def test_no_raw_id_or_pii_outside_the_restricted_zones(spark, tmp_path: Path) ->
 
     lake = tmp_path / "lake"
     generate(str(lake), DS, days=1, users=80, items=60, seed=5, dirty_rate=0.02)
-    _plant(lake, DS)
+    plant_raw_pii(lake, DS)
     # a tiny day: the generator's bot traffic (at least 150 events) outweighs the clean rows
     cfg = load_config(env={}, lake_root=str(lake), spark_shuffle_partitions=2, min_clean_fraction=0.2)
     result = run_clean(spark, cfg, DS, key=KEY)

@@ -174,6 +174,51 @@ def test_failure_inside_the_transaction_rolls_back(cfg):
     pd.testing.assert_frame_equal(_relation(cfg, "published_nights", "ds"), nights_before)
 
 
+def test_staging_left_by_a_killed_publisher_is_dropped_by_the_next(cfg):
+    """A publisher killed after loading staging leaves its tables behind; the next publish, the
+    only writer under the schema's writer lock, drops them and publishes."""
+    assert publish_scores.main(_args(cfg, DS)) == 0
+    with connect(cfg.warehouse_url, cfg.warehouse_schema) as wh:
+        for table in ("user_topk", "items"):
+            wh.execute(f"CREATE TABLE {wh.fq(table + '__staging_killed0run')} AS "
+                       f"SELECT * FROM {wh.fq(table)}")
+        wh.execute(f"CREATE TABLE {wh.fq('my_staging_notes')} (x INTEGER)")  # not ours: kept
+    assert publish_scores.main(_args(cfg, DS2)) == 0
+    with connect(cfg.warehouse_url, cfg.warehouse_schema) as wh:
+        left = wh.query("SELECT table_name FROM information_schema.tables WHERE table_schema = %s "
+                        "AND table_name LIKE %s", [cfg.warehouse_schema, "%staging%"])
+        assert sorted(left["table_name"]) == ["my_staging_notes"]
+        assert partitions(wh, "user_topk") == [DS, DS2]
+
+
+@pytest.mark.postgres
+def test_postgres_publishers_of_one_schema_take_turns(scored_lake, postgres_url):
+    """A second publisher of the schema waits on the advisory lock while the first holds it."""
+    import threading
+
+    schema = f"ecrec_test_{uuid.uuid4().hex[:10]}"
+    tables = {t: read_table(t, Lake(str(scored_lake)), DS) for t in TABLE_COLUMNS}
+    done = threading.Event()
+
+    def second() -> None:
+        with connect(postgres_url, schema) as wh2:
+            publish(wh2, tables, DS, retention_days=14)
+        done.set()
+
+    try:
+        with connect(postgres_url, schema) as wh, wh.writer_lock():
+            worker = threading.Thread(target=second)
+            worker.start()
+            assert not done.wait(2.0), "the second publisher did not wait for the lock"
+        worker.join(60)
+        assert done.is_set()
+        with connect(postgres_url, schema) as wh:
+            assert partitions(wh, "user_topk") == [DS]
+    finally:
+        with connect(postgres_url, schema) as wh:
+            wh.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
 def test_items_dimension_named_views_and_published_nights(cfg):
     assert publish_scores.main(_args(cfg, DS)) == 0
     items = _relation(cfg, "items", "item_id")

@@ -174,6 +174,13 @@ class Warehouse(ABC):
     @abstractmethod
     def column_comments(self, table: str) -> dict[str, str | None]: ...
 
+    @contextlib.contextmanager
+    def writer_lock(self) -> Iterator[None]:
+        """Held by a publisher for its whole publish: no other publisher of this schema runs
+        meanwhile, so what staging tables it finds were left by a killed one. DuckDB: the
+        file's write lock already is that (one read-write process per file)."""
+        yield
+
     def refresh_read_copy(self) -> Path | None:
         """After a committed write: refresh the copy BI tools read (DuckDB); returns its path.
 
@@ -318,6 +325,18 @@ class PostgresWarehouse(Warehouse):
     def transaction(self) -> Iterator[None]:
         with self.con.transaction():
             yield
+
+    @contextlib.contextmanager
+    def writer_lock(self) -> Iterator[None]:
+        """A session advisory lock per schema: a second publisher waits for the first; the lock
+        goes with the connection, so a killed publisher never leaves it held."""
+        key = f"ecrec-publish:{self.schema}"
+        self.con.execute("SELECT pg_advisory_lock(hashtext(%s))", [key])
+        try:
+            yield
+        finally:
+            if not self.con.closed:
+                self.con.execute("SELECT pg_advisory_unlock(hashtext(%s))", [key])
 
     def insert_dataframe(self, table: str, df: pd.DataFrame) -> None:
         cols = ", ".join(ident(c) for c in df.columns)

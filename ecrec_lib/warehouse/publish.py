@@ -3,9 +3,9 @@
 1. ``ensure_schema``: schema, main tables, ``<table>_latest`` and ``<table>_named`` views, the
    ``items`` dimension and ``published_nights`` (:mod:`ecrec_lib.warehouse.dimensions`),
    COMMENT ON everything.
-2. Load every table (and the night's catalog items) into ``<table>__staging_<run id>`` (unique
-   per publisher, so two publishers of one schema never load into or drop each other's
-   staging) and check it there (row count, ds, key columns).
+2. Under the schema's writer lock (a PostgreSQL advisory lock; DuckDB's file lock), drop the
+   staging tables a killed publisher left, load every table (and the night's catalog items)
+   into ``<table>__staging_<run id>`` and check it there (row count, ds, key columns).
 3. ONE transaction for all tables: delete the ds partition from the main table, insert from
    staging, delete partitions older than the retention, merge the items, record the night in
    ``published_nights``. Readers see the whole night or none of it (PostgreSQL MVCC; DuckDB's
@@ -148,6 +148,20 @@ def _check_staging(wh: Warehouse, table: str, staging: str, expected_rows: int, 
     return problems
 
 
+def drop_leftover_staging(wh: Warehouse) -> list[str]:
+    """Drop the staging tables a killed publisher left (call under :meth:`Warehouse.writer_lock`:
+    then no live publisher owns any); returns their names."""
+    names = wh.query(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = %s "
+        "AND table_name LIKE %s", [wh.schema, "%staging%"])["table_name"].tolist()
+    names = [n for n in names if f"{STAGING_SUFFIX}_" in n]  # LIKE's "_" matches any letter
+    for name in names:
+        wh.execute(f"DROP TABLE IF EXISTS {wh.fq(name)}")
+    if names:
+        log.warning("dropped %d staging table(s) a killed publish left: %s", len(names), names)
+    return names
+
+
 def publish(
     wh: Warehouse,
     tables: Mapping[str, pd.DataFrame],
@@ -167,7 +181,16 @@ def publish(
     unknown = set(tables) - set(TABLE_COLUMNS)
     if unknown:
         raise PublishError(f"unknown score tables {sorted(unknown)}")
-    ensure_schema(wh)
+    with wh.writer_lock():
+        ensure_schema(wh)
+        drop_leftover_staging(wh)
+        rows = _publish_locked(wh, tables, ds, retention_days, items, run_id)
+    log.info("published ds=%s to %s schema %s: %s", ds, wh.kind, wh.schema, rows)
+    return rows
+
+
+def _publish_locked(wh: Warehouse, tables: Mapping[str, pd.DataFrame], ds: str,
+                    retention_days: int, items: pd.DataFrame | None, run_id: str) -> dict[str, int]:
     staged: dict[str, str] = {}
     try:
         problems: list[str] = []
@@ -202,7 +225,6 @@ def publish(
     finally:
         for staging in staged.values():
             wh.execute(f"DROP TABLE IF EXISTS {wh.fq(staging)}")
-    log.info("published ds=%s to %s schema %s: %s", ds, wh.kind, wh.schema, rows)
     return rows
 
 
