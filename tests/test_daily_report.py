@@ -115,7 +115,7 @@ def test_html_report_has_every_plot_embedded_and_is_logged_to_mlflow(night):
     index = Path(Lake(night.lake_root).dataset("ops", "validation")) / "index.html"
     assert f"ds={DAYS[1]}/clean_events/index.html" in index.read_text()
 
-    client = MlflowClient(tracking_uri=night.mlflow_tracking_uri)
+    client = MlflowClient(tracking_uri=night.mlflow_tracking_uri, registry_uri=night.mlflow_tracking_uri)
     exp = client.get_experiment_by_name(night.mlflow_experiment + "-reports")
     assert exp.tags.get("mlflow.note.content")
     (run,) = client.search_runs([exp.experiment_id])

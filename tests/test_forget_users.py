@@ -118,7 +118,8 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> dict:
     first, third = _raw_users(lake, D1), _raw_users(lake, D3)
     raw_ids = [u for u, _ in (first + third).most_common() if u in first and u in third][:2]
     keys = [_pseudonym(u) for u in raw_ids]
-    client = MlflowClient(tracking_uri=env["ECREC_MLFLOW_TRACKING_URI"])
+    uri = env["ECREC_MLFLOW_TRACKING_URI"]
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     old_champion = client.get_model_version_by_alias(MODEL, "champion")
     before = {"leaks": _leaks(lake, raw_ids, keys), "warehouse": _warehouse_rows(env, keys)}
 
@@ -210,8 +211,10 @@ def test_next_night_retrains_and_replaces_flagged_champion(platform: dict) -> No
 
     summary = json.loads((lake / f"ops/training/ds={D4}/summary.json").read_text())
     assert summary["run_id"] == new.run_id
-    local = Path(mlflow.artifacts.download_artifacts(
-        artifact_uri=new.source, tracking_uri=platform["env"]["ECREC_MLFLOW_TRACKING_URI"]))
+    uri = platform["env"]["ECREC_MLFLOW_TRACKING_URI"]
+    mlflow.set_tracking_uri(uri)  # a models:/ source resolves through the process-wide URIs
+    mlflow.set_registry_uri(uri)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=new.source))
     users = list(local.rglob("blend_users.npz"))
     for f in users:
         assert sp.load_npz(f).shape[0] == summary["data"]["n_users"]

@@ -89,7 +89,8 @@ def test_day1_trains_registers_promotes_and_publishes(platform: dict) -> None:
 
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=platform["env"]["ECREC_MLFLOW_TRACKING_URI"])
+    uri = platform["env"]["ECREC_MLFLOW_TRACKING_URI"]
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     champion = client.get_model_version_by_alias("ecrec-two-tower", "champion")
     assert champion.run_id == summary["run_id"]
 
