@@ -219,7 +219,32 @@ def topk_exact(
         method = choose_method(resolve_device(device), precision, os.getloadavg()[0],
                                os.cpu_count() or 1)
     if method == "faiss":
-        return topk_faiss(users, items, k, exclude=exclude, item_mask=item_mask,
-                          threads=threads)
-    return topk_inner_product(users, items, k, exclude=exclude, item_mask=item_mask,
-                              device=device, precision=precision, threads=threads)
+        result = topk_faiss(users, items, k, exclude=exclude, item_mask=item_mask,
+                            threads=threads)
+    else:
+        result = topk_inner_product(users, items, k, exclude=exclude, item_mask=item_mask,
+                                    device=device, precision=precision, threads=threads)
+    if precision != "fp32":
+        return result
+    return canonical_scores(users, items, result)
+
+
+def canonical_scores(users: np.ndarray, items: np.ndarray, result: TopKResult) -> TopKResult:
+    """The chosen items rescored by one fixed summation and re-sorted (score desc, index asc).
+
+    FAISS's blocked sgemm and the kernel's matmul round differently in the last bits, and which
+    of them runs depends on the machine's load: without this, the same model and inputs could
+    publish scores that differ between a night and its re-run."""
+    idx = result.indices
+    ok = idx >= 0
+    u = np.ascontiguousarray(users, dtype=np.float32)
+    v = np.ascontiguousarray(items, dtype=np.float32)
+    scores = np.full(idx.shape, -np.inf, dtype=np.float32)
+    for r0 in range(0, len(idx), SEARCH_ROWS):  # bounds the (rows, k, d) gather
+        rows = slice(r0, r0 + SEARCH_ROWS)
+        part = np.einsum("rd,rkd->rk", u[rows], v[np.maximum(idx[rows], 0)], optimize=False)
+        scores[rows] = np.where(ok[rows], part, -np.inf)
+    order = np.lexsort((np.where(ok, idx, np.iinfo(np.int64).max), -scores.astype(np.float64)),
+                       axis=1)
+    return TopKResult(np.take_along_axis(idx, order, 1), np.take_along_axis(scores, order, 1),
+                      result.stats)
