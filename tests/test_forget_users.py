@@ -1,11 +1,11 @@
-"""End to end: forget two users after three nights, then the next night retrains without them.
+"""End to end: forget two users after two nights, then the next night retrains without them.
 
-Three `airflow dags test ecrec_nightly` nights on tiny generated data (the first trains and
-promotes, the next two keep the champion), then a request file with two raw user ids is
-dropped in `requests/forget/` and `ecrec_forget` runs. Checked: no row of theirs (raw id or
+Two `airflow dags test ecrec_nightly` nights on tiny generated data (the first trains and
+promotes, the second keeps the champion), then a request file with two raw user ids active on
+both days is dropped in `requests/forget/` and `ecrec_forget` runs. Checked: no row of theirs (raw id or
 pseudonym) in any live lake zone or warehouse table, the reconciliation still balances
 against the rewritten partitions, the champion is flagged, the audit record holds no raw id;
-then night 4 retrains (the flagged champion forces it), the gate replaces the champion, and
+then night 3 retrains (the flagged champion forces it), the gate replaces the champion, and
 the new champion was trained on data without them.
 """
 
@@ -29,7 +29,7 @@ from tests.e2e_support import (
     tail,
 )
 
-D1, D2, D3, D4 = "2024-05-01", "2024-05-02", "2024-05-03", "2024-05-04"
+D1, D2, D3 = "2024-05-01", "2024-05-02", "2024-05-03"
 MODEL = "ecrec-two-tower"
 NIGHT_S = 2400  # one nightly run; a shared CI box can be slow
 # Lake folders that may name the users by design: the generator's truth sidecar (tests only),
@@ -105,18 +105,17 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("forget-e2e")
     env = pipeline_env(root)
     lake = Path(env["ECREC_LAKE_ROOT"])
-    generate(env, D1, days=4, users=300, items=100)
+    generate(env, D1, days=3, users=300, items=100)
     airflow_migrate(env)
     ok, out = dags_test(env, "ecrec_nightly", D1, timeout=NIGHT_S)
     assert ok, "nightly day 1 failed:\n" + tail(out)
     keep = dict(env, ECREC_MIN_NEW_EVENTS_TO_TRAIN="100000000")
-    for ds in (D2, D3):
-        ok, out = dags_test(keep, "ecrec_nightly", ds, timeout=NIGHT_S)
-        assert ok, f"nightly {ds} failed:\n" + tail(out)
+    ok, out = dags_test(keep, "ecrec_nightly", D2, timeout=NIGHT_S)
+    assert ok, f"nightly {D2} failed:\n" + tail(out)
 
-    # Two users active on days 1 and 3 (inside the champion's training window and scored).
-    first, third = _raw_users(lake, D1), _raw_users(lake, D3)
-    raw_ids = [u for u, _ in (first + third).most_common() if u in first and u in third][:2]
+    # Two users active on days 1 and 2 (inside the champion's training window and scored).
+    first, second = _raw_users(lake, D1), _raw_users(lake, D2)
+    raw_ids = [u for u, _ in (first + second).most_common() if u in first and u in second][:2]
     keys = [_pseudonym(u) for u in raw_ids]
     uri = env["ECREC_MLFLOW_TRACKING_URI"]
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -126,12 +125,12 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> dict:
     request = lake / "requests/forget/two_users.txt"
     request.parent.mkdir(parents=True)
     request.write_text("\n".join(raw_ids) + "\n")
-    ok, forget_out = dags_test(env, "ecrec_forget", D3)
+    ok, forget_out = dags_test(env, "ecrec_forget", D2)
     assert ok, "ecrec_forget failed:\n" + tail(forget_out)
     after_forget = {"leaks": _leaks(lake, raw_ids, keys), "warehouse": _warehouse_rows(env, keys)}
 
-    ok, out4 = dags_test(keep, "ecrec_nightly", D4, timeout=NIGHT_S)
-    assert ok, "nightly day 4 failed:\n" + tail(out4)
+    ok, out3 = dags_test(keep, "ecrec_nightly", D3, timeout=NIGHT_S)
+    assert ok, "nightly day 3 failed:\n" + tail(out3)
     return {"env": env, "lake": lake, "raw_ids": raw_ids, "keys": keys, "client": client,
             "old_champion": old_champion, "before": before, "after_forget": after_forget,
             "forget_out": forget_out}
@@ -148,7 +147,7 @@ def test_no_row_of_theirs_remains(platform: dict) -> None:
     assert before["warehouse"]["user_topk"] > 0
     assert after["leaks"] == [], f"still naming them after the erasure: {after['leaks']}"
     assert set(after["warehouse"].values()) == {0}
-    # night 4 read the rewritten lake: they do not come back
+    # night 3 read the rewritten lake: they do not come back
     assert _leaks(platform["lake"], platform["raw_ids"], platform["keys"]) == []
     assert set(_warehouse_rows(platform["env"], platform["keys"]).values()) == {0}
 
@@ -164,7 +163,7 @@ def test_reconciliation_still_balances(platform: dict) -> None:
         assert rec["clean_rows"] == _parquet_rows(lake / f"clean/events/ds={ds}")
         assert rec["quarantined_rows"] == _parquet_rows(lake / f"quarantine/events/ds={ds}")
         assert rec["input_rows"] == rec["clean_rows"] + rec["quarantined_rows"] + rec["duplicate_rows"]
-        if ds in (D1, D3):
+        if ds in (D1, D2):
             assert rec["forgotten"]["input_rows"] > 0 and len(rec["forgotten"]["requests"]) == 1
 
 
@@ -196,20 +195,20 @@ def test_next_night_retrains_and_replaces_flagged_champion(platform: dict) -> No
     lake, client, old = platform["lake"], platform["client"], platform["old_champion"]
     flagged = client.get_model_version(MODEL, old.version)
     assert ERASURE_TAG in flagged.tags
-    decision = json.loads((lake / f"ops/training_decision/ds={D4}/decision.json").read_text())
+    decision = json.loads((lake / f"ops/training_decision/ds={D3}/decision.json").read_text())
     assert decision["train"] is True and decision["champion_flagged"] is True
     assert "erased users" in decision["reason"]
     new = client.get_model_version_by_alias(MODEL, "champion")
     assert new.version != old.version and ERASURE_TAG not in (new.tags or {})
-    gate = json.loads((lake / f"ops/promotion/ds={D4}/decision.json").read_text())
+    gate = json.loads((lake / f"ops/promotion/ds={D3}/decision.json").read_text())
     assert gate["decision"] == "promoted" and "erased users" in gate["reasons"]
 
-    # The new champion was trained on night 4's features, which hold no row of theirs (checked
+    # The new champion was trained on night 3's features, which hold no row of theirs (checked
     # above); its per-user matrix (if the blend kept one) has exactly one row per training user.
     import mlflow
     import scipy.sparse as sp
 
-    summary = json.loads((lake / f"ops/training/ds={D4}/summary.json").read_text())
+    summary = json.loads((lake / f"ops/training/ds={D3}/summary.json").read_text())
     assert summary["run_id"] == new.run_id
     uri = platform["env"]["ECREC_MLFLOW_TRACKING_URI"]
     mlflow.set_tracking_uri(uri)  # a models:/ source resolves through the process-wide URIs
