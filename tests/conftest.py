@@ -126,10 +126,9 @@ def amazon_dir() -> Path:
 def has_cuda() -> bool:
     try:
         import torch
-
-        return torch.cuda.is_available()
-    except Exception:  # noqa: BLE001
+    except ImportError:
         return False
+    return torch.cuda.is_available()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -134,7 +135,6 @@ def dedupe_event_id_py(line: bytes) -> str | None:
     part in the dedupe, or None. Like :func:`classify_events`, a line that fails a line check
     (:data:`LINE_RULES`) or does not parse as a JSON object never does: it is quarantined."""
     import json
-    import re
 
     if len(line) > MAX_LINE_BYTES["events"]:
         return None
@@ -143,7 +143,7 @@ def dedupe_event_id_py(line: bytes) -> str | None:
         obj = json.loads(text)
     except ValueError:
         return None
-    if not isinstance(obj, dict) or re.search(wrong_type_pattern(S.RAW_EVENT_FIELDS), text):
+    if not isinstance(obj, dict) or _EVENT_WRONG_TYPE.search(text):
         return None
     limits = MAX_FIELD_CHARS["events"]
     if any(isinstance(obj.get(n), str) and len(obj[n]) > limits[n]
@@ -151,6 +151,10 @@ def dedupe_event_id_py(line: bytes) -> str | None:
         return None
     eid = obj.get("event_id")
     return clean_text_py(eid) if isinstance(eid, str) else None
+
+
+# built once: erasure runs the Python twin on every raw line of every day
+_EVENT_WRONG_TYPE = re.compile(wrong_type_pattern(S.RAW_EVENT_FIELDS))
 
 
 def _line_problem(fields: dict[str, str], kind: str) -> Column:
