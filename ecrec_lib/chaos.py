@@ -63,7 +63,7 @@ from typing import Any
 
 from ecrec_lib.lake import parse_ds
 from ecrec_lib.orchestration import PARENT_PID_ENV, REPO_ROOT, job_command, job_env
-from ecrec_lib.partitions import FAULT_PAUSE_SWAP_ENV, FAULT_SWAP_MARKER
+from ecrec_lib.partitions import FAULT_PAUSE_SWAP_ENV, FAULT_RELEASE_FILE_ENV, FAULT_SWAP_MARKER
 
 log = logging.getLogger(__name__)
 
@@ -576,14 +576,17 @@ class Harness:
         if mode == "second_writer":
             # the first writer pauses inside its first swap, locks held, so the second (which
             # needs seconds to start) surely meets it there
-            hold = {FAULT_PAUSE_SWAP_ENV: str(SECOND_WRITER_HOLD_S)} if job in SWAPPING_JOBS \
-                else {}
+            # (released once the second has ended: the overlap is proven by then)
+            release = self.root / f"release-{tag}"
+            hold = {FAULT_PAUSE_SWAP_ENV: str(SECOND_WRITER_HOLD_S),
+                    FAULT_RELEASE_FILE_ENV: str(release)} if job in SWAPPING_JOBS else {}
             with publishing:
                 first = self._start(job, ds, token, f"{tag}-first", **hold)
                 self._wait_for_lock(first, ds)
                 second = self._start(job, ds, token, f"{tag}-second")
                 rc2 = second.wait()
                 overlapped = first.running()  # the first still ran when the second ended
+                release.touch()
                 rc1 = first.wait()
             if rc2 == 0 and overlapped:
                 failures.append(f"second writer of {job} succeeded beside the first")

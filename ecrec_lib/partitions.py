@@ -55,6 +55,9 @@ RUN_ID_ENV = "ECREC_RUN_ID"
 # renames of a swap, announced on stderr, so a kill can land in that window on purpose.
 FAULT_PAUSE_SWAP_ENV = "ECREC_FAULT_PAUSE_SWAP_S"
 FAULT_SWAP_MARKER = "ECREC_FAULT swap window open:"
+# Test hook: a file whose appearance ends the pause early (the chaos harness's second writer
+# has been refused, so the first need not keep its window open any longer).
+FAULT_RELEASE_FILE_ENV = "ECREC_FAULT_RELEASE_FILE"
 # Airflow's context variables, when present, say which task instance holds a lock.
 _AIRFLOW_CTX = ("AIRFLOW_CTX_DAG_ID", "AIRFLOW_CTX_TASK_ID", "AIRFLOW_CTX_DAG_RUN_ID",
                 "AIRFLOW_CTX_TRY_NUMBER")
@@ -231,9 +234,11 @@ def fault_pause_between_renames(final: str | Path) -> None:
     """Test hook: sleep ``ECREC_FAULT_PAUSE_SWAP_S`` seconds between the two renames of the
     first swap of this process (unset or 0: return at once). Prints :data:`FAULT_SWAP_MARKER`
     first, so the chaos harness can SIGKILL the writer while the partition is swapped out, or
-    start a second writer while this one surely holds its locks; never set in production."""
+    start a second writer while this one surely holds its locks; the pause ends early when the
+    file ``ECREC_FAULT_RELEASE_FILE`` names appears. Never set in production."""
     # popped: one pause per process, however many partitions it swaps
     raw = os.environ.pop(FAULT_PAUSE_SWAP_ENV, "").strip()
+    release = os.environ.pop(FAULT_RELEASE_FILE_ENV, "").strip()
     if not raw:
         return
     try:
@@ -243,7 +248,9 @@ def fault_pause_between_renames(final: str | Path) -> None:
     if seconds <= 0:
         return
     print(f"{FAULT_SWAP_MARKER} {final}", file=sys.stderr, flush=True)
-    time.sleep(seconds)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not (release and os.path.exists(release)):
+        time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
 
 def swap_in(staged: str | Path, final: str | Path, run_id: str) -> None:

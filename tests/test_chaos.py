@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ import pytest
 from ecrec_lib.chaos import Reader, compare, fingerprint, stray_processes
 from ecrec_lib.partitions import (
     FAULT_PAUSE_SWAP_ENV,
+    FAULT_RELEASE_FILE_ENV,
     FAULT_SWAP_MARKER,
     fault_pause_between_renames,
     recover_partition,
@@ -63,6 +66,17 @@ def test_swap_hook_is_off_unless_set_and_names_a_bad_value(monkeypatch, tmp_path
     monkeypatch.setenv(FAULT_PAUSE_SWAP_ENV, "soon")
     with pytest.raises(ValueError, match=FAULT_PAUSE_SWAP_ENV):
         fault_pause_between_renames(tmp_path)
+
+
+def test_swap_hook_pause_ends_when_the_release_file_appears(monkeypatch, tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    monkeypatch.setenv(FAULT_PAUSE_SWAP_ENV, "60")
+    monkeypatch.setenv(FAULT_RELEASE_FILE_ENV, str(release))
+    threading.Timer(0.3, release.touch).start()
+    t0 = time.monotonic()
+    fault_pause_between_renames(tmp_path)
+    assert time.monotonic() - t0 < 10  # not the 60 s asked for
+    assert FAULT_PAUSE_SWAP_ENV not in os.environ  # one pause per process
 
 
 def test_compare_counts_missing_changed_and_extra_rows() -> None:
