@@ -155,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="time the whole served path instead: a --save-models directory "
                         "of jobs.benchmark_quality, or 'synthetic'")
     parser.add_argument("--seed", type=int, default=0, help="synthetic data seed (--served)")
+    parser.add_argument("--data", default=None,
+                        help="--served MODEL_DIR: serve this interactions.csv dataset's users "
+                        "(a seeded sample of --users), each history without its last event")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     setup_logging()

@@ -1,10 +1,13 @@
 """The served path's speed: ``Recommender.recommend`` end to end, beside the bare top-K kernel.
 
     python -m jobs.bench_scoring --served synthetic --users 100000 --items 100000
-    python -m jobs.bench_scoring --served /tmp/speed_models/two_tower_seed0 --users 20000
+    python -m jobs.bench_scoring --served /tmp/speed_models/two_tower_seed0 --users 20000 \
+        [--data ../shared/data/amazon_beauty]
 
 ``--served DIR``: a model directory written by ``jobs.benchmark_quality --save-models``
-(:func:`ecrec_lib.models.artifact.load_recommender_dir`, its blend and ranker included).
+(:func:`ecrec_lib.models.artifact.load_recommender_dir`, its blend and ranker included); with
+``--data DIR`` the users served are that dataset's real users (each history without its last
+event), else synthetic histories over the model's catalog.
 ``--served synthetic``: a two-tower model (ID + side towers, random weights) with a product
 blend of item-kNN, user-kNN (and the linear model when the catalog allows it) and a LightGBM
 ranker fitted on synthetic sequences -- the same code path as a trained model; only the numbers
@@ -113,6 +116,26 @@ def histories_for(item_ids: list[str], seqs: list[np.ndarray], times: list[np.nd
             for s, t in zip(seqs, times, strict=True)]
 
 
+def dataset_histories(data_dir: str, n_users: int, seed: int) -> list:
+    """Served histories of a seeded sample of ``n_users`` real users of an ``interactions.csv``
+    dataset (all when ``n_users`` covers them): each user's events but the last, with their
+    own event times, as the night before that last event would serve them."""
+    from ecrec_lib.datasets import load_csv_dataset
+    from ecrec_lib.models.api import UserHistory
+
+    data, _ = load_csv_dataset(data_dir)
+    users = np.arange(len(data.sequences))
+    if 0 < n_users < len(users):
+        users = np.sort(np.random.default_rng(seed).choice(users, n_users, replace=False))
+    ids = np.asarray(data.item_ids, dtype=object)
+    out = []
+    for u in users:
+        seq = data.sequences[u][:-1]
+        t = data.event_times[u][:-1] if data.event_times is not None else np.zeros(len(seq))
+        out.append(UserHistory(list(ids[seq]), ["purchase"] * len(seq), [int(x) for x in t]))
+    return out
+
+
 @contextlib.contextmanager
 def timed_parts(rec: Any) -> Iterator[dict[str, float]]:
     """Seconds spent in each served part while the block runs (the wrapped callables are
@@ -212,13 +235,16 @@ def run_served(args: argparse.Namespace) -> int:
         # first --users of them are served (as nightly, the served users are training users).
         seqs, times = synthetic_sequences(max(args.users, args.items // 2), args.items, args.seed)
         rec = synthetic_recommender(args.items, seqs, times, args.seed, dim=args.dim)
-        seqs, times = seqs[: args.users], times[: args.users]
+        histories = histories_for(rec.item_ids, seqs[: args.users], times[: args.users])
     else:
         from ecrec_lib.models.artifact import load_recommender_dir
 
         rec = load_recommender_dir(args.served)
-        seqs, times = synthetic_sequences(args.users, len(rec.item_ids), args.seed)
-    histories = histories_for(rec.item_ids, seqs, times)
+        if getattr(args, "data", None):
+            histories = dataset_histories(args.data, args.users, args.seed)
+        else:
+            seqs, times = synthetic_sequences(args.users, len(rec.item_ids), args.seed)
+            histories = histories_for(rec.item_ids, seqs, times)
     setup_s = time.perf_counter() - t
     res = bench_served(rec, histories, args.k, threads)
     res.update(model=args.served, setup_seconds=setup_s, load_average_start=load_start,

@@ -81,3 +81,16 @@ def test_user_vectors_trimmed_padding_matches_full_padding():
                                  torch.as_tensor(typ)).numpy()
     keep = lengths > 0
     np.testing.assert_allclose(got[keep], ref[keep], rtol=1e-5, atol=1e-5)
+
+
+def test_dataset_histories_serve_real_users_without_their_last_event(tmp_path):
+    from jobs.bench_served import dataset_histories
+
+    (tmp_path / "interactions.csv").write_text(
+        "user_id,item_id,timestamp\n"
+        "u1,a,100\nu1,b,200\nu1,c,300\n"
+        "u2,b,150\nu2,a,250\n")
+    hist = dataset_histories(str(tmp_path), 0, seed=0)
+    by_first = sorted((h.item_ids, h.event_times) for h in hist)
+    assert by_first == [(["a", "b"], [100, 200]), (["b"], [150])]
+    assert len(dataset_histories(str(tmp_path), 1, seed=0)) == 1  # a seeded sample
