@@ -117,6 +117,23 @@ def redis_url() -> str:
 
 
 @pytest.fixture(scope="session")
+def two_nights(tmp_path_factory: pytest.TempPathFactory, redis_url: str):
+    """Two nightly runs built once for the e2e modules that start from them (each restores its
+    own copy first: :func:`tests.e2e_support.restore_two_nights`); their Redis keys are removed
+    at the end of the session."""
+    from tests.e2e_support import build_two_nights
+
+    nights = build_two_nights(tmp_path_factory.mktemp("two-nights"), redis_url)
+    yield nights
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    keys = list(r.scan_iter(match=f"{nights['env']['ECREC_ONLINE_KEY_PREFIX']}:*", count=5000))
+    if keys:
+        r.unlink(*keys)
+
+
+@pytest.fixture(scope="session")
 def amazon_dir() -> Path:
     if not (AMAZON_DIR / "interactions.csv").is_file():
         pytest.skip(f"real data not present at {AMAZON_DIR}")

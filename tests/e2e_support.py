@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 TEST_PSEUDO_KEY = "test-pseudonymization-key-0123456789"
+# The days of the shared nights (:func:`build_two_nights`): day 1 trains, day 2 keeps the
+# champion, day 3 is left for each module to run its own way.
+D1, D2, D3 = "2024-03-01", "2024-03-02", "2024-03-03"
+KEEP_CHAMPION = {"ECREC_MIN_NEW_EVENTS_TO_TRAIN": "100000000"}
+# A credential in a URL-shaped setting: Redis accepts any password for its default user when
+# none is configured (ACL "nopass"), so the nights really run with it.
+PLANTED_SECRET = "Planted-Redis-Secret-5b1e"
 
 
 def pipeline_env(root: Path, **extra: str) -> dict[str, str]:
@@ -108,3 +117,45 @@ def tail(text: str, n: int = 80) -> str:
     lines = text.splitlines()
     errors = [ln for ln in lines if "ERROR" in ln or "error" in ln.lower()[:60] or "JobFailed" in ln]
     return "\n".join(errors[-40:] + ["-----"] + lines[-n:])
+
+
+def with_password(url: str) -> str:
+    """``url`` with :data:`PLANTED_SECRET` as the default user's password (kept as it is when
+    it already carries credentials)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if "@" in parts.netloc:  # the test Redis has its own credentials: keep them
+        return url
+    return urlunsplit(parts._replace(netloc=f"default:{PLANTED_SECRET}@{parts.netloc}"))
+
+
+def build_two_nights(base: Path, redis_url: str) -> dict[str, Any]:
+    """Two ``ecrec_nightly`` nights under ``base/platform`` on 300 generated users: day 1
+    (with a raw id, e-mail, phone and IP planted) trains, registers, promotes and publishes;
+    day 2 keeps the champion. The Redis URL carries :data:`PLANTED_SECRET`. The finished
+    platform is copied to ``base/snapshot`` so each e2e module can start from it
+    (:func:`restore_two_nights`) instead of running the same two nights again."""
+    from tests.privacy_support import plant_raw_pii
+
+    root = base / "platform"
+    env = pipeline_env(root, ECREC_ONLINE_REDIS_URL=with_password(redis_url))
+    generate(env, D1, days=3, users=300, items=100)
+    plant_raw_pii(Path(env["ECREC_LAKE_ROOT"]), D1)
+    airflow_migrate(env)
+    runs = {"d1": dags_test(env, "ecrec_nightly", D1)}
+    assert runs["d1"][0], "nightly day 1 failed:\n" + tail(runs["d1"][1])
+    runs["d2"] = dags_test(dict(env, **KEEP_CHAMPION), "ecrec_nightly", D2)
+    assert runs["d2"][0], f"nightly {D2} failed:\n" + tail(runs["d2"][1])
+    shutil.copytree(root, base / "snapshot", symlinks=True)
+    return {"root": root, "snapshot": base / "snapshot", "env": env, "runs": runs}
+
+
+def restore_two_nights(nights: dict[str, Any]) -> Path:
+    """Put the platform back as the two shared nights left it (same paths: the MLflow store
+    and Airflow's database name their files absolutely); returns its root."""
+    root = nights["root"]
+    if root.exists():
+        shutil.rmtree(root)
+    shutil.copytree(nights["snapshot"], root, symlinks=True)
+    return root

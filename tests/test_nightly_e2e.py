@@ -1,7 +1,8 @@
 """End to end: `airflow dags test` of ecrec_nightly and ecrec_feedback on tiny generated data.
 
 Day 1 trains (no champion yet), registers, promotes and publishes; day 2 keeps the champion
-(min_new_events_to_train set out of reach) and publishes; re-running day 2 replaces its
+(min_new_events_to_train set out of reach) and publishes (these two nights are the session's
+shared ones, :func:`tests.e2e_support.build_two_nights`); re-running day 2 replaces its
 partitions; Redis serves the newest night online; the feedback DAG judges day 1's lists on
 day 2's events; a corrupted catalog on day 3 fails the run on a critical data-contract
 expectation and leaves the published tables (and the list Redis serves) as they were, with
@@ -12,31 +13,26 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ecrec_lib.landing import manifest_text
-from tests.e2e_support import airflow_migrate, dags_test, generate, pipeline_env, tail
-from tests.privacy_support import PLANTED, format_hits, plant_raw_pii, scan_tree
+from tests.e2e_support import (
+    D1,
+    D2,
+    D3,
+    KEEP_CHAMPION,
+    PLANTED_SECRET,
+    dags_test,
+    restore_two_nights,
+    tail,
+)
+from tests.privacy_support import PLANTED, format_hits, scan_tree
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-D1, D2, D3 = "2024-03-01", "2024-03-02", "2024-03-03"
 SCORE_TABLES = ("user_topk", "item_related", "query_topk", "trending")
-# A credential in a URL-shaped setting: Redis accepts any password for its default user when
-# none is configured (ACL "nopass"), so the night really runs with it.
-PLANTED_SECRET = "Planted-Redis-Secret-5b1e"
-
-
-def _with_password(url: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if "@" in parts.netloc:  # the test Redis has its own credentials: keep them
-        return url
-    return urlunsplit(parts._replace(netloc=f"default:{PLANTED_SECRET}@{parts.netloc}"))
 
 
 def _warehouse_counts(env: dict[str, str]) -> dict[tuple[str, str], int]:
@@ -52,29 +48,20 @@ def _warehouse_counts(env: dict[str, str]) -> dict[tuple[str, str], int]:
 
 
 @pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[dict]:
-    root = tmp_path_factory.mktemp("e2e")
-    env = pipeline_env(root, ECREC_ONLINE_REDIS_URL=_with_password(redis_url))
-    generate(env, D1, days=3, users=300, items=100)
-    plant_raw_pii(Path(env["ECREC_LAKE_ROOT"]), D1)  # raw id, e-mail, phone, IP in day 1
-    airflow_migrate(env)
-    runs: dict[str, tuple[bool, str]] = {}
-    runs["d1"] = dags_test(env, "ecrec_nightly", D1)
-    assert runs["d1"][0], "nightly day 1 failed:\n" + tail(runs["d1"][1])
-    env2 = dict(env, ECREC_MIN_NEW_EVENTS_TO_TRAIN="100000000")
-    runs["d2"] = dags_test(env2, "ecrec_nightly", D2)
-    assert runs["d2"][0], "nightly day 2 failed:\n" + tail(runs["d2"][1])
+def platform(two_nights: dict, redis_url: str) -> dict:
+    """The shared two nights (day 1 with planted PII, a Redis URL with a password), then day 2
+    again and the feedback DAG."""
+    root = restore_two_nights(two_nights)
+    env = dict(two_nights["env"])
+    runs: dict[str, tuple[bool, str]] = dict(two_nights["runs"])
     counts_after_d2 = _warehouse_counts(env)
-    runs["d2_again"] = dags_test(env2, "ecrec_nightly", D2)
+    runs["d2_again"] = dags_test(dict(env, **KEEP_CHAMPION), "ecrec_nightly", D2)
     runs["feedback"] = dags_test(env, "ecrec_feedback", D2)
     import redis
 
     r = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield {"root": root, "env": env, "lake": Path(env["ECREC_LAKE_ROOT"]), "runs": runs,
-           "counts_after_d2": counts_after_d2, "redis": r}
-    keys = list(r.scan_iter(match=f"{env['ECREC_ONLINE_KEY_PREFIX']}:*", count=5000))
-    if keys:
-        r.unlink(*keys)
+    return {"root": root, "env": env, "lake": Path(env["ECREC_LAKE_ROOT"]), "runs": runs,
+            "counts_after_d2": counts_after_d2, "redis": r}
 
 
 def test_day1_trains_registers_promotes_and_publishes(platform: dict) -> None:
@@ -190,7 +177,7 @@ def test_critical_expectation_failure_keeps_published_tables(platform: dict) -> 
     ok, out = dags_test(env, "ecrec_nightly", D3)
     assert not ok, "the run should have failed on the corrupted catalog"
     assert "state=failed" in [ln for ln in out.splitlines() if "DagRun Finished" in ln][-1]
-    assert "job 'clean_events' failed for ds=2024-03-03 with exit code 4" in out
+    assert f"job 'clean_events' failed for ds={D3} with exit code 4" in out
     assert "data contract 'catalog'" in out and "CRITICAL" in out
     assert _warehouse_counts(env) == before, "a failed run changed the published tables"
     assert current_version(platform["redis"], prefix) == served
