@@ -450,3 +450,23 @@ def test_a_future_event_changes_no_feature_and_no_score(brand_blend) -> None:
     past = ItemSide.build([*seqs, planted], n, brands, ["c"] * n, [*times, earlier])
     assert not np.array_equal(candidate_features(past, hist, *dists, 40, context,
                                                  ranker.features, tables)[1], x, equal_nan=True)
+
+
+def test_row_at_reads_the_same_entries_as_dense_rows() -> None:
+    from ecrec_lib.models.ranker import _row_at
+
+    rng = np.random.default_rng(3)
+    dense = np.where(rng.random((30, 40)) < 0.2, rng.random((30, 40)), 0.0).astype(np.float32)
+    # a COO table with a duplicated entry: todense sums duplicates, so must the lookup
+    coo = sp.coo_matrix(dense)
+    table = sp.coo_matrix((np.r_[coo.data, [0.5]], (np.r_[coo.row, [4]], np.r_[coo.col, [7]])),
+                          shape=dense.shape).tocsr()
+    full = np.asarray(table.todense())
+    rows = np.array([4, -1, 0, 29, 4, 12])  # -1: a user without history
+    cands = rng.integers(0, 40, (len(rows), 9))
+    cands[0, 0] = 7
+    want = np.where(rows[:, None] >= 0, np.take_along_axis(full[np.maximum(rows, 0)], cands, 1), 0)
+    np.testing.assert_array_equal(_row_at(table, rows, cands), want.astype(np.float32))
+    assert _row_at(table, rows, cands)[0, 0] == full[4, 7]
+    assert not _row_at(sp.csr_matrix((30, 40), dtype=np.float32), rows, cands).any()
+    assert not _row_at(table, np.array([-1, -1]), cands[:2]).any()

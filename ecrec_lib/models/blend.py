@@ -169,23 +169,30 @@ class CoocBlend:
         snapshot) and renormalized over the items present there. ``anchor_ts``: each user's last
         event time (epoch seconds), for the learned ranker's time features."""
         use_ranker = self.ranker is not None and self.ranker_share > 0
-        s_item = self.knn.score(histories)
-        raw = {}
+        raw = {"item": (self.knn.score(histories), 1.0)}
         for name, model, share in (("user", self.user_knn, self.user_share),
                                    ("linear", self.linear, self.linear_share)):
             if model is not None and (share > 0 or use_ranker):
                 raw[name] = (model.score(histories), share)
-        parts = [(row_distribution(s, columns, n_columns), share)
-                 for s, share in raw.values() if share > 0]
+        # over the model's items (the ranker's input); also the output rows when columns is None
+        own = {name: row_distribution(s) for name, (s, _) in raw.items()} if use_ranker else {}
+
+        def laid_out(name: str) -> torch.Tensor:
+            if columns is None and name in own:
+                return own[name]
+            return row_distribution(raw[name][0], columns, n_columns)
+
+        parts = [(laid_out(name), share) for name, (_, share) in raw.items()
+                 if name != "item" and share > 0]
         if use_ranker:
             assert self.ranker is not None
-            dists = [None if s is None else row_distribution(s, None, 0).numpy() for s in
-                     (s_item, raw["user"][0], raw.get("linear", (None, 0.0))[0])]
-            p_rank = self.ranker.probs(histories, *dists, anchor_ts, (
-                self.knn.sim, self.linear.weights if self.linear is not None else None))
+            p_rank = self.ranker.probs(
+                histories, own["item"].numpy(), own["user"].numpy(),
+                own["linear"].numpy() if "linear" in own else None, anchor_ts,
+                (self.knn.sim, self.linear.weights if self.linear is not None else None))
             parts = [(p, share * (1 - self.ranker_share)) for p, share in parts]
             parts.append((row_distribution(p_rank, columns, n_columns), self.ranker_share))
-        return _mix_neighbourhoods(row_distribution(s_item, columns, n_columns), parts)
+        return _mix_neighbourhoods(laid_out("item"), parts)
 
     def mix(self, cos: torch.Tensor, histories: Sequence[np.ndarray],
             columns: np.ndarray | None = None, anchor_ts: np.ndarray | None = None) -> torch.Tensor:

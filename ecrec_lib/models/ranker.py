@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from ecrec_lib.models.neighbourhood import (
     CatalogTooLargeError,
@@ -326,12 +327,22 @@ def _share_of(codes: np.ndarray, histories: Sequence[np.ndarray], cands: np.ndar
 
 def _row_at(table: Any, rows: np.ndarray, cands: np.ndarray) -> np.ndarray:
     """(len(rows), C) entries ``table[rows[r], cands[r, :]]`` of a sparse item x item table;
-    a row index < 0 (no history) gives zeros."""
+    a row index < 0 (no history) gives zeros. Looked up in the rows' sorted (row, column) keys:
+    densifying each row would cost a pass over the whole catalog per user."""
     out = np.zeros(cands.shape, dtype=np.float32)
-    has = rows >= 0
-    if has.any():
-        dense = np.asarray(table[rows[has]].todense(), dtype=np.float32)
-        out[has] = np.take_along_axis(dense, cands[has], 1)
+    has = np.flatnonzero(rows >= 0)
+    if not len(has):
+        return out
+    sub = sp.csr_matrix(table[rows[has]])
+    sub.sum_duplicates()  # sorted column indices, one entry per (row, column), as todense sums
+    if not sub.nnz:
+        return out
+    n_cols = np.int64(sub.shape[1])
+    keys = np.repeat(np.arange(sub.shape[0], dtype=np.int64), np.diff(sub.indptr)) * n_cols \
+        + sub.indices.astype(np.int64)
+    want = np.arange(len(has), dtype=np.int64)[:, None] * n_cols + cands[has].astype(np.int64)
+    pos = np.minimum(np.searchsorted(keys, want), len(keys) - 1)
+    out[has] = np.where(keys[pos] == want, sub.data[pos], 0.0).astype(np.float32)
     return out
 
 
