@@ -94,3 +94,21 @@ def test_dataset_histories_serve_real_users_without_their_last_event(tmp_path):
     by_first = sorted((h.item_ids, h.event_times) for h in hist)
     assert by_first == [(["a", "b"], [100, 200]), (["b"], [150])]
     assert len(dataset_histories(str(tmp_path), 1, seed=0)) == 1  # a seeded sample
+
+
+def test_top_k_columns_float32_rows_rank_as_their_float64_widening():
+    from ecrec_lib.models.served import top_k_columns
+
+    rng = np.random.default_rng(0)
+    rows = rng.integers(0, 6, (7, 50)).astype(np.float32) / 3  # many ties
+    rows[2, 5] = np.nan  # stays visible to the caller
+    banned = [np.array([1, 2]), np.array([], dtype=np.int64)] + [np.array([0])] * 5
+    allowed = np.ones(50, dtype=bool)
+    allowed[10] = False
+    before = rows.copy()
+    c32, v32 = top_k_columns(rows, 12, banned, allowed)
+    c64, v64 = top_k_columns(rows.astype(np.float64), 12, banned, allowed)
+    np.testing.assert_array_equal(c32, c64)
+    np.testing.assert_array_equal(v32, v64)
+    assert v32.dtype == np.float64
+    np.testing.assert_array_equal(rows, before)  # the caller's rows are not modified

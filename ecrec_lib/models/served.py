@@ -39,7 +39,9 @@ def top_k_columns(scores: np.ndarray, k: int, banned: Sequence[np.ndarray],
                   allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """(columns (rows, k) int64, scores (rows, k) float64) of each row's ``k`` best columns,
     ties by column; banned or disallowed columns never appear (-1 / -inf padding)."""
-    s = np.array(scores, dtype=np.float64)  # a copy: the caller's rows stay intact
+    # a copy (the caller's rows stay intact) in the rows' own float precision: widening float32
+    # to float64 is exact and keeps every order and tie, so only the k picks are widened
+    s = np.array(scores, dtype=np.float32 if np.asarray(scores).dtype == np.float32 else np.float64)
     if allowed is not None:
         s[:, ~np.asarray(allowed, dtype=bool)] = -np.inf
     for r, cols in enumerate(banned):
