@@ -158,4 +158,24 @@ def restore_two_nights(nights: dict[str, Any]) -> Path:
     if root.exists():
         shutil.rmtree(root)
     shutil.copytree(nights["snapshot"], root, symlinks=True)
+    drop_mlflow_connections()
     return root
+
+
+def drop_mlflow_connections() -> None:
+    """Close this process's MLflow database connections and forget its cached stores. MLflow
+    keeps one SQLAlchemy engine per database URI for the life of the process: after the SQLite
+    file under a URI was replaced, its pooled connections would go on reading the deleted copy."""
+    if "mlflow" not in sys.modules:
+        return
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingStore
+    from mlflow.tracking._model_registry.registry import ModelRegistryStoreRegistry
+    from mlflow.tracking._tracking_service.registry import TrackingStoreRegistry
+
+    for store in (TrackingStore, RegistryStore):
+        engines = getattr(store, "_engine_map", {})
+        for uri in list(engines):
+            engines.pop(uri).dispose()
+    for registry in (TrackingStoreRegistry, ModelRegistryStoreRegistry):
+        registry._get_store_with_resolved_uri.cache_clear()
