@@ -16,10 +16,12 @@ generated lake, every job a real ``python -m jobs.<name>`` process in its own pr
    * ``swap``: SIGKILL it inside the window between the two renames of a partition swap (the
      test hook :data:`ecrec_lib.partitions.FAULT_PAUSE_SWAP_ENV` holds that window open and
      announces it);
-   * ``second_writer``: start a second copy of J while the first holds its partition locks
-     (the hook holds the first inside its first swap meanwhile; expected: the second is
-     refused, exit 5, and the first finishes). A second writer that only ran after the first
-     had finished is no fault and is reported as not landed.
+   * ``second_writer``: start a second copy of J while the first holds its locks (the hook
+     holds the first inside its first swap, or ``publish_scores`` inside its warehouse
+     connection, meanwhile). Expected: a second lake writer is refused, exit 5, and the first
+     finishes; a second publisher waits for the warehouse lock (DuckDB admits one writing
+     process) and publishes the same night after the first. A second writer that only ran
+     after the first had finished is no fault and is reported as not landed.
 
    ``swap`` and ``second_writer`` trials of a lake job start from the state *after* its
    reference run (a swap window opens only when a partition is replaced: a retry or a backfill
@@ -81,6 +83,8 @@ SWAP_PAUSE_S = 30.0
 # How long a first writer holds its locks (paused in its first swap) for a second writer.
 SECOND_WRITER_HOLD_S = 45.0
 JOB_TIMEOUT_S = 900.0
+# What a publisher logs while it waits for DuckDB's writer lock (warehouse.backend).
+WAREHOUSE_LOCKED_LOG = "is locked by"
 
 
 class ChaosError(RuntimeError):
@@ -574,27 +578,39 @@ class Harness:
         must be re-run)."""
         publishing = reader.publishing() if job == "publish_scores" else contextlib.nullcontext()
         if mode == "second_writer":
-            # the first writer pauses inside its first swap, locks held, so the second (which
-            # needs seconds to start) surely meets it there
-            # (released once the second has ended: the overlap is proven by then)
+            # the first writer pauses inside its first swap (a lake job) or inside the warehouse
+            # writer's connection (publish_scores), its locks held, so the second (which needs
+            # seconds to start) surely meets it there; released once the second has ended or,
+            # for the warehouse, has been seen waiting for the lock
             release = self.root / f"release-{tag}"
             hold = {FAULT_PAUSE_SWAP_ENV: str(SECOND_WRITER_HOLD_S),
-                    FAULT_RELEASE_FILE_ENV: str(release)} if job in SWAPPING_JOBS else {}
+                    FAULT_RELEASE_FILE_ENV: str(release)}
             with publishing:
                 first = self._start(job, ds, token, f"{tag}-first", **hold)
-                self._wait_for_lock(first, ds)
+                self._wait_for_lock(first)
+                held = first.running() and first.swap_window.is_set()
                 second = self._start(job, ds, token, f"{tag}-second")
-                rc2 = second.wait()
-                overlapped = first.running()  # the first still ran when the second ended
+                waited = self._wait_for_second(second) if job == "publish_scores" else False
+                if job != "publish_scores":
+                    second.wait()
+                overlapped = held and (waited or (job != "publish_scores" and first.running()))
                 release.touch()
-                rc1 = first.wait()
-            if rc2 == 0 and overlapped:
+                rc1, rc2 = first.wait(), second.wait()
+            if job == "publish_scores":
+                # the warehouse admits one writer: the second waits for the lock and then
+                # publishes the same night (or gives up with a lock error), never beside it
+                if rc2 not in (0, EXIT_LOCKED) and overlapped:
+                    failures.append(f"second publisher exited {rc2}")
+            elif rc2 == 0 and overlapped:
                 failures.append(f"second writer of {job} succeeded beside the first")
             if rc1 != 0:
                 failures.append(f"first writer of {job} exited {rc1} (second exited {rc2})")
-            detail = f"first exited {rc1}, second exited {rc2}" + (
-                "" if overlapped else " (the first had finished: no overlap, no fault)")
-            return overlapped, detail, rc1 != 0
+            detail = f"first exited {rc1}, second exited {rc2}"
+            if job == "publish_scores" and overlapped:
+                detail += " (the second waited for the warehouse lock the first held)"
+            elif not overlapped:
+                detail += " (the first had finished: no overlap, no fault)"
+            return overlapped, detail, rc1 != 0 or (job == "publish_scores" and rc2 != 0)
         extra = {FAULT_PAUSE_SWAP_ENV: str(SWAP_PAUSE_S)} if mode == "swap" else {}
         with publishing:
             p = self._start(job, ds, token, f"{tag}-fault", **extra)
@@ -617,14 +633,19 @@ class Harness:
                     if landed else f"the job finished before the kill at {delay:.1f} s"
         return landed, detail, True
 
-    def _wait_for_lock(self, first: JobProcess, ds: str) -> None:
-        """Until the first writer is paused in a swap, its locks held (or it ended); for the
-        warehouse publisher, which neither locks nor swaps lake partitions, a random moment."""
-        if first.job == "publish_scores":
-            time.sleep(self.rng.uniform(0.2, 0.9) * self.durations[(ds, first.job)])
-            return
+    def _wait_for_lock(self, first: JobProcess) -> None:
+        """Until the first writer is paused in its fault window, its locks held (or it ended)."""
         while first.running() and not first.swap_window.wait(0.05):
             pass
+
+    def _wait_for_second(self, second: JobProcess) -> bool:
+        """Until a second publisher logs that the warehouse is locked (True) or ends (False)."""
+        deadline = time.monotonic() + SECOND_WRITER_HOLD_S
+        while second.running() and time.monotonic() < deadline:
+            if any(WAREHOUSE_LOCKED_LOG in line for line in list(second.lines)):
+                return True
+            time.sleep(0.05)
+        return any(WAREHOUSE_LOCKED_LOG in line for line in list(second.lines))
 
     def run(self, on_trial: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Reference, then every trial; the report (see :func:`summarize`). ``on_trial`` gets

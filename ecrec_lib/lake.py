@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ecrec_lib.partitions import fault_pause_between_renames
+from ecrec_lib.partitions import fault_pause
 
 # Stage -> dataset names. Adding a dataset means adding it here and to docs/data_contracts.md.
 RAW = ("events", "catalog")
@@ -69,7 +69,7 @@ def replace_local_dir(final: str | Path, write: Callable[[Path], object]) -> Pat
         if final.exists():
             old = final.parent / f".old-{uuid.uuid4().hex}-{final.name}"
             os.rename(final, old)
-            fault_pause_between_renames(final)
+            fault_pause(final)
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -230,9 +230,10 @@ def _siblings(final: Path, prefix: str) -> list[Path]:
                   if p.name.startswith(prefix) and p.name.endswith(tail))
 
 
-def fault_pause_between_renames(final: str | Path) -> None:
-    """Test hook: sleep ``ECREC_FAULT_PAUSE_SWAP_S`` seconds between the two renames of the
-    first swap of this process (unset or 0: return at once). Prints :data:`FAULT_SWAP_MARKER`
+def fault_pause(where: str | Path) -> None:
+    """Test hook: sleep ``ECREC_FAULT_PAUSE_SWAP_S`` seconds at the first fault window of this
+    process -- between the two renames of a partition swap, or inside the warehouse publisher's
+    writer lock (unset or 0: return at once). Prints :data:`FAULT_SWAP_MARKER` and ``where``
     first, so the chaos harness can SIGKILL the writer while the partition is swapped out, or
     start a second writer while this one surely holds its locks; the pause ends early when the
     file ``ECREC_FAULT_RELEASE_FILE`` names appears. Never set in production."""
@@ -247,7 +248,7 @@ def fault_pause_between_renames(final: str | Path) -> None:
         raise ValueError(f"{FAULT_PAUSE_SWAP_ENV} must be a number of seconds, got {raw!r}") from None
     if seconds <= 0:
         return
-    print(f"{FAULT_SWAP_MARKER} {final}", file=sys.stderr, flush=True)
+    print(f"{FAULT_SWAP_MARKER} {where}", file=sys.stderr, flush=True)
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and not (release and os.path.exists(release)):
         time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
@@ -264,7 +265,7 @@ def swap_in(staged: str | Path, final: str | Path, run_id: str) -> None:
         shutil.rmtree(old)
     if final.exists():
         os.rename(final, old)
-        fault_pause_between_renames(final)
+        fault_pause(final)
     os.rename(staged, final)
     if old.exists():
         shutil.rmtree(old)
@@ -361,7 +362,7 @@ __all__ = [
     "PartitionLocked",
     "RecoveryError",
     "check_run_id",
-    "fault_pause_between_renames",
+    "fault_pause",
     "lock_file",
     "new_run_id",
     "partition_lock",

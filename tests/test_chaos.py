@@ -20,7 +20,7 @@ from ecrec_lib.partitions import (
     FAULT_PAUSE_SWAP_ENV,
     FAULT_RELEASE_FILE_ENV,
     FAULT_SWAP_MARKER,
-    fault_pause_between_renames,
+    fault_pause,
     recover_partition,
 )
 
@@ -62,10 +62,10 @@ def test_swap_hook_holds_the_window_open_and_a_kill_there_is_recovered(
 
 def test_swap_hook_is_off_unless_set_and_names_a_bad_value(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.delenv(FAULT_PAUSE_SWAP_ENV, raising=False)
-    fault_pause_between_renames(tmp_path)  # returns at once
+    fault_pause(tmp_path)  # returns at once
     monkeypatch.setenv(FAULT_PAUSE_SWAP_ENV, "soon")
     with pytest.raises(ValueError, match=FAULT_PAUSE_SWAP_ENV):
-        fault_pause_between_renames(tmp_path)
+        fault_pause(tmp_path)
 
 
 def test_swap_hook_pause_ends_when_the_release_file_appears(monkeypatch, tmp_path: Path) -> None:
@@ -74,7 +74,7 @@ def test_swap_hook_pause_ends_when_the_release_file_appears(monkeypatch, tmp_pat
     monkeypatch.setenv(FAULT_RELEASE_FILE_ENV, str(release))
     threading.Timer(0.3, release.touch).start()
     t0 = time.monotonic()
-    fault_pause_between_renames(tmp_path)
+    fault_pause(tmp_path)
     assert time.monotonic() - t0 < 10  # not the 60 s asked for
     assert FAULT_PAUSE_SWAP_ENV not in os.environ  # one pause per process
 

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 import pandas as pd
 
 from ecrec_lib.lake import parse_ds
+from ecrec_lib.partitions import fault_pause
 from ecrec_lib.scoring.tables import LIST_KEYS, TABLE_COLUMNS
 from ecrec_lib.warehouse import dimensions
 from ecrec_lib.warehouse.backend import Warehouse, ident
@@ -182,6 +183,7 @@ def publish(
     if unknown:
         raise PublishError(f"unknown score tables {sorted(unknown)}")
     with wh.writer_lock():
+        fault_pause(f"warehouse {wh.schema} ds={ds}")  # the chaos harness's second writer
         ensure_schema(wh)
         drop_leftover_staging(wh)
         rows = _publish_locked(wh, tables, ds, retention_days, items, run_id)
