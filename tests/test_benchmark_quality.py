@@ -15,6 +15,7 @@ from ecrec_lib.models.artifact import load_recommender_dir
 from ecrec_lib.models.blend import (
     LINEAR_SHARE_GRID,
     PRODUCT_WEIGHT_GRID,
+    RANKER_PRODUCT_WEIGHT_GRID,
     USER_SHARE_GRID,
     WEIGHT_GRID,
 )
@@ -289,7 +290,8 @@ def test_job_neural_models_learn_the_pattern(tmp_path: Path, capsys):
     blend = res["models"]["two_tower+blend"]
     assert blend["status"] == "ok" and len(blend["blend"]) == 1
     chosen = blend["blend"][0]
-    grid = WEIGHT_GRID if chosen["kind"] == "mixture" else PRODUCT_WEIGHT_GRID + (0.0,)
+    grid = WEIGHT_GRID if chosen["kind"] == "mixture" else (
+        (RANKER_PRODUCT_WEIGHT_GRID if chosen["ranker_share"] > 0 else PRODUCT_WEIGHT_GRID) + (0.0,))
     assert chosen["weight"] in grid and chosen["user_share"] in USER_SHARE_GRID
     assert "+ neighbourhood blend" in capsys.readouterr().out
     assert chosen["linear_share"] in LINEAR_SHARE_GRID

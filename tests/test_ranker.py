@@ -359,6 +359,9 @@ def test_fit_blend_searches_the_ranker_share() -> None:
                               valid_anchor_ts=anchors)
     assert report["ranker"]["rounds"] >= 1 and "ranker_valid_ndcg@10" in report
     assert any(",c=" in k for k in report["grid"])
+    # beside the ranker, weights where its order decides are candidates too
+    assert any(k.startswith("product,w=32.0,") and ",c=" in k for k in report["grid"])
+    assert not any(k.startswith("product,w=32.0,") and ",c=" not in k for k in report["grid"])
     # the brand signal is only in the ranker: validation picks it, and the blend serves it
     assert blend.ranker is not None and blend.ranker_share > 0
     assert report["valid_ndcg@10"] == max(report["grid"].values())

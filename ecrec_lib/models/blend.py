@@ -69,6 +69,9 @@ BLEND_KINDS = ("mixture", "product")
 USER_SHARE_GRID: tuple[float, ...] = (0.0, 0.3, 0.5, 0.7)  # share of user-kNN in nb(u, .)
 LINEAR_SHARE_GRID: tuple[float, ...] = (0.0, 0.3, 0.5, 0.7, 1.0)  # share of LinearTransitions
 RANKER_SHARE_GRID: tuple[float, ...] = (0.3, 0.5, 0.7, 0.85, 1.0)  # share of the learned ranker
+# w of the product kind beside the ranker: up to weights where the ranker's order decides and
+# the cosine only breaks its ties and ranks the items outside its candidates
+RANKER_PRODUCT_WEIGHT_GRID: tuple[float, ...] = PRODUCT_WEIGHT_GRID + (8.0, 16.0, 32.0)
 PARAMS_FILE = "blend.json"
 SIM_FILE = "blend_sim.npz"
 USERS_FILE = "blend_users.npz"
@@ -550,13 +553,15 @@ def fit_blend(
     valid_anchor_ts: np.ndarray | None = None,
     ranker_shares: Sequence[float] = RANKER_SHARE_GRID,
     neighbourhood: Neighbourhood | None = None,
+    ranker_product_weights: Sequence[float] = RANKER_PRODUCT_WEIGHT_GRID,
 ) -> tuple[CoocBlend, dict[str, Any]]:
     """Fit item-kNN on ``train_seqs`` (settings picked by validation NDCG@10), user-kNN and the
     linear transition model, then choose the blend's :class:`BlendSetting` on validation
     NDCG@10: first the kind, ``w`` (and ``eps``) and the user-kNN and linear shares ``a``, ``b``
     (:func:`share_settings`; ``w = 0``, ``a = 0`` and ``b = 0`` are always candidates), then the
     ranker's share ``c`` beside the chosen ``a``, ``b``, which are scaled by ``1 - c``
-    (:func:`ranker_settings`). ``product_weights=()`` searches mixtures only,
+    (:func:`ranker_settings`, whose product weights are ``ranker_product_weights``).
+    ``product_weights=()`` searches mixtures only,
     ``linear_shares=(0.0,)`` leaves the linear model out (as does a catalog too large for it,
     with a warning). ``valid_eval(score_fn) -> ndcg@10`` evaluates a score function over the
     validation rows; ``model_scores(pos)`` returns the model's cosine rows for those rows. The
@@ -605,7 +610,8 @@ def fit_blend(
     if ranker is not None:
         report["ranker_valid_ndcg@10"] = valid_eval(lambda pos: valid.parts(pos)[4])
         best_score, best = _search(
-            ranker_settings(best, ranker_shares, weights, product_weights, product_eps),
+            ranker_settings(best, ranker_shares, weights,
+                            ranker_product_weights if product_weights else (), product_eps),
             evaluate, (best_score, best), report["grid"])
     c = best.ranker_share
     # what is served: the user-kNN and linear shares scaled by the ranker's
