@@ -489,8 +489,13 @@ class CandidateRanker:
         if not len(cands):
             return cands, np.zeros(cands.shape)
         flat = x.reshape(-1, x.shape[-1])
-        # one LightGBM thread, beside torch's pool; the scores do not depend on the count
-        s = np.mean([np.asarray(b.predict(flat, num_threads=1), dtype=np.float64)
+        # as many LightGBM threads as torch was given (torch is idle meanwhile; a Spark worker
+        # sets 1): prediction is most of the served path's time on a real ranker's trees, and
+        # the scores do not depend on the count
+        import torch
+
+        threads = max(1, torch.get_num_threads())
+        s = np.mean([np.asarray(b.predict(flat, num_threads=threads), dtype=np.float64)
                      for b in self.boosters], axis=0).reshape(cands.shape)
         # ties (a booster of few trees scores many candidates alike) go by the candidate order
         s -= TIE_BREAK * np.arange(cands.shape[1]) / cands.shape[1]
