@@ -585,32 +585,33 @@ class Harness:
             release = self.root / f"release-{tag}"
             hold = {FAULT_PAUSE_SWAP_ENV: str(SECOND_WRITER_HOLD_S),
                     FAULT_RELEASE_FILE_ENV: str(release)}
+            warehouse = job == "publish_scores"
             with publishing:
                 first = self._start(job, ds, token, f"{tag}-first", **hold)
                 self._wait_for_lock(first)
                 held = first.running() and first.swap_window.is_set()
                 second = self._start(job, ds, token, f"{tag}-second")
-                waited = self._wait_for_second(second) if job == "publish_scores" else False
-                if job != "publish_scores":
+                if warehouse:
+                    overlapped = held and self._wait_for_second(second)
+                else:
                     second.wait()
-                overlapped = held and (waited or (job != "publish_scores" and first.running()))
+                    overlapped = held and first.running()  # the first still held its locks
                 release.touch()
                 rc1, rc2 = first.wait(), second.wait()
-            if job == "publish_scores":
-                # the warehouse admits one writer: the second waits for the lock and then
-                # publishes the same night (or gives up with a lock error), never beside it
-                if rc2 not in (0, EXIT_LOCKED) and overlapped:
+            detail = f"first exited {rc1}, second exited {rc2}"
+            if not overlapped:
+                detail += " (the first had finished: no overlap, no fault)"
+            elif warehouse:
+                detail += " (the second waited for the warehouse lock the first held)"
+                # the warehouse admits one writer: the second publishes the same night after
+                # the first (or gives up with a lock error), never beside it
+                if rc2 not in (0, EXIT_LOCKED):
                     failures.append(f"second publisher exited {rc2}")
-            elif rc2 == 0 and overlapped:
+            elif rc2 == 0:
                 failures.append(f"second writer of {job} succeeded beside the first")
             if rc1 != 0:
                 failures.append(f"first writer of {job} exited {rc1} (second exited {rc2})")
-            detail = f"first exited {rc1}, second exited {rc2}"
-            if job == "publish_scores" and overlapped:
-                detail += " (the second waited for the warehouse lock the first held)"
-            elif not overlapped:
-                detail += " (the first had finished: no overlap, no fault)"
-            return overlapped, detail, rc1 != 0 or (job == "publish_scores" and rc2 != 0)
+            return overlapped, detail, rc1 != 0 or (warehouse and rc2 != 0)
         extra = {FAULT_PAUSE_SWAP_ENV: str(SWAP_PAUSE_S)} if mode == "swap" else {}
         with publishing:
             p = self._start(job, ds, token, f"{tag}-fault", **extra)
@@ -641,11 +642,12 @@ class Harness:
     def _wait_for_second(self, second: JobProcess) -> bool:
         """Until a second publisher logs that the warehouse is locked (True) or ends (False)."""
         deadline = time.monotonic() + SECOND_WRITER_HOLD_S
-        while second.running() and time.monotonic() < deadline:
+        while True:
             if any(WAREHOUSE_LOCKED_LOG in line for line in list(second.lines)):
                 return True
+            if not second.running() or time.monotonic() >= deadline:
+                return False
             time.sleep(0.05)
-        return any(WAREHOUSE_LOCKED_LOG in line for line in list(second.lines))
 
     def run(self, on_trial: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Reference, then every trial; the report (see :func:`summarize`). ``on_trial`` gets

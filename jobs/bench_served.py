@@ -240,7 +240,7 @@ def run_served(args: argparse.Namespace) -> int:
         from ecrec_lib.models.artifact import load_recommender_dir
 
         rec = load_recommender_dir(args.served)
-        if getattr(args, "data", None):
+        if args.data:
             histories = dataset_histories(args.data, args.users, args.seed)
         else:
             seqs, times = synthetic_sequences(args.users, len(rec.item_ids), args.seed)

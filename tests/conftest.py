@@ -121,16 +121,11 @@ def two_nights(tmp_path_factory: pytest.TempPathFactory, redis_url: str):
     """Two nightly runs built once for the e2e modules that start from them (each restores its
     own copy first: :func:`tests.e2e_support.restore_two_nights`); their Redis keys are removed
     at the end of the session."""
-    from tests.e2e_support import build_two_nights
+    from tests.e2e_support import build_two_nights, drop_redis_prefix
 
     nights = build_two_nights(tmp_path_factory.mktemp("two-nights"), redis_url)
     yield nights
-    import redis
-
-    r = redis.Redis.from_url(redis_url)
-    keys = list(r.scan_iter(match=f"{nights['env']['ECREC_ONLINE_KEY_PREFIX']}:*", count=5000))
-    if keys:
-        r.unlink(*keys)
+    drop_redis_prefix(redis_url, nights["env"]["ECREC_ONLINE_KEY_PREFIX"])
 
 
 @pytest.fixture(scope="session")

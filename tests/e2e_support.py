@@ -17,6 +17,7 @@ TEST_PSEUDO_KEY = "test-pseudonymization-key-0123456789"
 # champion, day 3 is left for each module to run its own way.
 D1, D2, D3 = "2024-03-01", "2024-03-02", "2024-03-03"
 KEEP_CHAMPION = {"ECREC_MIN_NEW_EVENTS_TO_TRAIN": "100000000"}
+NIGHT_S = 2400  # one nightly run; a shared CI box can be slow
 # A credential in a URL-shaped setting: Redis accepts any password for its default user when
 # none is configured (ACL "nopass"), so the nights really run with it.
 PLANTED_SECRET = "Planted-Redis-Secret-5b1e"
@@ -59,7 +60,7 @@ def pipeline_env(root: Path, **extra: str) -> dict[str, str]:
         ECREC_MIN_QUERY_USERS="2",
         # The nightly DAG exports to Redis: the test Redis, under a prefix of this run's own.
         ECREC_ONLINE_REDIS_URL=os.environ.get("ECREC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
-        ECREC_ONLINE_KEY_PREFIX=f"ecrec_e2e_{uuid.uuid4().hex[:10]}",
+        ECREC_ONLINE_KEY_PREFIX=key_prefix(),
         SPARK_LOCAL_IP="127.0.0.1",
         GX_ANALYTICS_ENABLED="False",
         MLFLOW_DISABLE_TELEMETRY="true",
@@ -71,6 +72,21 @@ def pipeline_env(root: Path, **extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
+
+
+def key_prefix() -> str:
+    """A Redis key prefix of a run's own (the tests never FLUSHDB a shared Redis)."""
+    return f"ecrec_e2e_{uuid.uuid4().hex[:10]}"
+
+
+def drop_redis_prefix(redis_url: str, prefix: str) -> None:
+    """Delete every key under ``prefix``."""
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    keys = list(r.scan_iter(match=f"{prefix}:*", count=5000))
+    if keys:
+        r.unlink(*keys)
 
 
 def run(cmd: list[str], env: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess:
@@ -143,9 +159,9 @@ def build_two_nights(base: Path, redis_url: str) -> dict[str, Any]:
     generate(env, D1, days=3, users=300, items=100)
     plant_raw_pii(Path(env["ECREC_LAKE_ROOT"]), D1)
     airflow_migrate(env)
-    runs = {"d1": dags_test(env, "ecrec_nightly", D1)}
+    runs = {"d1": dags_test(env, "ecrec_nightly", D1, timeout=NIGHT_S)}
     assert runs["d1"][0], "nightly day 1 failed:\n" + tail(runs["d1"][1])
-    runs["d2"] = dags_test(dict(env, **KEEP_CHAMPION), "ecrec_nightly", D2)
+    runs["d2"] = dags_test(dict(env, **KEEP_CHAMPION), "ecrec_nightly", D2, timeout=NIGHT_S)
     assert runs["d2"][0], f"nightly {D2} failed:\n" + tail(runs["d2"][1])
     shutil.copytree(root, base / "snapshot", symlinks=True)
     return {"root": root, "snapshot": base / "snapshot", "env": env, "runs": runs}

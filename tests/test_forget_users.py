@@ -16,7 +16,6 @@ import gzip
 import hashlib
 import hmac
 import json
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,14 +27,16 @@ from tests.e2e_support import (
     D2,
     D3,
     KEEP_CHAMPION,
+    NIGHT_S,
     TEST_PSEUDO_KEY,
     dags_test,
+    drop_redis_prefix,
+    key_prefix,
     restore_two_nights,
     tail,
 )
 
 MODEL = "ecrec-two-tower"
-NIGHT_S = 2400  # one nightly run; a shared CI box can be slow
 # Lake folders that may name the users by design: the generator's truth sidecar (tests only),
 # the erasure audit and the done request files (pseudonyms), training scratch (checkpoints).
 NOT_LIVE = ("raw/_truth", "ops/forget", "requests/forget/done", "models", "cache")
@@ -111,7 +112,7 @@ def platform(two_nights: dict, redis_url: str) -> Iterator[dict]:
 
     restore_two_nights(two_nights)
     # its own Redis prefix: night 3 here must not change what the nightly module reads there
-    env = dict(two_nights["env"], ECREC_ONLINE_KEY_PREFIX=f"ecrec_e2e_{uuid.uuid4().hex[:10]}")
+    env = dict(two_nights["env"], ECREC_ONLINE_KEY_PREFIX=key_prefix())
     lake = Path(env["ECREC_LAKE_ROOT"])
     keep = dict(env, **KEEP_CHAMPION)
 
@@ -136,12 +137,7 @@ def platform(two_nights: dict, redis_url: str) -> Iterator[dict]:
     yield {"env": env, "lake": lake, "raw_ids": raw_ids, "keys": keys, "client": client,
            "old_champion": old_champion, "before": before, "after_forget": after_forget,
            "forget_out": forget_out}
-    import redis
-
-    r = redis.Redis.from_url(redis_url)
-    stale = list(r.scan_iter(match=f"{env['ECREC_ONLINE_KEY_PREFIX']}:*", count=5000))
-    if stale:
-        r.unlink(*stale)
+    drop_redis_prefix(redis_url, env["ECREC_ONLINE_KEY_PREFIX"])
 
 
 @pytest.mark.e2e
