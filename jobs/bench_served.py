@@ -37,7 +37,7 @@ import numpy as np
 log = logging.getLogger("jobs.bench_served")
 
 BASE_TS = 1_600_000_000  # synthetic event times start here (epoch seconds)
-PARTS = ("towers", "neighbourhood", "ranker_features", "lightgbm_predict", "top_k")
+PARTS = ("towers", "neighbourhood", "ranker_features", "ranker_trees", "top_k")
 
 
 def synthetic_sequences(n_users: int, n_items: int, seed: int, mean_len: int = 8,
@@ -171,8 +171,8 @@ def timed_parts(rec: Any) -> Iterator[dict[str, float]]:
                 wrap(part, "score", "neighbourhood")
         if blend.ranker is not None and blend.ranker_share > 0:
             wrap(ranker_mod, "candidate_features", "ranker_features")
-            for booster in blend.ranker.boosters:
-                wrap(booster, "predict", "lightgbm_predict")
+            for predictor in blend.ranker.predictors:
+                wrap(predictor, "predict", "ranker_trees")
     try:
         yield spent
     finally:
@@ -191,6 +191,12 @@ def bench_served(rec: Any, histories: list, k: int, threads: int, block: int = 2
     torch.set_num_threads(threads)
     n = len(histories)
     rec.item_table()  # the cached item tower: built once per model, not per night's block
+    # the ranker's trees, compiled or loaded from the machine's cache: once per model too
+    t = time.perf_counter()
+    predictors = rec.blend.ranker.predictors if rec.blend is not None and rec.blend.ranker else []
+    trees = {"prepare_seconds": time.perf_counter() - t,
+             "compiled": [p.compiled for p in predictors],
+             "trees": [p.booster.num_trees() for p in predictors]}
     t0 = time.perf_counter()
     with timed_parts(rec) as spent:
         for b0 in range(0, n, block):
@@ -209,7 +215,7 @@ def bench_served(rec: Any, histories: list, k: int, threads: int, block: int = 2
     bare = time.perf_counter() - t
     return {"users": n, "items": len(items.item_ids), "k": k, "threads": threads,
             "served_seconds": total, "served_users_per_s": n / total,
-            "split_seconds": split, "blend": _blend_summary(rec),
+            "split_seconds": split, "blend": _blend_summary(rec), "ranker_trees": trees,
             "bare_topk": {"method": top.stats.get("method", "kernel"), "seconds": bare,
                           "users_per_s": n / bare, "towers_seconds": towers}}
 
@@ -270,4 +276,8 @@ def served_markdown(res: dict) -> str:
         "", "| served part | seconds | share |", "|---|---:|---:|"]
     for part, s in res["split_seconds"].items():
         lines.append(f"| {part} | {s:.1f} | {s / total:.0%} |")
+    trees = res.get("ranker_trees") or {}
+    if trees.get("trees"):
+        lines += ["", f"Ranker trees {trees['trees']}, compiled {trees['compiled']}, prepared "
+                      f"(compiled or loaded, before the timing) in {trees['prepare_seconds']:.1f} s."]
     return "\n".join(lines)

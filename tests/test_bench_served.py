@@ -27,7 +27,7 @@ def test_served_synthetic_times_every_part_and_restores_the_model(tmp_path):
     assert res["users"] == 300 and res["items"] == 200
     assert res["blend"]["ranker"] and res["blend"]["user_knn"] and res["blend"]["linear"]
     split = res["split_seconds"]
-    for part in ("towers", "neighbourhood", "ranker_features", "lightgbm_predict", "top_k"):
+    for part in ("towers", "neighbourhood", "ranker_features", "ranker_trees", "top_k"):
         assert split[part] > 0, part  # every served part really ran inside recommend
     assert sum(split.values()) == pytest.approx(res["served_seconds"])
     # the path follows the load average (choose_method); either gives the same lists
@@ -41,7 +41,7 @@ def test_served_synthetic_times_every_part_and_restores_the_model(tmp_path):
     with timed_parts(rec) as spent:
         during = rec.recommend(hist, None, 5)
     after = rec.recommend(hist, None, 5)
-    assert spent["lightgbm_predict"] > 0
+    assert spent["ranker_trees"] > 0
     assert "encode_users" not in vars(rec) and "score" not in vars(rec.blend.knn)
     for got in (during, after):
         np.testing.assert_array_equal(got[0], before[0])

@@ -56,6 +56,7 @@ from ecrec_lib.models.neighbourhood import (
     NeighbourhoodParts,
     UserKNN,
 )
+from ecrec_lib.models.tree_predict import TreePredictor
 
 log = logging.getLogger(__name__)
 
@@ -303,10 +304,24 @@ def candidate_scores(p_item: np.ndarray, p_user: np.ndarray, p_linear: np.ndarra
     return sum(w * np.log(parts[name] + CANDIDATE_FLOOR) for name, w in CANDIDATE_MIX)
 
 
+def _history_pairs(histories: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(row, item) index arrays of every history item."""
+    lens = [len(h) for h in histories]
+    items = (np.concatenate([np.asarray(h, dtype=np.int64) for h in histories])
+             if sum(lens) else np.empty(0, np.int64))
+    return np.repeat(np.arange(len(histories)), lens), items
+
+
+def _history_cells(histories: Sequence[np.ndarray], cands: np.ndarray, n_items: int) -> np.ndarray:
+    """(rows, C) bool: the candidates that are items of their row's history."""
+    rows, items = _history_pairs(histories)
+    keys = np.arange(len(cands), dtype=np.int64)[:, None] * n_items + cands
+    return np.isin(keys, rows * n_items + items)
+
+
 def _top_candidates(base: np.ndarray, histories: Sequence[np.ndarray], n: int) -> np.ndarray:
     """(rows, n) item indices by descending ``base``, history items excluded (modifies base)."""
-    for r, h in enumerate(histories):
-        base[r, np.asarray(h, dtype=np.int64)] = -np.inf
+    base[_history_pairs(histories)] = -np.inf
     n = min(n, base.shape[1])
     top = np.argpartition(-base, n - 1, axis=1)[:, :n]
     order = np.argsort(-np.take_along_axis(base, top, 1), axis=1, kind="stable")
@@ -467,6 +482,13 @@ class CandidateRanker:
     features: tuple[str, ...] = feature_names(False, True)
 
     @property
+    def predictors(self) -> list[TreePredictor]:
+        """One :class:`TreePredictor` per booster (compiled on first use when large enough)."""
+        if getattr(self, "_predictors", None) is None:
+            self._predictors = [TreePredictor(b) for b in self.boosters]
+        return self._predictors
+
+    @property
     def use_time(self) -> bool:
         return bool(set(self.features) & set(TIME_FEATURES + SESSION_FEATURES))
 
@@ -489,19 +511,17 @@ class CandidateRanker:
         if not len(cands):
             return cands, np.zeros(cands.shape)
         flat = x.reshape(-1, x.shape[-1])
-        # as many LightGBM threads as torch was given (torch is idle meanwhile; a Spark worker
-        # sets 1): prediction is most of the served path's time on a real ranker's trees, and
-        # the scores do not depend on the count
+        # as many threads as torch was given (torch is idle meanwhile; a Spark worker sets 1):
+        # the trees are most of the served path's time, and the scores do not depend on it
         import torch
 
         threads = max(1, torch.get_num_threads())
-        s = np.mean([np.asarray(b.predict(flat, num_threads=threads), dtype=np.float64)
-                     for b in self.boosters], axis=0).reshape(cands.shape)
+        s = np.mean([p.predict(flat, threads) for p in self.predictors],
+                    axis=0).reshape(cands.shape)
         # ties (a booster of few trees scores many candidates alike) go by the candidate order
         s -= TIE_BREAK * np.arange(cands.shape[1]) / cands.shape[1]
         # a catalog smaller than n_candidates fills the list with history items: never ranked
-        for r, h in enumerate(histories):
-            s[r, np.isin(cands[r], h)] = -np.inf
+        s[_history_cells(histories, cands, p_item.shape[1])] = -np.inf
         return cands, s
 
     def probs(self, histories: Sequence[np.ndarray], p_item: np.ndarray, p_user: np.ndarray,
