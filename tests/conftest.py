@@ -29,6 +29,14 @@ def under_ci() -> bool:
     return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _compiled_trees_in_the_run(tmp_path_factory: pytest.TempPathFactory):
+    """The ranker's compiled trees (:mod:`ecrec_lib.models.tree_predict`) are cached in the
+    run's temp dir, for its jobs and subprocesses too, never in the user's cache."""
+    os.environ["ECREC_COMPILED_TREES_DIR"] = str(tmp_path_factory.mktemp("compiled-trees"))
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _mlflow_uris_per_test():
     """Jobs run in-process set MLflow's process-wide URIs and the MLFLOW_*_URI variables that
