@@ -212,29 +212,33 @@ class ItemSide:
         return np.searchsorted(self.event_keys, (items << TS_SHIFT) | a, side="right")
 
     def _item_start(self, items: np.ndarray) -> np.ndarray:
-        """Index into ``event_keys`` of each ``items`` entry's first event."""
+        """Index into ``event_keys`` of each ``items`` entry's first event (a table built once
+        per side: one lookup instead of a binary search per candidate)."""
         assert self.event_keys is not None
-        return np.searchsorted(self.event_keys, items << TS_SHIFT)
+        cache = self.__dict__.setdefault("_lookups", {})
+        if "_item_start" not in cache:
+            cache["_item_start"] = np.searchsorted(
+                self.event_keys, np.arange(len(self.popularity) + 1, dtype=np.int64) << TS_SHIFT)
+        return cache["_item_start"][items]
+
+    def until(self, items: np.ndarray, anchor: np.ndarray) -> EventsUntil:
+        """Each ``items`` entry's training events at or before ``anchor`` (same shape), looked
+        up once for every causal feature that reads them."""
+        return EventsUntil(self, items, anchor, self._item_start(items),
+                           self._at_or_before(items, anchor))
 
     def count_until(self, items: np.ndarray, anchor: np.ndarray) -> np.ndarray:
         """Training events of each ``items`` entry at or before ``anchor`` (same shape)."""
-        return (self._at_or_before(items, anchor) - self._item_start(items)).astype(np.float64)
+        return self.until(items, anchor).count()
 
     def local_popularity(self, items: np.ndarray, anchor: np.ndarray, days: float) -> np.ndarray:
         """Training events of each ``items`` entry in the ``days`` up to ``anchor`` (same
         shape): never one after the anchor, which a nightly run could not have seen."""
-        w = int(days * DAY_S)
-        lo = np.searchsorted(self.event_keys, (items << TS_SHIFT) | np.clip(
-            np.asarray(anchor, dtype=np.int64) - w, 0, None))
-        return (self._at_or_before(items, anchor) - lo).astype(np.float64)
+        return self.until(items, anchor).in_last(days)
 
     def last_until(self, items: np.ndarray, anchor: np.ndarray) -> np.ndarray:
         """Each ``items`` entry's last training event at or before ``anchor`` (nan: none)."""
-        assert self.event_keys is not None
-        end = self._at_or_before(items, anchor)
-        has = end > self._item_start(items)
-        ts = self.event_keys[np.maximum(end - 1, 0)] & ((1 << TS_SHIFT) - 1)
-        return np.where(has, ts.astype(np.float64), np.nan)
+        return self.until(items, anchor).last()
 
     def first_until(self, items: np.ndarray, anchor: np.ndarray) -> np.ndarray:
         """Each ``items`` entry's first training event if it is at or before ``anchor``."""
@@ -265,7 +269,7 @@ class ItemSide:
         """Sorted ``group << TS_SHIFT | ts`` of the training events of the items with a known
         ``kind`` code (built once per side: the tables do not change after fitting)."""
         assert self.event_keys is not None
-        cache = self.__dict__.setdefault("_group_keys_cache", {})
+        cache = self.__dict__.setdefault("_lookups", {})
         if kind not in cache:
             ts = self.event_keys & ((1 << TS_SHIFT) - 1)
             g = getattr(self, kind)[self.event_keys >> TS_SHIFT]
@@ -279,6 +283,33 @@ class ItemSide:
         if self.has_text:
             out["text"] = self.text
         return out
+
+
+@dataclass(frozen=True)
+class EventsUntil:
+    """Index ranges into :attr:`ItemSide.event_keys`: ``start`` each item's first training
+    event, ``end`` one past its last at or before ``anchor`` (:meth:`ItemSide.until`)."""
+
+    side: ItemSide
+    items: np.ndarray
+    anchor: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+
+    def count(self) -> np.ndarray:
+        """Training events at or before the anchor."""
+        return (self.end - self.start).astype(np.float64)
+
+    def in_last(self, days: float) -> np.ndarray:
+        """Training events in the ``days`` up to the anchor."""
+        lo = np.searchsorted(self.side.event_keys, (self.items << TS_SHIFT) | np.clip(
+            np.asarray(self.anchor, dtype=np.int64) - int(days * DAY_S), 0, None))
+        return (self.end - lo).astype(np.float64)
+
+    def last(self) -> np.ndarray:
+        """The last training event's time at or before the anchor (nan: none)."""
+        ts = self.side.event_keys[np.maximum(self.end - 1, 0)] & ((1 << TS_SHIFT) - 1)
+        return np.where(self.end > self.start, ts.astype(np.float64), np.nan)
 
 
 def time_context(event_times: Sequence[np.ndarray | None]) -> np.ndarray:
@@ -394,8 +425,9 @@ def candidate_features(side: ItemSide, histories: Sequence[np.ndarray], p_item: 
     anchor = (np.broadcast_to(np.where(known[:, 0], context[:, 0], 0.0)[:, None], (rows, c))
               if timed else None)
     popularity = side.popularity[cands]
-    if anchor is not None:
-        popularity = np.where(known, side.count_until(cands, anchor), popularity)
+    events = side.until(cands, anchor) if anchor is not None else None
+    if events is not None:
+        popularity = np.where(known, events.count(), popularity)
     cols: dict[str, Any] = {
         "p_item": pi, "p_user": pu, "p_linear": pl, "base": take(base),
         "log_p_item": np.log(pi + LOG_FLOOR), "log_p_user": np.log(pu + LOG_FLOOR),
@@ -450,10 +482,10 @@ def candidate_features(side: ItemSide, histories: Sequence[np.ndarray], p_item: 
         if anchor is None:
             cols.update({n: np.full((rows, c), np.nan) for n in TIME_FEATURES})
         else:
-            cols["days_item_last"] = (side.last_until(cands, anchor) - anchor) / DAY_S
+            cols["days_item_last"] = (events.last() - anchor) / DAY_S
             cols["days_item_first"] = (side.first_until(cands, anchor) - anchor) / DAY_S
             for d in LOCAL_WINDOWS_DAYS:
-                cols[f"local_pop_{d}d"] = np.log1p(side.local_popularity(cands, anchor, d))
+                cols[f"local_pop_{d}d"] = np.log1p(events.in_last(d))
             for n in TIME_FEATURES:
                 cols[n] = np.where(known, cols[n], np.nan)
     x = np.empty((rows, c, len(names)), dtype=np.float32)
