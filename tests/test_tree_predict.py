@@ -53,6 +53,13 @@ def test_compiled_trees_predict_as_lightgbm_and_cache_once(booster, tmp_path) ->
     np.testing.assert_array_equal(again.predict(x, 1), got)
 
 
+def test_the_switch_keeps_lightgbm(booster, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("ECREC_COMPILE_TREES", "off")
+    p = TreePredictor(booster, min_trees=1, cache=tmp_path)
+    assert not p.compiled and "ECREC_COMPILE_TREES" in p.why_not_compiled
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_pickled_predictor_reloads_its_compiled_trees(booster, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("ECREC_COMPILED_TREES_DIR", str(tmp_path))
     fast = TreePredictor(booster, min_trees=1)

@@ -14,7 +14,8 @@ cost there is less than the compile's.
 A compiled model is cached on local disk (:func:`cache_dir`), keyed by the model text, the
 compiler's versions and the host CPU (the code is specialised for it), and written atomically:
 a later night, a Spark worker or a concurrent process on the same machine loads it in a moment.
-Without lleaves, or when compiling fails, the model stays on LightGBM and the log says why.
+Without lleaves, or when compiling fails, the model stays on LightGBM and the log says why;
+``ECREC_COMPILE_TREES=0`` keeps every model on LightGBM.
 """
 
 from __future__ import annotations
@@ -35,6 +36,14 @@ log = logging.getLogger(__name__)
 # a test's ranker a few dozen over a few hundred.
 COMPILE_MIN_TREES = 100
 CACHE_ENV = "ECREC_COMPILED_TREES_DIR"
+# "0" / "false" / "off": every booster predicts through LightGBM (an operator's switch, and the
+# benchmark's side-by-side baseline)
+SWITCH_ENV = "ECREC_COMPILE_TREES"
+
+
+def compiling_enabled() -> bool:
+    """False when ``$ECREC_COMPILE_TREES`` is 0, false or off."""
+    return os.environ.get(SWITCH_ENV, "").strip().lower() not in {"0", "false", "off", "no"}
 
 
 def cache_dir() -> Path:
@@ -67,6 +76,9 @@ class TreePredictor:
         self.why_not_compiled = ""
         if booster.num_trees() < min_trees:
             self.why_not_compiled = f"{booster.num_trees()} trees < {min_trees}"
+            return
+        if not compiling_enabled():
+            self.why_not_compiled = f"${SWITCH_ENV} is off"
             return
         try:
             self._compiled = _compile(booster.model_to_string(), cache or cache_dir())
