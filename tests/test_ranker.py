@@ -473,3 +473,26 @@ def test_row_at_reads_the_same_entries_as_dense_rows() -> None:
     assert _row_at(table, rows, cands)[0, 0] == full[4, 7]
     assert not _row_at(sp.csr_matrix((30, 40), dtype=np.float32), rows, cands).any()
     assert not _row_at(table, np.array([-1, -1]), cands[:2]).any()
+
+
+def test_eval_histories_carry_times_without_event_types() -> None:
+    """A dataset with event times and no event types (Amazon reviews) still serves each eval row
+    its own times: without them the ranker's causal time features went missing and the
+    benchmark's served row fell below the ranker alone (BENCHMARKS.md, issue 32)."""
+    from ecrec_lib.evaluation import leave_one_out
+    from ecrec_lib.training.data import TrainingData
+    from ecrec_lib.training.trainer import eval_histories
+
+    seqs = [np.array([0, 1, 2, 3]), np.array([2, 3, 1])]
+    times = [np.array([10, 20, 30, 40]), np.array([5, 6, 7])]
+    data = TrainingData(item_ids=["a", "b", "c", "d"], item_text=["a", "b", "c", "d"],
+                        item_category=["x"] * 4, item_brand=["y"] * 4, user_keys=["u0", "u1"],
+                        sequences=seqs, event_types=None, event_times=times)
+    _, _, test = leave_one_out(data.sequences)
+    hist = eval_histories(data.item_ids, test, data)
+    assert [h.item_ids for h in hist] == [["a", "b", "c"], ["c", "d"]]
+    assert [list(h.event_times) for h in hist] == [[10, 20, 30], [5, 6]]
+    assert all(not h.event_types for h in hist)
+    typed = dataclasses.replace(data, event_types=[np.full(4, 4), np.full(3, 4)])
+    assert [list(h.event_times) for h in eval_histories(data.item_ids, test, typed)] == [
+        [10, 20, 30], [5, 6]]

@@ -295,11 +295,14 @@ def eval_histories(item_ids: Sequence[str], eval_set: EvalSet, data: TrainingDat
         h = np.asarray(h, dtype=np.int64)
         types: list[str] = []
         times: list[int] = []
-        if data is not None and data.event_times is not None and data.event_types is not None:
-            seq = data.sequences[int(u)]
-            if len(seq) >= len(h) and np.array_equal(seq[:len(h)], h):
+        seq = data.sequences[int(u)] if data is not None else None
+        if seq is not None and len(seq) >= len(h) and np.array_equal(seq[:len(h)], h):
+            # each on its own: a dataset with times and no event types (Amazon reviews) must
+            # still give the ranker its time context, or its time features go missing
+            if data.event_types is not None:
                 names = ("", *ITEM_EVENT_TYPES)  # codes 1..4, 0 unknown (event_type_codes)
                 types = [names[int(c)] for c in data.event_types[int(u)][:len(h)]]
+            if data.event_times is not None:
                 times = [int(t) for t in data.event_times[int(u)][:len(h)]]
         out.append(UserHistory(ids[h].tolist(), types, times))
     return out
