@@ -31,7 +31,8 @@ def excluded_columns(items: ItemSet, histories: Sequence[UserHistory], exclude_s
     # one lookup for the whole block (a lookup per row cost more than the ranking itself)
     flat = np.asarray([str(i) for ids in rows for i in ids], dtype=object)
     cols = pd.Index(np.asarray(items.item_ids, dtype=object)).get_indexer(flat)
-    return [c[c >= 0] for c in np.split(cols, np.cumsum([len(ids) for ids in rows])[:-1])]
+    parts = np.split(cols, np.cumsum([len(ids) for ids in rows])[:-1]) if rows else []
+    return [c[c >= 0] for c in parts]
 
 
 def top_k_columns(scores: np.ndarray, k: int, banned: Sequence[np.ndarray],
