@@ -267,7 +267,8 @@ def test_ranker_share_mixes_into_the_neighbourhood(brand_blend) -> None:
     dists = [row_distribution(m.score(hist)) for m in (blend.knn, blend.user_knn, blend.linear)]
     p_rank = torch.as_tensor(blend.ranker.probs(hist, *(d.numpy() for d in dists), anchors,
                                                 (blend.knn.sim, blend.linear.weights)))
-    want = _mix_neighbourhoods(dists[0], [(dists[1], 0.3 * 0.5), (dists[2], 0.2 * 0.5), (p_rank, 0.5)])
+    # the blend's shares are the served ones: no second scaling by the ranker's share
+    want = _mix_neighbourhoods(dists[0], [(dists[1], 0.3), (dists[2], 0.2), (p_rank, 0.5)])
     assert torch.allclose(got, want, atol=1e-6)
     assert torch.allclose(got.sum(1), torch.ones(16), atol=1e-5)
     with pytest.raises(ValueError, match="sum to at most 1"):
@@ -275,6 +276,25 @@ def test_ranker_share_mixes_into_the_neighbourhood(brand_blend) -> None:
                   ranker=blend.ranker, ranker_share=0.5)
     with pytest.raises(ValueError, match="needs the ranker and the user-kNN"):
         CoocBlend(blend.knn, 1.0, 10.0, ranker_share=0.5)
+
+
+def test_the_served_blend_mixes_what_the_search_scored(brand_blend) -> None:
+    """fit_blend serves the searched setting (a, b chosen without the ranker, then c) with a
+    and b scaled by 1 - c: the served neighbourhood must be the one the search evaluated, not
+    one with a and b scaled twice."""
+    from ecrec_lib.models.blend import BlendSetting, _ValidationScores
+
+    blend, seqs, n = brand_blend
+    hist = [s[:4] for s in seqs[:16]]
+    anchors = np.full(16, 1_700_000_000 + 3.0 * DAY)
+    searched = BlendSetting("product", 1.0, 1e-3, user_share=0.5, linear_share=0.5,
+                            ranker_share=0.4)
+    search = _ValidationScores(hist, 10.0, lambda pos: torch.zeros(len(pos), n), blend.knn,
+                               blend.user_knn, blend.linear, blend.ranker, anchors, False)
+    served = CoocBlend(blend.knn, 1.0, 10.0, blend.user_knn, 0.5 * 0.6, "product", 1e-3,
+                       blend.linear, 0.5 * 0.6, blend.ranker, 0.4)
+    assert torch.allclose(served.knn_probs(hist, anchor_ts=anchors),
+                          search.neighbourhood(np.arange(16), searched), atol=1e-6)
 
 
 def test_ranker_blend_round_trip_and_incomplete_artifact(brand_blend, tmp_path: Path) -> None:

@@ -14,7 +14,11 @@ divided by their sum): item-kNN, user-kNN (session neighbours) and the linear tr
 the linear model has no positive score gives that part's share to item-kNN. A fourth part,
 optional, is the learned candidate ranker (:mod:`ecrec_lib.models.ranker`): LambdaRank over the
 three parts' scores and item side features, trained on each training sequence's last item;
-with share ``c`` the neighbourhood part becomes ``(1 - c) nb(u, i) + c * ranker(u, i)``.
+with share ``c`` the neighbourhood part becomes
+``(1 - a - b - c) * itemknn(u, i) + a * userknn(u, i) + b * linear(u, i) + c * ranker(u, i)``:
+a blend's ``a``, ``b`` and ``c`` are the served shares (they sum to at most 1; the search
+chooses ``a`` and ``b`` without the ranker, then ``c``, and serves ``a`` and ``b`` times
+``1 - c``).
 
 A second kind, the **product of experts** (``kind="product"``), adds the neighbourhood
 evidence in log space instead of mixing probabilities:
@@ -193,7 +197,7 @@ class CoocBlend:
                 histories, own["item"].numpy(), own["user"].numpy(),
                 own["linear"].numpy() if "linear" in own else None, anchor_ts,
                 (self.knn.sim, self.linear.weights if self.linear is not None else None))
-            parts = [(p, share * (1 - self.ranker_share)) for p, share in parts]
+            # the shares are the served ones (fit_blend scaled a and b by 1 - c already)
             parts.append((row_distribution(p_rank, columns, n_columns), self.ranker_share))
         return _mix_neighbourhoods(laid_out("item"), parts)
 
