@@ -212,38 +212,6 @@ class CoocBlend:
                        self.knn_probs(histories, columns, cos.shape[1], anchor_ts), self.kind,
                        self.eps)
 
-    def rescore(self, cand_idx: np.ndarray, cand_cos: np.ndarray, log_z: np.ndarray,
-                histories: Sequence[np.ndarray], columns: np.ndarray | None = None,
-                n_columns: int = 0, probs: torch.Tensor | None = None) -> np.ndarray:
-        """Blended scores for candidate lists (n, c) of column indices (-1 = none), given
-        their cosines and each user's ``log_z = logsumexp(cos / tau)`` over all columns
-        (``probs``: :meth:`knn_probs` of the same rows, when already computed)."""
-        if self.weight <= 0:
-            return cand_cos.astype(np.float64)
-        t = self.inv_temperature
-        if probs is None:
-            probs = self.knn_probs(histories, columns, n_columns)
-        p_knn = probs.numpy().astype(np.float64)
-        safe = np.where(cand_idx >= 0, cand_idx, 0)
-        pk = np.take_along_axis(p_knn, safe, 1) * (cand_idx >= 0)
-        if self.kind == "product":
-            return product_of_experts(torch.as_tensor(cand_cos, dtype=torch.float64), t,
-                                      self.weight, torch.as_tensor(pk), self.eps).numpy()
-        lz = log_z.reshape(-1, 1).astype(np.float64)
-        p_model = np.exp(cand_cos.astype(np.float64) * t - lz)
-        with np.errstate(divide="ignore"):
-            return (np.log((1 - self.weight) * p_model + self.weight * pk) + lz) / t
-
-    def knn_candidates(self, histories: Sequence[np.ndarray], n: int,
-                       columns: np.ndarray | None = None, n_columns: int = 0,
-                       probs: torch.Tensor | None = None) -> np.ndarray:
-        """(len(histories), n) columns with the highest kNN probability (-1 where none).
-        ``probs``: :meth:`knn_probs` of the same rows when the caller already has them."""
-        p = self.knn_probs(histories, columns, n_columns) if probs is None else probs
-        n = min(n, p.shape[1])
-        vals, idx = torch.topk(p, n, dim=1)
-        return torch.where(vals > 1e-9, idx, torch.full_like(idx, -1)).numpy()
-
     # ------------------------------------------------------------------ persistence
     def save(self, out_dir: str | Path) -> list[str]:
         """Write the blend next to a model artifact; returns the file names written."""
@@ -372,18 +340,6 @@ def index_histories(model_item_ids: Sequence[str], histories: Sequence[Any]) -> 
     index = {iid: i for i, iid in enumerate(model_item_ids)}
     return [np.asarray([index[str(i)] for i in (h if h is not None else []) if str(i) in index],
                        dtype=np.int64) for h in histories]
-
-
-def log_partition(users: np.ndarray, items: np.ndarray, inv_temperature: float,
-                  chunk: int = 32768) -> np.ndarray:
-    """(n_users,) ``logsumexp(users @ items.T * inv_temperature)`` over all items, in chunks
-    of items so memory stays at (n_users, chunk)."""
-    u = torch.as_tensor(np.ascontiguousarray(users, dtype=np.float32))
-    acc = torch.full((u.shape[0],), float("-inf"))
-    for start in range(0, items.shape[0], chunk):
-        e = torch.as_tensor(np.ascontiguousarray(items[start:start + chunk], dtype=np.float32))
-        acc = torch.logaddexp(acc, torch.logsumexp(u @ e.T * inv_temperature, dim=1))
-    return acc.numpy()
 
 
 @dataclass(frozen=True)
