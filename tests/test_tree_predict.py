@@ -45,12 +45,25 @@ def test_compiled_trees_predict_as_lightgbm_and_cache_once(booster, tmp_path) ->
     got = fast.predict(x, 2)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
     np.testing.assert_array_equal(np.argsort(-got, kind="stable"), np.argsort(-want, kind="stable"))
-    cached = sorted(p.name for p in tmp_path.iterdir())
+    cached = sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock"))
     assert len(cached) == 1 and cached[0].endswith(".o")  # no staging leftovers
 
     again = TreePredictor(booster, min_trees=1, cache=tmp_path)  # loaded, not recompiled
-    assert sorted(p.name for p in tmp_path.iterdir()) == cached
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == cached
     np.testing.assert_array_equal(again.predict(x, 1), got)
+
+
+def test_concurrent_users_of_one_model_compile_it_once(booster, tmp_path, caplog) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    caplog.set_level("INFO", logger="ecrec_lib.models.tree_predict")
+    with ThreadPoolExecutor(3) as pool:  # as a night's Spark workers load the same champion
+        got = list(pool.map(lambda _: TreePredictor(booster, min_trees=1, cache=tmp_path),
+                            range(3)))
+    assert all(p.compiled for p in got)
+    assert caplog.text.count("compiled a ranker booster") == 1
+    for p in got[1:]:
+        np.testing.assert_array_equal(p.predict(_rows(), 1), got[0].predict(_rows(), 1))
 
 
 def test_the_switch_keeps_lightgbm(booster, tmp_path, monkeypatch) -> None:

@@ -20,6 +20,7 @@ Without lleaves, or when compiling fails, the model stays on LightGBM and the lo
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -122,11 +123,21 @@ class TreePredictor:
 
 def _compile(model_text: str, cache: Path) -> Any:
     """The lleaves model of ``model_text``, from ``cache`` or compiled into it atomically."""
-    import lleaves
+    import lleaves  # noqa: F401 - ImportError before any cache file is touched
 
     key = hashlib.sha256((_host_key() + "\n" + model_text).encode()).hexdigest()[:32]
     cache.mkdir(parents=True, exist_ok=True)
     binary = cache / f"{key}.o"
+    # one compiler per model and machine: the Spark workers of a night wait for the first
+    # one's binary instead of each compiling the same trees
+    with open(cache / f".{key}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _compile_locked(model_text, cache, binary)
+
+
+def _compile_locked(model_text: str, cache: Path, binary: Path) -> Any:
+    import lleaves
+
     with tempfile.TemporaryDirectory(dir=cache, prefix=".compile-") as tmp:
         model_file = Path(tmp) / "model.txt"
         model_file.write_text(model_text)
@@ -136,6 +147,6 @@ def _compile(model_text: str, cache: Path) -> Any:
             return model
         staged = Path(tmp) / binary.name
         model.compile(cache=str(staged))
-        os.replace(staged, binary)  # a concurrent compile of the same model writes the same bytes
+        os.replace(staged, binary)
     log.info("compiled a ranker booster of %d trees to %s", model.num_trees(), binary)
     return model
