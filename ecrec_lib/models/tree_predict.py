@@ -73,23 +73,27 @@ class TreePredictor:
     def __init__(self, booster: Any, min_trees: int = COMPILE_MIN_TREES,
                  cache: Path | None = None) -> None:
         self.booster = booster
+        self.cache = cache
         self._compiled: Any = None
         self.why_not_compiled = ""
         if booster.num_trees() < min_trees:
             self.why_not_compiled = f"{booster.num_trees()} trees < {min_trees}"
-            return
-        if not compiling_enabled():
+        elif not compiling_enabled():
             self.why_not_compiled = f"${SWITCH_ENV} is off"
-            return
+        else:
+            self._try_compile()
+
+    def _try_compile(self) -> None:
+        """Compile (or load) the booster; on failure LightGBM serves and the log says why."""
         try:
-            self._compiled = _compile(booster.model_to_string(), cache or cache_dir())
+            self._compiled = _compile(self.booster.model_to_string(), self.cache or cache_dir())
         except ImportError:
             self.why_not_compiled = "lleaves is not installed"
         except Exception as exc:  # a compiler failure must not stop scoring: LightGBM serves
             self.why_not_compiled = f"compiling failed: {type(exc).__name__}: {exc}"
         if self._compiled is None:
             log.warning("ranker booster of %d trees predicts through LightGBM (%s): slower, "
-                        "same ranking", booster.num_trees(), self.why_not_compiled)
+                        "same ranking", self.booster.num_trees(), self.why_not_compiled)
 
     @property
     def compiled(self) -> bool:
@@ -114,11 +118,7 @@ class TreePredictor:
         was = state.pop("_was_compiled", False)
         self.__dict__.update(state)
         if was:
-            try:
-                self._compiled = _compile(self.booster.model_to_string(), cache_dir())
-            except Exception as exc:
-                self.why_not_compiled = f"compiling failed: {type(exc).__name__}: {exc}"
-                log.warning("ranker booster predicts through LightGBM (%s)", self.why_not_compiled)
+            self._try_compile()
 
 
 def _compile(model_text: str, cache: Path) -> Any:
