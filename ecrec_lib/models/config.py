@@ -62,8 +62,9 @@ class ModelConfig:
     ranker: bool = True  # with the blend: also fit the learned candidate ranker (LightGBM
     # LambdaRank on each training sequence's last item; its share is chosen on validation, 0 when
     # it does not help; ecrec_lib.models.ranker)
-    ranker_boosters: int = 4  # LightGBM models the ranker averages (each with its own held-out
-    # split and seed): steadier than one, whose early stop the split's noise moves
+    ranker_boosters: int = 2  # LightGBM models the ranker averages (each with its own held-out
+    # split and seed): one is noisier (its early stop moves with the split); 4 served no better
+    # than 2 on Beauty and cost twice the served path's tree time (BENCHMARKS.md)
     temperature: float = 0.07  # cosine logits are divided by this
     learn_temperature: bool = True  # start at `temperature`, let the loss tune it
     query_loss_weight: float = 0.5  # weight of the query->item contrastive loss

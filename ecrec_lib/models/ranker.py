@@ -117,7 +117,7 @@ class RankerConfig:
     max_rounds: int = 1000  # boosting rounds before early stopping on the held-out queries
     early_stopping: int = 150  # rounds without held-out NDCG@10 gain before stopping: a short
     # patience stops at a round the held-out split's noise picks (BENCHMARKS.md, ranker section)
-    boosters: int = 4  # LightGBM models averaged, each with its own held-out split and seed
+    boosters: int = 2  # LightGBM models averaged, each with its own held-out split and seed
     learning_rate: float = 0.03  # smaller steps, more rounds: better than 0.05 on Beauty
     num_leaves: int = 31
     min_data_in_leaf: int = 100  # smooths leaves: most candidates are negatives
