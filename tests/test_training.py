@@ -310,3 +310,45 @@ def test_checkpoint_holds_only_tensors_and_plain_data(tiny_bert: str, tmp_path: 
                     checkpoint_dir=str(tmp_path))
     state = torch.load(tmp_path / "last.pt", weights_only=True)  # raises on anything else
     assert state["epoch"] == 1 and isinstance(state["history"][0]["loss"], float)
+
+
+@pytest.mark.parametrize("loss", ["full_softmax", "sampled_softmax"])
+def test_items_without_training_interactions_are_no_negatives(tiny_bert: str, loss: str) -> None:
+    """A new (or held-out) item is never a target, so as a negative it would only be pushed
+    down: the next-item and co-occurrence losses give its vector no gradient at all."""
+    from ecrec_lib.training.trainer import (
+        _cooc_loss,
+        _cooccurrence_pairs,
+        _next_item_loss,
+        _training_arrays,
+        build_recommender,
+    )
+
+    data = synthetic_data(n_items=30, n_users=80, with_queries=False)
+    unseen = np.arange(25, 30)
+    train = [s[~np.isin(s, unseen)] for s in data.sequences]
+    mcfg = small_cfg(tiny_bert, loss=loss, n_negatives=30)
+    rec, _, _ = build_recommender(data, mcfg, train)
+    model = rec.model
+    assert not model.has_id[torch.as_tensor(unseen)].any()
+    arrays = _training_arrays(data, train, mcfg.max_seq_len)
+    seq, tgt = torch.as_tensor(arrays.inp[:16]), torch.as_tensor(arrays.tgt[:16])
+    lengths, typ = torch.as_tensor(arrays.lengths[:16]), torch.as_tensor(arrays.types[:16])
+    valid = tgt >= 0
+    cand = torch.arange(data.n_items)  # every item a candidate: the sampled path keeps them all
+    # the item text rows as a leaf: every loss path builds item vectors from them
+    model.item_text_emb = model.item_text_emb.clone().requires_grad_()
+    items = model.item_vectors(cand)
+    log_unigram = torch.full((data.n_items,), -np.log(data.n_items))
+    use_full = loss == "full_softmax"
+    a, b = (torch.as_tensor(p) for p in _cooccurrence_pairs(train, 2))
+    total = (_next_item_loss(model, items, seq, seq, lengths, typ, valid, tgt[valid], tgt[valid],
+                             cand, log_unigram, use_full, mcfg)
+             + _cooc_loss(model, items, a, b, cand, None, np.random.default_rng(0), use_full,
+                          mcfg.replace(cooc_batch_size=64)))
+    assert torch.isfinite(total)
+    total.backward()
+    grad = model.item_text_emb.grad.abs().sum(1)
+    assert grad[torch.as_tensor(unseen)].eq(0).all()
+    seen_negatives = np.setdiff1d(np.arange(25), tgt[valid].numpy())
+    assert grad[torch.as_tensor(seen_negatives)].gt(0).all()

@@ -523,6 +523,18 @@ def _candidate_ids(seq: torch.Tensor, targets: torch.Tensor, neg: torch.Tensor
             inverse[seq.numel(): seq.numel() + len(targets)])
 
 
+def _unseen_bias(model: TwoTowerModel, cand: torch.Tensor) -> torch.Tensor | None:
+    """A logit bias removing the candidates with no training interaction from a softmax (-inf),
+    or None when every candidate has one. Such an item (new to the catalog, or held out) is never
+    a target, so as a negative it would only ever be pushed down, and its text vector would rank
+    below every trained item's when it is new and only its text can recommend it."""
+    unseen = ~model.has_id[cand]
+    if not bool(unseen.any()):
+        return None
+    return torch.zeros(len(cand), dtype=torch.float32, device=cand.device).masked_fill_(
+        unseen, float("-inf"))
+
+
 def _fresh_text_rows(model: TwoTowerModel, encoder: TextEncoder, texts: Sequence[str],
                      cand: torch.Tensor, batch_items: torch.Tensor, mcfg: ModelConfig) -> torch.Tensor:
     """The candidates' text rows, the step's own items re-encoded with gradient (finetune)."""
@@ -551,6 +563,9 @@ def _next_item_loss(model: TwoTowerModel, items: torch.Tensor, seq: torch.Tensor
         n_items = model.n_items
         q = len(targets) * log_unigram[cand].exp() + mcfg.n_negatives / n_items
         log_q = -torch.log(q.clamp_min(1e-12))
+    unseen = _unseen_bias(model, cand)
+    if unseen is not None:
+        log_q = unseen if log_q is None else log_q + unseen
     return catalog_cross_entropy(h, items, tgt_c, m_rows, m_cols, log_q)
 
 
@@ -586,7 +601,7 @@ def _cooc_loss(model: TwoTowerModel, items: torch.Tensor, cooc_a: torch.Tensor,
     sel = torch.as_tensor(rng.integers(0, len(cooc_a), mcfg.cooc_batch_size), device=device)
     a, b = cooc_a[sel], cooc_b[sel]
     if use_full:
-        c_items, a_pos, b_pos = items, a, b
+        c_idx, c_items, a_pos, b_pos = torch.arange(model.n_items, device=device), items, a, b
     else:
         assert neg is not None
         c_idx = torch.unique(torch.cat([a, b, neg]))
@@ -594,7 +609,8 @@ def _cooc_loss(model: TwoTowerModel, items: torch.Tensor, cooc_a: torch.Tensor,
         a_pos, b_pos = torch.searchsorted(c_idx, a), torch.searchsorted(c_idx, b)
     # an item is trivially closest to itself: it is not a candidate
     return catalog_cross_entropy(c_items[a_pos] * model.inv_temperature, c_items, b_pos,
-                                 torch.arange(len(a_pos), device=device), a_pos)
+                                 torch.arange(len(a_pos), device=device), a_pos,
+                                 _unseen_bias(model, c_idx))
 
 
 def _validate(rec: TwoTowerRecommender, valid: EvalSet, data: TrainingData,
