@@ -97,6 +97,23 @@ def test_user_tower_is_causal(trained) -> None:
     assert not torch.allclose(a[:, 3], b[:, 3])
 
 
+def test_user_batches_pad_short_histories_only_to_their_own_width(trained) -> None:
+    """A block mixing one long history with short ones is cut into batches of similar
+    widths, and every user's vector is what it is alone."""
+    from ecrec_lib.models.recommender import _width_batches
+
+    lens = np.asarray([1, 1, 2, 3, 4, 5, 9, 40])
+    batches = _width_batches(lens, np.arange(len(lens)), batch_size=3)
+    assert np.array_equal(np.concatenate(batches), np.arange(len(lens)))
+    assert all(len(b) <= 3 and lens[b].max() <= max(2 * lens[b].min(), 2) for b in batches)
+    _, res, _ = trained
+    rng = np.random.default_rng(0)
+    hist = [rng.integers(0, 20, n) for n in (1, 8, 2, 3, 8, 1, 5)]
+    together = res.model.user_vectors(hist)
+    alone = torch.cat([res.model.user_vectors([h]) for h in hist])
+    assert torch.allclose(together, alone, atol=1e-6)
+
+
 def test_vectors_are_normalized_and_protocol_holds(trained) -> None:
     data, res, _ = trained
     rec = res.model

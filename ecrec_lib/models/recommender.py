@@ -226,10 +226,10 @@ class TwoTowerRecommender(VectorRecommender):
         # Batches of similar lengths, each padded only to its longest history: right padding
         # changes no output (the causal tower never attends forward) but costs attention and
         # MLP time on every row, and most histories are far shorter than max_seq_len.
-        order = np.argsort([min(len(h), L) for h in histories], kind="stable")
+        lens = np.asarray([min(len(h), L) for h in histories], dtype=np.int64)
+        order = np.argsort(lens, kind="stable")
         out = []
-        for start in range(0, len(histories), batch_size):
-            chunk = order[start : start + batch_size]
+        for chunk in _width_batches(lens[order], order, batch_size):
             width = max(1, min(L, max(len(histories[u]) for u in chunk)))
             seq = np.zeros((len(chunk), width), dtype=np.int64)
             typ = np.zeros((len(chunk), width), dtype=np.int64)
@@ -268,3 +268,16 @@ class TwoTowerRecommender(VectorRecommender):
         served scores are :meth:`recommend`'s)."""
         u = self.user_vectors(histories, types)
         return u @ self.item_table().T
+
+
+def _width_batches(sorted_lens: np.ndarray, order: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """``order`` (rows by ascending length) cut into batches of at most ``batch_size`` rows whose
+    longest history is at most twice their shortest (and 2): a served block of 512 users nearly
+    always holds one long history, and one batch would pad every short one to its width."""
+    batches, start = [], 0
+    for i in range(1, len(order) + 1):
+        if (i == len(order) or i - start >= batch_size
+                or sorted_lens[i] > max(2 * sorted_lens[start], 2)):
+            batches.append(order[start:i])
+            start = i
+    return batches
