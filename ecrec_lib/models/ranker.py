@@ -221,6 +221,14 @@ class ItemSide:
                 self.event_keys, np.arange(len(self.popularity) + 1, dtype=np.int64) << TS_SHIFT)
         return cache["_item_start"][items]
 
+    def text32(self) -> np.ndarray:
+        """The text vectors in float32, converted once per side (the features' arithmetic)."""
+        assert self.text is not None
+        cache = self.__dict__.setdefault("_lookups", {})
+        if "text32" not in cache:
+            cache["text32"] = self.text.astype(np.float32)
+        return cache["text32"]
+
     def until(self, items: np.ndarray, anchor: np.ndarray) -> EventsUntil:
         """Each ``items`` entry's training events at or before ``anchor`` (same shape), looked
         up once for every causal feature that reads them."""
@@ -362,13 +370,36 @@ def _top_candidates(base: np.ndarray, histories: Sequence[np.ndarray], n: int) -
 def _share_of(codes: np.ndarray, histories: Sequence[np.ndarray], cands: np.ndarray) -> np.ndarray:
     """Per (row, candidate): the fraction of the row's history items with the candidate's code."""
     n_codes = int(codes.max()) + 2 if len(codes) else 1
-    counts = np.zeros((len(histories), n_codes), dtype=np.float32)
-    for r, h in enumerate(histories):
-        if len(h):
-            np.add.at(counts[r], codes[np.asarray(h, dtype=np.int64)] + 1, 1.0)
-            counts[r] /= len(h)
+    rows, items = _history_pairs(histories)
+    counts = np.bincount(rows * n_codes + codes[items] + 1,
+                         minlength=len(histories) * n_codes).astype(np.float32)
+    counts = counts.reshape(len(histories), n_codes)
+    counts /= np.maximum(np.asarray([len(h) for h in histories], dtype=np.float32), 1.0)[:, None]
     counts[:, 0] = 0.0  # unknown codes match nothing
     return np.take_along_axis(counts, codes[cands] + 1, 1)
+
+
+def _last_items(histories: Sequence[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, n) item indices of each history's last ``n`` items (oldest first, left-aligned)
+    and the mask of the real ones; padding points at item 0."""
+    take = np.asarray([min(len(h), n) for h in histories], dtype=np.int64)
+    valid = np.arange(n)[None, :] < take[:, None]
+    idx = np.zeros((len(histories), n), dtype=np.int64)
+    if take.sum():
+        idx[valid] = np.concatenate([np.asarray(h[len(h) - t:], dtype=np.int64)
+                                     for h, t in zip(histories, take, strict=True)])
+    return idx, valid
+
+
+def _mean_rows(table: np.ndarray, idx: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """Per row, the mean of ``table[idx[r, real[r]]]`` (zeros for a row with none), summed in
+    the rows' own order as ``ndarray.mean`` would."""
+    out = np.zeros((len(idx), table.shape[1]), dtype=table.dtype)
+    for j in range(idx.shape[1]):
+        out[real[:, j]] += table[idx[real[:, j], j]]
+    count = real.sum(1)
+    out[count > 0] /= count[count > 0, None].astype(table.dtype)
+    return out
 
 
 def _row_at(table: Any, rows: np.ndarray, cands: np.ndarray) -> np.ndarray:
@@ -453,26 +484,23 @@ def candidate_features(side: ItemSide, histories: Sequence[np.ndarray], p_item: 
         cols["sim_item_last"] = _row_at(item_sim, last, cands)
         cols["sim_linear_last"] = (_row_at(linear_sim, last, cands) if linear_sim is not None
                                    else np.zeros((rows, c), np.float32))
-    if want & set(TEXT_FEATURES):
+    if want & set(TEXT_FEATURES + TEXT_MAX_FEATURES):
         if not side.has_text:
             raise RankerError("this ranker reads text vectors but its item tables have none")
-        text = side.text.astype(np.float32)
-        last_vec = text[np.maximum(last, 0)] * (last >= 0)[:, None]
-        recent = np.stack([text[np.asarray(h[-RECENT_ITEMS:], dtype=np.int64)].mean(0) if len(h)
-                           else np.zeros(text.shape[1], np.float32) for h in histories])
-        recent /= np.maximum(np.linalg.norm(recent, axis=1, keepdims=True), 1e-9)
+        text = side.text32()
         cand_vec = text[cands]
+    if want & set(TEXT_FEATURES):
+        last_vec = text[np.maximum(last, 0)] * (last >= 0)[:, None]
+        idx, real = _last_items(histories, RECENT_ITEMS)
+        recent = _mean_rows(text, idx, real)
+        recent /= np.maximum(np.linalg.norm(recent, axis=1, keepdims=True), 1e-9)
         cols["text_sim_last"] = np.einsum("rcd,rd->rc", cand_vec, last_vec)
         cols["text_sim_recent"] = np.einsum("rcd,rd->rc", cand_vec, recent)
     if "text_sim_max" in want:
-        if not side.has_text:
-            raise RankerError("this ranker reads text vectors but its item tables have none")
-        text = side.text.astype(np.float32)
-        best = np.full((rows, c), -1.0, np.float32)
-        for r, h in enumerate(histories):
-            if len(h):
-                best[r] = (text[cands[r]] @ text[np.asarray(h[-MAX_ITEMS:], dtype=np.int64)].T).max(1)
-        cols["text_sim_max"] = best
+        idx, real = _last_items(histories, MAX_ITEMS)
+        sims = np.matmul(cand_vec, text[idx].transpose(0, 2, 1))  # (rows, C, MAX_ITEMS)
+        sims[~np.broadcast_to(real[:, None, :], sims.shape)] = -np.inf
+        cols["text_sim_max"] = np.where(real.any(1)[:, None], sims.max(2), np.float32(-1.0))
     if want & set(SESSION_FEATURES):
         gap, recent = ((np.full(rows, np.nan), np.full(rows, np.nan)) if context is None else
                        (np.log1p(np.maximum(context[:, 0] - context[:, 1], 0.0) / DAY_S), context[:, 2]))
