@@ -272,8 +272,9 @@ class TwoTowerRecommender(VectorRecommender):
 
 def _width_batches(sorted_lens: np.ndarray, order: np.ndarray, batch_size: int) -> list[np.ndarray]:
     """``order`` (rows by ascending length) cut into batches of at most ``batch_size`` rows whose
-    longest history is at most twice their shortest (and 2): a served block of 512 users nearly
-    always holds one long history, and one batch would pad every short one to its width."""
+    longest history is at most twice their shortest (at most 2 items when the shortest has 0 or
+    1): a served block of 512 users nearly always holds one long history, and one batch would pad
+    every short one to its width."""
     batches, start = [], 0
     for i in range(1, len(order) + 1):
         if (i == len(order) or i - start >= batch_size
