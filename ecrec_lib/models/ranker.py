@@ -340,7 +340,16 @@ def time_context(event_times: Sequence[np.ndarray | None]) -> np.ndarray:
 def candidate_scores(p_item: np.ndarray, p_user: np.ndarray, p_linear: np.ndarray) -> np.ndarray:
     """The fixed log-linear mix that picks the candidates (see :data:`CANDIDATE_MIX`)."""
     parts = {"p_item": p_item, "p_user": p_user, "p_linear": p_linear}
-    return sum(w * np.log(parts[name] + CANDIDATE_FLOOR) for name, w in CANDIDATE_MIX)
+    base = tmp = None
+    for name, w in CANDIDATE_MIX:  # in place: three passes over (rows, n_items), no temporaries
+        tmp = np.add(parts[name], CANDIDATE_FLOOR, out=tmp)
+        np.log(tmp, out=tmp)
+        tmp *= w
+        if base is None:
+            base, tmp = tmp, None
+        else:
+            base += tmp
+    return base
 
 
 def _history_pairs(histories: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
