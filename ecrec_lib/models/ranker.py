@@ -340,15 +340,16 @@ def time_context(event_times: Sequence[np.ndarray | None]) -> np.ndarray:
 def candidate_scores(p_item: np.ndarray, p_user: np.ndarray, p_linear: np.ndarray) -> np.ndarray:
     """The fixed log-linear mix that picks the candidates (see :data:`CANDIDATE_MIX`)."""
     parts = {"p_item": p_item, "p_user": p_user, "p_linear": p_linear}
-    base = tmp = None
-    for name, w in CANDIDATE_MIX:  # in place: three passes over (rows, n_items), no temporaries
-        tmp = np.add(parts[name], CANDIDATE_FLOOR, out=tmp)
+    # in place, one scratch buffer: these are full (rows, n_items) passes on the served path
+    (first, w0), *rest = CANDIDATE_MIX
+    base = np.log(parts[first] + CANDIDATE_FLOOR)
+    base *= w0
+    tmp = np.empty_like(base)
+    for name, w in rest:
+        np.add(parts[name], CANDIDATE_FLOOR, out=tmp)
         np.log(tmp, out=tmp)
         tmp *= w
-        if base is None:
-            base, tmp = tmp, None
-        else:
-            base += tmp
+        base += tmp
     return base
 
 
