@@ -359,3 +359,64 @@ def test_shares_summing_to_one_never_make_a_negative_probability() -> None:
     mix = _mix_neighbourhoods(p_item, [(p_user, 0.3 * (1 - c)), (p_lin, 0.7 * (1 - c)), (p_rank, c)])
     assert (mix >= 0).all() and torch.allclose(mix.sum(1), torch.ones(1))
     assert torch.isfinite(combine(torch.zeros(1, 3), 4.0, 0.5, mix, "mixture", 1e-4)).all()
+
+
+def test_cold_share_ranks_unseen_items_by_the_models_own_probability(tmp_path: Path) -> None:
+    # items 6 and 7 have no training interaction: no neighbourhood part gives them mass
+    cos = torch.as_tensor(np.random.default_rng(3).uniform(-1, 1, (3, 8)), dtype=torch.float32)
+    hist = [np.array([0, 1]), np.array([4]), np.array([], dtype=np.int64)]
+    b = _blend(2.0, n_items=8, kind="product", eps=1e-3)
+    p_nb = b.knn_probs(hist)
+    assert float(p_nb[:, 6:].max()) < 1e-6  # zero (the tiny popularity prior is 0 too)
+    assert b.unseen_columns().tolist() == [False] * 6 + [True] * 2
+    plain = b.mix(cos, hist)
+    b.cold_share = 0.5
+    served = b.mix(cos, hist)
+    p_model = torch.softmax(cos * 10.0, 1)
+    want = cos[:, 6:] + (2.0 / 10.0) * torch.log(0.5 * p_model[:, 6:] + 1e-3)
+    assert torch.allclose(served[:, 6:], want, atol=1e-5)
+    assert torch.equal(served[:, :6], plain[:, :6])  # seen items keep their scores
+    assert (served[:, 6:] > plain[:, 6:]).all()
+    # a catalog snapshot: its columns without a model item are unseen as well
+    columns = np.array([1, 0, 2, 3, 4, 5, 6, 7])  # model index -> column; column 8 is new
+    assert b.unseen_columns(columns, 9).tolist() == [False] * 6 + [True] * 3
+    # the round trip keeps g; a blend saved before the cold share loads with g = 0
+    b.save(tmp_path)
+    assert CoocBlend.load(tmp_path).cold_share == 0.5
+    params = json.loads((tmp_path / "blend.json").read_text())
+    del params["cold_share"]
+    (tmp_path / "blend.json").write_text(json.dumps(params))
+    assert torch.equal(CoocBlend.load(tmp_path).mix(cos, hist), plain)
+    with pytest.raises(ValueError, match="cold share must be >= 0"):
+        CoocBlend(b.knn, 1.0, 10.0, cold_share=-0.1)
+
+
+def test_fit_blend_gives_unseen_items_a_cold_share_only_when_validation_asks_for_it() -> None:
+    from ecrec_lib.evaluation import EvalSet
+
+    # items 0..11 form a chain the neighbourhood learns; items 12..15 never occur in training;
+    # the product kind (a mixture lets the model alone lift an item already)
+    n, chain = 16, 12
+    train = [np.arange(s, s + 5) % chain for s in range(chain)] * 3
+    hist = [np.arange(s, s + 5) % chain for s in range(chain)]
+    rng = np.random.default_rng(0)
+    noise = torch.as_tensor(rng.uniform(-1, 0.5, (chain, n)), dtype=torch.float32)
+
+    def fit(targets: np.ndarray) -> tuple[CoocBlend, dict]:
+        scores = noise.clone()
+        cold = targets >= chain
+        scores[np.flatnonzero(cold), targets[cold]] = 1.0  # the model knows unseen items' text
+        ev = EvalSet(np.arange(chain), hist, targets)
+        return fit_blend(train, n, 10.0, hist, lambda fn: evaluate_scores(fn, ev, n, ks=(10,))[
+            "ndcg@10"], lambda pos: scores[pos], weights=(0.0,), product_weights=(4.0,),
+            product_eps=(1e-3,))
+
+    nxt = np.asarray([(s + 5) % chain for s in range(chain)])
+    # half the users go on along the chain, half to an unseen item
+    mixed = np.where(np.arange(chain) % 2 == 0, nxt, chain + np.arange(chain) % 4)
+    blend, report = fit(mixed)
+    assert blend.weight > 0 and blend.cold_share > 0 and report["cold_share"] == blend.cold_share
+    assert any(",g=" in key for key in report["grid"])
+    # every target on the chain: lifting unseen items only costs, so g stays 0
+    blend, report = fit(nxt)
+    assert blend.cold_share == 0.0
