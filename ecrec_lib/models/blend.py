@@ -31,11 +31,9 @@ Amazon Beauty it beat the mixture by 3% validation NDCG@10 (BENCHMARKS.md, produ
 
 An item with no training interaction (new to the catalog, or in it with no event yet) gets
 no mass from any neighbourhood part: its zero is missing evidence, not evidence against it, yet
-both kinds read it as the weakest possible. With a **cold share** ``g > 0`` the neighbourhood
-part becomes ``(1 - g) * nb(u, .)`` on the items it has seen and ``g * softmax(cos(u, .) / tau)``
-over the unseen ones: a share of the next items is new (a night's new items are often what
-shoppers turn to), and among them the model's text towers alone can rank; ``g = 0`` keeps the
-zero.
+both kinds read it as the weakest possible. With a **cold share** ``g > 0`` the blend puts
+``g * softmax(cos / tau)_i``, the model's own probability, in its place, so the text tower
+alone ranks such items; ``g = 0`` keeps the zero.
 
 The kind, ``w``, ``eps``, the shares ``a`` and ``b``, the cold share ``g`` and the kNN settings
 are chosen on the validation targets after training (``w = 0`` when no blend helps, ``a = 0`` / ``b = 0`` when a
@@ -84,8 +82,8 @@ RANKER_SHARE_GRID: tuple[float, ...] = (0.3, 0.5, 0.7, 0.85, 1.0)  # share of th
 # w of the product kind beside the ranker: up to weights where the ranker's order decides and
 # the cosine only breaks its ties and ranks the items outside its candidates
 RANKER_PRODUCT_WEIGHT_GRID: tuple[float, ...] = PRODUCT_WEIGHT_GRID + (8.0, 16.0, 32.0)
-# g: the neighbourhood part's share of mass on the items it has not seen (0: none)
-COLD_SHARE_GRID: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+# g: an unseen item's neighbourhood probability as a multiple of the model's own (0: none)
+COLD_SHARE_GRID: tuple[float, ...] = (0.0, 0.1, 0.3, 1.0, 3.0)
 PARAMS_FILE = "blend.json"
 SIM_FILE = "blend_sim.npz"
 USERS_FILE = "blend_users.npz"
@@ -159,7 +157,7 @@ class CoocBlend:
     linear_share: float = 0.0  # b: share of the linear transition model's distribution
     ranker: CandidateRanker | None = None
     ranker_share: float = 0.0  # c: share of the learned ranker's distribution
-    cold_share: float = 0.0  # g: the share of the neighbourhood mass on unseen items
+    cold_share: float = 0.0  # g: an unseen item's probability, times the model's own
 
     def __post_init__(self) -> None:
         if self.kind not in BLEND_KINDS:
@@ -173,8 +171,8 @@ class CoocBlend:
                              f"{self.ranker_share}")
         if self.ranker_share > 0 and (self.ranker is None or self.user_knn is None):
             raise ValueError("a ranker share > 0 needs the ranker and the user-kNN it reads")
-        if not 0 <= self.cold_share < 1:
-            raise ValueError(f"the cold share must be in [0, 1), got {self.cold_share}")
+        if not self.cold_share >= 0:
+            raise ValueError(f"the cold share must be >= 0, got {self.cold_share}")
 
     # ------------------------------------------------------------------ scoring
     def knn_probs(self, histories: Sequence[np.ndarray], columns: np.ndarray | None = None,
@@ -351,17 +349,15 @@ def combine(cos: torch.Tensor, inv_temperature: float, weight: float, p_nb: torc
 
 def impute_unseen(p_nb: torch.Tensor, cos: torch.Tensor, inv_temperature: float,
                   unseen: torch.Tensor, share: float, inplace: bool = False) -> torch.Tensor:
-    """The neighbourhood distribution with a ``share`` of each row's mass on the ``unseen``
-    columns: ``(1 - share) * p_nb`` on the others and ``share * softmax(cos / tau)`` over the
-    unseen ones, i.e. the model's own preference among the items no part can rank (written
-    into ``p_nb`` when ``inplace``, else into a copy; ``p_nb`` itself when no column is unseen
-    or ``share`` is 0)."""
+    """``p_nb`` with each ``unseen`` column's probability set to ``share`` times the model's own
+    softmax there (written into ``p_nb`` when ``inplace``, else into a copy; ``p_nb`` itself when
+    no column is unseen or ``share`` is 0)."""
     cols = torch.nonzero(unseen).squeeze(1)
     if share <= 0 or not len(cols):
         return p_nb
+    log_z = torch.logsumexp(cos * inv_temperature, dim=1, keepdim=True)
     out = p_nb if inplace else p_nb.clone()
-    out *= 1.0 - share
-    out[:, cols] = share * torch.softmax(cos[:, cols] * inv_temperature, dim=1)
+    out[:, cols] = share * torch.exp(cos[:, cols] * inv_temperature - log_z)
     return out
 
 
