@@ -161,7 +161,6 @@ def run(cfg: EcrecConfig, ds: str, run_name: str | None = None, register: bool =
         mlflow.log_metric("blend_user_share", blend.user_share if blend is not None else 0.0)
         mlflow.log_metric("blend_linear_share", blend.linear_share if blend is not None else 0.0)
         mlflow.log_metric("blend_ranker_share", blend.ranker_share if blend is not None else 0.0)
-        mlflow.log_metric("blend_cold_share", blend.cold_share if blend is not None else 0.0)
         mlflow.set_tag("blend_kind", blend.kind if blend is not None else "none")
         results = {
             # as served: with the co-occurrence blend when validation chose one

@@ -29,14 +29,8 @@ i.e. ``log p(i | u) = log softmax(cos / tau)_i + w log(nb(u, i) + eps) + const``
 must please both experts to rank high, where the mixture lets either one alone lift it; on
 Amazon Beauty it beat the mixture by 3% validation NDCG@10 (BENCHMARKS.md, product-of-experts blend).
 
-An item with no training interaction (new to the catalog, or in it with no event yet) gets
-no mass from any neighbourhood part: its zero is missing evidence, not evidence against it, yet
-both kinds read it as the weakest possible. With a **cold share** ``g > 0`` the blend puts
-``g * softmax(cos / tau)_i``, the model's own probability, in its place, so the text tower
-alone ranks such items; ``g = 0`` keeps the zero.
-
-The kind, ``w``, ``eps``, the shares ``a`` and ``b``, the cold share ``g`` and the kNN settings
-are chosen on the validation targets after training (``w = 0`` when no blend helps, ``a = 0`` / ``b = 0`` when a
+The kind, ``w``, ``eps``, the shares ``a`` and ``b`` and the kNN settings are chosen on the
+validation targets after training (``w = 0`` when no blend helps, ``a = 0`` / ``b = 0`` when a
 part does not), so the blend can only match or beat the model on validation.
 Scores are reported on the cosine scale; for the mixture ``s'(u, i) = tau * log(p(u, i) * Z_u)`` with
 ``Z_u = sum_j exp(cos(u, j) / tau)``, so an item without co-occurrence keeps
@@ -82,8 +76,6 @@ RANKER_SHARE_GRID: tuple[float, ...] = (0.3, 0.5, 0.7, 0.85, 1.0)  # share of th
 # w of the product kind beside the ranker: up to weights where the ranker's order decides and
 # the cosine only breaks its ties and ranks the items outside its candidates
 RANKER_PRODUCT_WEIGHT_GRID: tuple[float, ...] = PRODUCT_WEIGHT_GRID + (8.0, 16.0, 32.0)
-# g: an unseen item's neighbourhood probability as a multiple of the model's own (0: none)
-COLD_SHARE_GRID: tuple[float, ...] = (0.0, 0.1, 0.3, 1.0, 3.0)
 PARAMS_FILE = "blend.json"
 SIM_FILE = "blend_sim.npz"
 USERS_FILE = "blend_users.npz"
@@ -157,7 +149,6 @@ class CoocBlend:
     linear_share: float = 0.0  # b: share of the linear transition model's distribution
     ranker: CandidateRanker | None = None
     ranker_share: float = 0.0  # c: share of the learned ranker's distribution
-    cold_share: float = 0.0  # g: an unseen item's probability, times the model's own
 
     def __post_init__(self) -> None:
         if self.kind not in BLEND_KINDS:
@@ -171,8 +162,6 @@ class CoocBlend:
                              f"{self.ranker_share}")
         if self.ranker_share > 0 and (self.ranker is None or self.user_knn is None):
             raise ValueError("a ranker share > 0 needs the ranker and the user-kNN it reads")
-        if not self.cold_share >= 0:
-            raise ValueError(f"the cold share must be >= 0, got {self.cold_share}")
 
     # ------------------------------------------------------------------ scoring
     def knn_probs(self, histories: Sequence[np.ndarray], columns: np.ndarray | None = None,
@@ -219,26 +208,9 @@ class CoocBlend:
         cos = torch.as_tensor(cos).float().cpu()
         if self.weight <= 0:
             return cos
-        p_nb = self.knn_probs(histories, columns, cos.shape[1], anchor_ts)
-        if self.cold_share > 0:
-            p_nb = impute_unseen(p_nb, cos, self.inv_temperature,
-                                 self.unseen_columns(columns, cos.shape[1]), self.cold_share,
-                                 inplace=True)
-        return combine(cos, self.inv_temperature, self.weight, p_nb, self.kind, self.eps)
-
-    def unseen_columns(self, columns: np.ndarray | None = None, n_columns: int = 0
-                       ) -> torch.Tensor:
-        """(n_columns,) bool: the columns no neighbourhood part has seen in training, i.e. the
-        model's items without a training interaction and, with ``columns`` (model index ->
-        column, -1 = absent), every column no model item maps to (an item new to the model)."""
-        unseen = torch.as_tensor(np.asarray(self.knn.popularity) <= 0)
-        if columns is None:
-            return unseen
-        cols = np.asarray(columns, dtype=np.int64)
-        present = np.flatnonzero(cols >= 0)
-        out = torch.ones(n_columns, dtype=torch.bool)
-        out[torch.as_tensor(cols[present])] = unseen[torch.as_tensor(present)]
-        return out
+        return combine(cos, self.inv_temperature, self.weight,
+                       self.knn_probs(histories, columns, cos.shape[1], anchor_ts), self.kind,
+                       self.eps)
 
     # ------------------------------------------------------------------ persistence
     def save(self, out_dir: str | Path) -> list[str]:
@@ -252,7 +224,7 @@ class CoocBlend:
             "knn": {k: getattr(self.knn, k) for k in
                     ("window", "backward_weight", "alpha", "decay", "max_history")},
             "user_share": self.user_share if self.user_knn is not None else 0.0,
-            "kind": self.kind, "eps": self.eps, "cold_share": self.cold_share,
+            "kind": self.kind, "eps": self.eps,
         }
         if self.user_knn is not None:
             sp.save_npz(out / USERS_FILE, self.user_knn.users.tocsr(), compressed=True)
@@ -302,9 +274,7 @@ class CoocBlend:
                    float(params.get("user_share", 0.0)) if user_knn is not None else 0.0,
                    str(params.get("kind", "mixture")), float(params.get("eps", 1e-4)), linear,
                    float(params.get("linear_share", 0.0)) if linear is not None else 0.0,
-                   ranker, float(params.get("ranker_share", 0.0)) if ranker is not None else 0.0,
-                   # blends saved before the cold share left unseen items at zero
-                   float(params.get("cold_share", 0.0)))
+                   ranker, float(params.get("ranker_share", 0.0)) if ranker is not None else 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return {"weight": self.weight, "inv_temperature": self.inv_temperature,
@@ -313,7 +283,7 @@ class CoocBlend:
                 "user_knn": asdict(self.user_knn) if self.user_knn is not None else None,
                 "linear_share": self.linear_share,
                 "linear": asdict(self.linear) if self.linear is not None else None,
-                "ranker_share": self.ranker_share, "cold_share": self.cold_share,
+                "ranker_share": self.ranker_share,
                 "ranker": ({"n_candidates": self.ranker.n_candidates,
                             "temperature": self.ranker.temperature,
                             "use_time": self.ranker.use_time}
@@ -347,20 +317,6 @@ def combine(cos: torch.Tensor, inv_temperature: float, weight: float, p_nb: torc
     return mix_distributions(cos, inv_temperature, weight, p_nb)
 
 
-def impute_unseen(p_nb: torch.Tensor, cos: torch.Tensor, inv_temperature: float,
-                  unseen: torch.Tensor, share: float, inplace: bool = False) -> torch.Tensor:
-    """``p_nb`` with each ``unseen`` column's probability set to ``share`` times the model's own
-    softmax there (written into ``p_nb`` when ``inplace``, else into a copy; ``p_nb`` itself when
-    no column is unseen or ``share`` is 0)."""
-    cols = torch.nonzero(unseen).squeeze(1)
-    if share <= 0 or not len(cols):
-        return p_nb
-    log_z = torch.logsumexp(cos * inv_temperature, dim=1, keepdim=True)
-    out = p_nb if inplace else p_nb.clone()
-    out[:, cols] = share * torch.exp(cos[:, cols] * inv_temperature - log_z)
-    return out
-
-
 def _mix_neighbourhoods(p_item: torch.Tensor,
                         parts: Sequence[tuple[torch.Tensor, float]]) -> torch.Tensor:
     """``(1 - sum shares) p_item + sum share * p`` per row over ``parts`` (distribution,
@@ -390,7 +346,7 @@ def index_histories(model_item_ids: Sequence[str], histories: Sequence[Any]) -> 
 class BlendSetting:
     """One point of the blend's grid: its kind, weight ``w``, the product kind's ``eps`` and
     the shares of user-kNN (``a``), the linear model (``b``) and the ranker (``c``) in the
-    neighbourhood part, and the cold share ``g`` of the items it has not seen."""
+    neighbourhood part."""
 
     kind: str = "mixture"
     weight: float = 0.0
@@ -398,7 +354,6 @@ class BlendSetting:
     user_share: float = 0.0
     linear_share: float = 0.0
     ranker_share: float = 0.0
-    cold_share: float = 0.0
 
     @property
     def key(self) -> str:
@@ -408,16 +363,14 @@ class BlendSetting:
             shares += f",b={self.linear_share}"
         if self.ranker_share > 0:
             shares += f",c={self.ranker_share}"
-        if self.cold_share > 0:
-            shares += f",g={self.cold_share}"
         if self.kind == "product":
             return f"product,w={self.weight},eps={self.eps},{shares}"
         return f"w={self.weight},{shares}"
 
-    def evaluation_order(self) -> tuple[float, float, float, float, str, float, float]:
+    def evaluation_order(self) -> tuple[float, float, float, str, float, float]:
         """Settings sharing a neighbourhood mix (and, for products, its log) are adjacent."""
-        return (self.ranker_share, self.user_share, self.linear_share, self.cold_share, self.kind,
-                self.eps, self.weight)
+        return (self.ranker_share, self.user_share, self.linear_share, self.kind, self.eps,
+                self.weight)
 
 
 class _ValidationScores:
@@ -436,7 +389,6 @@ class _ValidationScores:
         self.item_knn, self.user_knn, self.linear, self.ranker = item_knn, user_knn, linear, ranker
         self.anchor_ts = anchor_ts
         self.cacheable = cacheable
-        self.unseen = torch.as_tensor(np.asarray(item_knn.popularity) <= 0)
         self._parts: dict[bytes, tuple[torch.Tensor, ...]] = {}
         self._held: dict[str, tuple[Any, dict[bytes, torch.Tensor]]] = {}
 
@@ -474,21 +426,17 @@ class _ValidationScores:
         return self._held[slot][1][key]
 
     def neighbourhood(self, pos: np.ndarray, setting: BlendSetting) -> torch.Tensor:
-        a, b, c, g = (setting.user_share, setting.linear_share, setting.ranker_share,
-                      setting.cold_share)
+        a, b, c = setting.user_share, setting.linear_share, setting.ranker_share
 
         def compute() -> torch.Tensor:
-            cos, p_item, p_user, p_lin, p_rank = self.parts(pos)
+            _, p_item, p_user, p_lin, p_rank = self.parts(pos)
             mix = [(p, share * (1 - c)) for p, share in ((p_user, a), (p_lin, b))
                    if p is not None and share > 0]
             if c > 0 and p_rank is not None:
                 mix.append((p_rank, c))
-            nb = _mix_neighbourhoods(p_item, mix)
-            # the parts are cached and shared between settings: never written into
-            return impute_unseen(nb, cos, self.inv_temperature, self.unseen, g,
-                                 inplace=nb is not p_item)
+            return _mix_neighbourhoods(p_item, mix)
 
-        return self._hold("nb", (a, b, c, g), pos, compute)
+        return self._hold("nb", (a, b, c), pos, compute)
 
     def scores(self, setting: BlendSetting) -> Callable[[np.ndarray], torch.Tensor]:
         """The blended validation rows of ``setting`` (a ``score_fn``)."""
@@ -497,8 +445,7 @@ class _ValidationScores:
             if setting.weight <= 0:
                 return cos
             if setting.kind == "product":  # product_of_experts, with the log held per eps
-                group = (setting.user_share, setting.linear_share, setting.ranker_share,
-                         setting.cold_share, setting.eps)
+                group = (setting.user_share, setting.linear_share, setting.ranker_share, setting.eps)
                 log_nb = self._hold("log", group, pos, lambda: torch.log(
                     self.neighbourhood(pos, setting) + setting.eps))
                 return cos + (setting.weight / self.inv_temperature) * log_nb
@@ -548,14 +495,6 @@ def ranker_settings(base: BlendSetting, ranker_shares: Sequence[float], weights:
     return out
 
 
-def cold_settings(base: BlendSetting, cold_shares: Sequence[float]) -> list[BlendSetting]:
-    """The last stage's grid: the cold share ``g`` beside everything chosen before (none when
-    no blend was chosen: the model alone already ranks unseen items by its cosine)."""
-    if base.weight <= 0:
-        return []
-    return [dataclasses.replace(base, cold_share=float(g)) for g in cold_shares if g > 0]
-
-
 def fit_blend(
     train_seqs: Sequence[np.ndarray],
     n_items: int,
@@ -575,16 +514,13 @@ def fit_blend(
     ranker_shares: Sequence[float] = RANKER_SHARE_GRID,
     neighbourhood: Neighbourhood | None = None,
     ranker_product_weights: Sequence[float] = RANKER_PRODUCT_WEIGHT_GRID,
-    cold_shares: Sequence[float] = COLD_SHARE_GRID,
 ) -> tuple[CoocBlend, dict[str, Any]]:
     """Fit item-kNN on ``train_seqs`` (settings picked by validation NDCG@10), user-kNN and the
     linear transition model, then choose the blend's :class:`BlendSetting` on validation
     NDCG@10: first the kind, ``w`` (and ``eps``) and the user-kNN and linear shares ``a``, ``b``
     (:func:`share_settings`; ``w = 0``, ``a = 0`` and ``b = 0`` are always candidates), then the
     ranker's share ``c`` beside the chosen ``a``, ``b``, which are scaled by ``1 - c``
-    (:func:`ranker_settings`, whose product weights are ``ranker_product_weights``), last the
-    cold share ``g`` of the items without a training interaction (:func:`cold_settings`;
-    searched only when some item has none).
+    (:func:`ranker_settings`, whose product weights are ``ranker_product_weights``).
     ``product_weights=()`` searches mixtures only,
     ``linear_shares=(0.0,)`` leaves the linear model out (as does a catalog too large for it,
     with a warning). ``valid_eval(score_fn) -> ndcg@10`` evaluates a score function over the
@@ -626,24 +562,17 @@ def fit_blend(
         return model_alone if setting.weight <= 0 else valid_eval(valid.scores(setting))
 
     linear_grid = [b for b in linear_shares if b <= 0 or linear is not None]
-    searched = share_settings(user_shares, linear_grid, weights, product_weights, product_eps)
-    best_score, best = _search(searched, evaluate, (-1.0, BlendSetting()), report["grid"])
+    best_score, best = _search(
+        share_settings(user_shares, linear_grid, weights, product_weights, product_eps),
+        evaluate, (-1.0, BlendSetting()), report["grid"])
     if neighbourhood.ranker_report is not None:
         report["ranker"] = neighbourhood.ranker_report
     if ranker is not None:
         report["ranker_valid_ndcg@10"] = valid_eval(lambda pos: valid.parts(pos)[4])
-        second = ranker_settings(best, ranker_shares, weights,
-                                 ranker_product_weights if product_weights else (), product_eps)
-        searched += second
-        best_score, best = _search(second, evaluate, (best_score, best), report["grid"])
-    if bool(valid.unseen.any()):
-        # beside the best blend even when the model alone won: a blend can lose only by
-        # burying the unseen items a cold share lifts
-        blended = [s for s in searched if s.weight > 0]
-        base = best if best.weight > 0 or not blended else max(
-            blended, key=lambda s: report["grid"][s.key])
-        best_score, best = _search(cold_settings(base, cold_shares), evaluate,
-                                   (best_score, best), report["grid"])
+        best_score, best = _search(
+            ranker_settings(best, ranker_shares, weights,
+                            ranker_product_weights if product_weights else (), product_eps),
+            evaluate, (best_score, best), report["grid"])
     c = best.ranker_share
     # what is served: the user-kNN and linear shares scaled by the ranker's
     served = dataclasses.replace(best, user_share=best.user_share * (1 - c),
@@ -654,14 +583,12 @@ def fit_blend(
                          in report["grid"]}
     report.update({"weight": served.weight, "user_share": served.user_share,
                    "linear_share": served.linear_share, "kind": served.kind, "eps": served.eps,
-                   "ranker_share": c, "cold_share": served.cold_share,
-                   "valid_ndcg@10": best_score,
+                   "ranker_share": c, "valid_ndcg@10": best_score,
                    "model_valid_ndcg@10": model_alone})
     log.info("neighbourhood blend: %s, weight %.2f, user-kNN share %.2f, linear share %.2f, "
-             "ranker share %.2f, cold share %.2f (valid NDCG@10 %.4f; model alone %.4f, item-kNN "
-             "alone %.4f, user-kNN alone %.4f, linear alone %.4f, ranker alone %.4f)", served.kind,
-             served.weight, served.user_share, served.linear_share, c, served.cold_share,
-             best_score, model_alone,
+             "ranker share %.2f (valid NDCG@10 %.4f; model alone %.4f, item-kNN alone %.4f, "
+             "user-kNN alone %.4f, linear alone %.4f, ranker alone %.4f)", served.kind,
+             served.weight, served.user_share, served.linear_share, c, best_score, model_alone,
              neighbourhood.knn_valid_ndcg, report.get("user_knn_valid_ndcg@10", float("nan")),
              report.get("linear_valid_ndcg@10", float("nan")),
              report.get("ranker_valid_ndcg@10", float("nan")))
@@ -670,5 +597,4 @@ def fit_blend(
                      user_knn if served.user_share > 0 or keep_parts else None, served.user_share,
                      served.kind, served.eps,
                      linear if served.linear_share > 0 or keep_parts else None,
-                     served.linear_share, ranker if keep_parts else None, c,
-                     served.cold_share), report
+                     served.linear_share, ranker if keep_parts else None, c), report
