@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -215,19 +215,23 @@ class ItemSide:
         """Index into ``event_keys`` of each ``items`` entry's first event (a table built once
         per side: one lookup instead of a binary search per candidate)."""
         assert self.event_keys is not None
-        cache = self.__dict__.setdefault("_lookups", {})
-        if "_item_start" not in cache:
-            cache["_item_start"] = np.searchsorted(
-                self.event_keys, np.arange(len(self.popularity) + 1, dtype=np.int64) << TS_SHIFT)
-        return cache["_item_start"][items]
+        keys = self.event_keys
+        return self._lookup("_item_start", lambda: np.searchsorted(
+            keys, np.arange(len(self.popularity) + 1, dtype=np.int64) << TS_SHIFT))[items]
 
     def text32(self) -> np.ndarray:
         """The text vectors in float32, converted once per side (the features' arithmetic)."""
         assert self.text is not None
+        text = self.text
+        return self._lookup("text32", lambda: text.astype(np.float32))
+
+    def _lookup(self, key: str, build: Callable[[], np.ndarray]) -> np.ndarray:
+        """A table derived from the side's arrays, built on first use (they do not change
+        after fitting)."""
         cache = self.__dict__.setdefault("_lookups", {})
-        if "text32" not in cache:
-            cache["text32"] = self.text.astype(np.float32)
-        return cache["text32"]
+        if key not in cache:
+            cache[key] = build()
+        return cache[key]
 
     def until(self, items: np.ndarray, anchor: np.ndarray) -> EventsUntil:
         """Each ``items`` entry's training events at or before ``anchor`` (same shape), looked
@@ -277,12 +281,14 @@ class ItemSide:
         """Sorted ``group << TS_SHIFT | ts`` of the training events of the items with a known
         ``kind`` code (built once per side: the tables do not change after fitting)."""
         assert self.event_keys is not None
-        cache = self.__dict__.setdefault("_lookups", {})
-        if kind not in cache:
-            ts = self.event_keys & ((1 << TS_SHIFT) - 1)
-            g = getattr(self, kind)[self.event_keys >> TS_SHIFT]
-            cache[kind] = np.sort((g[g >= 0] << TS_SHIFT) | ts[g >= 0])
-        return cache[kind]
+        keys = self.event_keys
+
+        def build() -> np.ndarray:
+            ts = keys & ((1 << TS_SHIFT) - 1)
+            g = getattr(self, kind)[keys >> TS_SHIFT]
+            return np.sort((g[g >= 0] << TS_SHIFT) | ts[g >= 0])
+
+        return self._lookup(kind, build)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         out = {"popularity": self.popularity, "brand": self.brand, "category": self.category}
