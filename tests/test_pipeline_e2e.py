@@ -22,6 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.spark, pytest.mark.e2e]
 REPO = Path(__file__).resolve().parents[1]
 MASTER = "local-cluster[2,1,1024]"
 KEY = "e2e-key-file-secret-0123456789"
+DS = "2024-01-01"
 
 
 def run_job(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -35,7 +36,9 @@ def test_clean_and_features_on_local_cluster(tmp_path: Path, spark) -> None:
     from ecrec_lib.generator import generate
 
     lake = tmp_path / "lake"
-    generate(str(lake), "2024-01-01", days=2, users=150, items=80, seed=7, dirty_rate=0.02)
+    # One day: each job's own path on separate executors is what this test is for (windows
+    # over several days: test_pipeline_features); a second local-cluster clean cost a minute.
+    generate(str(lake), DS, days=1, users=150, items=80, seed=7, dirty_rate=0.02)
     key_file = tmp_path / "key"
     key_file.write_text(KEY)
     env = {k: v for k, v in os.environ.items() if k != "ECREC_PSEUDO_KEY"}
@@ -44,15 +47,14 @@ def test_clean_and_features_on_local_cluster(tmp_path: Path, spark) -> None:
     env.update(ECREC_PSEUDO_KEY_FILE=str(key_file), PYTHONPATH=str(REPO), ECREC_SPARK_DRIVER_MEMORY="1g",
                ECREC_MIN_QUERY_USERS="1")
 
-    for ds in ("2024-01-01", "2024-01-02"):
-        run_job(["jobs.clean_events", "--ds", ds, "--lake", str(lake), "--master", MASTER], env)
-    run_job(["jobs.build_features", "--ds", "2024-01-02", "--lookback-days", "2", "--lake", str(lake),
+    run_job(["jobs.clean_events", "--ds", DS, "--lake", str(lake), "--master", MASTER], env)
+    run_job(["jobs.build_features", "--ds", DS, "--lookback-days", "1", "--lake", str(lake),
              "--master", MASTER], env)
-    out = run_job(["jobs.validate", "--dataset", "clean_events", "--ds", "2024-01-02", "--lake",
+    out = run_job(["jobs.validate", "--dataset", "clean_events", "--ds", DS, "--lake",
                    str(lake), "--master", "local[1]"], env)
     assert "0 critical" in out.stdout
 
-    rec = json.loads((lake / "ops/reconciliation/ds=2024-01-02/events.json").read_text())
+    rec = json.loads((lake / f"ops/reconciliation/ds={DS}/events.json").read_text())
     assert rec["balanced"] and rec["clean_rows"] > 0 and rec["quarantined_rows"] > 0
     # the generator's dirt lands in quarantine with contract reasons
     assert set(rec["quarantine_by_reason"]) <= {
@@ -62,15 +64,15 @@ def test_clean_and_features_on_local_cluster(tmp_path: Path, spark) -> None:
 
     # user_key and the keyed event ids computed on the executors equal the HMACs with the key
     # from the file
-    clean = spark.read.parquet(str(lake / "clean/events/ds=2024-01-02"))
-    raw = [json.loads(line) for line in _raw_lines(lake / "raw/events/ds=2024-01-02")]
+    clean = spark.read.parquet(str(lake / f"clean/events/ds={DS}"))
+    raw = [json.loads(line) for line in _raw_lines(lake / f"raw/events/ds={DS}")]
     by_event = {keyed_id_py(KEY.encode(), "event_id", r["event_id"].strip()): r["user_id"].strip()
                 for r in raw
                 if isinstance(r, dict) and r.get("event_id") and isinstance(r.get("user_id"), str)}
     for row in clean.select("event_id", "user_key").limit(20).collect():
         assert row["user_key"] == user_key_py(KEY.encode(), by_event[row["event_id"]])
     for name in ("user_sequences", "item_stats", "user_profiles", "search_pairs", "item_cooccurrence"):
-        assert spark.read.parquet(str(lake / "features" / name / "ds=2024-01-02")).count() > 0, name
+        assert spark.read.parquet(str(lake / "features" / name / f"ds={DS}")).count() > 0, name
 
 
 def _raw_lines(path: Path) -> list[str]:
