@@ -112,3 +112,19 @@ def test_top_k_columns_float32_rows_rank_as_their_float64_widening():
     np.testing.assert_array_equal(v32, v64)
     assert v32.dtype == np.float64
     np.testing.assert_array_equal(rows, before)  # the caller's rows are not modified
+
+
+def test_top_k_desc_keeps_the_first_columns_of_a_tie_across_the_kth_place():
+    from ecrec_lib.models.served import top_k_desc
+
+    rows = np.array([[1.0, 3.0, 2.0, 2.0, 2.0, 0.0],  # the tie at 2.0 straddles k = 3
+                     [np.nan, 0.0, np.nan, 5.0, np.nan, 5.0],  # NaN first, by column
+                     [-np.inf, -np.inf, 1.0, -np.inf, -np.inf, -np.inf]])
+    np.testing.assert_array_equal(top_k_desc(rows, 3), [[1, 2, 3], [0, 2, 4], [2, 0, 1]])
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        s = (rng.integers(0, 4, (40, 30)) / 3).astype(dtype)  # many ties
+        s[rng.random(s.shape) < 0.2] = -np.inf
+        for k in (1, 7, 30):
+            want = np.stack([sorted(range(30), key=lambda c, r=r: (-r[c], c))[:k] for r in s])
+            np.testing.assert_array_equal(top_k_desc(s, k), want)

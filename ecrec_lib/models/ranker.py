@@ -56,6 +56,7 @@ from ecrec_lib.models.neighbourhood import (
     NeighbourhoodParts,
     UserKNN,
 )
+from ecrec_lib.models.served import top_k_desc
 from ecrec_lib.models.tree_predict import TreePredictor
 
 log = logging.getLogger(__name__)
@@ -375,12 +376,10 @@ def _history_cells(histories: Sequence[np.ndarray], cands: np.ndarray, n_items: 
 
 
 def _top_candidates(base: np.ndarray, histories: Sequence[np.ndarray], n: int) -> np.ndarray:
-    """(rows, n) item indices by descending ``base``, history items excluded (modifies base)."""
+    """(rows, n) item indices by descending ``base``, equal values by item, history items
+    excluded (modifies base)."""
     base[_history_pairs(histories)] = -np.inf
-    n = min(n, base.shape[1])
-    top = np.argpartition(-base, n - 1, axis=1)[:, :n]
-    order = np.argsort(-np.take_along_axis(base, top, 1), axis=1, kind="stable")
-    return np.take_along_axis(top, order, 1)
+    return top_k_desc(base, min(n, base.shape[1]))
 
 
 def _share_of(codes: np.ndarray, histories: Sequence[np.ndarray], cands: np.ndarray) -> np.ndarray:

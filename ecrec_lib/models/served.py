@@ -35,6 +35,32 @@ def excluded_columns(items: ItemSet, histories: Sequence[UserHistory], exclude_s
     return [c[c >= 0] for c in parts]
 
 
+def top_k_desc(scores: np.ndarray, k: int) -> np.ndarray:
+    """(rows, k) columns of each row's ``k`` largest entries (``k`` <= the row length), by
+    descending value, equal values by column, also across the k-th place (a tie there keeps
+    its first columns); NaN ranks above every number, so a broken score is never hidden.
+    ``torch.topk`` does the selection: 5x faster than ``np.argpartition`` on 2 threads (2.8x on
+    one) over Beauty's 12k-item rows, and the selection was a fifth of the served path."""
+    import torch
+
+    s = np.ascontiguousarray(scores)
+    t = torch.from_numpy(s)
+    vals, idx = torch.topk(t, k, dim=1, sorted=False)
+    nan = torch.isnan(vals)
+    kth = torch.where(nan, torch.inf, vals).amin(1, keepdim=True)
+    # a row whose k-th value also sits outside the selection: torch picked among the tie freely
+    ahead = (t >= kth).sum(1)  # the numbers at or above the k-th value
+    has_nan = torch.nonzero(nan.any(1)).flatten()
+    ahead[has_nan] += torch.isnan(t[has_nan]).sum(1)  # NaN: all of the row's, not just picked
+    top = idx.numpy()
+    for r in torch.nonzero(ahead > k).flatten().tolist():
+        v = float(kth[r, 0])
+        first = np.flatnonzero(np.isnan(s[r]) | (s[r] > v))
+        top[r] = np.concatenate([first, np.flatnonzero(s[r] == v)])[:k]
+    order = np.lexsort((top, -np.take_along_axis(s, top, 1)))
+    return np.take_along_axis(top, order, 1)
+
+
 def top_k_columns(scores: np.ndarray, k: int, banned: Sequence[np.ndarray],
                   allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """(columns (rows, k) int64, scores (rows, k) float64) of each row's ``k`` best columns,
@@ -52,9 +78,7 @@ def top_k_columns(scores: np.ndarray, k: int, banned: Sequence[np.ndarray],
     vals = np.full((rows, k), -np.inf, dtype=np.float64)
     if k_eff == 0 or rows == 0:
         return cols, vals
-    part = np.argpartition(-s, k_eff - 1, axis=1)[:, :k_eff]
-    order = np.lexsort((part, -np.take_along_axis(s, part, 1)))
-    top = np.take_along_axis(part, order, 1)
+    top = top_k_desc(s, k_eff)
     top_s = np.take_along_axis(s, top, 1)
     ok = top_s != -np.inf  # a NaN score stays visible to the caller's checks
     cols[:, :k_eff] = np.where(ok, top, -1)
