@@ -44,6 +44,8 @@ def top_k_desc(scores: np.ndarray, k: int) -> np.ndarray:
     import torch
 
     s = np.ascontiguousarray(scores)
+    if k == 0 or not s.size:
+        return np.zeros((len(s), k), dtype=np.int64)
     t = torch.from_numpy(s)
     vals, idx = torch.topk(t, k, dim=1, sorted=False)
     nan = torch.isnan(vals)
