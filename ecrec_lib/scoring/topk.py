@@ -1,22 +1,18 @@
 """Exact top-K maximum inner product search, chunked, on torch (CPU or CUDA).
 
 The kernel never materializes the full (users x items) score matrix. For a block of users it
-walks the items in chunks: one GEMM into a preallocated, cache-sized buffer, then a *group max*
-over strided groups of ``group`` items (a vectorized reduction, much cheaper than a top-k pass
-over every score). Only the chunk's k+1 best groups are looked at further: their members'
-scores are gathered from the buffer and merged into a running top-(k+1).
+walks the items in chunks: GEMMs into a preallocated buffer, then a *group max* over strided
+groups of ``group`` items (a vectorized reduction, much cheaper than a top-k pass over every
+score). Each user carries a threshold that can only rise and never exceeds their final
+(k+1)-th score; only members of groups whose max reaches it are read, and only those reaching
+it are merged into the running top-(k+1) (:func:`_threshold_topk` has the argument). After the
+first chunks that is a few items per user per chunk. Scores are the GEMM's own fp32 values.
 
-Why this is exact: the top-(k+1) scores of a chunk lie in at most k+1 groups, and each of those
-groups has a max at least as high as the member it holds; any other group's max is below the
-(k+1)-th selected group max, so none of its members can be among the chunk's top k+1. Merging
-per-chunk top-(k+1) lists gives the global top-(k+1). Scores are the GEMM's own fp32 values.
-
-``precision="bf16"`` runs the GEMM in bfloat16 instead and keeps every group whose approximate
-max is within ``2 eps`` of the (k+1)-th one, then re-scores those members exactly in fp32:
-with |s~ - s| <= eps1 (bf16 inputs/output, fp32 accumulation -- checked at run time by a probe)
-and |s^ - s| <= eps2 (fp32 re-score), every item of the final top-(k+1) has s~ >= T - 2 eps
-(eps = eps1 + eps2, scaled by ||u|| max ||v||). Worth it only where bf16 GEMM is much faster
-than fp32 (GPUs); on this CPU it is slower.
+``precision="bf16"`` runs the GEMM in bfloat16 instead: the threshold test gets a margin of
+``2 eps`` (|s~ - s| <= eps1 for bf16 inputs/output with fp32 accumulation -- checked at run
+time by a probe -- plus eps2 for the fp32 re-score, scaled by ||u|| max ||v||) and every kept
+item is re-scored exactly in fp32. Worth it only where bf16 GEMM is much faster than fp32
+(GPUs); on a CPU the re-scoring gathers cost what the GEMM saves (BENCHMARKS.md).
 
 Ordering is deterministic: score descending, then item index ascending. When the k-th and
 (k+1)-th scores of a user tie (the set itself is then ambiguous) the row is recomputed over
@@ -27,7 +23,6 @@ On CPU, user blocks run on a thread pool with one intra-op thread each.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +31,9 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+# Columns per fp32 GEMM call: a (users x GEMM_COLS) output stays in cache; one GEMM over a
+# whole 32k-item chunk ran at about half the rate on a 2-core EPYC.
+GEMM_COLS = 2048
 FP32_UNIT = 2.0**-24  # unit roundoff of float32
 BF16_UNIT = 2.0**-8  # unit roundoff of bfloat16 (8-bit significand)
 
@@ -126,8 +124,8 @@ def topk_inner_product(
     item_mask: np.ndarray | None = None,
     device: str = "auto",
     precision: str = "fp32",
-    user_block: int = 128,
-    item_chunk: int = 32768,
+    user_block: int = 256,
+    item_chunk: int = 8192,
     group: int = 16,
     threads: int | None = None,
 ) -> TopKResult:
@@ -185,94 +183,31 @@ def topk_inner_product(
     kk = min(k + 1, n_items)  # one extra to detect ties at the k-th place
 
     items_t = torch.from_numpy(items).to(dev)
-    # Padded copy with a zero row at index n_items: gathering it for a padding slot is harmless
-    # because padding slots are masked to -inf after re-scoring.
-    items_pad = torch.cat([items_t, torch.zeros(1, dim, device=dev)], 0)
     gemm_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     items_g = items_t.to(gemm_dtype)
-    max_item_norm = float(items_t.norm(dim=1).max())
-    eps_coeff = (_bf16_eps_coeff(dim) if precision == "bf16" else _fp32_eps_coeff(dim)) + (
-        _fp32_eps_coeff(dim)
-    )
-
+    eps_coeff = None
+    if precision == "bf16":
+        eps_coeff = (_bf16_eps_coeff(dim) + _fp32_eps_coeff(dim)) * float(
+            items_t.norm(dim=1).max())
     group = max(1, min(group, n_items // max(4 * kk, 1) or 1))
-    chunk = max(group, (item_chunk // group) * group)
-    # Chunk c spans items [c0, c0 + clen); its groups are strided: member t of local group j is
-    # item c0 + j + t * (clen // group). The last chunk is padded up to a multiple of `group`.
-    bounds = []
-    members_list = []
-    for c0 in range(0, n_items, chunk):
-        clen_real = min(chunk, n_items - c0)
-        clen = int(math.ceil(clen_real / group)) * group
-        bounds.append((c0, clen_real, clen))
-        ng = clen // group
-        local = np.arange(ng)[:, None] + np.arange(group)[None, :] * ng
-        ids = c0 + local
-        ids[local >= clen_real] = n_items  # padding slots -> the zero row
-        members_list.append(ids)
-    members = torch.from_numpy(np.concatenate(members_list)).to(dev)  # (n_groups, group)
-    padded = any(b[2] > b[1] for b in bounds)
-    streaming = precision == "fp32"
-    offs = torch.arange(group, device=dev)[None, None, :]
-    n_groups = members.shape[0]
-
-    max_clen = max(b[2] for b in bounds)
-    # Bound the group-max buffer (user_block x n_groups) to ~256 MB.
-    user_block = max(1, min(user_block, (64 << 20) // max(n_groups, 1)))
+    chunk = max(group, min(item_chunk, n_items))
+    chunk = -(-chunk // group) * group
     ex_rows_t = torch.from_numpy(ex_rows).to(dev)
     ex_cols_t = torch.from_numpy(ex_cols).to(dev)
-    neg_inf = float("-inf")
 
     def run_block(u0: int) -> tuple[int, int]:
         """Top-K of users [u0, u0 + user_block); returns (candidates, tie rows)."""
         cands = ties = 0
-        buf = torch.empty(user_block, max_clen, dtype=gemm_dtype, device=dev)
-        gmax = torch.empty(0 if streaming else user_block, n_groups, dtype=gemm_dtype,
-                           device=dev)
         u1 = min(n_users, u0 + user_block)
         b = u1 - u0
         ub = torch.from_numpy(users[u0:u1]).to(dev)
-        ug = ub.to(gemm_dtype)
         sel = (ex_rows_t >= u0) & (ex_rows_t < u1)
         brow, bcol = ex_rows_t[sel] - u0, ex_cols_t[sel]
-        g0 = 0
-        run_v = torch.empty(b, 0, device=dev)
-        run_i = torch.empty(b, 0, dtype=torch.int64, device=dev)
-        for c0, clen_real, clen in bounds:
-            s = buf[:b, :clen]
-            torch.mm(ug, items_g[c0 : c0 + clen_real].T, out=s[:, :clen_real])
-            if clen > clen_real:
-                s[:, clen_real:] = neg_inf
-            if len(bcol):
-                m = (bcol >= c0) & (bcol < c0 + clen_real)
-                if bool(m.any()):
-                    s[brow[m], bcol[m] - c0] = neg_inf
-            ng = clen // group
-            if streaming:
-                # fp32: take the chunk's best groups now and gather their members' scores from
-                # the (cache-resident) chunk: no re-scoring, no error margin needed.
-                gmc = torch.amax(s.view(b, group, ng), dim=1)
-                gi = torch.topk(gmc, min(kk, ng), dim=1, sorted=False).indices
-                pos = (gi[:, :, None] + offs * ng).reshape(b, -1)
-                run_v = torch.cat([run_v, torch.gather(s, 1, pos)], 1)
-                run_i = torch.cat([run_i, pos + c0], 1)
-                if run_v.shape[1] > 4 * kk * group:
-                    run_v, p = torch.topk(run_v, kk, dim=1, sorted=False)
-                    run_i = torch.gather(run_i, 1, p)
-            else:
-                torch.amax(s.view(b, group, ng), dim=1, out=gmax[:b, g0 : g0 + ng])
-            g0 += ng
-
-        if streaming:
-            cands += run_v.shape[1] * b
-            cand, rs = run_i, run_v
-            if padded:
-                rs = rs.masked_fill(cand >= n_items, neg_inf)
-        else:
-            cand, rs = _candidates_rescored(
-                gmax[:b], kk, n_groups, precision, eps_coeff, ub, max_item_norm, members,
-                items_pad, dim, padded, n_items, brow, bcol, dev)
-            cands += cand.shape[1] * b
+        eps = None if eps_coeff is None else eps_coeff * ub.norm(dim=1)
+        buf = torch.empty(b * chunk, dtype=gemm_dtype, device=dev)
+        cand, rs, seen = _threshold_topk(ub, items_g, items_t, kk, chunk, group, brow, bcol,
+                                         buf, eps)
+        cands += seen
         # The kk best, then a deterministic order among them: score desc, item index asc.
         vals, pos = torch.topk(rs, kk, dim=1)
         ids = torch.gather(cand, 1, pos)
@@ -319,42 +254,93 @@ def topk_inner_product(
     return TopKResult(out_idx, out_scores, stats)
 
 
-def _candidates_rescored(gmax, kk, n_groups, precision, eps_coeff, ub, max_item_norm, members,
-                         items_pad, dim, padded, n_items, brow, bcol, dev):
-    """bf16 path: groups within the error margin of the (k+1)-th group max, re-scored in fp32."""
+def _threshold_topk(ub, items_g, items_t, kk: int, chunk: int, group: int, brow, bcol, buf,
+                    eps):
+    """The top-``kk`` scores of one user block and their item ids (unordered; a row with
+    fewer eligible items is padded with -inf / -1), and how many scores were merged.
+
+    The items stream through in chunks: GEMMs of ``GEMM_COLS`` columns into a chunk buffer,
+    then a vectorized max over strided groups of ``group`` items. Each user keeps a threshold
+    ``tau`` that never exceeds the final kk-th score: first the kk-th best group max of the
+    first chunk (kk distinct items reach it), then the kk-th best score kept so far. An item
+    below ``tau`` cannot be in the top-kk, so only the members of groups whose max reaches
+    ``tau`` are read, and only those reaching it are merged: a few hundred per user instead of
+    a top-k pass over every score. Items tied with ``tau`` are kept, so the caller still sees a
+    tie at the k-th place.
+
+    fp32 (``eps`` None): scores are the GEMM's own values. bf16: ``eps[i]`` bounds the error of
+    user i's bf16 score plus its fp32 re-score; a kept item is re-scored in fp32, and the test
+    becomes ``s~ >= tau - 2 eps``. Every item of the final top-kk passes it: its re-score is at
+    least the final kk-th one ``T``, so ``s~ >= T - eps``, and ``tau <= T + eps`` holds for
+    both sources of ``tau`` (kk items with ``s~ >= g`` have re-scores ``>= g - eps``)."""
     import torch
 
-    neg_inf = float("-inf")
+    dev = ub.device
     b = ub.shape[0]
-    gm = gmax.float()
-    kg = min(kk, n_groups)
-    extra = kg if precision == "bf16" else 16
-    tv, cand_groups = torch.topk(gm, min(n_groups, kg + extra), dim=1)
-    thr = tv[:, kg - 1]
-    eps = eps_coeff * ub.norm(dim=1) * max_item_norm
-    lower = torch.where(torch.isfinite(thr), thr - 2 * eps, torch.full_like(thr, neg_inf))
-    n_keep = int((tv >= lower[:, None]).sum(1).max())
-    if n_keep == tv.shape[1] and n_keep < n_groups:  # margin wider than the first guess
-        n_keep = int((gm >= lower[:, None]).sum(1).max())
-        cand_groups = torch.topk(gm, n_keep, dim=1).indices
-    else:
-        n_keep = max(kg, n_keep)
-        cand_groups = cand_groups[:, :n_keep]
-    cand = members[cand_groups].reshape(b, -1)  # (b, n_keep * group) item ids
-    # Re-score exactly in fp32 on sub-blocks (the gathered vectors are b x M x D floats).
-    rs = torch.empty(cand.shape, dtype=torch.float32, device=dev)
-    sub = max(1, (8 << 20) // max(cand.shape[1] * dim, 1))
-    for r0 in range(0, b, sub):
-        r1 = min(b, r0 + sub)
-        vecs = items_pad[cand[r0:r1]]  # (r, M, D)
-        rs[r0:r1] = torch.bmm(vecs, ub[r0:r1, :, None]).squeeze(-1)
-    if padded:
-        rs[cand == n_items] = neg_inf
-    if len(bcol):
-        keys = brow * (n_items + 1) + bcol
-        ckeys = torch.arange(b, device=dev)[:, None] * (n_items + 1) + cand
-        rs[torch.isin(ckeys, keys)] = neg_inf
-    return cand, rs
+    n_items = items_t.shape[0]
+    neg_inf = float("-inf")
+    ug = ub.to(items_g.dtype)
+    offs = torch.arange(group, device=dev)
+    run_v = torch.full((b, 0), neg_inf, device=dev)
+    run_i = torch.full((b, 0), -1, dtype=torch.int64, device=dev)
+    tau = None
+    margin = None if eps is None else 2 * eps
+    merged = 0
+    for c0 in range(0, n_items, chunk):
+        clen = min(chunk, n_items - c0)
+        cpad = -(-clen // group) * group
+        s = buf[: b * cpad].view(b, cpad)
+        for j0 in range(0, clen, GEMM_COLS):
+            j1 = min(clen, j0 + GEMM_COLS)
+            torch.mm(ug, items_g[c0 + j0 : c0 + j1].T, out=s[:, j0:j1])
+        if cpad > clen:
+            s[:, clen:] = neg_inf
+        if len(bcol):
+            m = (bcol >= c0) & (bcol < c0 + clen)
+            if bool(m.any()):
+                s[brow[m], bcol[m] - c0] = neg_inf
+        ng = cpad // group
+        gm = torch.amax(s.view(b, group, ng), dim=1).float()
+        if tau is None:
+            tau = (torch.topk(gm, kk, dim=1, sorted=False).values.amin(1) if ng >= kk
+                   else torch.full((b,), neg_inf, device=dev))
+        low = tau if margin is None else tau - margin
+        # Groups reaching the bar, row-major, then their members reaching it (rows stay sorted).
+        f = torch.nonzero((gm >= low[:, None]).view(-1)).squeeze(1)
+        r = torch.div(f, ng, rounding_mode="floor")
+        pos = ((r * cpad + (f - r * ng))[:, None] + offs * ng).view(-1)
+        vals = torch.take(s, pos).float()
+        # (excluded and padding slots hold -inf: never kept, so never re-scored back to life)
+        v2 = vals.view(-1, group)
+        keep = torch.nonzero(((v2 >= low[r][:, None]) & (v2 > neg_inf)).view(-1)).squeeze(1)
+        vals, pos = vals[keep], pos[keep]
+        rk = torch.div(pos, cpad, rounding_mode="floor")
+        ids = pos - rk * cpad + c0
+        if margin is not None:  # exact fp32 re-score of the few kept items
+            vals = (items_t[ids] * ub[rk]).sum(1)
+        cnt = torch.bincount(rk, minlength=b)
+        width = int(cnt.max()) if len(rk) else 0
+        if width == 0:
+            continue
+        merged += len(rk)
+        rank = torch.arange(len(rk), device=dev) - (torch.cumsum(cnt, 0) - cnt)[rk]
+        at = rk * width + rank
+        new_v = torch.full((b * width,), neg_inf, device=dev)
+        new_i = torch.full((b * width,), -1, dtype=torch.int64, device=dev)
+        new_v[at] = vals
+        new_i[at] = ids
+        run_v = torch.cat([run_v, new_v.view(b, width)], 1)
+        run_i = torch.cat([run_i, new_i.view(b, width)], 1)
+        if run_v.shape[1] > kk:
+            run_v, p = torch.topk(run_v, kk, dim=1, sorted=False)
+            run_i = torch.gather(run_i, 1, p)
+        if run_v.shape[1] == kk:
+            tau = torch.maximum(tau, run_v.amin(1))
+    if run_v.shape[1] < kk:
+        pad = kk - run_v.shape[1]
+        run_v = torch.cat([run_v, torch.full((b, pad), neg_inf, device=dev)], 1)
+        run_i = torch.cat([run_i, torch.full((b, pad), -1, dtype=torch.int64, device=dev)], 1)
+    return run_i, run_v, merged
 
 
 def _exact_row(u, items_t, r: int, brow, bcol, k: int, out_i: np.ndarray, out_s: np.ndarray):
