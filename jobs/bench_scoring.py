@@ -15,8 +15,8 @@
 a fair reference: the report names the BLAS kernel numpy actually ran, from threadpoolctl.)
 Random L2-normalized embeddings. The kernel scores every user (or --sample-users); numpy and
 FAISS score --baseline-users of them (throughput is linear in users); ``faiss_exact`` is
-:func:`ecrec_lib.scoring.topk_faiss.topk_faiss` (FAISS plus the kernel's exclusions and tie
-order: the production CPU path) and gets the same --history exclusions as the kernel, while bare
+:func:`ecrec_lib.scoring.topk_faiss.topk_faiss` (torch's GEMM feeding FAISS's result heaps,
+with the kernel's exclusions and tie order: the production CPU path) and gets the same --history exclusions as the kernel, while bare
 IndexFlatIP gets none. --served times the whole served path instead (jobs/bench_served.py).
 Load averages (``uptime``) before and after are part of the report. Spark ALS
 recommendForAllUsers (rank = dim) runs on --als-users x --als-items. Top-K sets are compared on

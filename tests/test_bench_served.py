@@ -30,7 +30,7 @@ def test_served_synthetic_times_every_part_and_restores_the_model(tmp_path):
     for part in ("towers", "neighbourhood", "ranker_features", "ranker_trees", "top_k"):
         assert split[part] > 0, part  # every served part really ran inside recommend
     assert sum(split.values()) == pytest.approx(res["served_seconds"])
-    # the path follows the load average (choose_method); either gives the same lists
+    # the path follows the machine (choose_method); either gives the same lists
     assert res["served_users_per_s"] > 0 and res["bare_topk"]["method"] in {"faiss", "kernel"}
 
     # The timers wrap and then restore the model's callables: results are unchanged.

@@ -100,18 +100,19 @@ faiss = pytest.importorskip("faiss")
 
 @pytest.mark.parametrize("shape", [(64, 3000, 8, 10), (40, 900, 16, 100), (9, 5, 4, 10),
                                    (300, 2000, 4, 20)])
-@pytest.mark.parametrize("slack", [0, 16])
-def test_faiss_path_matches_kernel_and_reference_with_exclusions_and_ties(shape, slack):
+@pytest.mark.parametrize("blocks", [(1024, 1024), (16, 64)])
+def test_faiss_path_matches_kernel_and_reference_with_exclusions_and_ties(shape, blocks):
     from ecrec_lib.scoring.topk_faiss import topk_faiss
 
     n, m, d, k = shape
     users, items, rng = _int_data(n, m, d, seed=m + 1)
     # Histories of very different lengths (one user has seen most of the catalog), repeats
-    # included: the per-width search groups and the wide-exclusion rows are both exercised.
+    # included; small blocks put users and exclusions across many heaps and GEMM chunks.
     exclude = [rng.choice(m, rng.integers(0, 4), replace=True) for _ in range(n)]
     exclude[0] = rng.choice(m, (3 * m) // 4, replace=False)
     mask = rng.random(m) > 0.2
-    got = topk_faiss(users, items, k, exclude=exclude, item_mask=mask, threads=2, slack=slack)
+    got = topk_faiss(users, items, k, exclude=exclude, item_mask=mask, threads=2,
+                     user_block=blocks[0], item_chunk=blocks[1])
     kern = topk_inner_product(users, items, k, exclude=exclude, item_mask=mask, threads=1)
     ref = topk_reference(users, items, k, exclude=exclude, item_mask=mask)
     np.testing.assert_array_equal(got.indices, kern.indices)
@@ -119,11 +120,9 @@ def test_faiss_path_matches_kernel_and_reference_with_exclusions_and_ties(shape,
     np.testing.assert_array_equal(got.scores, ref.scores)
     for u in range(n):
         assert not set(got.indices[u]) & set(exclude[u])
-    if slack == 0 and d <= 8 and m > 4 * k:
-        # Few distinct small-integer scores: some tie groups ran past FAISS's first list, and
-        # the heavy history pushed user 0 into a second, wider search.
+    if d <= 8 and m > 4 * k:
+        # Few distinct small-integer scores: ties at the k-th place were recomputed.
         assert got.stats["tie_fallback_rows"] > 0
-        assert got.stats["second_search_rows"] > 0
 
 
 def test_faiss_path_same_sets_as_kernel_on_random_floats():
@@ -137,16 +136,15 @@ def test_faiss_path_same_sets_as_kernel_on_random_floats():
     kern = topk_inner_product(users, items, 50, exclude=exclude, threads=1)
     np.testing.assert_array_equal(got.indices, kern.indices)
     np.testing.assert_allclose(got.scores, kern.scores, rtol=1e-5, atol=1e-5)
-    assert got.stats["tie_fallback_rows"] == 0  # no float ties: FAISS's list sufficed
+    assert got.stats["tie_fallback_rows"] <= 2  # float ties are rare: the heaps decide the rows
 
 
 def test_topk_exact_chooses_a_path_and_names_bad_methods():
     from ecrec_lib.scoring.topk_faiss import choose_method, topk_exact
 
-    assert choose_method("cpu", "fp32", load1=1.5, cores=2) == "faiss"
-    assert choose_method("cpu", "fp32", load1=9.0, cores=2) == "kernel"  # oversubscribed
-    assert choose_method("cuda", "fp32", load1=0.0, cores=2) == "kernel"
-    assert choose_method("cpu", "bf16", load1=0.0, cores=2) == "kernel"
+    assert choose_method("cpu", "fp32") == "faiss"
+    assert choose_method("cuda", "fp32") == "kernel"
+    assert choose_method("cpu", "bf16") == "kernel"
     users, items, _ = _int_data(5, 300, 8, seed=7)
     a = topk_exact(users, items, 7, device="cpu", method="faiss")
     b = topk_exact(users, items, 7, device="cpu", method="kernel", threads=1)
@@ -161,8 +159,9 @@ def test_topk_exact_chooses_a_path_and_names_bad_methods():
 
 
 def test_topk_exact_publishes_the_same_bits_whichever_path_runs():
-    """The path depends on the machine's load; a night and its re-run must publish equal scores,
-    so both paths' picks are rescored by one fixed summation (bit-identical, same order)."""
+    """The path depends on the machine (a GPU, faiss installed); two machines must publish equal
+    scores, so both paths' picks are rescored by one fixed summation (bit-identical, same
+    order)."""
     from ecrec_lib.scoring.topk_faiss import topk_exact
 
     rng = np.random.default_rng(9)
