@@ -38,9 +38,9 @@ def faiss_available() -> bool:
 
 def choose_method(device: str, precision: str) -> str:
     """``faiss`` (:func:`topk_faiss`) on CPU in fp32 when ``faiss`` imports, else ``kernel``
-    (CUDA, bf16, no FAISS). Idle the two CPU paths were at parity with bare FAISS and 1.4x
-    the kernel; with the cores oversubscribed the FAISS-heap path stayed 1.4x the kernel
-    (BENCHMARKS.md), so the machine's load no longer picks the path."""
+    (CUDA, bf16, no FAISS). The FAISS-heap path measured 1.4x the kernel both idle (where it
+    ran at parity with bare FAISS) and with the cores oversubscribed (where it ran at 2.2x bare
+    FAISS; BENCHMARKS.md), so the machine's load does not pick the path."""
     if device != "cpu" or precision != "fp32" or not faiss_available():
         return "kernel"
     return "faiss"
