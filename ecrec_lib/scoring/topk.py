@@ -115,6 +115,35 @@ def _exclusion_pairs(
     return rows, cols
 
 
+def prepare_inputs(
+    users: np.ndarray, items: np.ndarray, k: int, exclude: Sequence[np.ndarray] | None,
+    item_mask: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+    """Checked float32 ``users`` and eligible ``items``, the eligible items' original indices
+    (None without a mask) and the (row, eligible column) exclusion pairs: the inputs every
+    exact top-K path starts from. Bad shapes or ``k`` raise ``ValueError`` naming them."""
+    if k <= 0:
+        raise ValueError(f"k must be positive, got {k}")
+    users = np.ascontiguousarray(users, dtype=np.float32)
+    items = np.ascontiguousarray(items, dtype=np.float32)
+    if users.ndim != 2 or items.ndim != 2 or users.shape[1] != items.shape[1]:
+        raise ValueError(
+            f"users {users.shape} and items {items.shape} must be 2-D with the same width"
+        )
+    elig = None
+    pos_of_item = None
+    if item_mask is not None:
+        item_mask = np.asarray(item_mask, dtype=bool)
+        if item_mask.shape != (items.shape[0],):
+            raise ValueError(f"item_mask has shape {item_mask.shape}, expected ({items.shape[0]},)")
+        elig = np.flatnonzero(item_mask)
+        pos_of_item = np.full(items.shape[0], -1, dtype=np.int64)
+        pos_of_item[elig] = np.arange(len(elig))
+        items = np.ascontiguousarray(items[elig])
+    ex_rows, ex_cols = _exclusion_pairs(exclude, users.shape[0], pos_of_item)
+    return users, items, elig, ex_rows, ex_cols
+
+
 def topk_inner_product(
     users: np.ndarray,
     items: np.ndarray,
@@ -138,33 +167,14 @@ def topk_inner_product(
     """
     import torch
 
-    if k <= 0:
-        raise ValueError(f"k must be positive, got {k}")
-    users = np.ascontiguousarray(users, dtype=np.float32)
-    items = np.ascontiguousarray(items, dtype=np.float32)
-    if users.ndim != 2 or items.ndim != 2 or users.shape[1] != items.shape[1]:
-        raise ValueError(
-            f"users {users.shape} and items {items.shape} must be 2-D with the same width"
-        )
+    users, items, elig, ex_rows, ex_cols = prepare_inputs(users, items, k, exclude, item_mask)
     dev = resolve_device(device)
     if threads is None:
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2
     if dev == "cpu" and threads == 1:
         torch.set_num_threads(1)
-
     n_users, dim = users.shape
-    pos_of_item = None
-    elig = None
-    if item_mask is not None:
-        item_mask = np.asarray(item_mask, dtype=bool)
-        if item_mask.shape != (items.shape[0],):
-            raise ValueError(f"item_mask has shape {item_mask.shape}, expected ({items.shape[0]},)")
-        elig = np.flatnonzero(item_mask)
-        pos_of_item = np.full(items.shape[0], -1, dtype=np.int64)
-        pos_of_item[elig] = np.arange(len(elig))
-        items = items[elig]
     n_items = items.shape[0]
-    ex_rows, ex_cols = _exclusion_pairs(exclude, n_users, pos_of_item)
 
     out_idx = np.full((n_users, k), -1, dtype=np.int64)
     out_scores = np.full((n_users, k), -np.inf, dtype=np.float32)

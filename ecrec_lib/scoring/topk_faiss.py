@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ecrec_lib.scoring.topk import TopKResult, _exclusion_pairs, topk_inner_product
+from ecrec_lib.scoring.topk import TopKResult, prepare_inputs, topk_inner_product
 
 # Rows rescored per block by canonical_scores: bounds its (rows, k, d) gather.
 RESCORE_ROWS = 8192
@@ -118,27 +118,9 @@ def topk_faiss(
     import faiss
     import torch
 
-    if k <= 0:
-        raise ValueError(f"k must be positive, got {k}")
-    users = np.ascontiguousarray(users, dtype=np.float32)
-    items = np.ascontiguousarray(items, dtype=np.float32)
-    if users.ndim != 2 or items.ndim != 2 or users.shape[1] != items.shape[1]:
-        raise ValueError(
-            f"users {users.shape} and items {items.shape} must be 2-D with the same width"
-        )
-    n_users, dim = users.shape
-    elig = None
-    pos_of_item = None
-    if item_mask is not None:
-        item_mask = np.asarray(item_mask, dtype=bool)
-        if item_mask.shape != (items.shape[0],):
-            raise ValueError(f"item_mask has shape {item_mask.shape}, expected ({items.shape[0]},)")
-        elig = np.flatnonzero(item_mask)
-        pos_of_item = np.full(items.shape[0], -1, dtype=np.int64)
-        pos_of_item[elig] = np.arange(len(elig))
-        items = np.ascontiguousarray(items[elig])
+    users, items, elig, ex_rows, ex_cols = prepare_inputs(users, items, k, exclude, item_mask)
+    n_users = users.shape[0]
     n_items = items.shape[0]
-    ex_rows, ex_cols = _exclusion_pairs(exclude, n_users, pos_of_item)
     order = np.argsort(ex_rows, kind="stable")
     ex_rows, ex_cols = ex_rows[order], ex_cols[order]
     out_idx = np.full((n_users, k), -1, dtype=np.int64)
