@@ -96,7 +96,8 @@ def bf16_gemm_is_safe(device: str, dim: int, rows: int = 256, cols: int = 2048) 
 def _exclusion_pairs(
     exclude: Sequence[np.ndarray] | None, n_users: int, pos_of_item: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(user_row, item_col) pairs to exclude, in the eligible-item index space."""
+    """(user_row, item_col) pairs to exclude, in the eligible-item index space, rows
+    ascending (so a block of users finds its pairs by binary search)."""
     if exclude is None:
         return np.empty(0, np.int64), np.empty(0, np.int64)
     if len(exclude) != n_users:
@@ -163,7 +164,8 @@ def topk_inner_product(
     ``exclude[i]``: item indices never recommended to user i (e.g. bought items);
     ``item_mask``: eligible items (e.g. in stock). ``precision``: ``fp32`` or ``bf16`` (bf16
     candidate pass with an error-bounded margin, then exact fp32 re-scoring: same result,
-    faster where bf16 GEMM is native; falls back to fp32 when the probe fails) or ``auto``.
+    worth it where bf16 GEMM is much faster than fp32, i.e. GPUs; falls back to fp32 when the
+    probe fails) or ``auto``.
     """
     import torch
 
@@ -207,17 +209,16 @@ def topk_inner_product(
 
     def run_block(u0: int) -> tuple[int, int]:
         """Top-K of users [u0, u0 + user_block); returns (candidates, tie rows)."""
-        cands = ties = 0
+        ties = 0
         u1 = min(n_users, u0 + user_block)
         b = u1 - u0
         ub = torch.from_numpy(users[u0:u1]).to(dev)
-        sel = (ex_rows_t >= u0) & (ex_rows_t < u1)
-        brow, bcol = ex_rows_t[sel] - u0, ex_cols_t[sel]
+        lo, hi = np.searchsorted(ex_rows, [u0, u1])
+        brow, bcol = ex_rows_t[lo:hi] - u0, ex_cols_t[lo:hi]
         eps = None if eps_coeff is None else eps_coeff * ub.norm(dim=1)
         buf = torch.empty(b * chunk, dtype=gemm_dtype, device=dev)
-        cand, rs, seen = _threshold_topk(ub, items_g, items_t, kk, chunk, group, brow, bcol,
-                                         buf, eps)
-        cands += seen
+        cand, rs, cands = _threshold_topk(ub, items_g, items_t, kk, chunk, group, brow, bcol,
+                                          buf, eps)
         # The kk best, then a deterministic order among them: score desc, item index asc.
         vals, pos = torch.topk(rs, kk, dim=1)
         ids = torch.gather(cand, 1, pos)

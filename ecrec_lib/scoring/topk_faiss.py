@@ -121,8 +121,6 @@ def topk_faiss(
     users, items, elig, ex_rows, ex_cols = prepare_inputs(users, items, k, exclude, item_mask)
     n_users = users.shape[0]
     n_items = items.shape[0]
-    order = np.argsort(ex_rows, kind="stable")
-    ex_rows, ex_cols = ex_rows[order], ex_cols[order]
     out_idx = np.full((n_users, k), -1, dtype=np.int64)
     out_scores = np.full((n_users, k), -np.inf, dtype=np.float32)
     stats = {"device": "cpu", "precision": "fp32", "method": "faiss", "tie_fallback_rows": 0,
