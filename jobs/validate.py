@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(args)
 
     from ecrec_lib.pipeline.contracts import validate_partition
-    from ecrec_lib.validation import DataContractError
+    from ecrec_lib.validation import DataContractError, preload_in_background
 
     worst = io.EXIT_OK
     no_data = 0
@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
         pending.append(dataset)
     if pending:
+        preload_in_background()  # GX's import overlaps the JVM's start
         spark = spark_session(cfg, f"validate-{'+'.join(pending)}-{args.ds}", args.master)
         try:
             for dataset in pending:
