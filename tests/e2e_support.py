@@ -53,6 +53,10 @@ def pipeline_env(root: Path, **extra: str) -> dict[str, str]:
         ECREC_SPARK_SHUFFLE_PARTITIONS="2",
         ECREC_SPARK_MASTER="local[2]",
         ECREC_SPARK_DRIVER_MEMORY="1g",
+        # Tiny data: a job's JVM lives ~20 s, mostly interpreting, so the C2 compiler's work
+        # never pays back. C1 only: 21.5-23.3 s against 28.2-29.7 s per validate job, 38-47 s
+        # against 51-55 s per build_features job (BENCHMARKS.md, "Test suite time").
+        ECREC_SPARK_JAVA_OPTIONS="-XX:+UseParallelGC -XX:TieredStopAtLevel=1",
         ECREC_TOP_K="20",
         ECREC_N_QUERIES="20",
         # 300 generated users: no query of a day reaches the default k of 5 distinct users
