@@ -147,14 +147,19 @@ def topk_faiss(
         heaps.heapify()
         flat = torch.empty(b * chunk)
         lo, hi = np.searchsorted(ex_rows, [u0, u1])
-        brow, bcol = ex_rows[lo:hi] - u0, ex_cols[lo:hi]
-        for c0 in range(0, n_items, chunk):
+        # the block's exclusions by column: each chunk's are one contiguous slice
+        by_col = np.argsort(ex_cols[lo:hi], kind="stable")
+        brow = torch.from_numpy(ex_rows[lo:hi][by_col] - u0)
+        bcol = ex_cols[lo:hi][by_col]
+        bounds = np.searchsorted(bcol, np.arange(0, n_items + chunk, chunk))
+        bcol_t = torch.from_numpy(bcol)
+        for j, c0 in enumerate(range(0, n_items, chunk)):
             c1 = min(n_items, c0 + chunk)
             s = flat[: b * (c1 - c0)].view(b, c1 - c0)
             torch.mm(u_t[u0:u1], v_t[c0:c1].T, out=s)
-            sel = (bcol >= c0) & (bcol < c1)
-            if sel.any():
-                s[torch.from_numpy(brow[sel]), torch.from_numpy(bcol[sel] - c0)] = float("-inf")
+            e0, e1 = bounds[j], bounds[j + 1]
+            if e1 > e0:
+                s[brow[e0:e1], bcol_t[e0:e1] - c0] = float("-inf")
             heaps.addn(c1 - c0, faiss.swig_ptr(s.numpy()), c0, 0, b)
         heaps.reorder()
 
