@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -89,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.data / "interactions.csv").is_file():
         parser.error(f"{args.data}/interactions.csv does not exist: pass the benchmark's data folder")
 
+    data, work = args.data.resolve(), args.work.resolve()
+    out = args.out.resolve() if args.out else None
+    work.mkdir(parents=True, exist_ok=True)
+    os.chdir(work)  # RecBole writes its log folders into the working directory
+
     import torch
 
     # RecBole 1.2.1 saves its config inside the checkpoint; torch >= 2.6 loads weights only.
@@ -101,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     from recbole.trainer import Trainer
     from recbole.utils import init_logger, init_seed
 
-    rows = write_atomic_file(args.data, args.work)
+    rows = write_atomic_file(data, work)
     config = Config(model="SASRec", dataset=DATASET, config_dict={
-        "data_path": str(args.work / "dataset"), "checkpoint_dir": str(args.work / "saved"),
+        "data_path": str(work / "dataset"), "checkpoint_dir": str(work / "saved"),
         "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",
         "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
         "MAX_ITEM_LIST_LENGTH": 50, "loss_type": "CE", "train_neg_sample_args": None,
@@ -160,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     text = json.dumps(result, indent=2, default=float)
     print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    if out:
+        out.write_text(text + "\n")
     return 0
 
 
