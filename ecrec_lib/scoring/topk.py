@@ -265,6 +265,18 @@ def topk_inner_product(
     return TopKResult(out_idx, out_scores, stats)
 
 
+def exclusions_by_chunk(brow, bcol, n_items: int, chunk: int):  # noqa: ANN001, ANN201 - tensors
+    """One user block's exclusion pairs (torch tensors) sorted by item, and the bounds of each
+    ``chunk``-item slice in them: chunk j's pairs are ``[bounds[j], bounds[j + 1])``, so a
+    chunk masks its own pairs without comparing every pair of the block."""
+    import torch
+
+    order = torch.argsort(bcol, stable=True)
+    starts = torch.arange(0, n_items + chunk, chunk, device=bcol.device)
+    bcol = bcol[order]
+    return brow[order], bcol, torch.searchsorted(bcol, starts).tolist()
+
+
 def _threshold_topk(ub, items_g, items_t, kk: int, chunk: int, group: int, brow, bcol, buf,
                     eps):
     """The top-``kk`` scores of one user block and their item ids (unordered; a row with
@@ -297,7 +309,8 @@ def _threshold_topk(ub, items_g, items_t, kk: int, chunk: int, group: int, brow,
     tau = None
     margin = None if eps is None else 2 * eps
     merged = 0
-    for c0 in range(0, n_items, chunk):
+    brow, bcol, bounds = exclusions_by_chunk(brow, bcol, n_items, chunk)
+    for j, c0 in enumerate(range(0, n_items, chunk)):
         clen = min(chunk, n_items - c0)
         cpad = -(-clen // group) * group
         s = buf[: b * cpad].view(b, cpad)
@@ -306,10 +319,9 @@ def _threshold_topk(ub, items_g, items_t, kk: int, chunk: int, group: int, brow,
             torch.mm(ug, items_g[c0 + j0 : c0 + j1].T, out=s[:, j0:j1])
         if cpad > clen:
             s[:, clen:] = neg_inf
-        if len(bcol):
-            m = (bcol >= c0) & (bcol < c0 + clen)
-            if bool(m.any()):
-                s[brow[m], bcol[m] - c0] = neg_inf
+        e0, e1 = bounds[j], bounds[j + 1]
+        if e1 > e0:
+            s[brow[e0:e1], bcol[e0:e1] - c0] = neg_inf
         ng = cpad // group
         gm = torch.amax(s.view(b, group, ng), dim=1).float()
         if tau is None:

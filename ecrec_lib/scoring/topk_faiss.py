@@ -21,7 +21,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ecrec_lib.scoring.topk import TopKResult, prepare_inputs, topk_inner_product
+from ecrec_lib.scoring.topk import (
+    TopKResult,
+    exclusions_by_chunk,
+    prepare_inputs,
+    topk_inner_product,
+)
 
 # Rows rescored per block by canonical_scores: bounds its (rows, k, d) gather.
 RESCORE_ROWS = 8192
@@ -147,19 +152,15 @@ def topk_faiss(
         heaps.heapify()
         flat = torch.empty(b * chunk)
         lo, hi = np.searchsorted(ex_rows, [u0, u1])
-        # the block's exclusions by column: each chunk's are one contiguous slice
-        by_col = np.argsort(ex_cols[lo:hi], kind="stable")
-        brow = torch.from_numpy(ex_rows[lo:hi][by_col] - u0)
-        bcol = ex_cols[lo:hi][by_col]
-        bounds = np.searchsorted(bcol, np.arange(0, n_items + chunk, chunk))
-        bcol_t = torch.from_numpy(bcol)
+        brow, bcol, bounds = exclusions_by_chunk(torch.from_numpy(ex_rows[lo:hi] - u0),
+                                                 torch.from_numpy(ex_cols[lo:hi]), n_items, chunk)
         for j, c0 in enumerate(range(0, n_items, chunk)):
             c1 = min(n_items, c0 + chunk)
             s = flat[: b * (c1 - c0)].view(b, c1 - c0)
             torch.mm(u_t[u0:u1], v_t[c0:c1].T, out=s)
             e0, e1 = bounds[j], bounds[j + 1]
             if e1 > e0:
-                s[brow[e0:e1], bcol_t[e0:e1] - c0] = float("-inf")
+                s[brow[e0:e1], bcol[e0:e1] - c0] = float("-inf")
             heaps.addn(c1 - c0, faiss.swig_ptr(s.numpy()), c0, 0, b)
         heaps.reorder()
 
