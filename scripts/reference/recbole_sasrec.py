@@ -132,8 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     class RecordingTrainer(Trainer):
         """RecBole's trainer, keeping each validation and the epoch of the saved checkpoint."""
 
-        best_epoch: int | None = None
-        history: list[dict] = []
+        def __init__(self, *a, **k) -> None:  # noqa: ANN002, ANN003
+            super().__init__(*a, **k)
+            self.best_epoch: int | None = None
+            self.history: list[dict] = []
+            self.cur_epoch = 0
 
         def _save_checkpoint(self, epoch: int, *a, **k) -> None:  # noqa: ANN002, ANN003
             self.best_epoch = epoch
