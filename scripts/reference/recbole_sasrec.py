@@ -47,7 +47,9 @@ def write_atomic_file(data: Path, work: Path) -> int:
                         "timestamp:float": df["seq_pos"].astype(float)})
     folder = work / "dataset" / DATASET
     folder.mkdir(parents=True, exist_ok=True)
-    out.to_csv(folder / f"{DATASET}.inter", sep="\t", index=False)
+    tmp = folder / f"{DATASET}.inter.tmp"
+    out.to_csv(tmp, sep="\t", index=False)
+    tmp.replace(folder / f"{DATASET}.inter")
     return len(out)
 
 
@@ -169,8 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     text = json.dumps(result, indent=2, default=float)
     print(text)
-    if out:
-        out.write_text(text + "\n")
+    if out:  # atomic: a killed run never leaves half a result
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(text + "\n")
+        tmp.replace(out)
     return 0
 
 
