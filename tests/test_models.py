@@ -25,6 +25,7 @@ from ecrec_lib.models.text_encoder import (
     cached_text_embeddings,
     resolve_text_model_path,
 )
+from ecrec_lib.models.two_tower import TwoTowerModel
 from ecrec_lib.training.trainer import ModelConfig, train_two_tower
 from tests.helpers_two_tower import make_tiny_bert, synthetic_data
 
@@ -93,6 +94,22 @@ def test_user_tower_is_causal(trained) -> None:
     with torch.no_grad():
         a = model.user_states(table, seq, lengths)
         b = model.user_states(table, seq2, lengths)
+    assert torch.allclose(a[:, :3], b[:, :3], atol=1e-6)
+    assert not torch.allclose(a[:, 3], b[:, 3])
+
+
+def test_post_ln_tower_is_causal_and_its_feed_forward_drops_out_once() -> None:
+    mcfg = ModelConfig(use_text=False, use_side=False, block_layout="post_ln", dim=16, dropout=0.5)
+    model = TwoTowerModel(mcfg, 12, 8, np.zeros(12, np.int64), np.zeros(12, np.int64), 1, 1,
+                          np.ones(12, bool)).eval()
+    layer = model.blocks.layers[0]
+    assert isinstance(layer.dropout, torch.nn.Identity) and not layer.norm_first
+    assert abs(float(layer.linear1.weight.std()) - 0.02) < 0.005
+    table = model.item_vectors()
+    lengths = torch.tensor([5])
+    with torch.no_grad():
+        a = model.user_states(table, torch.tensor([[1, 2, 3, 4, 5]]), lengths)
+        b = model.user_states(table, torch.tensor([[1, 2, 3, 9, 9]]), lengths)
     assert torch.allclose(a[:, :3], b[:, :3], atol=1e-6)
     assert not torch.allclose(a[:, 3], b[:, 3])
 

@@ -130,7 +130,9 @@ def test_cooccurrence_pairs_are_symmetric_within_the_window() -> None:
 
 @pytest.mark.parametrize("opts", [{"exclude_history_negatives": True}, {"cpu_bf16": True},
                                   {"cooc_loss_weight": 1.0},
-                                  {"cooc_loss_weight": 1.0, "loss": "sampled_softmax", "n_negatives": 10}])
+                                  {"cooc_loss_weight": 1.0, "loss": "sampled_softmax", "n_negatives": 10},
+                                  {"block_layout": "post_ln", "batch_by_length": False,
+                                   "cooc_loss_weight": 0.0, "grad_clip": 0.0}])
 def test_training_options_still_learn(tiny_bert: str, opts: dict) -> None:
     data = synthetic_data(n_items=30, n_users=120, with_queries=False)
     train, valid, test = leave_one_out(data.sequences)
@@ -184,6 +186,8 @@ def test_model_config_validation() -> None:
         ModelConfig(use_text=False, use_id=False)
     with pytest.raises(ValueError, match="divisible"):
         ModelConfig(dim=10, n_heads=3)
+    with pytest.raises(ValueError, match="block_layout must be one of"):
+        ModelConfig(block_layout="sandwich")
 
 
 def test_model_config_from_ecrec_config() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 ENCODER_MODES = ("frozen", "finetune_top", "lora")
 LOSSES = ("auto", "full_softmax", "sampled_softmax")
+BLOCK_LAYOUTS = ("pre_ln", "post_ln")
 
 
 @dataclass(frozen=True)
@@ -37,10 +38,15 @@ class ModelConfig:
     n_heads: int = 2
     max_seq_len: int = 50  # last N item events per user fed to the user tower
     dropout: float = 0.3  # Beauty-size data overfits fast: 0.3-0.5 works
+    block_layout: str = "pre_ln"  # pre_ln: LayerNorm inside each residual branch, one at the end;
+    # post_ln: SASRec's (a LayerNorm on the input embeddings and after each residual sum)
     use_event_types: bool = True  # embed view/click/cart/purchase of every history event
     # --- training --------------------------------------------------------------------------
     epochs: int = 30
     batch_size: int = 256  # sequences per step (all their positions are trained at once)
+    batch_by_length: bool = True  # a step's sequences of similar length: less padding, but a
+    # step's loss is the mean over its targets, so steps of short histories weigh each of their
+    # targets more; False: shuffled steps, every target weighs about the same (SASRec's recipe)
     lr: float = 5e-3  # 1e-3 learns too slowly per step for a CPU budget (Beauty)
     weight_decay: float = 0.0
     warmup_steps: int = 20
@@ -88,6 +94,8 @@ class ModelConfig:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
+        if self.block_layout not in BLOCK_LAYOUTS:
+            raise ValueError(f"block_layout must be one of {BLOCK_LAYOUTS}, got {self.block_layout!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if not (self.use_text or self.use_id):

@@ -74,12 +74,24 @@ class TwoTowerModel(nn.Module):
         with torch.no_grad():
             self.type_emb.weight[0].zero_()
         self.emb_dropout = nn.Dropout(mcfg.dropout)
+        post_ln = mcfg.block_layout == "post_ln"
+        self.input_norm = nn.LayerNorm(d, eps=1e-12) if post_ln else nn.Identity()
         layer = nn.TransformerEncoderLayer(
             d_model=d, nhead=mcfg.n_heads, dim_feedforward=4 * d, dropout=mcfg.dropout,
-            activation="gelu", batch_first=True, norm_first=True,
+            activation="gelu", batch_first=True, norm_first=not post_ln,
+            layer_norm_eps=1e-12 if post_ln else 1e-5,
         )
+        if post_ln:
+            # SASRec's feed-forward drops out after its output only, not its hidden layer, and
+            # every weight starts at N(0, 0.02)
+            layer.dropout = nn.Identity()
+            for name, w in layer.named_parameters():
+                if w.dim() == 2:
+                    nn.init.normal_(w, std=0.02)
+                elif name.endswith("bias") and "norm" not in name:
+                    nn.init.zeros_(w)
         self.blocks = nn.TransformerEncoder(layer, num_layers=mcfg.n_layers, enable_nested_tensor=False)
-        self.final_norm = nn.LayerNorm(d)
+        self.final_norm = nn.Identity() if post_ln else nn.LayerNorm(d)
         init_t = math.log(1.0 / mcfg.temperature)
         self.log_inv_temp = nn.Parameter(torch.tensor(init_t), requires_grad=mcfg.learn_temperature)
 
@@ -175,7 +187,7 @@ class TwoTowerModel(nn.Module):
         x = x + self.pos_emb(pos).unsqueeze(0)
         if self.mcfg.use_event_types and types is not None:
             x = x + self.type_emb(types * valid)
-        x = self.emb_dropout(x)
+        x = self.emb_dropout(self.input_norm(x))
         causal = torch.triu(torch.full((L, L), float("-inf"), device=seq.device), diagonal=1)
         x = self.blocks(x, mask=causal)
         return F.normalize(self.final_norm(x), dim=-1)

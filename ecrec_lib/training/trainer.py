@@ -665,7 +665,11 @@ class _EpochRunner:
         model.train()
         if encoder is not None:
             encoder.train(self.trainable_text)
-        batches = _length_bucketed_batches(self.lengths, mcfg.batch_size, rng)
+        if mcfg.batch_by_length:
+            batches = _length_bucketed_batches(self.lengths, mcfg.batch_size, rng)
+        else:
+            order = rng.permutation(len(self.lengths))
+            batches = [order[i:i + mcfg.batch_size] for i in range(0, len(order), mcfg.batch_size)]
         t0 = time.time()
         tot = tot_next = tot_q = tot_c = 0.0
         bar = _progress(range(len(batches)), self.progress, f"epoch {epoch}/{mcfg.epochs}")
