@@ -379,3 +379,13 @@ def test_job_runs_the_temporal_and_cold_item_protocols(tmp_path: Path, capsys):
     # a held-out item has no training popularity: popularity never ranks it in the top 20
     assert got["pop"] == 0.0 and got["brandpop"] > 0.0
     assert "brand popularity" in capsys.readouterr().out
+
+
+def test_sasrec_row_is_trained_by_sasrecs_recipe_and_overrides_still_win():
+    cfg = benchmark_quality.model_config("sasrec_id", 0, "cpu", 30, {})
+    assert (cfg.block_layout, cfg.batch_by_length, cfg.lr, cfg.cooc_loss_weight) == (
+        "post_ln", False, 1e-3, 0.0)
+    assert not (cfg.use_text or cfg.use_side or cfg.cooc_blend)
+    assert benchmark_quality.model_config("sasrec_id", 0, "cpu", 30, {"lr": 0.005}).lr == 0.005
+    two_tower = benchmark_quality.model_config("two_tower", 0, "cpu", 30, {})
+    assert two_tower.block_layout == "pre_ln" and two_tower.cooc_loss_weight > 0
