@@ -44,6 +44,7 @@ from torch import nn
 from ecrec_lib.datasets import load_csv_dataset
 from ecrec_lib.evaluation.metrics import evaluate_scores
 from ecrec_lib.evaluation.split import EvalSet, leave_one_out
+from ecrec_lib.training.trainer import _history_mask  # the trainer's own mask
 
 MAX_LEN = 50
 DIM = 64
@@ -163,17 +164,6 @@ def _position_batches(train: list[np.ndarray], seqs_per_step: int, rng: np.rando
         yield [w[:-1] for w in windows], [w[1:] for w in windows]
 
 
-def _position_history_mask(seq: torch.Tensor, valid: torch.Tensor, targets: torch.Tensor
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
-    b, n = seq.shape
-    row_of = torch.cumsum(valid.reshape(-1), 0).view(b, n) - 1
-    pick = valid[:, :, None] & torch.tril(torch.ones(n, n, dtype=torch.bool))[None]
-    bi, ji, ki = pick.nonzero(as_tuple=True)
-    rows, cols = row_of[bi, ji], seq[bi, ki]
-    keep = cols != targets[rows]
-    return rows[keep], cols[keep]
-
-
 def train_epoch(model: SASRec, opt: torch.optim.Optimizer, sched: Any, train: list[np.ndarray],
                 args: argparse.Namespace, seqs_per_step: int, rng: np.random.Generator) -> float:
     """One epoch; the mean loss of its steps."""
@@ -207,7 +197,7 @@ def train_epoch(model: SASRec, opt: torch.optim.Optimizer, sched: Any, train: li
         valid = tgt >= 0
         z = model.logits(model.states(seq, lengths)[valid])
         if args.history_mask:
-            rows, cols = _position_history_mask(seq, valid, tgt[valid])
+            rows, cols = _history_mask(seq, valid, tgt[valid])
             z = z.index_put((rows, cols), torch.tensor(float("-inf")))
         loss = F.cross_entropy(z, tgt[valid])
         update(loss)
