@@ -108,8 +108,8 @@ class EcrecConfig:
     encoder_mode: str = "frozen"  # frozen | finetune_top | lora
     embedding_dim: int = 64
     epochs: int = 30
-    batch_size: int = 52  # ModelConfig.batch_size: SASRec's recipe (BENCHMARKS.md)
-    learning_rate: float = 1e-3  # ModelConfig.lr, same recipe
+    batch_size: int = 256
+    learning_rate: float = 5e-3  # the tuned ModelConfig.lr (Amazon Beauty, see BENCHMARKS.md)
     seed: int = 7
     device: str = "auto"  # auto | cpu | cuda
     min_train_users: int = 20  # fewer users than this: refuse to train

@@ -381,12 +381,11 @@ def test_job_runs_the_temporal_and_cold_item_protocols(tmp_path: Path, capsys):
     assert "brand popularity" in capsys.readouterr().out
 
 
-def test_sasrec_row_is_the_id_only_tower_and_overrides_still_win():
+def test_sasrec_row_is_trained_by_sasrecs_recipe_and_overrides_still_win():
     cfg = benchmark_quality.model_config("sasrec_id", 0, "cpu", 30, {})
-    two_tower = benchmark_quality.model_config("two_tower", 0, "cpu", 30, {})
+    assert (cfg.block_layout, cfg.batch_by_length, cfg.lr, cfg.cooc_loss_weight) == (
+        "post_ln", False, 1e-3, 0.0)
     assert not (cfg.use_text or cfg.use_side or cfg.cooc_blend)
-    assert two_tower.use_text and two_tower.use_side and two_tower.cooc_blend
-    # both rows train by the same recipe (SASRec's: post-LN blocks, shuffled steps)
-    for name in ("block_layout", "batch_by_length", "batch_size", "lr", "dropout", "epochs"):
-        assert getattr(cfg, name) == getattr(two_tower, name), name
     assert benchmark_quality.model_config("sasrec_id", 0, "cpu", 30, {"lr": 0.005}).lr == 0.005
+    two_tower = benchmark_quality.model_config("two_tower", 0, "cpu", 30, {})
+    assert two_tower.block_layout == "pre_ln" and two_tower.cooc_loss_weight > 0

@@ -331,23 +331,3 @@ def test_item_norm_option_and_legacy_configs() -> None:
     # Saved before the option existed: those weights include the LayerNorm.
     assert MC.from_dict(legacy).item_norm is True
     assert MC.from_dict(MC(item_norm=False).to_dict()).item_norm is False
-
-
-def test_block_layout_of_legacy_configs_is_pre_ln_and_their_weights_load() -> None:
-    from ecrec_lib.models.config import ModelConfig as MC
-
-    assert MC().block_layout == "post_ln"
-    legacy = {k: v for k, v in MC(block_layout="pre_ln").to_dict().items() if k != "block_layout"}
-    # Saved before the option existed: those weights are pre-LN blocks.
-    assert MC.from_dict(legacy).block_layout == "pre_ln"
-    assert MC.from_dict(MC().to_dict()).block_layout == "post_ln"
-    small = dict(use_text=False, use_side=False, dim=16, n_layers=1)
-
-    def build(mcfg: MC) -> TwoTowerModel:
-        return TwoTowerModel(mcfg, 6, 8, np.zeros(6, np.int64), np.zeros(6, np.int64), 1, 1,
-                             np.ones(6, bool))
-
-    saved = build(MC(block_layout="pre_ln", **small)).state_dict()
-    build(MC.from_dict({**legacy, **small})).load_state_dict(saved)  # strict: same parameters
-    with pytest.raises(RuntimeError):
-        build(MC(**small)).load_state_dict(saved)

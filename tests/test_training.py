@@ -131,8 +131,8 @@ def test_cooccurrence_pairs_are_symmetric_within_the_window() -> None:
 @pytest.mark.parametrize("opts", [{"exclude_history_negatives": True}, {"cpu_bf16": True},
                                   {"cooc_loss_weight": 1.0},
                                   {"cooc_loss_weight": 1.0, "loss": "sampled_softmax", "n_negatives": 10},
-                                  {"block_layout": "pre_ln", "batch_by_length": True,
-                                   "lr_schedule": "cosine", "grad_clip": 5.0}])
+                                  {"block_layout": "post_ln", "batch_by_length": False,
+                                   "cooc_loss_weight": 0.0, "grad_clip": 0.0}])
 def test_training_options_still_learn(tiny_bert: str, opts: dict) -> None:
     data = synthetic_data(n_items=30, n_users=120, with_queries=False)
     train, valid, test = leave_one_out(data.sequences)
