@@ -359,3 +359,16 @@ def test_shares_summing_to_one_never_make_a_negative_probability() -> None:
     mix = _mix_neighbourhoods(p_item, [(p_user, 0.3 * (1 - c)), (p_lin, 0.7 * (1 - c)), (p_rank, c)])
     assert (mix >= 0).all() and torch.allclose(mix.sum(1), torch.ones(1))
     assert torch.isfinite(combine(torch.zeros(1, 3), 4.0, 0.5, mix, "mixture", 1e-4)).all()
+
+
+def test_blend_search_samples_validation_rows_only_past_its_cache() -> None:
+    from ecrec_lib.evaluation import EvalSet
+    from ecrec_lib.training.trainer import blend_rows
+
+    valid = EvalSet(np.arange(5000), [np.array([i % 7]) for i in range(5000)], np.arange(5000) % 9)
+    assert blend_rows(valid, 100, 5 * 100 * 5000, seed=3) is valid  # fits: every row
+    sample = blend_rows(valid, 100, 5 * 100 * 2000, seed=3)
+    assert len(sample) == 2000 and len(set(sample.users.tolist())) == 2000
+    assert np.array_equal(sample.targets, valid.targets[sample.users])  # rows kept whole
+    assert np.array_equal(blend_rows(valid, 100, 5 * 100 * 2000, seed=3).users, sample.users)
+    assert len(blend_rows(valid, 10**9, 10, seed=3)) == 1000  # a floor for huge catalogs

@@ -426,6 +426,7 @@ def test_trainer_fits_the_ranker_into_the_blend(tmp_path: Path) -> None:
     assert len(report["rounds_per_booster"]) == 2
     assert report["use_text"] and report["use_time"] and report["queries"] > 300
     assert "ranker_valid_ndcg@10" in res.model.metadata["blend"]
+    assert res.model.metadata["blend"]["valid_rows"] == len(valid)  # small: every row
     blend = res.model.blend
     # the brand signal is the ranker's: validation gives it a share
     assert blend is not None and blend.ranker is not None and blend.ranker_share > 0

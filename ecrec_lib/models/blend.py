@@ -76,6 +76,10 @@ RANKER_SHARE_GRID: tuple[float, ...] = (0.3, 0.5, 0.7, 0.85, 1.0)  # share of th
 # w of the product kind beside the ranker: up to weights where the ranker's order decides and
 # the cosine only breaks its ties and ranks the items outside its candidates
 RANKER_PRODUCT_WEIGHT_GRID: tuple[float, ...] = PRODUCT_WEIGHT_GRID + (8.0, 16.0, 32.0)
+# Floats the blend search may hold for its validation rows (5 per row and item, about 1.6 GB):
+# every setting of the grid reuses them; past it each setting recomputes every part, the
+# learned ranker included, and the search takes many times longer.
+BLEND_CACHE_FLOATS = 400_000_000
 PARAMS_FILE = "blend.json"
 SIM_FILE = "blend_sim.npz"
 USERS_FILE = "blend_users.npz"
@@ -507,7 +511,7 @@ def fit_blend(
     product_weights: Sequence[float] = PRODUCT_WEIGHT_GRID,
     product_eps: Sequence[float] = PRODUCT_EPS_GRID,
     linear_shares: Sequence[float] = LINEAR_SHARE_GRID,
-    cache_floats: int = 400_000_000,
+    cache_floats: int = BLEND_CACHE_FLOATS,
     linear: LinearTransitions | None = None,
     ranker_fit: RankerFit | None = None,
     valid_anchor_ts: np.ndarray | None = None,

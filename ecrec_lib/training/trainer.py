@@ -761,8 +761,13 @@ def _fit_blend(rec: TwoTowerRecommender, data: TrainingData, train_seqs: Sequenc
     (``text_emb``: the pretrained text encoder's item vectors, for the learned ranker's text
     features; ``neighbourhood``: the parts already fitted, reused).
     Returns (None, report) when validation prefers the model alone (weight 0)."""
-    from ecrec_lib.models.blend import fit_blend
+    from ecrec_lib.models.blend import BLEND_CACHE_FLOATS, fit_blend
 
+    n_valid = len(valid)
+    valid = blend_rows(valid, data.n_items, BLEND_CACHE_FLOATS, mcfg.seed)
+    if len(valid) < n_valid:
+        log.info("blend search on %d of %d validation rows (a seeded sample: all of them would "
+                 "not fit the search's cache)", len(valid), n_valid)
     model_scores = make_score_fn(rec, valid, data)
     valid_eval = _blend_valid_eval(valid, data, mcfg)
     if neighbourhood is None:
@@ -772,9 +777,21 @@ def _fit_blend(rec: TwoTowerRecommender, data: TrainingData, train_seqs: Sequenc
                               valid.histories, valid_eval, model_scores,
                               valid_anchor_ts=eval_anchor_times(data, valid),
                               neighbourhood=neighbourhood)
+    report["valid_rows"] = len(valid)
     report["seconds"] = round(time.time() - t0 + neighbourhood.seconds, 1)
     report["neighbourhood_seconds"] = round(neighbourhood.seconds, 1)
     return (blend if blend.weight > 0 else None), report
+
+
+def blend_rows(valid: EvalSet, n_items: int, cache_floats: int, seed: int) -> EvalSet:
+    """``valid``, or a seeded sample of its rows small enough for the blend search to hold its
+    parts (5 floats per row and item within ``cache_floats``; at least 1,000 rows): the search
+    evaluates hundreds of settings, and without its cache each recomputes every part."""
+    limit = max(1_000, cache_floats // (5 * max(n_items, 1)))
+    if len(valid) <= limit:
+        return valid
+    rows = np.sort(np.random.default_rng([seed, 1]).choice(len(valid), limit, replace=False))
+    return valid.subset(rows)
 
 
 def _blend_valid_eval(valid: EvalSet, data: TrainingData, mcfg: ModelConfig
