@@ -272,11 +272,7 @@ def model_config(name: str, seed: int, device: str, epochs: int | None,
 def valid_rows(split: Split, valid_users: int) -> EvalSet:
     """The validation rows the neural models early-stop on and the blend is fitted on: a fixed
     random sample of ``valid_users`` users when 0 < valid_users < all."""
-    valid = split.valid
-    if 0 < valid_users < len(valid):
-        rows = np.sort(np.random.default_rng(12345).choice(len(valid), valid_users, replace=False))
-        valid = valid.subset(rows)
-    return valid
+    return split.valid.sample(valid_users, np.random.default_rng(12345))
 
 
 def fit_shared_neighbourhood(data: TrainingData, split: Split, mcfg: ModelConfig,

@@ -421,3 +421,13 @@ def test_cold_item_split_keeps_cold_items_out_of_training():
     assert again.tolist() == cold.tolist()  # seeded
     with pytest.raises(ValueError, match="in \\(0, 1\\)"):
         cold_item_split(seqs, 40, fraction=0.0)
+
+
+def test_eval_set_sample_keeps_rows_whole_in_their_order() -> None:
+    ev = EvalSet(np.arange(10) * 2, [np.array([i]) for i in range(10)], np.arange(10) + 100)
+    assert ev.sample(0, np.random.default_rng(0)) is ev and ev.sample(10, np.random.default_rng(0)) is ev
+    s = ev.sample(4, np.random.default_rng(5))
+    assert len(s) == 4 and np.all(np.diff(s.users) > 0)
+    assert np.array_equal(s.targets, s.users // 2 + 100)
+    assert [int(h[0]) for h in s.histories] == (s.users // 2).tolist()
+    assert np.array_equal(ev.sample(4, np.random.default_rng(5)).users, s.users)

@@ -33,6 +33,13 @@ class EvalSet:
         rows = np.asarray(rows, dtype=np.int64)
         return EvalSet(self.users[rows], [self.histories[r] for r in rows], self.targets[rows])
 
+    def sample(self, n: int, rng: np.random.Generator) -> EvalSet:
+        """``n`` rows drawn by ``rng`` without replacement, in their order here; the set itself
+        when ``n`` is 0 or not below its length."""
+        if not 0 < n < len(self):
+            return self
+        return self.subset(np.sort(rng.choice(len(self), n, replace=False)))
+
 
 def leave_one_out(sequences: list[np.ndarray]) -> tuple[list[np.ndarray], EvalSet, EvalSet]:
     """Split each sequence into train = seq[:-2], valid target seq[-2], test target seq[-1].

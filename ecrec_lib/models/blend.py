@@ -89,6 +89,12 @@ RankerFit = Callable[[ItemKNN, UserKNN, LinearTransitions | None],
                      tuple[CandidateRanker | None, dict[str, Any]]]
 
 
+def cacheable_rows(n_items: int, cache_floats: int = BLEND_CACHE_FLOATS) -> int:
+    """How many validation rows the blend search can hold: its five parts per row (cosine and
+    the item-kNN, user-kNN, linear and ranker distributions) over ``n_items`` items."""
+    return cache_floats // (5 * max(n_items, 1))
+
+
 @dataclass
 class Neighbourhood:
     """The blend's neighbourhood parts fitted on the training sequences: everything in a blend
@@ -553,7 +559,7 @@ def fit_blend(
     ranker = neighbourhood.ranker if user_knn is not None else None  # it reads every part
     valid = _ValidationScores(valid_histories, inv_temperature, model_scores, item_knn, user_knn,
                               linear, ranker, valid_anchor_ts,
-                              5 * len(valid_histories) * n_items <= cache_floats)
+                              len(valid_histories) <= cacheable_rows(n_items, cache_floats))
 
     report: dict[str, Any] = {"knn_valid_ndcg@10": neighbourhood.knn_valid_ndcg, "grid": {}}
     for name, part in (("user_knn", user_knn), ("linear", linear)):

@@ -419,11 +419,9 @@ def train_two_tower(
                           autocast, mcfg, device, progress)
 
     valid_eval = valid if valid is not None and len(valid) else None
-    if valid_eval is not None and 0 < mcfg.valid_sample_users < len(valid_eval):
+    if valid_eval is not None:
         # A fixed random subset: early stopping needs a stable signal, not every user.
-        pick = np.random.default_rng(mcfg.seed).choice(len(valid_eval), mcfg.valid_sample_users,
-                                                       replace=False)
-        valid_eval = valid_eval.subset(np.sort(pick))
+        valid_eval = valid_eval.sample(mcfg.valid_sample_users, np.random.default_rng(mcfg.seed))
 
     for epoch in range(start_epoch + 1, mcfg.epochs + 1):
         row = runner.run(epoch, first=epoch == start_epoch + 1)
@@ -787,11 +785,10 @@ def blend_rows(valid: EvalSet, n_items: int, cache_floats: int, seed: int) -> Ev
     """``valid``, or a seeded sample of its rows small enough for the blend search to hold its
     parts (5 floats per row and item within ``cache_floats``; at least 1,000 rows): the search
     evaluates hundreds of settings, and without its cache each recomputes every part."""
-    limit = max(1_000, cache_floats // (5 * max(n_items, 1)))
-    if len(valid) <= limit:
-        return valid
-    rows = np.sort(np.random.default_rng([seed, 1]).choice(len(valid), limit, replace=False))
-    return valid.subset(rows)
+    from ecrec_lib.models.blend import cacheable_rows
+
+    limit = max(1_000, cacheable_rows(n_items, cache_floats))
+    return valid.sample(limit, np.random.default_rng([seed, 1]))
 
 
 def _blend_valid_eval(valid: EvalSet, data: TrainingData, mcfg: ModelConfig

@@ -255,9 +255,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rng = np.random.default_rng(args.seed)
     data, _ = load_csv_dataset(args.data)
     train, valid, test = leave_one_out(data.sequences)
-    if 0 < args.valid_users < len(valid):
-        valid = valid.subset(np.sort(np.random.default_rng(VALID_SAMPLE_SEED).choice(
-            len(valid), args.valid_users, replace=False)))
+    valid = valid.sample(args.valid_users, np.random.default_rng(VALID_SAMPLE_SEED))
     n_targets = sum(max(len(s) - 1, 0) for s in train)
     n_seqs = sum(len(s) >= 2 for s in train)
     seqs_per_step = args.seqs_per_step or max(1, round(args.batch * n_seqs / max(n_targets, 1)))
