@@ -65,13 +65,14 @@ PROTOCOLS = ("loo", "temporal", "cold_items")
 DETERMINISTIC = ("pop", "itemknn", "userknn", "linear", "ranker", "brandpop", "textsim")
 REPORT_KS = (5, 10, 20)
 # The SASRec-style row as SASRec is trained (RecBole 1.2.1's SASRec-CE): its blocks, about 256
-# targets a shuffled step at a constant 1e-3, dropout 0.5, no clipping, no co-occurrence loss.
+# targets a shuffled step at a constant 1e-3, dropout 0.5, no clipping, no co-occurrence loss,
+# and RecBole's early stopping (10 epochs without a better validation figure).
 # On Beauty it comes within 3% of RecBole's own run, where the two-tower's defaults left the
 # ID-only tower 12% below it (BENCHMARKS.md).
 SASREC_RECIPE: dict[str, Any] = {
     "block_layout": "post_ln", "batch_by_length": False, "batch_size": 52, "lr": 1e-3,
     "lr_schedule": "constant", "warmup_steps": 0, "dropout": 0.5, "grad_clip": 0.0,
-    "cooc_loss_weight": 0.0,
+    "cooc_loss_weight": 0.0, "patience": 10,
 }
 REPORT_METRICS = tuple(f"{m}@{k}" for m in ("recall", "ndcg") for k in REPORT_KS)
 BLEND = "two_tower+blend"  # the two-tower run's co-occurrence blend (same training run)
@@ -112,6 +113,12 @@ PROTOCOL_TEXT = {
                   "= the other users' last warm item; full ranking over all items; history items "
                   "excluded; pessimistic ties",
 }
+
+# appended to the protocol when the neighbourhood parts are served refitted (the default)
+REFIT_TEXT = ("; once validation has chosen their settings, the neighbourhood parts of the served "
+              "blend and of the ranker row are refitted on the training events plus the "
+              "validation targets (never a test target), as the nightly serves them; the neural "
+              "towers and the single-part rows are fitted on the training events only")
 
 
 def make_split(protocol: str, data: TrainingData) -> Split:
@@ -259,13 +266,15 @@ def pretrained_text_vectors(data: TrainingData, cache_dir: str | None,
 def model_config(name: str, seed: int, device: str, epochs: int | None,
                  overrides: dict[str, Any]) -> ModelConfig:
     """The two-tower trainer's config for ``name``; ``sasrec_id``: ID only, no side features, no
-    blend, trained by SASRec's own recipe (:data:`SASREC_RECIPE`)."""
+    blend, trained by SASRec's own recipe (:data:`SASREC_RECIPE`), which ``overrides`` do not
+    change: that row reproduces a reference, the overrides try the product's model."""
     values: dict[str, Any] = {"seed": seed, "device": device, "use_text": name == "two_tower"}
-    if name == "sasrec_id":
-        values.update(use_side=False, init_id_from_text=False, cooc_blend=False, **SASREC_RECIPE)
     if epochs is not None:
         values["epochs"] = epochs
     values.update(overrides)
+    if name == "sasrec_id":
+        values.update(use_side=False, use_text=False, init_id_from_text=False, cooc_blend=False,
+                      **SASREC_RECIPE)
     return ModelConfig.from_dict({**ModelConfig().to_dict(), **values})
 
 
@@ -288,12 +297,26 @@ def fit_shared_neighbourhood(data: TrainingData, split: Split, mcfg: ModelConfig
     return fit_blend_neighbourhood(data, mcfg, split.train, valid_rows(split, valid_users), text)
 
 
-def run_ranker(data: TrainingData, split: Split, pop: np.ndarray,
-               nb: Neighbourhood) -> dict[str, Any]:
+def refit_shared_neighbourhood(nb: Neighbourhood, data: TrainingData, split: Split,
+                               mcfg: ModelConfig, cache_dir: str | None,
+                               has_items: bool) -> Neighbourhood:
+    """``nb``'s parts, with the settings validation chose, refitted on the training events
+    plus every validation target, as the nightly serves them (the test targets stay out)."""
+    from ecrec_lib.evaluation.split import with_validation_targets
+    from ecrec_lib.training.trainer import refit_blend_neighbourhood
+
+    text = pretrained_text_vectors(data, cache_dir, mcfg) if has_items else None
+    return refit_blend_neighbourhood(nb, data, mcfg, with_validation_targets(split.train, split.valid),
+                                     text)
+
+
+def run_ranker(data: TrainingData, split: Split, pop: np.ndarray, nb: Neighbourhood,
+               refit: Neighbourhood | None = None) -> dict[str, Any]:
     """The learned ranker alone (no neural model), from the shared neighbourhood fit: item-kNN
     tuned on validation, user-kNN and SLIST fitted on train, LambdaRank trained on each training
     sequence's last items (:mod:`ecrec_lib.models.ranker`); items outside a user's candidates
-    score zero."""
+    score zero. ``refit``: the same parts refitted with the validation targets, tested instead
+    (as served)."""
     import torch
 
     from ecrec_lib.models.neighbourhood import NeighbourhoodParts
@@ -302,6 +325,8 @@ def run_ranker(data: TrainingData, split: Split, pop: np.ndarray,
     if nb.ranker is None:
         why = (nb.ranker_report or {}).get("skipped", "the ranker is switched off (ranker=false)")
         return {"status": f"n/a ({why})"}
+    seconds = nb.seconds + (refit.seconds if refit is not None else 0.0)
+    nb = refit if refit is not None else nb
     ranker = nb.ranker
     parts = NeighbourhoodParts(nb.item_knn, nb.user_knn, nb.linear)
     anchors = eval_anchor_times(data, split.test)
@@ -313,7 +338,7 @@ def run_ranker(data: TrainingData, split: Split, pop: np.ndarray,
         return torch.as_tensor(p)
 
     report = nb.ranker_report or {}
-    return {"test": _eval(score, split.test, data, pop), "train_seconds": nb.seconds,
+    return {"test": _eval(score, split.test, data, pop), "train_seconds": seconds,
             "config": {"ranker": {k: v for k, v in report.items() if k != "feature_gain"}}}
 
 
@@ -330,6 +355,7 @@ def run_neural(
     valid_users: int = 0,
     save_dir: str | None = None,
     neighbourhood: Neighbourhood | None = None,
+    refit_neighbourhood: Neighbourhood | None = None,
 ) -> dict[str, Any]:
     """Train the platform's two-tower model (``use_text`` False for the ID-only model).
 
@@ -337,14 +363,14 @@ def run_neural(
     (cheaper epochs on CPU); test always covers every user. ``save_dir``: also write the trained
     model (blend included) there as a loadable artifact, ``<save_dir>/<name>_seed<seed>``.
     ``neighbourhood``: the blend's parts fitted once for every seed (its time is not counted
-    here)."""
+    here); ``refit_neighbourhood``: those parts refitted with the validation targets, served."""
     from ecrec_lib.training.trainer import train_two_tower
 
     mcfg = model_config(name, seed, device, epochs, overrides)
     valid = valid_rows(split, valid_users)
     t0 = time.perf_counter()
     result = train_two_tower(data, mcfg, split.train, valid, progress=False, cache_dir=cache_dir,
-                             neighbourhood=neighbourhood)
+                             neighbourhood=neighbourhood, refit_neighbourhood=refit_neighbourhood)
     seconds = time.perf_counter() - t0
     test = _eval(result.score_fn(split.test, blend=False), split.test, data, pop)
     blend = result.model.blend
@@ -431,18 +457,21 @@ def run_benchmark(
     # Popularity over training data only, so beyond-accuracy figures do not peek at targets.
     pop = popularity_scores(train, data.n_items)
     results: dict[str, Any] = {}
-    shared: dict[bool, Neighbourhood] = {}
+    shared: dict[bool, tuple[Neighbourhood, Neighbourhood | None]] = {}
 
-    def neighbourhood(ranker_row: bool = False) -> Neighbourhood:
-        """The one neighbourhood fit of the run (a second one only for the ranker row when the
-        overrides switch the blend's ranker off)."""
+    def neighbourhood(ranker_row: bool = False) -> tuple[Neighbourhood, Neighbourhood | None]:
+        """The one neighbourhood fit of the run and its refit with the validation targets (None
+        when ``refit_neighbourhood`` is off); a second pair only for the ranker row when the
+        overrides switch the blend's ranker off."""
         mcfg = model_config("two_tower", seeds[0], device, epochs, overrides or {})
         if ranker_row and not mcfg.ranker:
             mcfg = dataclasses.replace(mcfg, ranker=True)
         if mcfg.ranker not in shared:
             log.info("fitting the neighbourhood parts once for the ranker row and every seed")
-            shared[mcfg.ranker] = fit_shared_neighbourhood(data, split, mcfg, valid_users,
-                                                           cache_dir, has_items)
+            nb = fit_shared_neighbourhood(data, split, mcfg, valid_users, cache_dir, has_items)
+            refit = (refit_shared_neighbourhood(nb, data, split, mcfg, cache_dir, has_items)
+                     if mcfg.refit_neighbourhood else None)
+            shared[mcfg.ranker] = (nb, refit)
         return shared[mcfg.ranker]
 
     for name in models:
@@ -476,7 +505,7 @@ def run_benchmark(
                     break
                 runs.append(run_text_similarity(data, split, pop, cache_dir))
             elif name == "ranker":
-                run = run_ranker(data, split, pop, neighbourhood(ranker_row=True))
+                run = run_ranker(data, split, pop, *neighbourhood(ranker_row=True))
                 if "status" in run:
                     log.warning("model ranker: %s", run["status"])
                     results[name] = run
@@ -496,8 +525,9 @@ def run_benchmark(
                         cache_dir,
                         valid_users,
                         save_dir,
-                        neighbourhood() if name == "two_tower" and model_config(
-                            name, seed, device, epochs, overrides or {}).cooc_blend else None,
+                        *(neighbourhood() if name == "two_tower" and model_config(
+                            name, seed, device, epochs, overrides or {}).cooc_blend
+                          else (None, None)),
                     )
                 )
             if runs:
@@ -517,7 +547,9 @@ def run_benchmark(
             results[BLEND]["blend"] = [r["blend"] for r in runs]
     n_inter = int(sum(len(s) for s in data.sequences))
     return {
-        "protocol": PROTOCOL_TEXT[protocol],
+        "protocol": PROTOCOL_TEXT[protocol] + (
+            REFIT_TEXT if model_config("two_tower", seeds[0], device, epochs,
+                                       overrides or {}).refit_neighbourhood else ""),
         "protocol_name": protocol,
         "split": {**split.info, "n_train_interactions": int(sum(len(s) for s in train)),
                   "n_valid_rows": len(split.valid), "n_test_rows": len(test)},
@@ -529,9 +561,13 @@ def run_benchmark(
             "has_items_csv": has_items,
         },
         "models": results,
-        # fitted once for the ranker row and every seed's blend; not in the two-tower's time
+        # fitted once for the ranker row and every seed's blend, then refitted with the
+        # validation targets; not in the two-tower's time
         "neighbourhood_seconds": {"with_ranker" if k else "without_ranker": round(v.seconds, 1)
-                                  for k, v in shared.items()},
+                                  for k, (v, _) in shared.items()},
+        "neighbourhood_refit_seconds": {"with_ranker" if k else "without_ranker":
+                                        round(r.seconds, 1)
+                                        for k, (_, r) in shared.items() if r is not None},
     }
 
 
@@ -616,7 +652,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="ModelConfig override for the neural models, e.g. --set dim=128 (repeatable)",
+        help="ModelConfig override for the neural models, e.g. --set dim=128 (repeatable); the "
+        "SASRec-style row keeps its recipe's fields (SASREC_RECIPE)",
     )
     p.add_argument(
         "--valid-users",

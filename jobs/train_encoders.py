@@ -105,6 +105,7 @@ def run(cfg: EcrecConfig, ds: str, run_name: str | None = None, register: bool =
 
     from ecrec_lib import tracking
     from ecrec_lib.evaluation import evaluate_scores, leave_one_out, popularity_scores
+    from ecrec_lib.evaluation.split import with_validation_targets
     from ecrec_lib.models.artifact import log_recommender
     from ecrec_lib.models.neighbourhood import ItemKNN
     from ecrec_lib.training.data import build_training_data
@@ -149,6 +150,9 @@ def run(cfg: EcrecConfig, ds: str, run_name: str | None = None, register: bool =
             checkpoint_dir=os.path.join(lake.models(ds), "checkpoints") if is_local(lake.root) else None,
             cache_dir=lake.cache("text_embeddings") if is_local(lake.root) else None,
             on_epoch=tracking.log_epoch,
+            # the blend's parts are served refitted with the validation targets: every user's
+            # events but the held-out test target, which the evaluation below still scores
+            refit_seqs=with_validation_targets(train_seqs, valid),
         )
         for row in result.history[: result.resumed_from_epoch]:
             tracking.log_epoch(row)  # epochs restored from a checkpoint

@@ -295,13 +295,19 @@ def test_job_neural_models_learn_the_pattern(tmp_path: Path, capsys):
     assert chosen["weight"] in grid and chosen["user_share"] in USER_SHARE_GRID
     assert "+ neighbourhood blend" in capsys.readouterr().out
     assert chosen["linear_share"] in LINEAR_SHARE_GRID
-    # one neighbourhood fit serves the ranker row and the blend (it does not depend on the seed)
-    assert chosen["ranker"] == res["models"]["ranker"]["config"]["ranker"] | {
-        "feature_gain": chosen["ranker"]["feature_gain"]}
+    # one neighbourhood fit (and one refit with the validation targets) serves the ranker row
+    # and the blend (neither depends on the seed); the refit ranker is what both test
+    refit = chosen["refit"]["ranker"]
+    assert refit == res["models"]["ranker"]["config"]["ranker"] | {
+        "feature_gain": refit["feature_gain"]}
+    assert refit["queries"] > chosen["ranker"]["queries"]  # the validation targets label more
     assert list(res["neighbourhood_seconds"]) == ["with_ranker"]
     assert chosen["neighbourhood_seconds"] == res["neighbourhood_seconds"]["with_ranker"]
+    assert chosen["refit"]["seconds"] == res["neighbourhood_refit_seconds"]["with_ranker"]
     assert res["models"]["ranker"]["train_seconds"]["mean"] == pytest.approx(
-        res["neighbourhood_seconds"]["with_ranker"], abs=0.1)
+        res["neighbourhood_seconds"]["with_ranker"]
+        + res["neighbourhood_refit_seconds"]["with_ranker"], abs=0.2)
+    assert "validation targets" in res["protocol"]
     # --save-models: each seed's model is a loadable artifact that ranks as it did in the run
     saved = {name: res["models"][name]["saved_to"][0] for name in ("sasrec_id", "two_tower")}
     assert saved["two_tower"] == str(tmp_path / "models" / "two_tower_seed0")
@@ -381,11 +387,14 @@ def test_job_runs_the_temporal_and_cold_item_protocols(tmp_path: Path, capsys):
     assert "brand popularity" in capsys.readouterr().out
 
 
-def test_sasrec_row_is_trained_by_sasrecs_recipe_and_overrides_still_win():
+def test_sasrec_row_is_trained_by_sasrecs_recipe_whatever_the_overrides():
     cfg = benchmark_quality.model_config("sasrec_id", 0, "cpu", 30, {})
-    assert (cfg.block_layout, cfg.batch_by_length, cfg.lr, cfg.cooc_loss_weight) == (
-        "post_ln", False, 1e-3, 0.0)
+    assert (cfg.block_layout, cfg.batch_by_length, cfg.lr, cfg.cooc_loss_weight, cfg.patience) == (
+        "post_ln", False, 1e-3, 0.0, 10)
     assert not (cfg.use_text or cfg.use_side or cfg.cooc_blend)
-    assert benchmark_quality.model_config("sasrec_id", 0, "cpu", 30, {"lr": 0.005}).lr == 0.005
+    tried = benchmark_quality.model_config("sasrec_id", 0, "cpu", 30, {"lr": 0.005, "patience": 30,
+                                                                      "cpu_bf16": True})
+    assert (tried.lr, tried.patience, tried.cpu_bf16) == (1e-3, 10, True)  # outside it: applied
+    assert benchmark_quality.model_config("two_tower", 0, "cpu", 30, {"patience": 30}).patience == 30
     two_tower = benchmark_quality.model_config("two_tower", 0, "cpu", 30, {})
     assert two_tower.block_layout == "pre_ln" and two_tower.cooc_loss_weight > 0

@@ -4,6 +4,7 @@ served recommend over a catalog snapshot (exact against full-row scoring)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -372,3 +373,29 @@ def test_blend_search_samples_validation_rows_only_past_its_cache() -> None:
     assert np.array_equal(sample.targets, valid.targets[sample.users])  # rows kept whole
     assert np.array_equal(blend_rows(valid, 100, 5 * 100 * 2000, seed=3).users, sample.users)
     assert len(blend_rows(valid, 10**9, 10, seed=3)) == 1000  # a floor for huge catalogs
+
+
+def test_refit_keeps_the_chosen_settings_and_serves_the_new_parts() -> None:
+    from ecrec_lib.models.blend import Neighbourhood, refit_neighbourhood
+
+    n = 6
+    nb = Neighbourhood(ItemKNN(window=2, decay=0.5).fit(SEQS, n), 0.1, UserKNN(k=3).fit(SEQS, n),
+                       LinearTransitions(l2=1.0, slis_weight=0.0).fit(SEQS, n), None, None, 0.0)
+    more = [np.append(s, 5) if s[-1] != 5 else s for s in SEQS]  # 5 now follows every history
+    refit = refit_neighbourhood(nb, more, n)
+    for old, new in ((nb.item_knn, refit.item_knn), (nb.user_knn, refit.user_knn),
+                     (nb.linear, refit.linear)):
+        assert type(new) is type(old) and dataclasses.asdict(new) == dataclasses.asdict(old)
+    assert refit.item_knn.sim[3, 5] > 0 and nb.item_knn.sim[3, 5] == 0
+    assert refit.ranker is None and refit.knn_valid_ndcg == nb.knn_valid_ndcg
+    chosen = _linear_blend(weight=0.5, user_share=0.3, linear_share=0.4)
+    served = chosen.with_parts(refit)
+    assert (served.weight, served.user_share, served.linear_share, served.kind, served.eps) == (
+        chosen.weight, chosen.user_share, chosen.linear_share, chosen.kind, chosen.eps)
+    assert served.knn is refit.item_knn and served.linear is refit.linear
+    hist = [np.array([2, 3])]
+    assert served.knn_probs(hist)[0, 5] > chosen.knn_probs(hist)[0, 5]
+    assert _blend(0.3).with_parts(refit).user_knn is None  # a part it did not serve stays out
+    with_ranker = dataclasses.replace(_blend(0.3, user_share=0.3), ranker=object(), ranker_share=0.5)
+    with pytest.raises(ValueError, match="refit them with the ranker's fit"):
+        with_ranker.with_parts(refit)

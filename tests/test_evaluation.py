@@ -431,3 +431,34 @@ def test_eval_set_sample_keeps_rows_whole_in_their_order() -> None:
     assert np.array_equal(s.targets, s.users // 2 + 100)
     assert [int(h[0]) for h in s.histories] == (s.users // 2).tolist()
     assert np.array_equal(ev.sample(4, np.random.default_rng(5)).users, s.users)
+
+
+def test_validation_targets_return_to_training_and_test_targets_stay_out() -> None:
+    from ecrec_lib.evaluation.split import with_validation_targets
+
+    rng = np.random.default_rng(0)
+    seqs = [rng.choice(40, size=rng.integers(1, 9), replace=False) for _ in range(30)]
+    train, valid, test = leave_one_out(seqs)
+    refit = with_validation_targets(train, valid)
+    for r, u in enumerate(test.users):  # loo: the test history, i.e. everything but the target
+        assert np.array_equal(refit[u], test.histories[r])
+        assert np.array_equal(refit[u], seqs[u][:-1])
+    short = set(range(len(seqs))) - set(test.users.tolist())
+    assert short and all(np.array_equal(refit[u], train[u]) for u in short)
+    assert all(len(t) == len(s) - 2 for t, s in zip(train, seqs, strict=True) if len(s) >= 3)  # unchanged
+
+    times = [np.arange(len(s)) * 10 + u for u, s in enumerate(seqs)]
+    tr, va, te, _ = temporal_split(seqs, times, test_cut=45, valid_cut=25)
+    t_refit = with_validation_targets(tr, va)
+    for u, s in enumerate(seqs):  # a prefix ending at the first item after the validation cut
+        assert np.array_equal(t_refit[u], s[:len(t_refit[u])])
+        assert np.all(times[u][:len(t_refit[u])] <= 45)
+    tr, va, te, cold = cold_item_split(seqs, 40, fraction=0.2, seed=1)
+    assert not np.isin(np.concatenate(with_validation_targets(tr, va)), cold).any()
+
+    moved = EvalSet(valid.users, [h[:-1] for h in valid.histories], valid.targets)
+    with pytest.raises(ValueError, match="does not continue that user's training sequence"):
+        with_validation_targets(train, moved)
+    twice = valid.subset(np.array([0, 0]))
+    with pytest.raises(ValueError, match="repeat a user"):
+        with_validation_targets(train, twice)

@@ -405,7 +405,9 @@ def test_trainer_fits_the_ranker_into_the_blend(tmp_path: Path) -> None:
     vectors and event times, reported, given a share on validation, and served from the saved
     artifact."""
     from ecrec_lib.evaluation import leave_one_out
+    from ecrec_lib.evaluation.split import with_validation_targets
     from ecrec_lib.models.artifact import load_recommender_dir, save_recommender
+    from ecrec_lib.models.neighbourhood import ItemKNN
     from ecrec_lib.training.data import TrainingData
     from ecrec_lib.training.trainer import ModelConfig, eval_histories, train_two_tower
     from tests.helpers_two_tower import make_tiny_bert
@@ -421,9 +423,19 @@ def test_trainer_fits_the_ranker_into_the_blend(tmp_path: Path) -> None:
     mcfg = ModelConfig(text_model_path=make_tiny_bert(tmp_path / "bert"), dim=16, n_heads=2,
                        n_layers=1, max_seq_len=8, batch_size=32, epochs=1, device="cpu",
                        ranker_boosters=2)
-    res = train_two_tower(data, mcfg, train, valid, progress=False)
+    refit_seqs = with_validation_targets(train, valid)
+    res = train_two_tower(data, mcfg, train, valid, progress=False, refit_seqs=refit_seqs)
     report = res.model.metadata["blend"]["ranker"]
     assert len(report["rounds_per_booster"]) == 2
+    # chosen on the parts fitted on train, served refitted with the validation targets
+    refit = res.model.metadata["blend"]["refit"]
+    assert refit["ranker"]["queries"] >= report["queries"] and refit["seconds"] > 0
+    assert res.model.blend.ranker.side.popularity.sum() == sum(len(q) for q in refit_seqs)
+    served_knn = res.model.blend.knn
+    assert np.array_equal(served_knn.sim.toarray(), ItemKNN(**dataclasses.asdict(served_knn)).fit(
+        refit_seqs, n).sim.toarray())
+    assert not np.array_equal(served_knn.sim.toarray(), ItemKNN(**dataclasses.asdict(served_knn)).fit(
+        train, n).sim.toarray())
     assert report["use_text"] and report["use_time"] and report["queries"] > 300
     assert "ranker_valid_ndcg@10" in res.model.metadata["blend"]
     assert res.model.metadata["blend"]["valid_rows"] == len(valid)  # small: every row

@@ -74,6 +74,24 @@ def leave_one_out(sequences: list[np.ndarray]) -> tuple[list[np.ndarray], EvalSe
     return train, valid, test
 
 
+def with_validation_targets(train: list[np.ndarray], valid: EvalSet) -> list[np.ndarray]:
+    """``train`` with each validation row's target appended to its user's sequence: the events
+    model selection held out, returned to the fit once the settings are chosen (test targets
+    stay out). Every split here gives a validation row its user's training sequence as history;
+    a row that does not (its target would not follow that sequence) is refused."""
+    out = [np.asarray(s, dtype=np.int64) for s in train]
+    if len(np.unique(valid.users)) < len(valid.users):
+        raise ValueError("validation rows repeat a user: one target per user can be appended")
+    for r, u in enumerate(valid.users):
+        if not 0 <= u < len(out) or not np.array_equal(valid.histories[r], out[u]):
+            raise ValueError(f"validation row {r} (user {u}) does not continue that user's training "
+                             "sequence: its target cannot be appended; refit from the split that "
+                             "made both")
+    for r, u in enumerate(valid.users):
+        out[u] = np.append(out[u], valid.targets[r])
+    return out
+
+
 TEMPORAL_TEST_FRACTION = 0.1  # share of all events after the test cut
 TEMPORAL_VALID_FRACTION = 0.1  # share of the events before the test cut after the valid cut
 

@@ -143,6 +143,25 @@ def fit_neighbourhood(
                          time.perf_counter() - t0)
 
 
+def refit_neighbourhood(neighbourhood: Neighbourhood, seqs: Sequence[np.ndarray], n_items: int,
+                        ranker_fit: RankerFit | None = None) -> Neighbourhood:
+    """The same parts with the same settings (item-kNN's tuned ones included) fitted again on
+    ``seqs``: once validation has chosen the settings, its targets return to the fit
+    (:func:`~ecrec_lib.evaluation.split.with_validation_targets`), so the served parts know
+    every user's latest events but the test's. ``ranker_fit`` refits the ranker (None: none)."""
+    t0 = time.perf_counter()
+    item_knn = ItemKNN(**asdict(neighbourhood.item_knn)).fit(seqs, n_items)
+    users = (UserKNN(**asdict(neighbourhood.user_knn)).fit(seqs, n_items)
+             if neighbourhood.user_knn is not None else None)
+    lin = (LinearTransitions(**asdict(neighbourhood.linear)).fit(seqs, n_items)
+           if neighbourhood.linear is not None else None)
+    ranker, report = None, None
+    if neighbourhood.ranker is not None and ranker_fit is not None and users is not None:
+        ranker, report = ranker_fit(item_knn, users, lin)
+    return Neighbourhood(item_knn, neighbourhood.knn_valid_ndcg, users, lin, ranker, report,
+                         time.perf_counter() - t0)
+
+
 @dataclass
 class CoocBlend:
     """A fitted item-kNN (and optionally user-kNN) plus the mixing weights and the model's
@@ -172,6 +191,18 @@ class CoocBlend:
                              f"{self.ranker_share}")
         if self.ranker_share > 0 and (self.ranker is None or self.user_knn is None):
             raise ValueError("a ranker share > 0 needs the ranker and the user-kNN it reads")
+
+    def with_parts(self, neighbourhood: Neighbourhood) -> CoocBlend:
+        """This blend's settings over ``neighbourhood``'s parts (a refit of the ones it was
+        chosen with, :func:`refit_neighbourhood`); a part it does not serve stays out."""
+        if self.ranker is not None and neighbourhood.ranker is None:
+            raise ValueError("this blend serves a ranker but the refitted parts have none: refit "
+                             "them with the ranker's fit")
+        return dataclasses.replace(
+            self, knn=neighbourhood.item_knn,
+            user_knn=neighbourhood.user_knn if self.user_knn is not None else None,
+            linear=neighbourhood.linear if self.linear is not None else None,
+            ranker=neighbourhood.ranker if self.ranker is not None else None)
 
     # ------------------------------------------------------------------ scoring
     def knn_probs(self, histories: Sequence[np.ndarray], columns: np.ndarray | None = None,

@@ -71,6 +71,10 @@ class ModelConfig:
     ranker_boosters: int = 2  # LightGBM models the ranker averages (each with its own held-out
     # split and seed): one is noisier (its early stop moves with the split); 4 served no better
     # than 2 on Beauty and cost twice the served path's tree time (BENCHMARKS.md)
+    refit_neighbourhood: bool = True  # once validation has chosen the blend, fit its
+    # neighbourhood parts again on the training events plus the validation targets and serve
+    # those: every user's second-latest event joins item-kNN, SLIST and the ranker (+7% R@10 for
+    # the ranker alone on Beauty, BENCHMARKS.md); the test targets stay out
     temperature: float = 0.07  # cosine logits are divided by this
     learn_temperature: bool = True  # start at `temperature`, let the loss tune it
     query_loss_weight: float = 0.5  # weight of the query->item contrastive loss

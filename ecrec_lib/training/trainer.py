@@ -345,6 +345,8 @@ def train_two_tower(
     cache_dir: str | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     neighbourhood: Neighbourhood | None = None,
+    refit_seqs: Sequence[np.ndarray] | None = None,
+    refit_neighbourhood: Neighbourhood | None = None,
 ) -> TrainResult:
     """Train on ``train_seqs`` (item-index sequences, e.g. leave_one_out's train part);
     early-stop on ``valid`` NDCG@10 and return the best weights.
@@ -354,6 +356,11 @@ def train_two_tower(
     cached. ``on_epoch`` gets each epoch's history row (MLflow logging).
     ``neighbourhood``: the blend's parts already fitted on ``train_seqs`` and ``valid``
     (:func:`fit_blend_neighbourhood`, the same for every seed), reused instead of refitted.
+    ``refit_seqs``: once validation has chosen the blend, its neighbourhood parts are fitted
+    again with the same settings on these sequences (``train_seqs`` with the validation
+    targets, :func:`~ecrec_lib.evaluation.split.with_validation_targets`) and served;
+    ``refit_neighbourhood``: that refit already done (shared by the benchmark's seeds). With
+    neither, or ``mcfg.refit_neighbourhood`` off, the parts fitted on ``train_seqs`` are served.
     Raises :class:`NaNLossError` when the loss is not finite.
     """
     data.validate()
@@ -462,8 +469,16 @@ def train_two_tower(
     rec.metadata.update({"best_epoch": best["epoch"], "fingerprint": fingerprint,
                           "model_config": mcfg.to_dict()})
     if mcfg.cooc_blend and valid_eval is not None:
-        rec.blend, report = _fit_blend(rec, data, train_seqs, valid_eval, mcfg, text_emb,
-                                       neighbourhood)
+        rec.blend, report, neighbourhood = _fit_blend(rec, data, train_seqs, valid_eval, mcfg,
+                                                      text_emb, neighbourhood)
+        if rec.blend is not None and mcfg.refit_neighbourhood and (
+                refit_neighbourhood is not None or refit_seqs is not None):
+            if refit_neighbourhood is None:
+                assert refit_seqs is not None
+                refit_neighbourhood = refit_blend_neighbourhood(neighbourhood, data, mcfg,
+                                                                refit_seqs, text_emb)
+            rec.blend = rec.blend.with_parts(refit_neighbourhood)
+            report["refit"] = refit_report(refit_neighbourhood)
         rec.metadata["blend"] = report
     return TrainResult(rec, history, best["epoch"], best["valid"], fingerprint, resumed_from, data)
 
@@ -754,11 +769,13 @@ class _EpochRunner:
 
 def _fit_blend(rec: TwoTowerRecommender, data: TrainingData, train_seqs: Sequence[np.ndarray],
                valid: EvalSet, mcfg: ModelConfig, text_emb: np.ndarray | None = None,
-               neighbourhood: Neighbourhood | None = None) -> tuple[Any, dict[str, Any]]:
+               neighbourhood: Neighbourhood | None = None
+               ) -> tuple[Any, dict[str, Any], Neighbourhood]:
     """Fit the co-occurrence blend on the training sequences; weight chosen on ``valid``
     (``text_emb``: the pretrained text encoder's item vectors, for the learned ranker's text
     features; ``neighbourhood``: the parts already fitted, reused).
-    Returns (None, report) when validation prefers the model alone (weight 0)."""
+    Returns (blend, report, the parts it was chosen with); the blend is None when validation
+    prefers the model alone (weight 0)."""
     from ecrec_lib.models.blend import BLEND_CACHE_FLOATS, fit_blend
 
     n_valid = len(valid)
@@ -778,7 +795,7 @@ def _fit_blend(rec: TwoTowerRecommender, data: TrainingData, train_seqs: Sequenc
     report["valid_rows"] = len(valid)
     report["seconds"] = round(time.time() - t0 + neighbourhood.seconds, 1)
     report["neighbourhood_seconds"] = round(neighbourhood.seconds, 1)
-    return (blend if blend.weight > 0 else None), report
+    return (blend if blend.weight > 0 else None), report, neighbourhood
 
 
 def blend_rows(valid: EvalSet, n_items: int, cache_floats: int, seed: int) -> EvalSet:
@@ -812,6 +829,28 @@ def fit_blend_neighbourhood(data: TrainingData, mcfg: ModelConfig, train_seqs: S
                              _blend_valid_eval(valid, data, mcfg),
                              ranker_fit=_ranker_fit(data, train_seqs, mcfg, text_emb)
                              if mcfg.ranker else None)
+
+
+def refit_blend_neighbourhood(neighbourhood: Neighbourhood, data: TrainingData,
+                              mcfg: ModelConfig, seqs: Sequence[np.ndarray],
+                              text_emb: np.ndarray | None = None) -> Neighbourhood:
+    """``neighbourhood``'s parts, with the settings validation chose, fitted again on ``seqs``
+    (the training sequences with the validation targets): what the blend serves."""
+    from ecrec_lib.models.blend import refit_neighbourhood
+
+    refit = refit_neighbourhood(neighbourhood, seqs, data.n_items,
+                                _ranker_fit(data, seqs, mcfg, text_emb) if mcfg.ranker else None)
+    log.info("neighbourhood parts refitted on %d events (the validation targets included) in "
+             "%.0fs", sum(len(s) for s in seqs), refit.seconds)
+    return refit
+
+
+def refit_report(refit: Neighbourhood) -> dict[str, Any]:
+    """What the blend report records of a refit: its time and the refitted ranker's report."""
+    out: dict[str, Any] = {"seconds": round(refit.seconds, 1)}
+    if refit.ranker_report is not None:
+        out["ranker"] = refit.ranker_report
+    return out
 
 
 def _ranker_fit(data: TrainingData, train_seqs: Sequence[np.ndarray], mcfg: ModelConfig,
