@@ -390,11 +390,11 @@ def test_job_runs_the_temporal_and_cold_item_protocols(tmp_path: Path, capsys):
 def test_sasrec_row_is_trained_by_sasrecs_recipe_whatever_the_overrides():
     cfg = benchmark_quality.model_config("sasrec_id", 0, "cpu", 30, {})
     assert (cfg.block_layout, cfg.batch_by_length, cfg.lr, cfg.cooc_loss_weight, cfg.patience) == (
-        "post_ln", False, 1e-3, 0.0, 10)
+        "post_ln", False, 1e-3, 0.0, 5)
     assert not (cfg.use_text or cfg.use_side or cfg.cooc_blend)
     tried = benchmark_quality.model_config("sasrec_id", 0, "cpu", 30, {"lr": 0.005, "patience": 30,
                                                                       "cpu_bf16": True})
-    assert (tried.lr, tried.patience, tried.cpu_bf16) == (1e-3, 10, True)  # outside it: applied
+    assert (tried.lr, tried.patience, tried.cpu_bf16) == (1e-3, 5, True)  # outside it: applied
     assert benchmark_quality.model_config("two_tower", 0, "cpu", 30, {"patience": 30}).patience == 30
     two_tower = benchmark_quality.model_config("two_tower", 0, "cpu", 30, {})
     assert two_tower.block_layout == "pre_ln" and two_tower.cooc_loss_weight > 0
