@@ -57,6 +57,7 @@ from ecrec_lib.models.neighbourhood import (
     ItemKNN,
     LinearTransitions,
     UserKNN,
+    refitted,
     row_distribution,
     tune_item_knn,
 )
@@ -150,10 +151,10 @@ def refit_neighbourhood(neighbourhood: Neighbourhood, seqs: Sequence[np.ndarray]
     (:func:`~ecrec_lib.evaluation.split.with_validation_targets`), so the served parts know
     every user's latest events but the test's. ``ranker_fit`` refits the ranker (None: none)."""
     t0 = time.perf_counter()
-    item_knn = ItemKNN(**asdict(neighbourhood.item_knn)).fit(seqs, n_items)
-    users = (UserKNN(**asdict(neighbourhood.user_knn)).fit(seqs, n_items)
+    item_knn = refitted(neighbourhood.item_knn, seqs, n_items)
+    users = (refitted(neighbourhood.user_knn, seqs, n_items)
              if neighbourhood.user_knn is not None else None)
-    lin = (LinearTransitions(**asdict(neighbourhood.linear)).fit(seqs, n_items)
+    lin = (refitted(neighbourhood.linear, seqs, n_items)
            if neighbourhood.linear is not None else None)
     ranker, report = None, None
     if neighbourhood.ranker is not None and ranker_fit is not None and users is not None:

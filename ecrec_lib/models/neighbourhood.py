@@ -6,8 +6,8 @@ fit of the three and gives their distributions (what the blend and the ranker re
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -349,6 +349,15 @@ def row_distribution(scores: Any, columns: np.ndarray | None = None, n_columns: 
         out[:, torch.as_tensor(cols[present])] = k[:, torch.as_tensor(present)]
         k = out
     return k / k.sum(1, keepdim=True).clamp_min(1e-12)
+
+
+Part = TypeVar("Part", "ItemKNN", "UserKNN", "LinearTransitions")
+
+
+def refitted(part: Part, seqs: Sequence[np.ndarray], n_items: int) -> Part:
+    """A new ``part`` with the same settings, fitted on ``seqs`` (the ranker's label positions,
+    the served refit with the validation targets)."""
+    return type(part)(**asdict(part)).fit(seqs, n_items)
 
 
 @dataclass

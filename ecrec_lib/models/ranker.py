@@ -42,7 +42,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +51,8 @@ import scipy.sparse as sp
 
 from ecrec_lib.models.neighbourhood import (
     CatalogTooLargeError,
-    ItemKNN,
-    LinearTransitions,
     NeighbourhoodParts,
-    UserKNN,
+    refitted,
 )
 from ecrec_lib.models.served import top_k_desc
 from ecrec_lib.models.tree_predict import TreePredictor
@@ -710,11 +708,11 @@ def fit_ranker(train_seqs: Sequence[np.ndarray], n_items: int, brands: Sequence[
         lin = None
         if linear is not None:
             try:
-                lin = LinearTransitions(**asdict(linear)).fit(short, n_items)
+                lin = refitted(linear, short, n_items)
             except CatalogTooLargeError as exc:  # serving had one, so this is not expected
                 log.warning("ranker without the linear model: %s", exc)
-        parts = NeighbourhoodParts(ItemKNN(**asdict(item_knn)).fit(short, n_items),
-                       UserKNN(**asdict(user_knn)).fit(short, n_items), lin)
+        parts = NeighbourhoodParts(refitted(item_knn, short, n_items),
+                                   refitted(user_knn, short, n_items), lin)
         times = ([t[:len(s)] for s, t in zip(short, times, strict=True)]
                  if times is not None else None)
         side = ItemSide.build(short, n_items, brands, categories, times, text_vectors)
